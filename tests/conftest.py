@@ -1,0 +1,25 @@
+"""Fixtures shared by the test files: an isolated data folder and torch cache for every test run."""
+
+import os
+
+import pytest
+import torch
+
+# Keep the tests' torch cache and run folder away from the user's.
+os.environ.setdefault("TRANSFER_LAB_TEST", "1")
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(autouse=True)
+def isolated_dirs(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRANSFER_LAB_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    yield tmp_path
+
+
+@pytest.fixture(scope="session")
+def lite0():
+    """The default backbone, loaded once; tests that change it must copy it first."""
+    from core import backbones
+
+    return backbones.load()
