@@ -1,0 +1,170 @@
+"""Finished and running training runs on disk: settings, metrics and weights, one folder each."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from safetensors.torch import load_file, save_file
+
+from core import backbones
+from core.backbones import Classifier
+from core.errors import CheckpointError, UserInputError
+
+__all__ = ["RunRecord", "RunStore", "new_run_id", "is_run_id"]
+
+_RUN_ID = re.compile(r"^[0-9a-f]{16}$")
+FINISHED = ("finished", "failed", "cancelled", "diverged")
+
+
+def new_run_id() -> str:
+    """A random id: knowing it is what lets a browser reopen a run."""
+    return secrets.token_hex(8)
+
+
+def is_run_id(text: str | None) -> bool:
+    return bool(text) and bool(_RUN_ID.match(text))
+
+
+@dataclass
+class RunRecord:
+    id: str
+    status: str
+    created: float
+    backbone: str
+    pretrained: bool
+    classes: list[str]
+    config: dict
+    epochs: list[dict] = field(default_factory=list)
+    message: str = ""
+    owner: str = ""
+    label: str = ""
+    dataset: str = ""
+    info: dict = field(default_factory=dict)
+    finished: float | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.status in FINISHED
+
+    def final(self, key: str = "val_acc") -> float | None:
+        return self.epochs[-1][key] if self.epochs else None
+
+
+class RunStore:
+    """One folder per run under ``root``: ``run.json`` and ``model.safetensors``."""
+
+    def __init__(self, root: str | Path, cap_mb: int | None = None):
+        self.root = Path(root) / "runs"
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.cap_bytes = None if cap_mb is None else cap_mb * 2**20
+        self._lock = threading.Lock()
+
+    def _dir(self, run_id: str) -> Path:
+        if not is_run_id(run_id):
+            raise UserInputError("That run link is not valid.")
+        return self.root / run_id
+
+    def create(self, record: RunRecord) -> RunRecord:
+        self._dir(record.id).mkdir(parents=True, exist_ok=False)
+        self.save(record)
+        return record
+
+    def save(self, record: RunRecord) -> None:
+        folder = self._dir(record.id)
+        data = json.dumps(record.__dict__, indent=1, default=float)
+        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
+        with os.fdopen(fd, "w") as fh:
+            fh.write(data)
+        os.replace(tmp, folder / "run.json")  # readers never see half a file
+
+    def get(self, run_id: str) -> RunRecord | None:
+        try:
+            path = self._dir(run_id) / "run.json"
+        except UserInputError:
+            return None
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+        return RunRecord(**{k: v for k, v in data.items() if k in RunRecord.__dataclass_fields__})
+
+    def list(self, owner: str | None = None) -> list[RunRecord]:
+        records = []
+        for folder in self.root.iterdir() if self.root.exists() else []:
+            record = self.get(folder.name)
+            if record is not None and (owner is None or record.owner == owner):
+                records.append(record)
+        return sorted(records, key=lambda r: r.created, reverse=True)
+
+    def save_model(self, run_id: str, model: Classifier) -> None:
+        meta = {
+            "backbone": model.backbone_name,
+            "classes": json.dumps(model.classes),
+            "image_size": str(model.image_size),
+            "mean": json.dumps(list(model.mean)),
+            "std": json.dumps(list(model.std)),
+            "head_module": model.head_module,
+        }
+        state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+        folder = self._dir(run_id)
+        tmp = folder / "model.safetensors.tmp"
+        save_file(state, str(tmp), metadata=meta)
+        os.replace(tmp, folder / "model.safetensors")
+
+    def has_model(self, run_id: str) -> bool:
+        return (self._dir(run_id) / "model.safetensors").is_file()
+
+    def load_model(self, run_id: str) -> Classifier:
+        """A fresh copy of the run's trained model (never shared with another caller)."""
+        record = self.get(run_id)
+        path = self._dir(run_id) / "model.safetensors"
+        if record is None or not path.is_file():
+            raise CheckpointError("This run has no saved model (it may still be training, or it failed).")
+        state = load_file(str(path), device="cpu")
+        base = backbones.load(record.backbone, pretrained=False)
+        model = backbones.classifier(base, len(record.classes), classes=record.classes,
+                                     image_size=int(record.config.get("image_size", base.image_size)),
+                                     head=record.config.get("head", "linear"))
+        model.load_state_dict(state)
+        model.pretrained = record.pretrained
+        return model.eval()
+
+    def delete(self, run_id: str) -> None:
+        shutil.rmtree(self._dir(run_id), ignore_errors=True)
+
+    def usage_bytes(self) -> int:
+        return sum(f.stat().st_size for f in self.root.rglob("*") if f.is_file())
+
+    def enforce_cap(self, keep: frozenset[str] = frozenset()) -> list[str]:
+        """Remove the oldest finished runs (except ``keep``) until the store is under its size cap."""
+        if self.cap_bytes is None:
+            return []
+        removed = []
+        with self._lock:
+            sizes = {}
+            for folder in self.root.iterdir():
+                sizes[folder.name] = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+            total = sum(sizes.values())
+            finished = [r for r in self.list() if r.done]
+            for record in sorted(finished, key=lambda r: r.finished or r.created):
+                if total <= self.cap_bytes:
+                    break
+                if record.id in keep:
+                    continue
+                total -= sizes.get(record.id, 0)
+                self.delete(record.id)
+                removed.append(record.id)
+        return removed
+
+
+def now() -> float:
+    return time.time()

@@ -1,0 +1,54 @@
+"""Server settings, read from environment variables so a deployment can change them."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from core.errors import ConfigError
+
+__all__ = ["Settings", "get_settings"]
+
+
+def _int_env(name: str, default: int, minimum: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"The setting {name} must be a whole number, not {raw!r}.") from None
+    if value < minimum:
+        raise ConfigError(f"The setting {name} must be at least {minimum}.")
+    return value
+
+
+def _default_slots() -> int:
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.device_count()
+    return max(1, (os.cpu_count() or 2) // 2)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where runs live and how much of the server they may take."""
+
+    data_dir: Path
+    max_concurrent_runs: int
+    disk_cap_mb: int
+
+    @classmethod
+    def from_env(cls) -> "Settings":
+        data_dir = Path(os.environ.get("TRANSFER_LAB_DATA_DIR", "transfer-lab-data")).expanduser()
+        return cls(
+            data_dir=data_dir,
+            max_concurrent_runs=_int_env("TRANSFER_LAB_MAX_CONCURRENT_RUNS", _default_slots(), 1),
+            disk_cap_mb=_int_env("TRANSFER_LAB_DISK_CAP_MB", 2048, 10),
+        )
+
+
+def get_settings() -> Settings:
+    return Settings.from_env()

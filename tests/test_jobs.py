@@ -1,0 +1,128 @@
+import threading
+import time
+
+import pytest
+import torch
+
+from core import backbones
+from core.jobs import TrainingQueue, get_job, start_run, submit
+from core.runs import RunRecord, RunStore, is_run_id, new_run_id
+from core.training import TrainConfig, predict_proba
+from tests.test_training import Shapes
+
+FROZEN = ["stem", "stage1", "stage2", "stage3", "stage4", "stage5", "stage6", "stage7", "top"]
+
+
+@pytest.fixture
+def store(tmp_path):
+    return RunStore(tmp_path / "data")
+
+
+def quick_config(**changes):
+    return TrainConfig(**{"epochs": 2, "batch_size": 8, "freeze": FROZEN, "image_size": 32, **changes})
+
+
+def default_build():
+    return backbones.classifier(backbones.load(), 2, classes=["disc", "square"], image_size=32)
+
+
+def launch(store, queue, build=default_build, epochs=1):
+    """Submit a run with a model builder of the test's choosing (to hold or crash a slot)."""
+    record = RunRecord(id=new_run_id(), status="queued", created=time.time(), backbone="efficientnet_lite0",
+                       pretrained=True, classes=["disc", "square"], config={})
+    return submit(record, store, build, Shapes(8, 0), Shapes(4, 1), quick_config(epochs=epochs), queue)
+
+
+def wait(job, timeout=120):
+    assert job.join(timeout), "the run did not finish in time"
+    return job.snapshot()
+
+
+def test_a_run_trains_in_the_background_and_is_saved_with_its_model(store):
+    train_ds, val_ds = Shapes(16, 0), Shapes(6, 1)
+    job = start_run(store, train_ds, val_ds, backbone="efficientnet_lite0", pretrained=True,
+                    config=quick_config(), owner="aaaa", queue=TrainingQueue(1))
+    assert is_run_id(job.run_id) and get_job(job.run_id) is job
+    snap = wait(job)
+    assert snap.status == "finished", snap.message
+    assert [e.epoch for e in snap.epochs] == [1, 2]
+    assert snap.first_point_after is not None and snap.progress == pytest.approx(1.0)
+    record = store.get(job.run_id)
+    assert record.status == "finished" and record.owner == "aaaa" and len(record.epochs) == 2
+    assert record.classes == ["disc", "square"]
+    reloaded = store.load_model(job.run_id)
+    images = [train_ds[i][0] for i in range(4)]
+    assert torch.allclose(predict_proba(reloaded, images), predict_proba(job.model, images), atol=1e-6)
+
+
+def test_runs_wait_their_turn_in_the_server_queue(store):
+    queue = TrainingQueue(1)
+    gate = threading.Event()
+
+    def slow_build():
+        gate.wait(30)
+        return default_build()
+
+    first = launch(store, queue, slow_build)
+    second = launch(store, queue)
+    deadline = time.time() + 10
+    while second.snapshot().queue_position != 1 and time.time() < deadline:
+        time.sleep(0.05)
+    assert second.snapshot().status == "queued" and second.snapshot().queue_position == 1
+    assert first.snapshot().status == "preparing"
+    gate.set()
+    assert wait(first).status == "finished"
+    assert wait(second).status == "finished"
+
+
+def test_a_queued_run_can_be_cancelled_and_the_queue_goes_on(store):
+    queue = TrainingQueue(1)
+    gate = threading.Event()
+    blocker = launch(store, queue, lambda: (gate.wait(30), default_build())[1])
+    waiting = launch(store, queue)
+    waiting.cancel()
+    assert wait(waiting).status == "cancelled"
+    assert store.get(waiting.run_id).status == "cancelled"
+    gate.set()
+    assert wait(blocker).status == "finished"
+    assert queue.running == 0 and queue.waiting == 0
+
+
+def test_a_crash_inside_a_run_is_reported_and_the_queue_goes_on(store):
+    queue = TrainingQueue(1)
+    snap = wait(launch(store, queue, lambda: 1 / 0))
+    assert snap.status == "failed" and "ZeroDivisionError" in snap.message
+    assert store.get(snap.run_id).status == "failed"
+    assert wait(launch(store, queue)).status == "finished"
+
+
+def test_offline_torchvision_weights_fail_the_run_with_instructions(store, monkeypatch):
+    import urllib.error
+
+    def no_network(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr("torchvision.models._api.load_state_dict_from_url", no_network)
+    job = start_run(store, Shapes(8, 0), Shapes(4, 1), backbone="resnet18", pretrained=True,
+                    config=quick_config(freeze=[]), queue=TrainingQueue(1))
+    snap = wait(job)
+    assert snap.status == "failed" and "TORCH_HOME" in snap.message
+
+
+def test_run_ids_from_a_link_cannot_reach_outside_the_store(store):
+    assert store.get("../../etc") is None
+    assert store.get("0123456789abcdef") is None
+    assert not is_run_id("0123456789ABCDEF/..")
+
+
+def test_the_oldest_finished_runs_go_when_the_store_is_over_its_cap(tmp_path):
+    store = RunStore(tmp_path / "data", cap_mb=10)
+    jobs = []
+    for seed in range(3):
+        job = start_run(store, Shapes(8, seed), Shapes(4, 9), backbone="efficientnet_lite0", pretrained=True,
+                        config=quick_config(epochs=1), queue=TrainingQueue(1))
+        wait(job)
+        jobs.append(job)
+    # each Lite0 model is ~14 MB, so none fits under 10 MB, but the run that just finished stays
+    remaining = {r.id for r in store.list()}
+    assert remaining == {jobs[2].run_id}
