@@ -1,0 +1,20 @@
+"""Transfer Lab: see and teach transfer learning on images. Start with `make run`."""
+
+import streamlit as st
+
+from pages._shared import init_session, sidebar
+
+st.set_page_config(page_title="Transfer Lab", page_icon=":material/biotech:", layout="wide")
+
+init_session()
+
+pages = {
+    "Build": [
+        st.Page("pages/data.py", title="Data", icon=":material/photo_library:", default=True),
+        st.Page("pages/model.py", title="Model", icon=":material/account_tree:"),
+        st.Page("pages/train.py", title="Train", icon=":material/monitoring:"),
+    ],
+}
+navigation = st.navigation(pages)
+sidebar()
+navigation.run()

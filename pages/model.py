@@ -1,0 +1,125 @@
+"""Model: a pretrained backbone, which layer groups stay frozen, and their learning rates."""
+
+from pathlib import Path
+
+import streamlit as st
+
+from core import backbones
+from core.errors import UserInputError
+from pages._shared import ModelChoice, backbone_catalogue, group_table, preset_freeze, run_store
+
+ss = st.session_state
+choice: ModelChoice = ss.model_choice
+st.title("Model")
+st.write(
+    "Early layers of a pretrained network detect edges and textures that suit almost any image; "
+    "later layers are specific to ImageNet. Freeze what should stay general, train what should adapt."
+)
+
+catalogue = {info["name"]: info for info in backbone_catalogue()}
+
+
+def label(name: str) -> str:
+    info = catalogue[name]
+    status = "works offline" if info["offline"] else "weights not on this server"
+    return f"{info['title']} · {info['params_millions']:.1f} M params · {status}"
+
+
+STRATEGIES = {
+    "Feature extraction": "Freeze the whole backbone and train only the new head. Fast: the backbone's "
+                          "features are computed once and cached.",
+    "Fine-tune the last stage": "Train the head and the last stages; earlier layers keep their general features.",
+    "Fine-tune all": "Train every layer. Slowest; use a lower learning rate for early layers.",
+    "Custom": "Pick the frozen groups and learning-rate multipliers in the table.",
+}
+
+col1, col2 = st.columns([3, 2])
+with col1:
+    names = list(catalogue)
+    name = st.selectbox("Backbone", names, index=names.index(choice.backbone), format_func=label)
+    pretrained = st.checkbox("Start from ImageNet weights (pretrained)", value=choice.pretrained,
+                             help="Untick to start from random weights: the 'from scratch' baseline.")
+    if pretrained and not catalogue[name]["offline"]:
+        st.warning(
+            f"{catalogue[name]['title']}'s ImageNet weights are not in this server's torch cache. "
+            "They download on first use when the server has internet; otherwise training will stop "
+            f"with instructions. {catalogue[backbones.DEFAULT_BACKBONE]['title']} always works offline."
+        )
+        if st.button("Try to fetch the weights now"):
+            try:
+                with st.spinner("Downloading…"):
+                    backbones.load(name, pretrained=True)
+            except UserInputError as exc:
+                st.error(str(exc))
+            else:
+                backbone_catalogue.clear()
+                st.success("The weights are in the cache now.")
+    with st.expander("Or start from your own weights file (.safetensors, .pt, .pth)"):
+        upload = st.file_uploader("A state_dict of this architecture", type=["safetensors", "pt", "pth"])
+        if upload is not None and st.button("Check and use this file"):
+            folder = Path(run_store().root).parent / "uploads" / ss.owner
+            folder.mkdir(parents=True, exist_ok=True)
+            target = folder / ("weights" + Path(upload.name).suffix.lower())
+            target.write_bytes(upload.getvalue())
+            try:
+                backbones.load(name, pretrained=False, weights_path=target)
+            except UserInputError as exc:
+                target.unlink(missing_ok=True)
+                st.error(str(exc))
+            else:
+                choice.weights_path = str(target)
+                st.success(f"{upload.name} fits {name}; training will start from it.")
+        if choice.weights_path and st.button("Stop using my weights file"):
+            choice.weights_path = None
+
+with col2:
+    strategy = st.radio("Strategy", list(STRATEGIES), index=list(STRATEGIES).index(choice.strategy))
+    st.caption(STRATEGIES[strategy])
+
+table = group_table(name, len(ss.dataset.classes))
+groups = [row["group"] for row in table]
+if name != choice.backbone or strategy != choice.strategy:
+    if name != choice.backbone:
+        choice.weights_path = None
+    freeze = preset_freeze(strategy, groups) if strategy != "Custom" else [g for g in choice.freeze if g in groups]
+    choice.backbone, choice.strategy, choice.freeze = name, strategy, freeze
+    choice.lr_multipliers = {g: m for g, m in choice.lr_multipliers.items() if g in groups}
+choice.pretrained = pretrained
+
+st.subheader("Layer groups, from input to output")
+rows = [
+    {"group": r["group"], "layers": r["modules"], "parameters": r["params"],
+     "train": r["group"] not in choice.freeze, "lr ×": choice.lr_multipliers.get(r["group"], 1.0)}
+    for r in table
+]
+edited = st.data_editor(
+    rows,
+    key=f"groups-{name}-{strategy}",
+    disabled=["group", "layers", "parameters"],
+    column_config={
+        "train": st.column_config.CheckboxColumn("train", help="Unticked groups stay frozen, BatchNorm statistics too."),
+        "lr ×": st.column_config.NumberColumn("lr ×", min_value=0.0, max_value=100.0, step=0.1, format="%.2f",
+                                              help="This group's learning rate = base rate × this."),
+        "parameters": st.column_config.NumberColumn(format="%d"),
+    },
+    hide_index=True,
+    width="stretch",
+)
+new_freeze = [row["group"] for row in edited if not row["train"]]
+if new_freeze != choice.freeze:
+    choice.freeze = new_freeze
+    if strategy != "Custom" and new_freeze != preset_freeze(strategy, groups):
+        choice.strategy = "Custom"
+choice.lr_multipliers = {row["group"]: float(row["lr ×"]) for row in edited if float(row["lr ×"]) != 1.0}
+
+trainable = sum(r["params"] for r in table if r["group"] not in choice.freeze)
+total = sum(r["params"] for r in table)
+m1, m2, m3 = st.columns(3)
+m1.metric("Trainable parameters", f"{trainable:,}")
+m2.metric("Frozen parameters", f"{total - trainable:,}")
+m3.metric("Share trained", f"{trainable / total:.1%}")
+if not any(row["train"] for row in edited):
+    st.error("Every group is frozen: tick 'train' for at least the head.")
+elif set(groups) - {"head"} <= set(choice.freeze):
+    st.info("Only the head trains: the backbone's features will be computed once and cached, so epochs are fast.")
+st.caption("The head is always new (one output per class of your data), so it is trained from scratch.")

@@ -1,0 +1,158 @@
+"""The main flows in a real browser: headless Chromium driven by Playwright against a live server."""
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.browser
+CHROMIUM = "/usr/bin/chromium"
+ROOT = Path(__file__).resolve().parent.parent
+
+if not Path(CHROMIUM).exists():
+    if os.environ.get("CI"):
+        raise RuntimeError(f"CI must run the browser tests, but {CHROMIUM} is missing (scripts/ensure-chromium.sh).")
+    pytest.skip("Chromium is not installed: run scripts/ensure-chromium.sh", allow_module_level=True)
+
+sync_api = pytest.importorskip("playwright.sync_api")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    port = free_port()
+    env = {**os.environ, "TRANSFER_LAB_DATA_DIR": str(tmp_path_factory.mktemp("server-data")),
+           "TRANSFER_LAB_MAX_CONCURRENT_RUNS": "2"}
+    log = open(tmp_path_factory.mktemp("log") / "server.log", "w+")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
+         "--server.address", "127.0.0.1", "--server.headless", "true"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        try:
+            if urllib.request.urlopen(url + "/_stcore/health", timeout=2).status == 200:
+                break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        log.seek(0)
+        raise RuntimeError("The app did not start:\n" + log.read())
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.seek(0)
+    output = log.read()
+    assert "Traceback" not in output, output
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--no-first-run"],
+        )
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    yield page
+    context.close()
+
+
+def open_app(page, url):
+    page.goto(url)
+    page.get_by_role("heading", name="Data").wait_for(timeout=60_000)
+
+
+def go_to(page, name: str):
+    page.get_by_test_id("stSidebarNav").get_by_text(name, exact=True).click()
+    page.get_by_role("heading", name=name).first.wait_for(timeout=60_000)
+
+
+def assert_no_exception(page):
+    assert page.get_by_test_id("stException").count() == 0
+
+
+def set_epochs(page, epochs: int):
+    page.get_by_text("Training settings").click()
+    box = page.get_by_label("Epochs")
+    box.fill(str(epochs))
+    box.press("Enter")
+    page.wait_for_timeout(500)
+
+
+def wait_for_status(page, status: str, timeout_s: float = 240):
+    page.get_by_role("heading", name=re.compile(rf"Run `[0-9a-f]+` — {status}")).wait_for(timeout=timeout_s * 1000)
+
+
+def test_every_page_opens_without_an_exception(server, page):
+    open_app(page, server)
+    assert page.get_by_text("Demo shapes (source look): 80 images in 4 classes").is_visible()
+    for name in ["Model", "Train", "Data"]:
+        go_to(page, name)
+        page.wait_for_timeout(300)
+        assert_no_exception(page)
+
+
+def test_training_the_demo_set_draws_live_curves_and_a_final_accuracy(server, page, tmp_path):
+    open_app(page, server)
+    go_to(page, "Train")
+    set_epochs(page, 2)
+    clicked = time.perf_counter()
+    page.get_by_role("button", name="Train").click()
+    page.locator(".js-plotly-plot").first.wait_for(timeout=120_000)
+    first_curve = time.perf_counter() - clicked
+    wait_for_status(page, "finished")
+    page.screenshot(path=str(tmp_path / "trained.png"), full_page=True)
+    assert page.get_by_text("Validation accuracy").is_visible()
+    value = page.get_by_test_id("stMetricValue").first.inner_text()
+    assert float(value.rstrip("%")) > 50, value  # four classes: chance is 25%
+    assert re.search(r"run=[0-9a-f]{16}", page.url)
+    print(f"\nclick to first curve: {first_curve:.1f} s")
+    assert_no_exception(page)
+
+
+def test_a_run_survives_a_page_switch_and_a_browser_refresh(server, page):
+    open_app(page, server)
+    go_to(page, "Model")
+    page.get_by_text("Fine-tune all", exact=True).click()
+    page.wait_for_timeout(500)
+    go_to(page, "Train")
+    set_epochs(page, 3)
+    page.get_by_role("button", name="Train").click()
+    wait_for_status(page, "(preparing|running|queued)", 60)
+    run_url = page.url
+    assert "run=" in run_url
+    go_to(page, "Data")
+    go_to(page, "Train")
+    wait_for_status(page, "(preparing|running|finished)", 60)
+    page.reload()
+    page.get_by_role("heading", name="Data").wait_for(timeout=60_000)
+    go_to(page, "Train")
+    wait_for_status(page, "finished")
+    assert page.url.split("run=")[1][:16] == run_url.split("run=")[1][:16]
+    assert_no_exception(page)

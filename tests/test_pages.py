@@ -1,0 +1,95 @@
+"""Each page, driven through Streamlit's AppTest (no browser)."""
+
+import time
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+APP = str(Path(__file__).resolve().parent.parent / "app.py")
+
+
+@pytest.fixture
+def app():
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.run()
+    assert not at.exception
+    return at
+
+
+def open_page(at, page):
+    at.switch_page(f"pages/{page}.py")
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def texts(elements):
+    return [e.value for e in elements]
+
+
+def wait_until_done(at, timeout=180):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        at.run()
+        status = [s for s in texts(at.subheader) if s.startswith("Run ")]
+        if status and any(word in status[0] for word in ("finished", "failed", "cancelled", "diverged")):
+            return status[0]
+        time.sleep(0.5)
+    raise AssertionError("the run did not end in time")
+
+
+def test_the_app_opens_on_the_demo_set_with_the_offline_backbone(app):
+    assert texts(app.title) == ["Data"]
+    assert "Demo shapes (source look): 80 images in 4 classes" in texts(app.subheader)
+    sidebar = " ".join(texts(app.sidebar.caption))
+    assert "Device: **CPU" in sidebar or "Device: **GPU" in sidebar
+    assert "efficientnet_lite0" in sidebar
+    assert app.session_state.model_choice.strategy == "Feature extraction"
+
+
+def test_the_data_page_switches_to_the_target_look(app):
+    app.radio[1].set_value("target").run()
+    [b for b in app.button if b.label == "Use the demo set"][0].click().run()
+    assert "Demo shapes (target look): 80 images in 4 classes" in texts(app.subheader)
+
+
+def test_the_model_page_counts_trainable_parameters_per_strategy(app):
+    open_page(app, "model")
+    values = texts(app.metric)
+    assert values[0] == f"{1280 * 4 + 4:,}"  # feature extraction: only the new 4-class head trains
+    [r for r in app.radio if r.label == "Strategy"][0].set_value("Fine-tune all").run()
+    assert not app.exception
+    values = texts(app.metric)
+    assert values[1] == "0" and values[2] == "100.0%"
+    assert app.session_state.model_choice.freeze == []
+
+
+def test_the_train_page_trains_and_reopens_the_run_from_its_link(app):
+    open_page(app, "train")
+    app.number_input[0].set_value(2).run()
+    [b for b in app.button if b.label == "Train"][0].click().run()
+    assert not app.error, texts(app.error)
+    status = wait_until_done(app)
+    assert "finished" in status
+    run_id = app.session_state.current_run
+    labels = [m.label for m in app.metric]
+    assert "Validation accuracy" in labels
+    accuracy = float(app.metric[labels.index("Validation accuracy")].value.rstrip("%"))
+    assert accuracy > 50  # four classes: chance is 25%
+
+    fresh = AppTest.from_file(APP, default_timeout=60)
+    fresh.query_params["run"] = run_id
+    fresh.query_params["u"] = app.session_state.owner
+    fresh.run()
+    open_page(fresh, "train")
+    assert any(run_id in s and "finished" in s for s in texts(fresh.subheader))
+    assert any("Your runs" == s for s in texts(fresh.subheader))
+
+
+def test_a_bad_run_link_says_so(app):
+    other = AppTest.from_file(APP, default_timeout=60)
+    other.query_params["run"] = "0123456789abcdef"
+    other.run()
+    open_page(other, "train")
+    assert any("No run with this link" in w for w in texts(other.warning))
