@@ -481,6 +481,17 @@ def classifier(backbone: Backbone, num_classes: int, head: str = "linear", *,
     ).eval()
 
 
+def starting_model(name: str, classes: list[str], *, pretrained: bool = True, seed: int = 0,
+                   image_size: int | None = None, head: str = "linear", weights_path=None) -> Classifier:
+    """The exact model a run starts from: the same seed gives the same random head (and, without
+    pretraining, the same random backbone), so a run's "before" can be rebuilt later."""
+    from core.seeding import seeded
+
+    with seeded(seed):
+        base = load(name, pretrained=pretrained and weights_path is None, weights_path=weights_path)
+        return classifier(base, len(classes), head=head, classes=classes, image_size=image_size)
+
+
 def group_parameters(model: nn.Module, groups: list[LayerGroup]) -> dict[str, list[nn.Parameter]]:
     """Each layer group's parameters; every parameter belongs to exactly one group."""
     seen: set[int] = set()
@@ -499,4 +510,4 @@ def group_parameters(model: nn.Module, groups: list[LayerGroup]) -> dict[str, li
     return result
 
 
-__all__.append("group_parameters")
+__all__ += ["group_parameters", "starting_model"]

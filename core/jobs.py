@@ -311,14 +311,14 @@ def start_run(store: RunStore, train_ds, val_ds, *, backbone: str, pretrained: b
         raise UserInputError("Training needs at least two training images.")
 
     def build() -> Classifier:
-        base = backbones.load(backbone, pretrained=pretrained and weights_path is None, weights_path=weights_path)
-        torch.manual_seed(config.seed)  # the new head starts the same way for the same seed
-        return backbones.classifier(base, len(classes), head=head, classes=classes, image_size=config.image_size)
+        return backbones.starting_model(backbone, classes, pretrained=pretrained, seed=config.seed,
+                                        image_size=config.image_size, head=head, weights_path=weights_path)
 
     record = RunRecord(
         id=new_run_id(), status="queued", created=time.time(), backbone=backbone,
         pretrained=bool(pretrained or weights_path), classes=classes,
-        config={**config.to_dict(), "head": head, "n_train": len(train_ds), "n_val": len(val_ds)},
+        config={**config.to_dict(), "head": head, "n_train": len(train_ds), "n_val": len(val_ds),
+                "weights_file": str(weights_path) if weights_path else None},
         owner=owner, label=label or f"{backbone} {'pretrained' if pretrained else 'scratch'}", dataset=dataset,
     )
     return submit(record, store, build, train_ds, val_ds, config, queue)

@@ -138,6 +138,20 @@ class RunStore:
         model.pretrained = record.pretrained
         return model.eval()
 
+    def load_starting_model(self, run_id: str) -> Classifier:
+        """The model this run started from, rebuilt from its backbone, seed and settings."""
+        record = self.get(run_id)
+        if record is None:
+            raise CheckpointError("No run with this id.")
+        cfg = record.config
+        weights = cfg.get("weights_file")
+        if weights and not Path(weights).is_file():
+            raise CheckpointError("The weights file this run started from is no longer on the server.")
+        return backbones.starting_model(
+            record.backbone, record.classes, pretrained=record.pretrained, seed=int(cfg.get("seed", 0)),
+            image_size=int(cfg.get("image_size", 224)), head=cfg.get("head", "linear"), weights_path=weights,
+        ).eval()
+
     def delete(self, run_id: str) -> None:
         shutil.rmtree(self._dir(run_id), ignore_errors=True)
 

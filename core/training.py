@@ -22,6 +22,7 @@ from torchvision.transforms import v2 as T
 from core.backbones import Classifier, group_parameters
 from core.devices import autocast_dtype, pick_device
 from core.errors import ConfigError
+from core.seeding import seeded
 
 __all__ = [
     "TrainConfig",
@@ -196,10 +197,8 @@ def _augmenter(size: int) -> T.Compose:
 
 
 def _augment(images: torch.Tensor, augmenter, generator_seed: int) -> torch.Tensor:
-    # torchvision's v2 transforms draw from torch's global RNG; fork it so a run stays
-    # reproducible without disturbing the caller's random state.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(generator_seed)
+    # torchvision's v2 transforms draw from torch's global RNG: seed it for this batch alone.
+    with seeded(generator_seed):
         return torch.stack([augmenter(img) for img in images])
 
 

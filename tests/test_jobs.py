@@ -126,3 +126,15 @@ def test_the_oldest_finished_runs_go_when_the_store_is_over_its_cap(tmp_path):
     # each Lite0 model is ~14 MB, so none fits under 10 MB, but the run that just finished stays
     remaining = {r.id for r in store.list()}
     assert remaining == {jobs[2].run_id}
+
+
+def test_a_runs_starting_model_can_be_rebuilt_exactly(store):
+    job = start_run(store, Shapes(8, 0), Shapes(4, 1), backbone="resnet18", pretrained=False,
+                    config=quick_config(freeze=[], seed=7, epochs=1), queue=TrainingQueue(1))
+    rebuilt_before = store.load_starting_model(job.run_id)
+    wait(job)
+    again = store.load_starting_model(job.run_id)
+    for (name, a), b in zip(rebuilt_before.state_dict().items(), again.state_dict().values()):
+        assert torch.equal(a, b), name
+    trained = store.load_model(job.run_id)
+    assert not torch.equal(trained.conv1.weight, again.conv1.weight)  # training moved it
