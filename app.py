@@ -14,6 +14,9 @@ pages = {
         st.Page("pages/model.py", title="Model", icon=":material/account_tree:"),
         st.Page("pages/train.py", title="Train", icon=":material/monitoring:"),
     ],
+    "Look inside": [
+        st.Page("pages/features.py", title="Feature maps", icon=":material/grid_view:"),
+    ],
 }
 navigation = st.navigation(pages)
 sidebar()

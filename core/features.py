@@ -46,6 +46,8 @@ __all__ = [
     "top_activating",
     "FeatureCache",
     "tensor_key",
+    "depth_profile",
+    "tile_channels",
 ]
 
 _CONV_TYPES = (nn.Conv2d, nn.ConvTranspose2d)
@@ -478,3 +480,43 @@ class FeatureCache:
             value = compute()
             self[key] = value
         return value
+
+
+# ----------------------------------------------------------------------------- for the pages
+
+
+def depth_profile(before: nn.Module, after: nn.Module, layer_groups, images: torch.Tensor,
+                  batch_size: int = 32) -> list[dict]:
+    """Per layer group, input to output: relative weight change and linear CKA of its output.
+
+    ``layer_groups`` is a list of ``LayerGroup`` (``.name``, ``.modules``); a group's output is
+    its last module's output. Frozen groups come out with change 0.0 and CKA 1.0.
+    """
+    groups = {g.name: list(g.modules) for g in layer_groups}
+    change = weight_change(before, after, groups)
+    outputs = [g.modules[-1] for g in layer_groups]
+    cka = cka_by_layer(before, after, images, outputs, batch_size=batch_size)
+    return [
+        {"group": g.name, "weight_change": change[g.name], "cka": cka[g.modules[-1]], "layer": g.modules[-1]}
+        for g in layer_groups
+    ]
+
+
+def tile_channels(maps: torch.Tensor, channels: list[int], columns: int = 4):
+    """Lay chosen channels of ``maps`` Tensor[C, h, w] out as one mosaic for a single heatmap.
+
+    Returns (values, channel_ids): float arrays of the same 2-D shape, NaN in the one-pixel
+    gutters between tiles, so a plot can show each pixel's channel and value on hover.
+    """
+    import numpy as np
+
+    _, h, w = maps.shape
+    rows = max(1, math.ceil(len(channels) / columns))
+    values = np.full((rows * (h + 1) - 1, columns * (w + 1) - 1), np.nan, dtype=np.float32)
+    ids = np.full(values.shape, np.nan, dtype=np.float32)
+    data = maps.detach().float().cpu().numpy()
+    for i, channel in enumerate(channels):
+        r, c = divmod(i, columns)
+        values[r * (h + 1):r * (h + 1) + h, c * (w + 1):c * (w + 1) + w] = data[channel]
+        ids[r * (h + 1):r * (h + 1) + h, c * (w + 1):c * (w + 1) + w] = channel
+    return values, ids

@@ -142,3 +142,100 @@ def sidebar() -> None:
             st.caption(f"Model: {mc.backbone}{'' if mc.pretrained else ' (no pretraining)'} — {mc.strategy}")
         if ss.get("current_run"):
             st.caption(f"Run: `{ss.current_run}`")
+
+
+SAMPLE_PHOTOS = ("coffee", "chelsea", "astronaut", "rocket", "cat")
+
+
+@st.cache_data(show_spinner=False)
+def sample_photos() -> dict:
+    """Real photos that ship with scikit-image, for explaining the ImageNet model itself."""
+    from PIL import Image
+    from skimage import data as skdata
+
+    photos = {}
+    for name in SAMPLE_PHOTOS:
+        loader = getattr(skdata, name, None)
+        if loader is not None:
+            photos[name] = Image.fromarray(loader()).convert("RGB")
+    return photos
+
+
+def finished_runs():
+    store = run_store()
+    return [r for r in my_runs() if r.status in ("finished", "cancelled", "diverged") and store.has_model(r.id)]
+
+
+@dataclass
+class ModelPair:
+    """A model before and after fine-tuning (the same object twice for the backbone alone)."""
+
+    before: object
+    after: object
+    preprocess: object
+    layer_groups: list
+    classes: list
+    frozen: list
+    compared: bool
+
+
+def run_models(run_id: str | None, backbone: str = backbones.DEFAULT_BACKBONE) -> ModelPair:
+    """The models to inspect, cached in this session only.
+
+    Each session loads its own copies, so one person's hooks never touch another's model.
+    """
+    cache = st.session_state.setdefault("_models", {})
+    key = run_id or f"pretrained:{backbone}"
+    if key not in cache:
+        if len(cache) >= 3:
+            cache.pop(next(iter(cache)))
+        if run_id:
+            store = run_store()
+            record = store.get(run_id)
+            after = store.load_model(run_id)
+            cache[key] = ModelPair(store.load_starting_model(run_id), after, after.preprocess, after.layer_groups,
+                                   after.classes, list(record.config.get("freeze", [])), True)
+        else:
+            bb = backbones.load(backbone)
+            cache[key] = ModelPair(bb.model, bb.model, bb.preprocess, bb.layer_groups, bb.categories, [], False)
+    return cache[key]
+
+
+def model_picker(label: str = "Model"):
+    """Pick a finished run of this person, or the pretrained default backbone alone."""
+    runs = finished_runs()
+    options = [None] + [r.id for r in runs]
+    names = {r.id: f"{r.label} · {r.dataset} · val acc {r.final():.0%}" if r.final() == r.final() else r.label
+             for r in runs}
+    current = st.session_state.get("current_run")
+    index = options.index(current) if current in options else (1 if runs else 0)
+    run_id = st.selectbox(label, options, index=index,
+                          format_func=lambda r: names.get(r, r) if r else "Pretrained EfficientNet-Lite0 alone (ImageNet)")
+    return run_id, (run_store().get(run_id) if run_id else None)
+
+
+def image_picker(key: str):
+    """An image from the dataset, an upload or a sample photo; returns (PIL image, caption)."""
+    from core import data as core_data
+    from core.errors import UserInputError
+
+    ds = st.session_state.dataset
+    source = st.radio("Image", ["From the dataset", "Sample photo", "Upload"], horizontal=True, key=f"{key}-src")
+    if source == "From the dataset":
+        class_name = st.selectbox("Class", ds.classes, key=f"{key}-class")
+        indices = [i for i, label in enumerate(ds.labels) if ds.classes[label] == class_name]
+        pick = st.slider("Which image", 1, len(indices), 1, key=f"{key}-idx") if len(indices) > 1 else 1
+        i = indices[pick - 1]
+        return ds[i][0], f"{class_name} · {ds.names[i]}"
+    if source == "Sample photo":
+        photos = sample_photos()
+        name = st.selectbox("Photo (from scikit-image)", list(photos), key=f"{key}-photo")
+        return photos[name], name
+    upload = st.file_uploader("An image", type=sorted(core_data.IMAGE_EXTENSIONS), key=f"{key}-upload")
+    if upload is None:
+        return None, ""
+    try:
+        return core_data.open_image(upload.getvalue(), upload.name), upload.name
+    except UserInputError as exc:
+        st.error(str(exc))
+        return None, ""

@@ -1,0 +1,132 @@
+"""Feature maps: what fine-tuning changed inside the network, and where."""
+
+import numpy as np
+import plotly.graph_objects as go
+import streamlit as st
+import torch
+
+from core import features
+from core.errors import UserInputError
+from pages._shared import image_picker, model_picker, run_models
+
+ss = st.session_state
+st.title("Feature maps")
+st.write(
+    "The same image through the model before fine-tuning (as the run started) and after it. "
+    "Frozen layers compute exactly what they computed before; trained layers have adapted."
+)
+
+run_id, record = model_picker("Run")
+try:
+    pair = run_models(run_id)
+except UserInputError as exc:
+    st.error(str(exc))
+    st.stop()
+if not pair.compared:
+    st.info("No finished run picked: showing the pretrained backbone alone. Train a run to compare before and after.")
+
+cache = ss.setdefault("_feature_cache", features.FeatureCache(max_items=48))
+left, right = st.columns([1, 2])
+with left:
+    image, caption = image_picker("fm")
+if image is None:
+    st.stop()
+x = pair.preprocess(image)
+image_key = features.tensor_key(x)
+
+layers = features.layer_names(pair.after)
+by_group = {g.name: [name for name in layers if any(name == m or name.startswith(m + ".") for m in g.modules)]
+            for g in pair.layer_groups}
+by_group = {g: names for g, names in by_group.items() if names}
+with right:
+    c1, c2 = st.columns(2)
+    groups = list(by_group)
+    group = c1.selectbox("Layer group", groups, index=len(groups) // 2,
+                         format_func=lambda g: f"{g} (frozen)" if g in pair.frozen else g)
+    layer = c2.selectbox("Layer", by_group[group], index=len(by_group[group]) - 1)
+    c3, c4 = st.columns(2)
+    order = c3.radio("Channels ordered by", ["change", "strength"], horizontal=True,
+                     help="change: how much fine-tuning changed each channel's map; strength: how active it is.")
+    count = c4.select_slider("Channels shown", [4, 9, 16, 25, 36], value=16)
+
+
+def maps_for(which: str, model) -> torch.Tensor:
+    return cache.get_or_compute((run_id, which, layer, image_key), lambda: features.feature_maps(model, x, layer))
+
+
+before = maps_for("before", pair.before)
+after = maps_for("after", pair.after) if pair.compared else before
+channels = features.channel_order(before, after, by=order)[:count]
+columns = int(np.ceil(np.sqrt(len(channels))))
+vb, ids = features.tile_channels(before, channels, columns)
+va, _ = features.tile_channels(after, channels, columns)
+lo, hi = float(np.nanmin([np.nanmin(vb), np.nanmin(va)])), float(np.nanmax([np.nanmax(vb), np.nanmax(va)]))
+diff = va - vb
+bound = float(np.nanmax(np.abs(diff))) or 1e-6
+
+
+def heatmap(values, title, zmin, zmax, scale):
+    fig = go.Figure(go.Heatmap(
+        z=values, customdata=ids, zmin=zmin, zmax=zmax, colorscale=scale,
+        hovertemplate="channel %{customdata:.0f}<br>value %{z:.3f}<extra></extra>",
+    ))
+    fig.update_yaxes(autorange="reversed", showticklabels=False, scaleanchor="x")
+    fig.update_xaxes(showticklabels=False)
+    fig.update_layout(title=title, height=380, margin=dict(l=0, r=0, t=40, b=0))
+    return fig
+
+
+st.subheader(f"{layer} — {before.shape[0]} channels of {before.shape[1]}×{before.shape[2]}")
+c0, c1, c2, c3 = st.columns([1, 2, 2, 2])
+c0.image(image, caption=caption, width="stretch")
+c1.plotly_chart(heatmap(vb, "before fine-tuning", lo, hi, "Viridis"), width="stretch", key="fm-before")
+if pair.compared:
+    c2.plotly_chart(heatmap(va, "after fine-tuning", lo, hi, "Viridis"), width="stretch", key="fm-after")
+    c3.plotly_chart(heatmap(diff, "after − before", -bound, bound, "RdBu_r"), width="stretch", key="fm-diff")
+    if float(np.nanmax(np.abs(diff))) == 0.0:
+        st.success("Identical maps: this layer was frozen, so fine-tuning did not change what it computes.")
+st.caption("Before and after share one colour scale; hover a pixel for its channel and value.")
+
+if pair.compared:
+    st.subheader("Along the depth of the network")
+    batch = [ss.dataset[i][0] for i in range(0, len(ss.dataset), max(1, len(ss.dataset) // 32))][:32]
+    images = torch.stack([pair.preprocess(img) for img in batch])
+    profile = cache.get_or_compute(
+        (run_id, "profile", features.tensor_key(images)),
+        lambda: features.depth_profile(pair.before, pair.after, pair.layer_groups, images),
+    )
+    names = [p["group"] for p in profile]
+    colours = ["#9aa5b1" if n in pair.frozen else "#d62728" for n in names]
+    d1, d2 = st.columns(2)
+    fig = go.Figure(go.Bar(x=names, y=[p["weight_change"] for p in profile], marker_color=colours,
+                           hovertemplate="%{x}: %{y:.4f}<extra></extra>"))
+    fig.update_layout(title="Relative weight change ‖W_after − W_before‖ / ‖W_before‖", height=330,
+                      margin=dict(l=0, r=0, t=40, b=0), yaxis_type="log" if any(
+                          p["weight_change"] > 0 for p in profile) else "linear")
+    d1.plotly_chart(fig, width="stretch", key="depth-change")
+    fig = go.Figure(go.Bar(x=names, y=[p["cka"] for p in profile], marker_color=colours,
+                           hovertemplate="%{x}: CKA %{y:.3f}<extra></extra>"))
+    fig.update_layout(title="Representation similarity before vs after (linear CKA)", height=330,
+                      margin=dict(l=0, r=0, t=40, b=0), yaxis_range=[0, 1.05])
+    d2.plotly_chart(fig, width="stretch", key="depth-cka")
+    st.caption(f"Grey: frozen groups (change 0, CKA 1). Red: trained groups. CKA over {len(batch)} images of the "
+               "current dataset; the head is new, so it always changes most.")
+
+st.subheader("Images that excite a channel most")
+if st.toggle("Find them in the current dataset", help="One pass over up to 64 images per model and layer."):
+    channel = st.selectbox("Channel", channels, format_func=lambda c: f"channel {c}")
+    pool = [ss.dataset[i][0] for i in range(0, len(ss.dataset), max(1, len(ss.dataset) // 64))][:64]
+    pool_tensor = torch.stack([pair.preprocess(img) for img in pool])
+    pool_key = features.tensor_key(pool_tensor)
+    sides = [("before", pair.before)] + ([("after", pair.after)] if pair.compared else [])
+    for which, model in sides:
+        # every channel's mean activation per image, once per model and layer: picking another
+        # channel then costs nothing
+        means = cache.get_or_compute(
+            (run_id, "channel-means", which, layer, pool_key),
+            lambda m=model: features.activations(m, pool_tensor, [layer])[layer].flatten(2).mean(2))
+        values, order_ = means[:, channel].sort(descending=True)
+        st.markdown(f"**{which}**")
+        cols = st.columns(6)
+        for col, i, value in zip(cols, order_[:6].tolist(), values[:6].tolist()):
+            col.image(pool[i], caption=f"{value:.2f}", width="stretch")
