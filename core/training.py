@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+from contextlib import contextmanager, nullcontext
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -36,6 +37,8 @@ __all__ = [
     "evaluate",
     "predict_proba",
     "build_param_groups",
+    "training_plan",
+    "discriminative_multipliers",
 ]
 
 OPTIMIZERS = ("adamw", "sgd")
@@ -62,6 +65,7 @@ class TrainConfig:
     train_bn: bool = False  # let frozen groups' BatchNorm layers update their statistics
     cache_features: bool = True
     cached_views: int = 3  # augmented views per image cached for a frozen backbone
+    unfreeze_every: int = 0  # progressive unfreezing: one more group, from the top, every k epochs
     label_smoothing: float = 0.0
     mixed_precision: bool = True  # on CUDA only
 
@@ -83,6 +87,8 @@ class TrainConfig:
             raise ConfigError("Label smoothing must be in [0, 1).")
         if self.weight_decay < 0:
             raise ConfigError("Weight decay cannot be negative.")
+        if not isinstance(self.unfreeze_every, int) or not 0 <= self.unfreeze_every <= 100:
+            raise ConfigError("Unfreeze every k epochs: k must be a whole number from 0 (off) to 100.")
         if not 1 <= self.cached_views <= 16:
             raise ConfigError("Cached views must be between 1 and 16.")
         for name, mult in self.lr_multipliers.items():
@@ -123,6 +129,8 @@ class History:
     message: str = ""
     used_feature_cache: bool = False
     images_per_second: float = 0.0  # training throughput over the whole run
+    cache: str = ""  # "head", "prefix" or "" (no cache)
+    plan: list[dict[str, float]] = field(default_factory=list)  # per epoch, group -> lr multiplier
 
     def best_val_acc(self) -> float:
         accs = [e.val_acc for e in self.epochs if not math.isnan(e.val_acc)]
@@ -140,6 +148,7 @@ class FitInfo:
     trainable_params: int
     frozen_params: int
     trainable_groups: tuple[str, ...]
+    cache: str = ""
 
 
 @dataclass(frozen=True)
@@ -237,21 +246,6 @@ def _make_scheduler(config: TrainConfig, optimizer, total_steps: int):
     return None
 
 
-@torch.inference_mode()
-def _cache_head_inputs(model, head, images, mean, std, device, batch_size, dtype, on_batch) -> torch.Tensor:
-    captured: list[torch.Tensor] = []
-    handle = head.register_forward_pre_hook(lambda _m, args: captured.append(args[0].float()))
-    try:
-        for start in range(0, len(images), batch_size):
-            x = _normalise(images[start:start + batch_size].to(device, non_blocking=True), mean, std)
-            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                model(x)
-            on_batch()
-    finally:
-        handle.remove()
-    return torch.cat(captured) if captured else torch.empty(0)
-
-
 def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, mean, std,
              device: torch.device, batch_size: int = 64) -> tuple[float, float]:
     """Mean cross-entropy and accuracy of ``model`` on uint8 images, in eval mode."""
@@ -314,13 +308,92 @@ def build_param_groups(model: Classifier, config: TrainConfig) -> list[dict]:
     return groups
 
 
+def training_plan(group_names: Sequence[str], config: TrainConfig) -> list[dict[str, float]]:
+    """Per epoch, each layer group's learning-rate multiplier; 0 means frozen in that epoch.
+
+    Groups in ``config.freeze`` (or with multiplier 0) never train. With ``unfreeze_every = k``
+    (progressive unfreezing), only the top trainable group trains at first and the next one
+    down joins every k epochs, until every trainable group, down to the stem, trains.
+    """
+    base = {g: 0.0 if g in config.freeze else float(config.lr_multipliers.get(g, 1.0)) for g in group_names}
+    trainable = [g for g in group_names if base[g] > 0]
+    plan = []
+    for epoch in range(config.epochs):
+        if config.unfreeze_every > 0:
+            active = set(trainable[len(trainable) - min(len(trainable), 1 + epoch // config.unfreeze_every):])
+        else:
+            active = set(trainable)
+        plan.append({g: base[g] if g in active else 0.0 for g in group_names})
+    return plan
+
+
+def discriminative_multipliers(group_names: Sequence[str], lowest: float = 0.01) -> dict[str, float]:
+    """Learning-rate multipliers spread geometrically from ``lowest`` (first group) to 1 (last),
+    as fastai's ``slice(lo, hi)``: early, general layers move least."""
+    if not 0 < lowest <= 1:
+        raise ConfigError("The lowest multiplier must be in (0, 1].")
+    n = len(group_names)
+    if n == 1:
+        return {group_names[0]: 1.0}
+    return {g: float(lowest ** (1 - i / (n - 1))) for i, g in enumerate(group_names)}
+
+
+# A cache of activations larger than this is not worth the memory: train without it.
+CACHE_BUDGET_BYTES = 1_500_000_000
+
+
+@contextmanager
+def _skip_prefix(modules: list[nn.Module], boundary: nn.Module, stash: dict):
+    """Make the frozen prefix free: its modules pass their input through, and the boundary
+    module returns the cached activation in ``stash["x"]`` instead of computing it."""
+    try:
+        for module in modules:
+            module.forward = lambda x, *args, **kwargs: x
+        boundary.forward = lambda *args, **kwargs: stash["x"]
+        yield
+    finally:
+        for module in modules + [boundary]:
+            module.__dict__.pop("forward", None)
+
+
+@torch.inference_mode()
+def _collect(model, module, images, mean, std, device, batch_size, dtype, on_batch, capture="output") -> torch.Tensor:
+    """One pass over ``images``; returns what flows into (or out of) ``module`` for each image."""
+    captured: list[torch.Tensor] = []
+
+    class _Done(Exception):
+        pass
+
+    def grab(value):
+        captured.append(value.float())
+        raise _Done  # nothing after the captured point is needed
+
+    if capture == "input":
+        handle = module.register_forward_pre_hook(lambda _m, args: grab(args[0]))
+    else:
+        handle = module.register_forward_hook(lambda _m, _args, out: grab(out))
+    try:
+        for start in range(0, len(images), batch_size):
+            x = _normalise(images[start:start + batch_size].to(device, non_blocking=True), mean, std)
+            try:
+                with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                    model(x)
+            except _Done:
+                pass
+            on_batch()
+    finally:
+        handle.remove()
+    return torch.cat(captured) if captured else torch.empty(0)
+
+
 def fit(model: Classifier, train_ds, val_ds, config: TrainConfig, callbacks: Sequence[Callback] = (),
         stop=None) -> History:
     """Train ``model`` in place on ``train_ds``, evaluating on ``val_ds`` after every epoch.
 
     Setting ``stop`` (a ``threading.Event``) ends the run within one batch. A loss that becomes
     NaN or infinite ends the run with a message, and the weights of the last good epoch are
-    put back.
+    put back. Layer groups that never train are computed once per image (and per cached
+    augmented view) when ``config.cache_features`` allows, and only the rest of the network runs.
     """
     group_names = [g.name for g in model.layer_groups]
     config.validate(group_names)
@@ -349,30 +422,45 @@ def fit(model: Classifier, train_ds, val_ds, config: TrainConfig, callbacks: Seq
     mean = torch.tensor(model.mean, device=device).view(1, 3, 1, 1)
     std = torch.tensor(model.std, device=device).view(1, 3, 1, 1)
 
-    frozen_groups = _frozen_groups(model, config)
-    frozen_modules = [model.get_submodule(m) for g in model.layer_groups if g.name in frozen_groups for m in g.modules]
+    plan = training_plan(group_names, config)
+    never_trained = [g for g in model.layer_groups if all(epoch[g.name] == 0 for epoch in plan)]
     original_requires_grad = {id(p): p.requires_grad for p in model.parameters()}
-    param_groups = build_param_groups(model, config)
+    ever = TrainConfig(**{**config.to_dict(), "freeze": [g.name for g in never_trained]})
+    param_groups = build_param_groups(model, ever)
+    by_group = {g["name"]: g["params"] for g in param_groups}
     trainable_params = sum(p.numel() for g in param_groups for p in g["params"])
     frozen_params = sum(p.numel() for p in model.parameters()) - trainable_params
 
-    # Only the head trains: cache what flows into it and train the head alone on that.
-    head_group = next((g for g in model.layer_groups if any(
-        model.head_module == m or model.head_module.startswith(m + ".") for m in g.modules)), None)
-    use_cache = (
-        config.cache_features
-        and head_group is not None
-        and len(head_group.modules) == 1
-        and all(g.name in frozen_groups for g in model.layer_groups if g is not head_group)
-        and not (config.train_bn and frozen_groups)
-        and "other" not in {g["name"] for g in param_groups}
-    )
+    # What the cache can skip: the longest run of never-trained groups from the input on.
+    prefix = []
+    for g in model.layer_groups:
+        if g not in never_trained:
+            break
+        prefix.append(g)
+    head_group = model.layer_groups[-1]
+    cache_mode = None
+    if config.cache_features and prefix and not (config.train_bn and never_trained) and "other" not in by_group:
+        if len(prefix) == len(model.layer_groups) - 1 and len(head_group.modules) == 1:
+            cache_mode = "head"  # only the head trains: run nothing but the head
+        else:
+            cache_mode = "prefix"
+    if cache_mode == "head":
+        boundary = model.get_submodule(head_group.modules[0])
+    elif cache_mode == "prefix":
+        boundary = model.get_submodule(prefix[-1].modules[-1])
+        prefix_modules = [model.get_submodule(m) for g in prefix for m in g.modules if m != prefix[-1].modules[-1]]
+    views = (config.cached_views if config.augment else 1) if cache_mode else 0
+    if cache_mode:
+        probe = _collect(model.eval(), boundary, train_images[:1], mean, std, device, 1, amp_dtype, lambda: None,
+                         "input" if cache_mode == "head" else "output")
+        bytes_needed = probe[0].numel() * 4 * (len(train_images) * views + len(val_images))
+        if bytes_needed > CACHE_BUDGET_BYTES:
+            cache_mode, views = None, 0
 
     drop_last = len(train_images) % config.batch_size == 1  # a batch of one breaks BatchNorm
     batches = len(train_images) // config.batch_size if drop_last else math.ceil(len(train_images) / config.batch_size)
-    views = (config.cached_views if config.augment else 1) if use_cache else 0
-    cache_batches = math.ceil(len(train_images) / config.batch_size) * views + (
-        math.ceil(len(val_images) / config.batch_size) if use_cache else 0)
+    cache_batches = (math.ceil(len(train_images) / config.batch_size) * views
+                     + math.ceil(len(val_images) / config.batch_size)) if cache_mode else 0
     total_units = cache_batches + batches * config.epochs
     done_units = 0
 
@@ -382,9 +470,9 @@ def fit(model: Classifier, train_ds, val_ds, config: TrainConfig, callbacks: Seq
     criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     augmenter = _augmenter(size) if config.augment else None
 
-    history = History(used_feature_cache=use_cache)
-    info = FitInfo(config.epochs, batches, len(train_images), len(val_images), str(device), use_cache,
-                   trainable_params, frozen_params, tuple(g["name"] for g in param_groups))
+    history = History(used_feature_cache=cache_mode is not None, cache=cache_mode or "", plan=plan)
+    info = FitInfo(config.epochs, batches, len(train_images), len(val_images), str(device), cache_mode is not None,
+                   trainable_params, frozen_params, tuple(g["name"] for g in param_groups), cache_mode or "")
     for cb in callbacks:
         cb.on_fit_start(info)
 
@@ -400,22 +488,47 @@ def fit(model: Classifier, train_ds, val_ds, config: TrainConfig, callbacks: Seq
 
     trainable_list = [p for g in param_groups for p in g["params"]]
     last_good = [p.detach().clone() for p in trainable_list]
-    head = model.get_submodule(head_group.modules[0]) if use_cache else None
     seen_images, train_seconds = 0, 0.0
+    stash: dict = {}
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        """Logits for a batch: raw images, or cached activations at the boundary."""
+        if cache_mode == "head":
+            return boundary(x)
+        if cache_mode == "prefix":
+            stash["x"] = x
+            # the skipped prefix never reads its input: a tiny stand-in carries the batch size
+            return model(torch.zeros(len(x), 3, 8, 8, device=device))
+        return model(x)
+
+    def cached_eval() -> tuple[float, float]:
+        if len(val_bank) == 0:
+            return float("nan"), float("nan")
+        model.eval()
+        total, correct = 0.0, 0
+        with torch.inference_mode(), (_skip_prefix(prefix_modules, boundary, stash) if cache_mode == "prefix"
+                                      else nullcontext()):
+            for start in range(0, len(val_bank), 64):
+                logits = forward(val_bank[start:start + 64]).float()
+                y = val_labels_dev[start:start + 64]
+                total += F.cross_entropy(logits, y, reduction="sum").item()
+                correct += (logits.argmax(1) == y).sum().item()
+        return total / len(val_bank), correct / len(val_bank)
 
     try:
-        if use_cache:
+        if cache_mode:
             model.eval()
+            capture = "input" if cache_mode == "head" else "output"
             cached_views = []
             for v in range(views):
                 source = _augment(train_images, augmenter, config.seed * 1000 + v) if augmenter else train_images
-                cached_views.append(_cache_head_inputs(model, head, source, mean, std, device, config.batch_size,
-                                                       amp_dtype, lambda: tick(0, 0, float("nan"), "cache")))
+                cached_views.append(_collect(model, boundary, source, mean, std, device, config.batch_size,
+                                             amp_dtype, lambda: tick(0, 0, float("nan"), "cache"), capture))
                 if stopped():
                     break
             feature_bank = torch.stack(cached_views)
-            val_features = _cache_head_inputs(model, head, val_images, mean, std, device, config.batch_size,
-                                              amp_dtype, lambda: tick(0, 0, float("nan"), "cache"))
+            val_bank = _collect(model, boundary, val_images, mean, std, device, config.batch_size,
+                                amp_dtype, lambda: tick(0, 0, float("nan"), "cache"), capture)
             train_labels_dev = train_labels.to(device)
             val_labels_dev = val_labels.to(device)
 
@@ -424,53 +537,57 @@ def fit(model: Classifier, train_ds, val_ds, config: TrainConfig, callbacks: Seq
                 history.stopped = "cancelled"
                 break
             started = time.perf_counter()
-            if use_cache:
-                head.train()
-            else:
-                _apply_freeze(model, frozen_modules, config.train_bn)
+            active = plan[epoch - 1]
+            for name, params in by_group.items():
+                for p in params:
+                    p.requires_grad_(active.get(name, 0) > 0)
+            resting = [model.get_submodule(m) for g in model.layer_groups if active[g.name] == 0 for m in g.modules]
+            _apply_freeze(model, resting, config.train_bn)
             order = torch.randperm(len(train_images), generator=shuffler)
             loss_sum = torch.zeros((), device=device)
             correct = torch.zeros((), device=device, dtype=torch.long)
             count = 0
             diverged = False
-            for b in range(batches):
-                if stopped():
-                    history.stopped = "cancelled"
-                    break
-                idx = order[b * config.batch_size:(b + 1) * config.batch_size]
-                if use_cache:
-                    # each image shows up as one of its cached augmented views, drawn at random
-                    if len(feature_bank) > 1:
-                        pick = torch.randint(len(feature_bank), (len(idx),), generator=shuffler)
-                        x = feature_bank[pick.to(device), idx.to(device)]
+            skipping = _skip_prefix(prefix_modules, boundary, stash) if cache_mode == "prefix" else nullcontext()
+            with skipping:
+                for b in range(batches):
+                    if stopped():
+                        history.stopped = "cancelled"
+                        break
+                    idx = order[b * config.batch_size:(b + 1) * config.batch_size]
+                    if cache_mode:
+                        # each image shows up as one of its cached augmented views, drawn at random
+                        if len(feature_bank) > 1:
+                            pick = torch.randint(len(feature_bank), (len(idx),), generator=shuffler)
+                            x = feature_bank[pick.to(device), idx.to(device)]
+                        else:
+                            x = feature_bank[0, idx.to(device)]
+                        y = train_labels_dev[idx.to(device)]
                     else:
-                        x = feature_bank[0, idx.to(device)]
-                    y = train_labels_dev[idx.to(device)]
-                else:
-                    batch = train_images[idx]
-                    if augmenter is not None:
-                        batch = _augment(batch, augmenter, hash((config.seed, epoch, b)) & 0x7FFFFFFF)
-                    x = _normalise(batch.to(device, non_blocking=True), mean, std)
-                    if device.type == "cuda":
-                        x = x.contiguous(memory_format=torch.channels_last)
-                    y = train_labels[idx].to(device, non_blocking=True)
-                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                    logits = (head(x) if use_cache else model(x)).float()
-                    loss = criterion(logits, y)
-                loss_value = loss.item()  # one sync per step: the live curve and the NaN guard need it
-                if not math.isfinite(loss_value):
-                    diverged = True
-                    break
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                if scheduler is not None:
-                    scheduler.step()
-                loss_sum += loss.detach() * len(y)
-                correct += (logits.detach().argmax(1) == y).sum()
-                count += len(y)
-                tick(epoch, b + 1, loss_value)
+                        batch = train_images[idx]
+                        if augmenter is not None:
+                            batch = _augment(batch, augmenter, hash((config.seed, epoch, b)) & 0x7FFFFFFF)
+                        x = _normalise(batch.to(device, non_blocking=True), mean, std)
+                        if device.type == "cuda":
+                            x = x.contiguous(memory_format=torch.channels_last)
+                        y = train_labels[idx].to(device, non_blocking=True)
+                    with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                        logits = forward(x).float()
+                        loss = criterion(logits, y)
+                    loss_value = loss.item()  # one sync per step: the live curve and the NaN guard need it
+                    if not math.isfinite(loss_value):
+                        diverged = True
+                        break
+                    optimizer.zero_grad(set_to_none=True)
+                    scaler.scale(loss).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
+                    if scheduler is not None:
+                        scheduler.step()
+                    loss_sum += loss.detach() * len(y)
+                    correct += (logits.detach().argmax(1) == y).sum()
+                    count += len(y)
+                    tick(epoch, b + 1, loss_value)
             train_seconds += time.perf_counter() - started
             seen_images += count
             if not diverged and any(not torch.isfinite(p).all() for p in trainable_list):
@@ -488,8 +605,8 @@ def fit(model: Classifier, train_ds, val_ds, config: TrainConfig, callbacks: Seq
                 break
             if history.stopped == "cancelled" and count == 0:
                 break
-            if use_cache:
-                val_loss, val_acc = _evaluate_head(head, val_features, val_labels_dev)
+            if cache_mode:
+                val_loss, val_acc = cached_eval()
             else:
                 val_loss, val_acc = evaluate(model, val_images, val_labels, mean, std, device)
             metrics = EpochMetrics(
@@ -519,17 +636,6 @@ def fit(model: Classifier, train_ds, val_ds, config: TrainConfig, callbacks: Seq
     for cb in callbacks:
         cb.on_fit_end(history)
     return history
-
-
-def _evaluate_head(head: nn.Module, features: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
-    if len(features) == 0:
-        return float("nan"), float("nan")
-    head.eval()
-    with torch.inference_mode():
-        logits = head(features).float()
-        loss = F.cross_entropy(logits, labels).item()
-        acc = (logits.argmax(1) == labels).float().mean().item()
-    return loss, acc
 
 
 def clone_model(model: Classifier) -> Classifier:

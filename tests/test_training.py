@@ -9,7 +9,7 @@ from PIL import Image, ImageDraw
 
 from core import backbones
 from core.errors import ConfigError
-from core.training import Callback, TrainConfig, build_param_groups, fit
+from core.training import Callback, TrainConfig, build_param_groups, discriminative_multipliers, fit, training_plan
 
 
 class Shapes:
@@ -174,3 +174,56 @@ def test_feature_extraction_on_the_demo_set_is_well_above_chance(lite0):
     chance = 1 / len(train_ds.classes)
     assert history.used_feature_cache
     assert history.epochs[-1].val_acc >= chance + 0.4, history.epochs
+
+
+def test_a_frozen_prefix_is_cached_and_trains_exactly_like_the_plain_path(data):
+    torch.manual_seed(0)
+    model = backbones.classifier(backbones.load("resnet18", pretrained=False), 2, image_size=32)
+    twin = copy.deepcopy(model)
+    config = TrainConfig(epochs=2, batch_size=8, freeze=["stem", "layer1", "layer2"], augment=False, image_size=32)
+    cached = fit(model, *data, config)
+    plain = fit(twin, *data, TrainConfig(**{**config.to_dict(), "cache_features": False}))
+    assert cached.cache == "prefix" and plain.cache == ""
+    for (name, a), b in zip(model.state_dict().items(), twin.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-5), name
+    assert [round(e.val_loss, 5) for e in cached.epochs] == [round(e.val_loss, 5) for e in plain.epochs]
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.allclose(model(x), twin(x), atol=1e-5)  # the prefix computes normally again
+
+
+def test_progressive_unfreezing_plans_the_top_group_first_then_one_more_every_k_epochs():
+    groups = ["stem", "stage1", "stage2", "top", "head"]
+    plan = training_plan(groups, TrainConfig(epochs=7, freeze=["stem"], unfreeze_every=2,
+                                             lr_multipliers={"stage1": 0.1}))
+    trainable = [[g for g in groups if epoch[g] > 0] for epoch in plan]
+    assert trainable == [["head"], ["head"], ["top", "head"], ["top", "head"],
+                         ["stage2", "top", "head"], ["stage2", "top", "head"], ["stage1", "stage2", "top", "head"]]
+    assert plan[-1]["stage1"] == pytest.approx(0.1) and plan[-1]["stem"] == 0
+    constant = training_plan(groups, TrainConfig(epochs=3))
+    assert all(epoch == constant[0] for epoch in constant) and all(v == 1.0 for v in constant[0].values())
+
+
+def test_fit_follows_the_unfreezing_plan(lite0, data):
+    model = backbones.classifier(lite0, 2, image_size=32)
+    changed_by_epoch = []
+    start = snapshot(model)
+
+    class Watch(Callback):
+        def on_epoch_end(self, metrics):
+            now = model.state_dict()
+            changed_by_epoch.append({g.name for g in model.layer_groups for m in g.modules
+                                     for k in now if k.startswith(m + ".") and not torch.equal(now[k], start[k])})
+
+    frozen = ["stem", "stage1", "stage2", "stage3", "stage4", "stage5", "stage6"]
+    history = fit(model, *data, TrainConfig(epochs=3, batch_size=8, freeze=frozen, unfreeze_every=1, image_size=32),
+                  [Watch()])
+    assert changed_by_epoch == [{"head"}, {"head", "top"}, {"head", "top", "stage7"}]
+    assert history.cache == "prefix"
+    assert [sorted(g for g, m in e.items() if m > 0) for e in history.plan] == [
+        ["head"], ["head", "top"], ["head", "stage7", "top"]]
+
+
+def test_discriminative_learning_rates_spread_geometrically_from_the_stem_to_the_head():
+    mults = discriminative_multipliers(["stem", "a", "b", "head"], lowest=0.001)
+    assert mults["stem"] == pytest.approx(0.001) and mults["head"] == pytest.approx(1.0)
+    assert mults["a"] == pytest.approx(0.01) and mults["b"] == pytest.approx(0.1)
