@@ -343,6 +343,11 @@ def _spec(name: str) -> _Spec:
     return spec
 
 
+def group_names(name: str) -> list[str]:
+    """The layer groups of a backbone, input to output, without building it."""
+    return [group for group, _ in _spec(name).groups]
+
+
 def list_backbones() -> list[BackboneInfo]:
     """Every backbone the app offers, with whether its pretrained weights work offline now."""
     infos = []
@@ -510,4 +515,4 @@ def group_parameters(model: nn.Module, groups: list[LayerGroup]) -> dict[str, li
     return result
 
 
-__all__ += ["group_parameters", "starting_model"]
+__all__ += ["group_parameters", "starting_model", "group_names"]

@@ -302,6 +302,7 @@ def start_run(store: RunStore, train_ds, val_ds, *, backbone: str, pretrained: b
     """Queue a run that builds a fresh classifier for ``train_ds``'s classes and trains it."""
     from core import backbones
     from core.runs import new_run_id
+    from core.training import training_plan
 
     config.validate()
     classes = list(train_ds.classes)
@@ -318,7 +319,8 @@ def start_run(store: RunStore, train_ds, val_ds, *, backbone: str, pretrained: b
         id=new_run_id(), status="queued", created=time.time(), backbone=backbone,
         pretrained=bool(pretrained or weights_path), classes=classes,
         config={**config.to_dict(), "head": head, "n_train": len(train_ds), "n_val": len(val_ds),
-                "weights_file": str(weights_path) if weights_path else None},
+                "weights_file": str(weights_path) if weights_path else None,
+                "plan": training_plan(backbones.group_names(backbone), config)},
         owner=owner, label=label or f"{backbone} {'pretrained' if pretrained else 'scratch'}", dataset=dataset,
     )
     return submit(record, store, build, train_ds, val_ds, config, queue)

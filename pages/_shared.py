@@ -27,6 +27,8 @@ class ModelChoice:
     freeze: list[str] = field(default_factory=list)
     lr_multipliers: dict[str, float] = field(default_factory=dict)
     strategy: str = "Feature extraction"
+    unfreeze_every: int = 0
+    train_bn: bool = False
 
 
 @st.cache_resource
@@ -77,6 +79,23 @@ def preset_freeze(strategy: str, groups: list[str]) -> list[str]:
     if strategy == "Fine-tune the last stage":
         return body[:-2] if len(body) > 2 else body[:-1]
     return []
+
+
+def plan_figure(plan: list[dict], title: str = "Which groups train in which epoch"):
+    """A timeline: layer groups (rows, input at the bottom) by epoch, coloured by learning rate."""
+    import plotly.graph_objects as go
+
+    groups = list(plan[0]) if plan else []
+    z = [[epoch[g] if epoch[g] > 0 else None for epoch in plan] for g in groups]
+    text = [[f"lr × {epoch[g]:.3g}" if epoch[g] > 0 else "frozen" for epoch in plan] for g in groups]
+    fig = go.Figure(go.Heatmap(
+        z=z, x=list(range(1, len(plan) + 1)), y=groups, text=text, colorscale="Reds", zmin=0,
+        hovertemplate="epoch %{x} · %{y}: %{text}<extra></extra>", xgap=2, ygap=2,
+        colorbar=dict(title="lr ×"),
+    ))
+    fig.update_layout(title=title, height=120 + 22 * len(groups), margin=dict(l=0, r=0, t=40, b=0),
+                      xaxis=dict(title="epoch", dtick=1), plot_bgcolor="#eef0f3")
+    return fig
 
 
 def init_session() -> None:

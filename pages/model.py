@@ -6,7 +6,8 @@ import streamlit as st
 
 from core import backbones
 from core.errors import UserInputError
-from pages._shared import ModelChoice, backbone_catalogue, group_table, preset_freeze, run_store
+from core.training import TrainConfig, discriminative_multipliers, training_plan
+from pages._shared import ModelChoice, backbone_catalogue, group_table, plan_figure, preset_freeze, run_store
 
 ss = st.session_state
 choice: ModelChoice = ss.model_choice
@@ -29,7 +30,11 @@ STRATEGIES = {
     "Feature extraction": "Freeze the whole backbone and train only the new head. Fast: the backbone's "
                           "features are computed once and cached.",
     "Fine-tune the last stage": "Train the head and the last stages; earlier layers keep their general features.",
-    "Fine-tune all": "Train every layer. Slowest; use a lower learning rate for early layers.",
+    "Fine-tune all": "Train every layer at one learning rate. Slowest, and early layers may forget.",
+    "Discriminative learning rates": "Train every layer, with learning rates spread geometrically from "
+                                     "the stem (smallest) to the head (largest), as fastai's slice(lo, hi).",
+    "Progressive unfreezing": "Start with the head alone, then unfreeze one more group from the top every "
+                              "few epochs (ULMFiT): the new head settles before it can disturb early layers.",
     "Custom": "Pick the frozen groups and learning-rate multipliers in the table.",
 }
 
@@ -75,6 +80,17 @@ with col1:
 with col2:
     strategy = st.radio("Strategy", list(STRATEGIES), index=list(STRATEGIES).index(choice.strategy))
     st.caption(STRATEGIES[strategy])
+    lowest = 0.01
+    if strategy == "Discriminative learning rates":
+        lowest = st.select_slider("Stem's learning rate, relative to the head's", [0.001, 0.003, 0.01, 0.03, 0.1, 0.3],
+                                  value=0.01)
+    choice.unfreeze_every = (st.slider("Unfreeze one more group every … epochs", 1, 5, max(1, choice.unfreeze_every))
+                             if strategy == "Progressive unfreezing" else 0)
+    choice.train_bn = st.checkbox(
+        "Let frozen groups' BatchNorm update its statistics", value=choice.train_bn,
+        help="Off (the default): frozen layers compute exactly what they computed before. On: their weights stay, "
+             "but BatchNorm's running mean and variance adapt to your images — cheap domain adaptation, "
+             "at the price of features that drift and no feature cache.")
 
 table = group_table(name, len(ss.dataset.classes))
 groups = [row["group"] for row in table]
@@ -84,6 +100,10 @@ if name != choice.backbone or strategy != choice.strategy:
     freeze = preset_freeze(strategy, groups) if strategy != "Custom" else [g for g in choice.freeze if g in groups]
     choice.backbone, choice.strategy, choice.freeze = name, strategy, freeze
     choice.lr_multipliers = {g: m for g, m in choice.lr_multipliers.items() if g in groups}
+    if strategy in STRATEGIES and strategy != "Custom":
+        choice.lr_multipliers = {}
+if strategy == "Discriminative learning rates":
+    choice.lr_multipliers = {g: round(m, 4) for g, m in discriminative_multipliers(groups, lowest).items()}
 choice.pretrained = pretrained
 
 st.subheader("Layer groups, from input to output")
@@ -94,7 +114,7 @@ rows = [
 ]
 edited = st.data_editor(
     rows,
-    key=f"groups-{name}-{strategy}",
+    key=f"groups-{name}-{strategy}-{lowest}",
     disabled=["group", "layers", "parameters"],
     column_config={
         "train": st.column_config.CheckboxColumn("train", help="Unticked groups stay frozen, BatchNorm statistics too."),
@@ -123,3 +143,9 @@ if not any(row["train"] for row in edited):
 elif set(groups) - {"head"} <= set(choice.freeze):
     st.info("Only the head trains: the backbone's features will be computed once and cached, so epochs are fast.")
 st.caption("The head is always new (one output per class of your data), so it is trained from scratch.")
+
+preview = TrainConfig(epochs=ss.train_config.epochs, freeze=choice.freeze, lr_multipliers=choice.lr_multipliers,
+                      unfreeze_every=choice.unfreeze_every)
+st.plotly_chart(plan_figure(training_plan(groups, preview),
+                            f"The plan for {preview.epochs} epochs (set epochs on the Train page)"),
+                width="stretch", key="plan-preview")

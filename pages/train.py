@@ -10,7 +10,7 @@ from plotly.subplots import make_subplots
 from core.errors import UserInputError
 from core.jobs import get_job, start_run
 from core.training import TrainConfig
-from pages._shared import current_split, my_runs, run_status, run_store, select_run
+from pages._shared import current_split, my_runs, plan_figure, run_status, run_store, select_run
 
 ss = st.session_state
 st.title("Train")
@@ -40,7 +40,7 @@ def settings_ui() -> TrainConfig:
     ss.train_config = TrainConfig(
         epochs=int(epochs), batch_size=int(batch), lr=float(lr), freeze=list(mc.freeze),
         lr_multipliers=dict(mc.lr_multipliers), seed=int(seed), optimizer=optimizer, schedule=schedule,
-        augment=augment, image_size=int(size),
+        augment=augment, image_size=int(size), unfreeze_every=mc.unfreeze_every, train_bn=mc.train_bn,
     )
     return ss.train_config
 
@@ -52,18 +52,32 @@ def start_ui(config: TrainConfig) -> None:
         f"{' pretrained' if mc.pretrained else ' from scratch'} · **{mc.strategy}** · "
         f"{config.epochs} epochs at {config.image_size} px"
     )
-    if st.button("Train", type="primary", icon=":material/play_arrow:"):
-        try:
-            train_ds, val_ds = current_split()
-            job = start_run(
-                run_store(), train_ds, val_ds, backbone=mc.backbone, pretrained=mc.pretrained,
-                weights_path=mc.weights_path, config=config, owner=ss.owner, dataset=ss.dataset_label,
-            )
-        except UserInputError as exc:
-            st.error(str(exc))
-            return
-        select_run(job.run_id)
-        st.rerun()
+    b1, b2 = st.columns([1, 4])
+    if b1.button("Train", type="primary", icon=":material/play_arrow:"):
+        launch([(mc.pretrained, config, None)])
+    if b2.button("Pretrained vs from scratch", icon=":material/compare_arrows:",
+                 help="Trains this architecture twice on the same split and seed: with your settings from "
+                      "ImageNet weights, and from random weights with every layer trained. The curves are overlaid."):
+        scratch = TrainConfig(**{**config.to_dict(), "freeze": [], "lr_multipliers": {}, "unfreeze_every": 0})
+        launch([(True, config, f"{mc.backbone} pretrained ({mc.strategy})"),
+                (False, scratch, f"{mc.backbone} from scratch")], compare=True)
+
+
+def launch(variants, compare: bool = False) -> None:
+    mc = ss.model_choice
+    try:
+        train_ds, val_ds = current_split()
+        jobs = [start_run(run_store(), train_ds, val_ds, backbone=mc.backbone, pretrained=pretrained,
+                          weights_path=mc.weights_path if pretrained else None, config=cfg, owner=ss.owner,
+                          dataset=ss.dataset_label, label=label or "")
+                for pretrained, cfg, label in variants]
+    except UserInputError as exc:
+        st.error(str(exc))
+        return
+    if compare:
+        ss.compare = [job.run_id for job in jobs]
+    select_run(jobs[0].run_id)
+    st.rerun()
 
 
 def curves(epochs: list[dict], batch_losses) -> go.Figure:
@@ -113,10 +127,13 @@ def show_run(run_id: str) -> bool:
         if st.button("Stop", icon=":material/stop:"):
             get_job(run_id).cancel()
     info = (snap.info.__dict__ if snap and snap.info else record.info) or {}
-    if info.get("uses_feature_cache"):
-        st.caption(":material/bolt: Only the head trains: the frozen backbone's features were computed once and are reused "
-                   "every epoch (augmented views cached too).")
-    elif info:
+    if info.get("cache") == "head" or (info.get("uses_feature_cache") and not info.get("cache")):
+        st.caption(":material/bolt: Only the head trains: the frozen backbone's features were computed once and are "
+                   "reused every epoch (a few augmented views of each image are cached too).")
+    elif info.get("cache") == "prefix":
+        st.caption(":material/bolt: The frozen early layers' output was computed once per image (and per cached "
+                   "augmented view); each step runs only the layers that train.")
+    if info:
         st.caption(f"Training {info.get('trainable_params', 0):,} parameters, "
                    f"{info.get('frozen_params', 0):,} frozen, on {info.get('device', '?')}.")
     if status in ("failed", "diverged"):
@@ -125,6 +142,10 @@ def show_run(run_id: str) -> bool:
         st.info(message)
     if epochs or batch_losses:
         st.plotly_chart(curves(epochs, batch_losses), width="stretch", key=f"curves-{run_id}")
+    plan = record.config.get("plan")
+    if plan:
+        with st.expander("Strategy timeline: which groups trained in which epoch"):
+            st.plotly_chart(plan_figure(plan), width="stretch", key=f"plan-{run_id}")
     if epochs and not running:
         last = epochs[-1]
         c1, c2, c3, c4 = st.columns(4)
@@ -142,6 +163,43 @@ def live_run(run_id: str) -> None:
         st.rerun()  # finished: redraw the whole page once, without the timer
 
 
+def compare_ui(runs) -> None:
+    st.subheader("Compare runs")
+    labels = {r.id: f"{r.label} · {datetime.fromtimestamp(r.created):%H:%M:%S}" for r in runs}
+    default = [r for r in ss.get("compare", []) if r in labels]
+    picked = st.multiselect("Runs to overlay", list(labels), default=default, format_func=labels.get)
+    chosen = [r for r in runs if r.id in picked]
+    if not chosen:
+        return
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("Validation loss", "Validation accuracy"))
+    for i, r in enumerate(chosen):
+        snap = get_job(r.id).snapshot() if get_job(r.id) else None
+        epochs = [e.__dict__ for e in snap.epochs] if snap else r.epochs
+        x = [e["epoch"] for e in epochs]
+        colour = ["#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"][i % 6]
+        for col, key in ((1, "val_loss"), (2, "val_acc")):
+            fig.add_trace(go.Scatter(x=x, y=[e[key] for e in epochs], name=r.label, legendgroup=r.id,
+                                     showlegend=col == 1, mode="lines+markers", line=dict(color=colour)), 1, col)
+    fig.update_yaxes(range=[0, 1.02], row=1, col=2)
+    fig.update_xaxes(title_text="epoch")
+    fig.update_layout(height=340, margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=-0.25))
+    st.plotly_chart(fig, width="stretch", key="compare-curves")
+    st.dataframe([
+        {"run": r.label, "status": r.status, "backbone": r.backbone, "pretrained": r.pretrained,
+         "frozen groups": len(r.config.get("freeze", [])), "epochs": r.config.get("epochs"),
+         "lr": r.config.get("lr"), "input px": r.config.get("image_size"),
+         "val acc": r.final(), "val loss": r.final("val_loss"),
+         "seconds": round(r.finished - r.created, 1) if r.finished else None}
+        for r in chosen
+    ], hide_index=True, width="stretch",
+        column_config={"val acc": st.column_config.NumberColumn(format="percent")})
+
+
+@st.fragment(run_every=2.0)
+def live_compare() -> None:
+    compare_ui(my_runs())
+
+
 config = settings_ui()
 start_ui(config)
 
@@ -155,6 +213,12 @@ if run_id:
 
 runs = my_runs()
 if runs:
+    st.divider()
+    comparing = [get_job(r) for r in ss.get("compare", [])]
+    if any(job is not None and not job.snapshot().done for job in comparing):
+        live_compare()
+    else:
+        compare_ui(runs)
     st.divider()
     st.subheader("Your runs")
     labels = {r.id: f"{datetime.fromtimestamp(r.created):%H:%M:%S} · {r.label} · {r.status}"

@@ -93,3 +93,29 @@ def test_a_bad_run_link_says_so(app):
     other.run()
     open_page(other, "train")
     assert any("No run with this link" in w for w in texts(other.warning))
+
+
+def test_pretrained_vs_scratch_trains_both_and_overlays_them(app):
+    open_page(app, "train")
+    app.number_input[0].set_value(2).run()
+    [b for b in app.button if b.label == "Pretrained vs from scratch"][0].click().run()
+    assert not app.error, texts(app.error)
+    compare = app.session_state.compare
+    assert len(compare) == 2
+    from core.jobs import get_job
+
+    for run_id in compare:
+        assert get_job(run_id).join(240)
+    app.run()
+    table = app.dataframe[0].value
+    assert sorted(table["pretrained"].tolist()) == [False, True]
+    assert (table["status"] == "finished").all()
+
+
+def test_the_model_page_offers_progressive_unfreezing_with_a_timeline(app):
+    open_page(app, "model")
+    [r for r in app.radio if r.label == "Strategy"][0].set_value("Progressive unfreezing").run()
+    assert not app.exception
+    choice = app.session_state.model_choice
+    assert choice.unfreeze_every == 1 and choice.freeze == []
+    assert any("The plan for" in chart.proto.spec for chart in app.get("plotly_chart"))
