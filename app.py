@@ -16,6 +16,7 @@ pages = {
     ],
     "Look inside": [
         st.Page("pages/features.py", title="Feature maps", icon=":material/grid_view:"),
+        st.Page("pages/saliency.py", title="Saliency", icon=":material/visibility:"),
     ],
 }
 navigation = st.navigation(pages)

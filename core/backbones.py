@@ -187,6 +187,14 @@ def eval_transform(size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> Callable:
     )
 
 
+def display_crop(image, size: int):
+    """The RGB pixels the model sees (short side resized, centre crop), as uint8 [size, size, 3]."""
+    import numpy as np
+
+    crop = T.Compose([T.Resize(size, antialias=True), T.CenterCrop(size)])(image.convert("RGB"))
+    return np.asarray(crop)
+
+
 # --- weights -------------------------------------------------------------------------------
 
 _cache_lock = threading.Lock()
@@ -382,7 +390,7 @@ def load(name: str = DEFAULT_BACKBONE, pretrained: bool = True, weights_path=Non
         pretrained = False
     elif pretrained:
         model.load_state_dict(_pretrained_state_dict(spec))
-        categories = _imagenet_categories()
+        categories = imagenet_categories()
     model.eval()
     if spec.source == "bundled":
         mean, std, size = LITE_MEAN, LITE_STD, 224
@@ -396,7 +404,7 @@ def load(name: str = DEFAULT_BACKBONE, pretrained: bool = True, weights_path=Non
     return Backbone(spec.name, model, preprocess, groups, categories, mean, std, size, spec.head_module, pretrained)
 
 
-def _imagenet_categories() -> list[str]:
+def imagenet_categories() -> list[str]:
     from torchvision.models import ResNet18_Weights
 
     return list(ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
@@ -515,4 +523,4 @@ def group_parameters(model: nn.Module, groups: list[LayerGroup]) -> dict[str, li
     return result
 
 
-__all__ += ["group_parameters", "starting_model", "group_names"]
+__all__ += ["group_parameters", "starting_model", "group_names", "display_crop", "imagenet_categories"]

@@ -29,6 +29,7 @@ __all__ = [
     "sanity_check",
     "gradcam_layers",
     "default_gradcam_layer",
+    "predicted_class",
 ]
 
 METHODS: tuple[str, ...] = ("gradient", "smoothgrad", "integrated_gradients", "gradcam", "occlusion")
@@ -518,6 +519,14 @@ def explain(model: nn.Module, image: torch.Tensor, target: int, method: str, *,
             layer: str | None = None, **options: Any) -> Attribution:
     """Like ``attribute`` but returns the map with its method, target, time taken and IG's delta."""
     return _attribute(model, image, target, method, layer, options)
+
+
+def predicted_class(model: nn.Module, image: torch.Tensor) -> int:
+    """The index of the model's most probable class for ``image``."""
+    device = _model_device(model)
+    x = _prepare_image(image, device, _model_dtype(model))
+    with _borrowed(model), torch.no_grad():
+        return int(model(x)[0].argmax())
 
 
 def top_classes(model: nn.Module, image: torch.Tensor, k: int = 5,

@@ -123,7 +123,7 @@ def test_training_the_demo_set_draws_live_curves_and_a_final_accuracy(server, pa
     go_to(page, "Train")
     set_epochs(page, 2)
     clicked = time.perf_counter()
-    page.get_by_role("button", name="Train").click()
+    page.get_by_role("button", name="Train", exact=True).click()
     page.locator(".js-plotly-plot").first.wait_for(timeout=120_000)
     first_curve = time.perf_counter() - clicked
     wait_for_status(page, "finished")
@@ -143,7 +143,7 @@ def test_a_run_survives_a_page_switch_and_a_browser_refresh(server, page):
     page.wait_for_timeout(500)
     go_to(page, "Train")
     set_epochs(page, 3)
-    page.get_by_role("button", name="Train").click()
+    page.get_by_role("button", name="Train", exact=True).click()
     wait_for_status(page, "(preparing|running|queued)", 60)
     run_url = page.url
     assert "run=" in run_url

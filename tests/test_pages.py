@@ -119,3 +119,36 @@ def test_the_model_page_offers_progressive_unfreezing_with_a_timeline(app):
     choice = app.session_state.model_choice
     assert choice.unfreeze_every == 1 and choice.freeze == []
     assert any("The plan for" in chart.proto.spec for chart in app.get("plotly_chart"))
+
+
+def train_once(app, epochs=1):
+    open_page(app, "train")
+    app.number_input[0].set_value(epochs).run()
+    [b for b in app.button if b.label == "Train"][0].click().run()
+    assert "finished" in wait_until_done(app)
+
+
+def test_feature_maps_show_frozen_layers_unchanged_and_the_depth_charts(app):
+    open_page(app, "features")
+    assert not app.error and "pretrained backbone alone" in " ".join(texts(app.info))
+    train_once(app)
+    open_page(app, "features")
+    assert "Along the depth of the network" in texts(app.subheader)
+    # feature extraction froze every group up to the head: any body layer is unchanged
+    assert any("Identical maps" in s for s in texts(app.success))
+    charts = [c.proto.spec for c in app.get("plotly_chart")]
+    assert any("Relative weight change" in spec for spec in charts) and any("linear CKA" in spec for spec in charts)
+
+
+def test_saliency_explains_a_real_photo_with_the_pretrained_model(app):
+    open_page(app, "saliency")
+    app.radio[0].set_value("Sample photo").run()
+    assert not app.exception and not app.error
+    targets = [s for s in app.selectbox if s.label == "Explain the class"]
+    assert targets and targets[0].format_func(targets[0].value) == "espresso"
+    train_once(app)
+    open_page(app, "saliency")
+    assert texts(app.subheader)[:2] == ["pretrained (ImageNet)", "fine-tuned"]
+    [b for b in app.button if b.label == "Run the sanity check"][0].click().run()
+    assert not app.exception
+    assert any("rank correlation" in c.proto.spec for c in app.get("plotly_chart"))

@@ -1,0 +1,139 @@
+"""Saliency: where the model looks, before and after fine-tuning, and a check that it is real."""
+
+import plotly.graph_objects as go
+import streamlit as st
+
+from core import backbones, features, saliency
+from core.errors import UserInputError
+from pages._shared import image_picker, model_picker, run_models
+
+ss = st.session_state
+st.title("Saliency")
+st.write(
+    "Which pixels drive the score of a class? Compare the pretrained ImageNet model with the fine-tuned one "
+    "on the same image, and check that a method really depends on what the model learned."
+)
+
+
+@st.cache_resource(show_spinner="Loading the pretrained backbone…")
+def _imagenet_weights(name: str):
+    """Only the read-only state_dict is shared between sessions; each session builds its own model."""
+    return {k: v.clone() for k, v in backbones.load(name).model.state_dict().items()}
+
+
+def imagenet_model(name: str):
+    cache = ss.setdefault("_imagenet_models", {})
+    if name not in cache:
+        model = backbones.load(name, pretrained=False).model
+        model.load_state_dict(_imagenet_weights(name))
+        cache.clear()
+        cache[name] = model.eval()
+    return cache[name]
+
+
+run_id, record = model_picker("Run")
+try:
+    pair = run_models(run_id)
+    backbone_name = record.backbone if record else backbones.DEFAULT_BACKBONE
+    pretrained_side = imagenet_model(backbone_name) if (record is None or record.pretrained) else pair.before
+except UserInputError as exc:
+    st.error(str(exc))
+    st.stop()
+categories = backbones.imagenet_categories()
+
+left, right = st.columns([1, 2])
+with left:
+    image, caption = image_picker("sal")
+if image is None:
+    st.stop()
+x = pair.preprocess(image)
+with right:
+    methods = st.multiselect("Methods", list(saliency.METHODS), default=["gradient", "gradcam"],
+                             format_func=lambda m: saliency.METHOD_LABELS[m][0])
+    for m in methods:
+        st.caption(f"**{saliency.METHOD_LABELS[m][0]}** — {saliency.METHOD_LABELS[m][1]}")
+    c1, c2 = st.columns(2)
+    layer_choices = saliency.gradcam_layers(pair.after, x)
+    gradcam_layer = c1.selectbox("Grad-CAM layer", layer_choices, index=len(layer_choices) - 1,
+                                 disabled="gradcam" not in methods)
+    opacity = c2.slider("Overlay opacity", 0.0, 1.0, 0.55)
+
+cache = ss.setdefault("_saliency_cache", features.FeatureCache(max_items=64))
+image_key = features.tensor_key(x)
+# Integrated Gradients' black baseline lives in the model's normalised space.
+reference = backbones.load(backbone_name, pretrained=False)
+mean, std = reference.mean, reference.std
+
+
+def explain(which: str, model, target: int, method: str):
+    options = {"mean": mean, "std": std} if method == "integrated_gradients" else {}
+    layer = gradcam_layer if method == "gradcam" else None
+    return cache.get_or_compute((run_id, which, method, target, layer, image_key),
+                                lambda: saliency.explain(model, x, target, method, layer=layer, **options))
+
+
+def top5_chart(top, title):
+    fig = go.Figure(go.Bar(x=[p for _, p in top][::-1], y=[label for label, _ in top][::-1], orientation="h",
+                           text=[f"{p:.0%}" for _, p in top][::-1], textposition="auto"))
+    fig.update_layout(title=title, height=230, margin=dict(l=0, r=0, t=40, b=0), xaxis_range=[0, 1])
+    return fig
+
+
+sides = [("pretrained (ImageNet)", pretrained_side, categories if (record is None or record.pretrained) else None)]
+if pair.compared:
+    sides.append(("fine-tuned", pair.after, pair.classes))
+rgb = backbones.display_crop(image, x.shape[-1])
+
+columns = st.columns(len(sides))
+for col, (name, model, classes) in zip(columns, sides):
+    with col:
+        st.subheader(name)
+        top = saliency.top_classes(model, x, k=5, categories=classes)
+        st.plotly_chart(top5_chart(top, "Top-5 classes"), width="stretch", key=f"top5-{name}")
+        options = classes or [f"class {i}" for i in range(len(top))]
+        predicted = options.index(top[0][0]) if top[0][0] in options else 0
+        target = st.selectbox("Explain the class", range(len(options)), index=predicted,
+                              format_func=lambda i, o=options: o[i], key=f"target-{name}-{run_id}-{image_key}")
+        for method in methods:
+            try:
+                result = explain(name, model, target, method)
+            except UserInputError as exc:
+                st.error(str(exc))
+                continue
+            label = saliency.METHOD_LABELS[method][0]
+            note = f" · convergence delta {result.delta:.3g}" if result.delta is not None else ""
+            st.image(saliency.overlay(rgb, result.map, opacity), width="stretch",
+                     caption=f"{label} · {result.seconds:.2f} s{note}")
+
+with st.expander("Sanity check: does the map depend on what the model learned? (Adebayo et al., 2018)"):
+    st.write(
+        "Re-initialise the fine-tuned model's layers from the top down, one group at a time, and recompute each "
+        "map. A method that explains the model must change as its weights are destroyed; a map that stays the "
+        "same is showing the image's edges, not the model."
+    )
+    sanity_methods = st.multiselect("Methods to check", list(saliency.METHODS),
+                                    default=[m for m in ("gradient", "gradcam", "smoothgrad") if m in saliency.METHODS],
+                                    format_func=lambda m: saliency.METHOD_LABELS[m][0], key="sanity-methods")
+    if st.button("Run the sanity check", disabled=not sanity_methods):
+        model = pair.after
+        target = saliency.predicted_class(model, x)
+        groups = [g.modules for g in pair.layer_groups]
+        bar = st.progress(0.0, text="Randomising…")
+        result = saliency.sanity_check(
+            model, x, target, sanity_methods, layers=groups, gradcam_layer=gradcam_layer,
+            options={"integrated_gradients": {"mean": mean, "std": std}},
+            progress=lambda i, n, step: bar.progress(min(1.0, (i + 1) / n), text=f"Randomised down to {step}"))
+        bar.empty()
+        ss.sanity = (run_id, image_key, result, [g.name for g in pair.layer_groups][::-1])
+    if ss.get("sanity") and ss.sanity[:2] == (run_id, image_key):
+        _, _, result, names = ss.sanity
+        fig = go.Figure()
+        for method, values in result.similarity.items():
+            fig.add_trace(go.Scatter(x=names[:len(values)], y=values, mode="lines+markers",
+                                     name=saliency.METHOD_LABELS[method][0]))
+        fig.update_layout(height=320, margin=dict(l=0, r=0, t=30, b=0), yaxis_range=[-0.2, 1.05],
+                          yaxis_title="rank correlation with the original map",
+                          xaxis_title="randomised from the head down to …")
+        st.plotly_chart(fig, width="stretch", key="sanity-chart")
+        st.caption("Re-initialising BatchNorm resets its running statistics too, so maps of a deeply randomised "
+                   "network can go blank (similarity 0).")
