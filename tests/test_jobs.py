@@ -138,3 +138,29 @@ def test_a_runs_starting_model_can_be_rebuilt_exactly(store):
         assert torch.equal(a, b), name
     trained = store.load_model(job.run_id)
     assert not torch.equal(trained.conv1.weight, again.conv1.weight)  # training moved it
+
+
+def test_out_of_gpu_memory_retries_once_with_half_the_batch_then_stops_with_a_message(store, monkeypatch):
+    import core.jobs as jobs
+
+    real_fit = jobs.fit
+    batch_sizes = []
+
+    def fit_that_runs_out_once(model, train_ds, val_ds, config, *args, **kwargs):
+        batch_sizes.append(config.batch_size)
+        if len(batch_sizes) == 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        return real_fit(model, train_ds, val_ds, config, *args, **kwargs)
+
+    monkeypatch.setattr(jobs, "fit", fit_that_runs_out_once)
+    snap = wait(launch(store, TrainingQueue(1)))
+    assert snap.status == "finished" and batch_sizes == [8, 4]
+    assert "retrying with batch size 4" in snap.message
+    assert store.get(snap.run_id).config["batch_size"] == 4
+
+    def always_out_of_memory(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(jobs, "fit", always_out_of_memory)
+    snap = wait(launch(store, TrainingQueue(1)))
+    assert snap.status == "failed" and "ran out of memory" in snap.message
