@@ -413,3 +413,24 @@ def test_tensor_key_changes_with_values_and_shape():
     y = x.clone()
     y[0] = 0.5
     assert tensor_key(x) != tensor_key(y)
+
+
+def test_after_fit_frozen_groups_keep_their_maps_and_the_depth_profile_shows_where_training_acted():
+    from core import backbones
+    from core.features import depth_profile
+    from core.training import TrainConfig, fit
+    from tests.test_training import Shapes
+
+    before = backbones.starting_model("efficientnet_lite0", ["disc", "square"], image_size=32, seed=3)
+    after = backbones.starting_model("efficientnet_lite0", ["disc", "square"], image_size=32, seed=3)
+    frozen = ["stem", "stage1", "stage2", "stage3", "stage4", "stage5"]
+    fit(after, Shapes(16, 0), Shapes(6, 1), TrainConfig(epochs=2, batch_size=8, freeze=frozen, image_size=32))
+    image = torch.randn(3, 32, 32)
+    assert torch.equal(feature_maps(before, image, "_blocks.10"), feature_maps(after, image, "_blocks.10"))
+    assert not torch.equal(feature_maps(before, image, "_blocks.15"), feature_maps(after, image, "_blocks.15"))
+    profile = {row["group"]: row for row in depth_profile(before, after, before.layer_groups, torch.randn(6, 3, 32, 32))}
+    for group in frozen:
+        assert profile[group]["weight_change"] == 0.0 and profile[group]["cka"] == pytest.approx(1.0)
+    for group in ["stage6", "stage7", "top", "head"]:
+        assert profile[group]["weight_change"] > 0
+    assert profile["head"]["cka"] < 1.0
