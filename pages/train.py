@@ -15,7 +15,13 @@ from pages._shared import current_split, my_runs, plan_figure, run_status, run_s
 ss = st.session_state
 st.title("Train")
 
-SIZES = {96: "fastest", 128: "fast (default)", 160: "balanced", 224: "ImageNet size, slowest"}
+SIZES = {96: "fastest", 128: "default", 160: "sharper", 224: "ImageNet's size"}
+
+
+def size_label(size: int) -> str:
+    # compute per image grows with the pixel count; speeds measured on runs are shown after training
+    return f"{size} px — {SIZES[size]}, {(size / 128) ** 2:.1f}× the compute of 128 px"
+
 
 
 def settings_ui() -> TrainConfig:
@@ -29,7 +35,7 @@ def settings_ui() -> TrainConfig:
                               value=cfg.lr if cfg.lr in (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1) else 3e-3,
                               format_func=lambda v: f"{v:g}")
         size = c4.selectbox("Input size (px)", list(SIZES), index=list(SIZES).index(cfg.image_size)
-                            if cfg.image_size in SIZES else 1, format_func=lambda s: f"{s} — {SIZES[s]}")
+                            if cfg.image_size in SIZES else 1, format_func=size_label)
         c5, c6, c7, c8 = st.columns(4)
         optimizer = c5.selectbox("Optimizer", ["adamw", "sgd"], index=["adamw", "sgd"].index(cfg.optimizer))
         schedule = c6.selectbox("Schedule", ["cosine", "onecycle", "constant"],
@@ -134,8 +140,10 @@ def show_run(run_id: str) -> bool:
         st.caption(":material/bolt: The frozen early layers' output was computed once per image (and per cached "
                    "augmented view); each step runs only the layers that train.")
     if info:
+        speed = record.config.get("images_per_second")
         st.caption(f"Training {info.get('trainable_params', 0):,} parameters, "
-                   f"{info.get('frozen_params', 0):,} frozen, on {info.get('device', '?')}.")
+                   f"{info.get('frozen_params', 0):,} frozen, on {info.get('device', '?')}"
+                   + (f" · {speed:,.0f} images/s at {record.config.get('image_size')} px" if speed else "") + ".")
     if status in ("failed", "diverged"):
         st.error(message)
     elif message:

@@ -106,7 +106,7 @@ def set_epochs(page, epochs: int):
 
 
 def wait_for_status(page, status: str, timeout_s: float = 240):
-    page.get_by_role("heading", name=re.compile(rf"Run `[0-9a-f]+` — {status}")).wait_for(timeout=timeout_s * 1000)
+    page.get_by_role("heading", name=re.compile(rf"Run [0-9a-f]{{16}} — {status}")).wait_for(timeout=timeout_s * 1000)
 
 
 def test_every_page_opens_without_an_exception(server, page):
@@ -150,9 +150,8 @@ def test_a_run_survives_a_page_switch_and_a_browser_refresh(server, page):
     go_to(page, "Data")
     go_to(page, "Train")
     wait_for_status(page, "(preparing|running|finished)", 60)
-    page.reload()
-    page.get_by_role("heading", name="Data").wait_for(timeout=60_000)
-    go_to(page, "Train")
+    page.reload()  # the address bar points at the Train page and the run: it opens there
+    page.get_by_role("heading", name="Train").first.wait_for(timeout=60_000)
     wait_for_status(page, "finished")
     assert page.url.split("run=")[1][:16] == run_url.split("run=")[1][:16]
     assert_no_exception(page)
