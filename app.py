@@ -17,6 +17,11 @@ pages = {
     "Look inside": [
         st.Page("pages/features.py", title="Feature maps", icon=":material/grid_view:"),
         st.Page("pages/saliency.py", title="Saliency", icon=":material/visibility:"),
+        st.Page("pages/domain_shift.py", title="Domain shift", icon=":material/swap_horiz:"),
+    ],
+    "Use": [
+        st.Page("pages/evaluate.py", title="Evaluate", icon=":material/fact_check:"),
+        st.Page("pages/use_model.py", title="Use the model", icon=":material/rocket_launch:"),
     ],
 }
 navigation = st.navigation(pages)

@@ -1,0 +1,375 @@
+"""Domain shift: how far apart two image sets are inside the network, where, and adaptation that closes it."""
+
+import math
+import threading
+
+import numpy as np
+import plotly.graph_objects as go
+import streamlit as st
+
+from core import adaptation, backbones, data, domain
+from core.errors import UserInputError
+from pages._shared import DEMO_LABEL, demo, model_picker, run_store
+
+ss = st.session_state
+st.title("Domain shift")
+st.write(
+    "Two image sets can look different to a network even when they hold the same classes. The MMD "
+    "measures how far apart their features are, a permutation test says whether that distance is "
+    "more than chance, and adaptation (DAN) trains the network to close it."
+)
+
+SETS = {"source": f"{DEMO_LABEL} — source look", "target": f"{DEMO_LABEL} — target look", "current": None}
+CONTROL = "Two halves of one dataset (control)"
+SIZES = [64, 96, 128, 160, 224]
+
+
+@st.cache_data(show_spinner=False)
+def backbone_facts(name: str) -> dict:
+    """What the page needs to know about an architecture, without its weights (plain data)."""
+    bb = backbones.load(name, pretrained=False)
+    return {"groups": [(g.name, list(g.modules)) for g in bb.layer_groups], "head_module": bb.head_module,
+            "mean": bb.mean, "std": bb.std}
+
+
+class SessionModels:
+    """This session's own models for this page: analyses in a worker thread never share hooks
+    with another page's model, and run one at a time (the lock)."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.items: dict = {}
+
+    def get(self, key: str, load):
+        if key not in self.items:
+            if len(self.items) >= 2:
+                self.items.pop(next(iter(self.items)))
+            self.items[key] = load()
+        return self.items[key]
+
+
+def set_label(choice: str) -> str:
+    return SETS[choice] or f"Your current dataset ({ss.dataset_label})"
+
+
+def dataset(choice: str, per_class: int):
+    return ss.dataset if choice == "current" else demo(choice, per_class)
+
+
+def sets_ui():
+    """(set A, set B, short names, whether this is the two-halves control)."""
+    mode = st.radio("Compare", ["Two datasets", CONTROL], horizontal=True,
+                    help="The control splits one dataset into two stratified halves: the test should find nothing.")
+    c1, c2, c3 = st.columns([2, 2, 1])
+    per_class = c3.slider("Demo images per class", 10, 40, 20, step=5)
+    if mode == CONTROL:
+        choice = c1.selectbox("Dataset", list(SETS), format_func=set_label)
+        a, b = domain.split_halves(dataset(choice, per_class), seed=0)
+        return a, b, ("first half", "second half"), True
+    choice_a = c1.selectbox("Set A (labelled source)", list(SETS), index=0, format_func=set_label)
+    choice_b = c2.selectbox("Set B (target)", list(SETS), index=1, format_func=set_label)
+    names = {"source": "source look", "target": "target look", "current": "your dataset"}
+    return dataset(choice_a, per_class), dataset(choice_b, per_class), (names[choice_a], names[choice_b]), False
+
+
+def model_ui():
+    """(model key, backbone name, loader, default input size)."""
+    run_id, record = model_picker("Model")
+    if run_id:
+        store = run_store()
+        return f"run:{run_id}", record.backbone, lambda: store.load_model(run_id), int(
+            record.config.get("image_size", 128))
+    name = backbones.DEFAULT_BACKBONE
+    return f"pretrained:{name}", name, lambda: backbones.load(name).model, 96
+
+
+def layer_label(layer: str, groups) -> str:
+    if layer == domain.HEAD_INPUT:
+        return "head input — the pooled features the classifier reads"
+    return next(f"{g} · {modules[-1]}" for g, modules in groups if modules[-1] == layer)
+
+
+# --------------------------------------------------------------------------- the analysis
+
+
+def start_analysis(key, model_key, load, ds_a, ds_b, layer, groups, facts, size, bandwidth, method):
+    models = ss.setdefault("_domain_models", SessionModels())
+    layer_groups = [backbones.LayerGroup(g, modules) for g, modules in groups]
+
+    def work(task: domain.Task):
+        with models.lock:
+            task.report(0.0, "Loading the model…")
+            model = models.get(model_key, load)
+            return domain.analyse_shift(
+                model, ds_a, ds_b, layer, layer_groups, size, model_key=model_key, bandwidth=bandwidth,
+                method=method, mean=facts["mean"], std=facts["std"], head_module=facts["head_module"],
+                progress=task.report)
+
+    old = ss.get("_domain_analysis")
+    if old is not None and not old["task"].done:
+        old["task"].cancel()
+    ss["_domain_analysis"] = {"key": key, "task": domain.Task(work, name="domain-analysis").start()}
+
+
+@st.fragment(run_every=1.0)
+def analysis_progress(task: domain.Task) -> None:
+    state = task.snapshot()
+    if state["done"]:
+        st.rerun()  # finished: draw the results once, without the timer
+    st.progress(state["progress"], text=f"{state['text'] or 'Starting…'} ({state['seconds']:.0f} s)")
+
+
+def null_histogram(result) -> go.Figure:
+    fig = go.Figure(go.Histogram(x=result.null, nbinsx=40, marker_color="#9aa5b1", name="permuted",
+                                 hovertemplate="MMD² %{x:.4f}: %{y} permutations<extra></extra>"))
+    fig.add_vline(x=result.mmd2, line=dict(color="#d62728", width=3),
+                  annotation_text=f"observed {result.mmd2:.4f}", annotation_position="top left")
+    fig.update_layout(title=f"MMD² of {result.n_permutations:,} random relabellings vs the observed one",
+                      height=320, margin=dict(l=0, r=0, t=40, b=0), xaxis_title="MMD²",
+                      yaxis_title="permutations", showlegend=False)
+    return fig
+
+
+def profile_chart(profile, layer) -> go.Figure:
+    colours = ["#d62728" if row["p_value"] <= 0.01 else "#9aa5b1" for row in profile]
+    fig = go.Figure(go.Scatter(
+        x=[row["group"] for row in profile], y=[row["mmd2"] for row in profile], mode="lines+markers",
+        marker=dict(size=11, color=colours), line=dict(color="#555"),
+        customdata=[[row["layer"], row["p_value"], row["width"]] for row in profile],
+        hovertemplate="%{x} (%{customdata[0]}, %{customdata[2]} channels)<br>MMD² %{y:.4f}, "
+                      "p = %{customdata[1]:.3f}<extra></extra>"))
+    fig.add_hline(y=0, line=dict(color="#bbb", dash="dot"))
+    fig.update_layout(title="MMD² along the depth of the network (input → output)", height=340,
+                      margin=dict(l=0, r=0, t=40, b=0), yaxis_title="MMD²")
+    return fig
+
+
+def embedding_chart(points, n_a, names, method) -> go.Figure:
+    fig = go.Figure()
+    for label, rows, colour in ((f"A: {names[0]}", np.arange(n_a), "#1f77b4"),
+                                (f"B: {names[1]}", np.arange(n_a, len(points)), "#ff7f0e")):
+        fig.add_trace(go.Scatter(x=points[rows, 0], y=points[rows, 1], mode="markers", name=label,
+                                 customdata=rows, marker=dict(size=8, color=colour, opacity=0.8),
+                                 hovertemplate=f"{label}, image %{{customdata}}<extra></extra>"))
+    fig.update_layout(title=f"Both sets' features in 2-D ({'PCA' if method == 'pca' else 't-SNE'})", height=420,
+                      margin=dict(l=0, r=0, t=40, b=0), legend=dict(orientation="h", y=-0.1),
+                      dragmode="lasso")
+    return fig
+
+
+def kernel_chart(analysis) -> go.Figure:
+    n_shown_a = int((analysis.kernel_index < analysis.n_a).sum())
+    fig = go.Figure(go.Heatmap(z=analysis.kernel, colorscale="Viridis", zmin=0, zmax=1,
+                               hovertemplate="k(%{y}, %{x}) = %{z:.3f}<extra></extra>"))
+    edge = n_shown_a - 0.5
+    for shape in (dict(x0=edge, x1=edge, y0=-0.5, y1=len(analysis.kernel) - 0.5),
+                  dict(y0=edge, y1=edge, x0=-0.5, x1=len(analysis.kernel) - 0.5)):
+        fig.add_shape(type="line", line=dict(color="white", width=2), **shape)
+    fig.update_yaxes(autorange="reversed", scaleanchor="x", showticklabels=False)
+    fig.update_xaxes(showticklabels=False)
+    fig.update_layout(title="Kernel matrix: set A's images, then set B's", height=420,
+                      margin=dict(l=0, r=0, t=40, b=0))
+    return fig
+
+
+def selected_points(event) -> list[int]:
+    points = (event or {}).get("selection", {}).get("points", []) if isinstance(event, dict) else (
+        event.selection.points if event is not None and hasattr(event, "selection") else [])
+    picked = []
+    for point in points:
+        value = point.get("customdata")
+        if isinstance(value, (list, tuple)):
+            value = value[0] if value else None
+        if value is not None:
+            picked.append(int(value))
+    return picked
+
+
+def show_analysis(analysis: domain.ShiftAnalysis, ds_a, ds_b, names, method, control: bool) -> None:
+    test = analysis.test
+    differ = test.p_value <= 0.01
+    (st.warning if differ else st.success)(analysis.verdict)
+    c1, c2, c3, c4 = st.columns(4)
+    c1.metric("MMD² (unbiased)", f"{test.mmd2:.4f}",
+              help="0 when both sets come from one distribution; it can dip below 0 by chance.")
+    c2.metric("p-value", "< 0.001" if test.p_value < 0.001 else f"{test.p_value:.3f}",
+              help=f"The share of {test.n_permutations:,} random relabellings of the pooled images "
+                   "whose MMD² is at least the observed one.")
+    c3.metric("Proxy A-distance", f"{analysis.proxy_a:.2f}",
+              help="2(1 − 2·error) of a linear classifier that tells the sets apart on held-out "
+                   "features: 0 = indistinguishable, 2 = always told apart.")
+    c4.metric("Images", f"{analysis.n_a} + {analysis.n_b}")
+    sigmas = ", ".join(f"{s:.3g}" for s in test.bandwidths)
+    st.caption(f"Gaussian kernel, σ = {sigmas} (median heuristic{'' if len(test.bandwidths) == 1 else ' × 2^-2…2^2'}). "
+               + ("As expected for two halves of one set, the test finds no difference."
+                  if control and not differ else ""))
+
+    left, right = st.columns(2)
+    left.plotly_chart(null_histogram(test), width="stretch", key="domain-null")
+    right.plotly_chart(profile_chart(analysis.profile, analysis.layer), width="stretch", key="domain-profile")
+    right.caption(f"Each group's features: its last module's output, averaged over space "
+                  f"({domain.PROFILE_PERMUTATIONS} permutations per group). Red: p ≤ 0.01.")
+
+    st.subheader("Seeing it")
+    left, right = st.columns(2)
+    with left:
+        event = st.plotly_chart(embedding_chart(analysis.embedding, analysis.n_a, names, method), width="stretch",
+                                key=f"domain-embedding-{method}", on_select="rerun",
+                                selection_mode=["points", "box", "lasso"])
+        picked = selected_points(event)[:12]
+        if picked:
+            images = [ds_a[i][0] if i < analysis.n_a else ds_b[i - analysis.n_a][0] for i in picked]
+            captions = [f"A · {ds_a.names[i]}" if i < analysis.n_a else f"B · {ds_b.names[i - analysis.n_a]}"
+                        for i in picked]
+            st.image(images, caption=captions, width=88)
+        else:
+            st.caption("Draw a box or a lasso around some points (or click one) to see their images here.")
+    right.plotly_chart(kernel_chart(analysis), width="stretch", key="domain-kernel")
+    right.caption("Bright blocks on the diagonal and a dark off-diagonal block mean the sets are far apart.")
+
+
+# --------------------------------------------------------------------------- adaptation
+
+
+def adaptation_ui(ds_a, ds_b, backbone: str, control: bool) -> None:
+    st.subheader("Closing the gap: adaptation (DAN)")
+    st.write(
+        "Fine-tune on set A's labels while adding λ × MMD² between A's and B's features at the head's "
+        "input to the loss; set B's labels are never used for training. Plain fine-tuning (λ = 0) runs "
+        "alongside with everything else the same."
+    )
+    if control:
+        st.info("Pick two different datasets to adapt from one to the other.")
+        return
+    if len(ds_a.classes) < 2 or len(ds_a) < 4:
+        st.info("Set A needs at least two classes and four images to train on.")
+        return
+    c1, c2, c3 = st.columns(3)
+    lam = c1.select_slider("λ (weight of the MMD term)", [0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0],
+                           value=adaptation.DEFAULT_LAMBDA)
+    epochs = c2.number_input("Epochs", 1, 30, 6)
+    size = c3.selectbox("Input size (px)", [64, 96, 128], index=1)
+    labelled = ds_b.classes == ds_a.classes
+    st.caption(
+        f"{backbone}, pretrained; the last two stages and the head train. "
+        + ("Set B has the same classes, so its accuracy is scored (its labels are not used for training)."
+           if labelled else "Set B's classes differ from set A's: only the MMD can be compared.")
+    )
+    if st.button("Train plain and DAN", type="primary", icon=":material/compare_arrows:"):
+        config = adaptation.adaptation_config(backbone, epochs=int(epochs), image_size=int(size))
+        try:
+            train, val = data.split(ds_a, 0.25, 0)
+            ss["_domain_adapt"] = adaptation.start_comparison(
+                train, val, ds_b, config, lam, backbone=backbone, target_eval=ds_b if labelled else None)
+        except UserInputError as exc:
+            st.error(str(exc))
+    run = ss.get("_domain_adapt")
+    if run is None:
+        return
+    if not run.task.done:
+        adaptation_progress(run)
+    else:
+        show_adaptation(run.snapshot())
+
+
+@st.fragment(run_every=1.0)
+def adaptation_progress(run) -> None:
+    state = run.snapshot()
+    if state["done"]:
+        st.rerun()
+    st.progress(state["progress"], text=f"{state['text'] or 'Starting…'} ({state['seconds']:.0f} s)")
+    if st.button("Stop", icon=":material/stop:"):
+        run.cancel()
+    epoch_charts(state["epochs"], run.lam)
+
+
+def epoch_charts(epochs: dict, lam: float) -> None:
+    from plotly.subplots import make_subplots
+
+    if not any(epochs.values()):
+        return
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("Target accuracy", "MMD² at the head input (eval)"))
+    for arm, colour in (("plain", "#9aa5b1"), ("DAN", "#d62728")):
+        rows = epochs.get(arm, [])
+        x = [e.epoch for e in rows]
+        name = "plain (λ = 0)" if arm == "plain" else f"DAN (λ = {lam:g})"
+        fig.add_trace(go.Scatter(x=x, y=[e.target_acc for e in rows], name=name, legendgroup=arm,
+                                 mode="lines+markers", line=dict(color=colour)), 1, 1)
+        fig.add_trace(go.Scatter(x=x, y=[e.layer_mmd for e in rows], name=name, legendgroup=arm, showlegend=False,
+                                 mode="lines+markers", line=dict(color=colour)), 1, 2)
+    fig.update_yaxes(range=[0, 1.02], row=1, col=1)
+    fig.update_xaxes(title_text="epoch")
+    fig.update_layout(height=320, margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=-0.3))
+    st.plotly_chart(fig, width="stretch", key="domain-adapt-curves")
+
+
+def percent(value: float) -> str:
+    return "—" if value is None or math.isnan(value) else f"{value:.0%}"
+
+
+def show_adaptation(state: dict) -> None:
+    if state["status"] == "failed":
+        st.error(state["message"])
+        return
+    result: adaptation.AdaptationComparison | None = state["result"]
+    if result is None:
+        st.info(state["message"] or "The comparison was stopped.")
+        return
+    columns = st.columns(2)
+    for column, arm in zip(columns, result.arms):
+        with column:
+            st.markdown(f"**{'Plain fine-tuning (λ = 0)' if arm.name == 'plain' else f'DAN (λ = {arm.lam:g})'}**")
+            m1, m2, m3 = st.columns(3)
+            other = result.dan if arm is result.plain else result.plain
+            m1.metric("Target accuracy", percent(arm.target_acc),
+                      delta=None if math.isnan(arm.target_acc) or arm is result.plain else
+                      f"{(arm.target_acc - other.target_acc) * 100:+.0f} pts vs plain")
+            m2.metric("Source val accuracy", percent(arm.val_acc))
+            m3.metric("MMD² at the head input", f"{arm.mmd_after:.4f}",
+                      delta=f"{arm.mmd_after - arm.mmd_before:+.4f} vs before", delta_color="inverse")
+            st.caption(f"MMD² before training {arm.mmd_before:.4f} → after {arm.mmd_after:.4f}; {arm.seconds:.0f} s.")
+    epoch_charts(state["epochs"], result.dan.lam)
+    st.caption(f"Both arms started from the same pretrained weights and head (seed 0); "
+               f"{result.seconds:.0f} s for both. MMD² in eval mode between all of set A and all of set B.")
+
+
+# --------------------------------------------------------------------------- the page
+
+ds_a, ds_b, names, control = sets_ui()
+model_key, backbone, load, default_size = model_ui()
+facts = backbone_facts(backbone)
+groups = facts["groups"]
+layers = [domain.HEAD_INPUT] + [modules[-1] for _, modules in groups]
+c1, c2, c3, c4 = st.columns([3, 2, 2, 1])
+layer = c1.selectbox("Layer", layers, format_func=lambda name: layer_label(name, groups),
+                     help="A group's features are its last module's output averaged over space.")
+kernel = c2.radio("Kernel", ["median", "multi"], horizontal=True,
+                  format_func=lambda k: "one (median heuristic)" if k == "median" else "five (DAN multi-kernel)")
+method = c3.radio("2-D picture", ["pca", "tsne"], horizontal=True, format_func=lambda m: "PCA" if m == "pca" else "t-SNE")
+size = c4.selectbox("Input px", SIZES, index=SIZES.index(default_size) if default_size in SIZES else 1)
+
+if len(ds_a) < 4 or len(ds_b) < 4:
+    st.error("Each set needs at least 4 images; add images on the Data page.")
+    st.stop()
+
+key = (model_key, ds_a.fingerprint, ds_b.fingerprint, layer, size, kernel, method)
+current = ss.get("_domain_analysis")
+if current is None or current["key"] != key:
+    start_analysis(key, model_key, load, ds_a, ds_b, layer, groups, facts, size, kernel, method)
+    current = ss["_domain_analysis"]
+task = current["task"]
+st.subheader(f"A: {names[0]} ({len(ds_a)} images) vs B: {names[1]} ({len(ds_b)} images)")
+if not task.done:
+    analysis_progress(task)
+else:
+    state = task.snapshot()
+    if state["status"] == "failed":
+        st.error(state["message"])
+    elif task.result is not None:
+        show_analysis(task.result, ds_a, ds_b, names, method, control)
+        seconds = task.result.seconds
+        st.caption(f"Computed in {state['seconds']:.1f} s (features {seconds.get('features', 0):.1f} s; "
+                   "they are cached, so another layer, kernel or picture of these sets needs no new pass).")
+
+st.divider()
+adaptation_ui(ds_a, ds_b, backbone, control)

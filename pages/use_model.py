@@ -1,0 +1,153 @@
+"""Use the model: predictions on new photos or the webcam, and the trained model exported as files."""
+
+import plotly.graph_objects as go
+import streamlit as st
+
+from core import data as core_data
+from core.errors import UserInputError
+from core.export import KINDS, build_bundle, onnx_available, onnx_export_available
+from core.training import predict_proba
+from pages._shared import current_split, finished_runs, model_picker, run_models
+
+ss = st.session_state
+st.title("Use the model")
+st.write(
+    "A trained run on images it has never seen: upload photos or take one with the webcam. Then take the "
+    "model with you: each export is reloaded here and compared with the model it came from."
+)
+
+MAX_UPLOADS = 12
+FORMATS = {
+    "safetensors": ("safetensors + JSON", "The weights, safe to load (no code inside), and a JSON file with the "
+                                          "class names and preprocessing. Rebuild the architecture to use them."),
+    "torchscript": ("TorchScript", "The whole model as a program: `torch.jit.load` runs it with no Transfer Lab "
+                                   "code."),
+    "onnx": ("ONNX", "A portable graph for onnxruntime, browsers and phones; any batch size."),
+}
+
+
+def top5_figure(probs, classes) -> go.Figure:
+    order = probs.argsort(descending=True)[:5].tolist()[::-1]
+    fig = go.Figure(go.Bar(x=[float(probs[i]) for i in order], y=[classes[i] for i in order], orientation="h",
+                           text=[f"{float(probs[i]):.1%}" for i in order], textposition="auto",
+                           marker_color=["#d62728" if i == order[-1] else "#9aa5b1" for i in order]))
+    fig.update_layout(height=60 + 34 * len(order), margin=dict(l=0, r=0, t=10, b=0),
+                      xaxis=dict(range=[0, 1], tickformat=".0%"))
+    return fig
+
+
+def pick_images() -> list:
+    """(PIL image, caption) pairs from uploads, the webcam or the validation split."""
+    source = st.radio("Images", ["Upload", "Webcam", "A validation image"], horizontal=True, key="use-source")
+    if source == "Upload":
+        uploads = st.file_uploader("Photos", type=sorted(e.lstrip(".") for e in core_data.IMAGE_EXTENSIONS),
+                                   accept_multiple_files=True, key="use-uploads")
+        if len(uploads) > MAX_UPLOADS:
+            st.warning(f"Showing the first {MAX_UPLOADS} of {len(uploads)} images.")
+        images = []
+        for upload in uploads[:MAX_UPLOADS]:
+            try:
+                images.append((core_data.open_image(upload.getvalue(), upload.name), upload.name))
+            except UserInputError as exc:
+                st.error(str(exc))
+        return images
+    if source == "Webcam":
+        shot = st.camera_input("Take a photo", key="use-camera")
+        if shot is None:
+            return []
+        try:
+            return [(core_data.open_image(shot.getvalue(), "webcam.jpg"), "webcam")]
+        except UserInputError as exc:
+            st.error(str(exc))
+            return []
+    _, val_ds = current_split()
+    if len(val_ds) == 0:
+        st.info("The validation split is empty.")
+        return []
+    i = st.slider("Validation image", 1, len(val_ds), 1, key="use-val") - 1 if len(val_ds) > 1 else 0
+    image, label = val_ds[i]
+    return [(image, f"{val_ds.names[i]} (labelled {val_ds.classes[label]})")]
+
+
+def predictions_ui(model) -> None:
+    images = pick_images()
+    if not images:
+        st.caption("No image yet.")
+        return
+    probs = predict_proba(model, [img for img, _ in images])
+    for n, ((image, caption), p) in enumerate(zip(images, probs)):
+        left, right = st.columns([1, 3])
+        left.image(image, caption=caption, width="stretch")
+        best = int(p.argmax())
+        right.markdown(f"**{model.classes[best]}** — {float(p[best]):.1%}")
+        right.plotly_chart(top5_figure(p, model.classes), width="stretch", key=f"top5-{n}")
+
+
+def check_line(check) -> None:
+    if check is None:
+        return
+    if not check.ran:
+        st.warning(check.message)
+    elif check.same_predictions and check.max_abs_diff < 1e-3:
+        st.success(f"Reloaded and checked on {check.images} images: the same predictions, largest logit "
+                   f"difference {check.max_abs_diff:.1e}.")
+    else:
+        verdict = "the same predictions" if check.same_predictions else "**different predictions**"
+        st.error(f"Reloaded and checked on {check.images} images: {verdict}, largest logit difference "
+                 f"{check.max_abs_diff:.1e}. {check.message}")
+
+
+def export_ui(run_id: str, model) -> None:
+    st.subheader("Export the trained model")
+    exports = ss.setdefault("_exports", {})
+    for key in [k for k in exports if k[0] != run_id]:
+        del exports[key]  # one run's bundles at a time: each is as big as the model
+    _, val_ds = current_split()
+    check_images = [val_ds[i][0] for i in range(min(8, len(val_ds)))]
+    columns = st.columns(len(KINDS))
+    for column, kind in zip(columns, KINDS):
+        title, about = FORMATS[kind]
+        with column:
+            st.markdown(f"**{title}**")
+            st.caption(about)
+            if kind == "onnx" and not onnx_export_available():
+                st.caption("The onnx package is not installed on this server, so ONNX export is unavailable.")
+            elif kind == "onnx" and not onnx_available():
+                st.caption("onnxruntime is not installed on this server: the file is written but not checked.")
+            bundle = exports.get((run_id, kind))
+            slot = st.empty()
+            if bundle is None and slot.button(f"Export as {title}", key=f"export-{kind}", icon=":material/output:"):
+                slot.empty()  # the button has done its job; the check and the download take its place
+                try:
+                    with st.spinner(f"Writing and checking the {title} file…"):
+                        bundle = build_bundle(model, kind, check_images or None)
+                except UserInputError as exc:
+                    st.error(str(exc))
+                else:
+                    exports[(run_id, kind)] = bundle
+            if bundle is not None:
+                check_line(bundle.check)
+                st.download_button(f"Download {bundle.filename}", bundle.data, file_name=bundle.filename,
+                                   mime="application/zip", key=f"download-{kind}", on_click="ignore",
+                                   icon=":material/download:")
+                st.caption(f"{len(bundle.data) / 2**20:.1f} MB: the model file, model.json (classes, preprocessing) "
+                           "and a README.")
+
+
+runs = finished_runs()
+if not runs:
+    st.info("Train a run first (on the Train page): a finished run is what you use and export here.")
+    st.stop()
+run_id, record = model_picker("Run")
+if run_id is None:
+    st.info("Pick a trained run: the pretrained backbone alone knows ImageNet's classes, not yours.")
+    st.stop()
+try:
+    model = run_models(run_id).after
+except UserInputError as exc:
+    st.error(str(exc))
+    st.stop()
+st.caption(f"{record.backbone} · classes: {', '.join(model.classes)} · input {model.image_size} px")
+predictions_ui(model)
+st.divider()
+export_ui(run_id, model)

@@ -1,0 +1,151 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from core import backbones
+from core.distillation import VARIANTS, DistillationJob, distill, distillation_loss, soften
+from core.errors import ConfigError
+from core.jobs import TrainingQueue
+from core.training import TrainConfig
+from test_training import Shapes
+
+
+def reference_loss(student, teacher, targets, T, alpha):
+    """The Hinton et al. loss written out in float64 numpy, sample by sample."""
+    s, t = student.double().numpy(), teacher.double().numpy()
+
+    def log_softmax(z):
+        z = z - z.max()
+        return z - math.log(np.exp(z).sum())
+
+    ce, kl = 0.0, 0.0
+    for i in range(len(s)):
+        ce -= log_softmax(s[i])[targets[i]]
+        log_p_t, log_p_s = log_softmax(t[i] / T), log_softmax(s[i] / T)
+        kl += float((np.exp(log_p_t) * (log_p_t - log_p_s)).sum())
+    n = len(s)
+    return (1 - alpha) * ce / n + alpha * T * T * kl / n
+
+
+@pytest.mark.parametrize("T, alpha", [(1.0, 0.5), (4.0, 0.9), (2.5, 1.0), (0.5, 0.3)])
+def test_the_loss_is_hard_cross_entropy_plus_t_squared_times_kl_to_the_teacher(T, alpha):
+    g = torch.Generator().manual_seed(int(T * 10 + alpha * 100))
+    student, teacher = torch.randn(6, 4, generator=g) * 3, torch.randn(6, 4, generator=g) * 3
+    targets = torch.randint(4, (6,), generator=g)
+    got = distillation_loss(student, teacher, targets, T, alpha)
+    assert got.item() == pytest.approx(reference_loss(student, teacher, targets.tolist(), T, alpha), rel=1e-5)
+
+
+def test_alpha_zero_is_plain_cross_entropy_whatever_the_teacher_says():
+    student, targets = torch.randn(5, 3), torch.tensor([0, 1, 2, 1, 0])
+    for teacher in (torch.randn(5, 3), torch.full((5, 3), float("nan"))):
+        assert torch.equal(distillation_loss(student, teacher, targets, 3.0, 0.0), F.cross_entropy(student, targets))
+
+
+def test_a_student_that_matches_the_teacher_pays_only_the_hard_part():
+    logits, targets = torch.randn(4, 3), torch.tensor([0, 1, 2, 0])
+    loss = distillation_loss(logits, logits.clone(), targets, 4.0, 0.7)
+    assert loss.item() == pytest.approx(0.3 * F.cross_entropy(logits, targets).item(), rel=1e-5)
+
+
+def test_the_soft_term_pulls_the_student_towards_the_teacher():
+    student = torch.zeros(1, 3, requires_grad=True)
+    teacher = torch.tensor([[2.0, 0.0, -2.0]])
+    distillation_loss(student, teacher, torch.tensor([1]), 2.0, 1.0).backward()
+    # gradient descent raises the teacher's favourite and lowers its least liked class
+    assert student.grad[0, 0] < 0 < student.grad[0, 2]
+
+
+def test_a_higher_temperature_softens_without_reordering():
+    logits = torch.tensor([3.0, 1.0, 0.2, -1.0])
+    sharp, soft = soften(logits, 1.0), soften(logits, 5.0)
+    assert torch.allclose(sharp, torch.softmax(logits, 0))
+    assert soft.sum().item() == pytest.approx(1.0)
+    assert torch.equal(soft.argsort(), sharp.argsort())
+    entropy = lambda p: -(p * p.log()).sum()  # noqa: E731
+    assert entropy(soft) > entropy(sharp)
+    assert soft.max() < sharp.max()
+
+
+def test_impossible_settings_are_refused():
+    x, y = torch.randn(2, 3), torch.tensor([0, 1])
+    with pytest.raises(ConfigError, match="temperature"):
+        distillation_loss(x, x, y, 0.0, 0.5)
+    with pytest.raises(ConfigError, match="between 0 and 1"):
+        distillation_loss(x, x, y, 2.0, 1.5)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return Shapes(16, 0, size=32), Shapes(6, 1, size=32)
+
+
+def head_only(model):
+    return [g.name for g in model.layer_groups if g.name != "head"]
+
+
+def make(lite0, seed, classes=("disc", "square")):
+    torch.manual_seed(seed)
+    return backbones.classifier(lite0, len(classes), image_size=32, classes=list(classes))
+
+
+def test_a_short_distillation_trains_the_student_and_leaves_the_teacher_alone(lite0, data):
+    teacher, student = make(lite0, 1), make(lite0, 2)
+    teacher_before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    head_before = student.head.weight.detach().clone()
+    config = TrainConfig(epochs=2, batch_size=8, lr=1e-2, image_size=32, freeze=head_only(student))
+    history = distill(student, teacher, *data, config, temperature=3.0, alpha=0.7)
+    assert [e.epoch for e in history.epochs] == [1, 2]
+    assert all(0 <= e.val_acc <= 1 and math.isfinite(e.train_loss) for e in history.epochs)
+    assert history.stopped is None
+    assert all(torch.equal(teacher_before[k], v) for k, v in teacher.state_dict().items())
+    assert not teacher.training and all(p.requires_grad for p in teacher.parameters())
+    assert not torch.equal(head_before, student.head.weight)
+    assert all(p.requires_grad for p in student.parameters())  # distill puts requires_grad back
+
+
+def test_with_alpha_one_the_student_learns_to_imitate_the_teacher(lite0, data):
+    teacher, student = make(lite0, 3), make(lite0, 4)
+    with torch.no_grad():
+        teacher.head.weight.normal_(0, 0.3)  # a teacher with opinions of its own
+    train, _ = data
+    x = torch.stack([student.preprocess(img) for img, _ in train.items])
+
+    def kl_to_teacher():
+        with torch.no_grad():
+            return F.kl_div(F.log_softmax(student(x), 1), F.softmax(teacher(x), 1), reduction="batchmean").item()
+
+    before = kl_to_teacher()
+    config = TrainConfig(epochs=4, batch_size=8, lr=3e-2, image_size=32, freeze=head_only(student), augment=False)
+    distill(student, teacher, train, data[1], config, temperature=1.0, alpha=1.0)
+    assert kl_to_teacher() < 0.5 * before
+
+
+def test_teacher_and_student_must_share_their_classes(lite0, data):
+    teacher, student = make(lite0, 1), make(lite0, 2, classes=("cat", "dog"))
+    with pytest.raises(ConfigError, match="same, in the same order"):
+        distill(student, teacher, *data, TrainConfig(epochs=1, image_size=32), 2.0, 0.5)
+
+
+def test_the_job_trains_the_same_student_with_and_without_the_teacher(lite0, data):
+    teacher = make(lite0, 1)
+    built = []
+
+    def build():
+        student = make(lite0, 5)
+        built.append(student.head.weight.detach().clone())
+        return student
+
+    config = TrainConfig(epochs=1, batch_size=8, image_size=32, freeze=head_only(teacher))
+    job = DistillationJob(build, teacher, *data, config, temperature=2.0, alpha=0.5, queue=TrainingQueue(1)).start()
+    assert job.join(120)
+    snap = job.snapshot()
+    assert snap.status == "finished", snap.message
+    assert snap.done and snap.progress == 1.0
+    assert all(len(snap.epochs[v]) == 1 for v in VARIANTS)
+    assert snap.teacher_val_acc is not None and 0 <= snap.teacher_val_acc <= 1
+    assert len(built) == 2 and torch.equal(built[0], built[1])  # the same start: the teacher is the only difference
+    assert not torch.equal(job.students[VARIANTS[0]].head.weight, job.students[VARIANTS[1]].head.weight)

@@ -1,0 +1,76 @@
+"""The Domain shift page, driven through Streamlit's AppTest (no browser)."""
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+APP = os.environ.get("TRANSFER_LAB_APP", str(Path(__file__).resolve().parent.parent / "app.py"))
+
+
+def texts(elements):
+    return [e.value for e in elements]
+
+
+def messages(at):
+    return texts(at.success) + texts(at.warning) + texts(at.error) + texts(at.info)
+
+
+def wait_for(at, condition, timeout=240):
+    """Rerun the page (the analysis and the training run in worker threads) until ``condition``."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        at.run()
+        assert not at.exception, at.exception
+        if condition(at):
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out; the page shows {messages(at)}")
+
+
+@pytest.fixture
+def page():
+    at = AppTest.from_file(APP, default_timeout=180)
+    at.run()
+    assert not at.exception
+    at.switch_page("pages/domain_shift.py")
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def has_verdict(at):
+    return any("at this layer" in m for m in messages(at))
+
+
+def test_the_demo_source_and_target_looks_differ_with_a_verdict_and_every_chart(page):
+    assert texts(page.title) == ["Domain shift"]
+    wait_for(page, has_verdict)
+    assert "The two sets differ at this layer (p < 0.001)." in texts(page.warning)
+    assert not page.error
+    specs = " ".join(chart.proto.spec for chart in page.get("plotly_chart"))
+    for title in ("random relabellings", "along the depth", "features in 2-D", "Kernel matrix"):
+        assert title in specs
+    assert "Proxy A-distance" in [m.label for m in page.metric]
+
+
+def test_two_halves_of_one_dataset_show_no_evidence_of_a_difference(page):
+    [r for r in page.radio if r.label == "Compare"][0].set_value("Two halves of one dataset (control)").run()
+    assert not page.exception
+    wait_for(page, has_verdict)
+    assert any(m.startswith("No evidence of a difference at this layer") for m in texts(page.success))
+
+
+def test_adaptation_trains_plain_and_dan_side_by_side(page):
+    wait_for(page, has_verdict)
+    [n for n in page.number_input if n.label == "Epochs"][0].set_value(2).run()
+    [s for s in page.selectbox if s.label == "Input size (px)"][0].set_value(64).run()
+    [b for b in page.button if b.label == "Train plain and DAN"][0].click().run()
+    assert not page.error, texts(page.error)
+    wait_for(page, lambda at: bool(at.error) or "Target accuracy" in [m.label for m in at.metric])
+    assert not page.error, texts(page.error)
+    labels = [m.label for m in page.metric]
+    assert labels.count("Target accuracy") == 2 and labels.count("MMD² at the head input") == 2
+    assert "**Plain fine-tuning (λ = 0)**" in texts(page.markdown) and "**DAN (λ = 1)**" in texts(page.markdown)
