@@ -227,3 +227,17 @@ def test_discriminative_learning_rates_spread_geometrically_from_the_stem_to_the
     mults = discriminative_multipliers(["stem", "a", "b", "head"], lowest=0.001)
     assert mults["stem"] == pytest.approx(0.001) and mults["head"] == pytest.approx(1.0)
     assert mults["a"] == pytest.approx(0.01) and mults["b"] == pytest.approx(0.1)
+
+
+@pytest.mark.slow
+def test_pretrained_features_beat_training_from_scratch_on_the_demo_set(lite0):
+    from core.data import demo_dataset, split
+
+    train_ds, val_ds = split(demo_dataset("source", per_class=20, seed=0), 0.25, seed=0)  # 15 a class to train
+    assert min(train_ds.counts().values()) == 15
+    frozen = backbones.classifier(lite0, len(train_ds.classes), image_size=96)
+    pretrained = fit(frozen, train_ds, val_ds, TrainConfig(epochs=5, freeze=body_groups(frozen), image_size=96))
+    scratch_model = backbones.starting_model("efficientnet_lite0", train_ds.classes, pretrained=False, image_size=96)
+    scratch = fit(scratch_model, train_ds, val_ds, TrainConfig(epochs=5, image_size=96))
+    assert pretrained.epochs[-1].val_acc >= 0.85
+    assert pretrained.epochs[-1].val_acc - scratch.epochs[-1].val_acc >= 0.3
