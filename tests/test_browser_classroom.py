@@ -206,7 +206,10 @@ def test_a_bad_upload_keeps_the_dataset_and_a_good_one_replaces_it(server, page)
     upload_zip(page, "fruit.zip", class_zip(["apples", "pears"], per_class=4))
     page.get_by_text("fruit.zip: 8 images in 2 classes").wait_for(timeout=60_000)
     assert page.get_by_text(DEMO_HEADING).count() == 0
-    assert page.get_by_test_id("stAlert").filter(has_text="unchanged").count() == 0
+    # The old error is drawn until the rerun that loaded the ZIP ends (Streamlit clears stale
+    # elements at the end of a run), so wait for that run rather than read a frame mid-run.
+    wait_idle(page)
+    page.get_by_test_id("stAlert").filter(has_text="unchanged").wait_for(state="detached", timeout=30_000)
     assert_no_exception(page)
 
 
@@ -224,7 +227,7 @@ def test_a_refresh_mid_run_finds_the_run_again(server, page):
     page.get_by_role("heading", name="Train").first.wait_for(timeout=60_000)
     go_to(page, "Train")
     page.get_by_role("heading", name=re.compile(rf"Run {run_id} — ")).wait_for(timeout=60_000)
-    page.get_by_role("heading", name=f"Run {run_id} — finished").wait_for(timeout=240_000)
+    page.get_by_role("heading", name=f"Run {run_id} — finished").wait_for(timeout=400_000)  # minutes on a busy machine
     assert run_id_of(page) == run_id
     assert_no_exception(page)
 
