@@ -1,5 +1,9 @@
 """Transfer Lab: see and teach transfer learning on images. Start with `make run`."""
 
+# Imported here, once, before any page runs: Streamlit and plotly import pandas lazily, and when
+# a classroom's first visitors arrive together their script threads raced to import it
+# ("partially initialized module 'pandas'").
+import pandas  # noqa: F401
 import streamlit as st
 
 from pages._shared import init_session, sidebar
