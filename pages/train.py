@@ -171,6 +171,16 @@ def live_run(run_id: str) -> None:
         st.rerun()  # finished: redraw the whole page once, without the timer
 
 
+@st.fragment(run_every=3.0)
+def waiting_run(run_id: str) -> None:
+    """A queued run polls less often: in a full classroom most sessions wait here, and their
+    redraws would otherwise take CPU from the run that is training."""
+    snap, _ = run_status(run_id)
+    if snap is None or snap.status != "queued":
+        st.rerun()  # its turn came (or it ended): switch to the live view
+    show_run(run_id)
+
+
 def compare_ui(runs) -> None:
     st.subheader("Compare runs")
     labels = {r.id: f"{r.label} · {datetime.fromtimestamp(r.created):%H:%M:%S}" for r in runs}
@@ -214,7 +224,10 @@ start_ui(config)
 run_id = ss.current_run
 if run_id:
     job = get_job(run_id)
-    if job is not None and not job.snapshot().done:
+    snap = job.snapshot() if job is not None else None
+    if snap is not None and snap.status == "queued":
+        waiting_run(run_id)
+    elif snap is not None and not snap.done:
         live_run(run_id)
     else:
         show_run(run_id)
