@@ -112,10 +112,23 @@ def wait_for_status(page, status: str, timeout_s: float = 240):
 def test_every_page_opens_without_an_exception(server, page):
     open_app(page, server)
     assert page.get_by_text("Demo shapes (source look): 80 images in 4 classes").is_visible()
-    for name in ["Model", "Train", "Data"]:
+    for name in ["Model", "Train", "Feature maps", "Saliency", "Domain shift", "Evaluate", "Use the model", "Data"]:
         go_to(page, name)
         page.wait_for_timeout(300)
         assert_no_exception(page)
+
+
+def test_a_page_link_opened_first_works_in_a_new_browser(server, browser):
+    """A student pastes the teacher's link to a page: it opens with the session set up."""
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        page.goto(f"{server}/train")
+        page.get_by_role("heading", name="Train").first.wait_for(timeout=60_000)
+        page.get_by_role("button", name="Train", exact=True).wait_for(timeout=60_000)
+        assert_no_exception(page)
+    finally:
+        context.close()
 
 
 def test_training_the_demo_set_draws_live_curves_and_a_final_accuracy(server, page, tmp_path):
