@@ -30,6 +30,9 @@ def benchmarks() -> list[Path]:
 
 
 def _declares(source: str, option: str) -> bool:
+    """Whether a benchmark's source defines ``option``, itself or through common.add_common_args."""
+    if option in ("--device", "--quick") and "add_common_args(" in source:
+        return True
     return f'"{option}"' in source or f"'{option}'" in source
 
 

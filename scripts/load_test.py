@@ -106,6 +106,16 @@ def _status_kib(pid: int, key: str) -> int:
     return 0
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of the process so far (all its threads)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def descendants(pid: int) -> list[int]:
     """The process's children, grandchildren, … (read from /proc)."""
     parents: dict[int, list[int]] = {}
@@ -136,6 +146,7 @@ class MemorySampler:
         self.children_hwm_kib: dict[int, int] = {}
         self.peak_total_rss_kib = 0
         self.samples = 0
+        self.cpu_start = self.cpu_end = cpu_seconds(pid) if pid else None
 
     def sample(self) -> None:
         if not self.pid:
@@ -147,6 +158,7 @@ class MemorySampler:
             total += _status_kib(child, "VmRSS")
         self.peak_total_rss_kib = max(self.peak_total_rss_kib, total)
         self.samples += 1
+        self.cpu_end = cpu_seconds(self.pid) or self.cpu_end
 
     async def run(self, stop: asyncio.Event, every: float = 0.5) -> None:
         while not stop.is_set():
@@ -310,6 +322,10 @@ def report(sessions: list[Session], wall: float, url: str, sampler: MemorySample
         print(f"server peak memory: VmHWM {mib(sampler.server_hwm_kib)} (pid {sampler.pid}); "
               f"{len(sampler.children_hwm_kib)} child process(es), VmHWM sum {mib(children)}; "
               f"peak sampled RSS server+children {mib(sampler.peak_total_rss_kib)} ({sampler.samples} samples)")
+        if sampler.cpu_start is not None and sampler.cpu_end is not None:
+            used = sampler.cpu_end - sampler.cpu_start
+            print(f"server CPU during the test: {used:.0f} s in {wall:.0f} s ({used / max(wall, 1):.2f} cores on average; "
+                  f"this machine has {os.cpu_count()}, load average now {os.getloadavg()[0]:.1f})")
     else:
         print("server peak memory: unknown (pass --pid with --url to sample it)")
     if log_path:
