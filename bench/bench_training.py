@@ -123,7 +123,7 @@ def bare_loop(model, images, labels, config, device) -> float:
     import torch
     import torch.nn.functional as F
 
-    from core.training import _normalise
+    from core.training import normalise
 
     model.to(device)
     if device.type == "cuda":
@@ -142,7 +142,7 @@ def bare_loop(model, images, labels, config, device) -> float:
         order = torch.randperm(len(images), generator=shuffler)
         for b in range(math.ceil(len(images) / bs)):
             idx = order[b * bs:(b + 1) * bs]
-            x = _normalise(images[idx].to(device, non_blocking=True), mean, std)
+            x = normalise(images[idx].to(device, non_blocking=True), mean, std)
             if device.type == "cuda":
                 x = x.contiguous(memory_format=torch.channels_last)
             y = labels[idx].to(device, non_blocking=True)

@@ -41,17 +41,17 @@ from core.training import (
     FitInfo,
     History,
     TrainConfig,
-    _apply_freeze,
-    _augment,
-    _augmenter,
-    _collect,
-    _labels,
-    _make_optimizer,
-    _make_scheduler,
-    _normalise,
     _skip_prefix,
+    apply_freeze,
+    augment_batch,
     build_param_groups,
+    collect_activations,
     encode_images,
+    labels_of,
+    make_augmenter,
+    make_optimizer,
+    make_scheduler,
+    normalise,
     training_plan,
 )
 
@@ -225,10 +225,10 @@ def fit_dan(model: Classifier, source_train, source_val, target_ds, config: Trai
     if len(source_train) < 2 or len(target_ds) < 2:
         raise ConfigError("Adaptation needs at least two source training images and two target images.")
     n_classes = len(model.classes)
-    source_labels, val_labels = _labels(source_train), _labels(source_val)
+    source_labels, val_labels = labels_of(source_train), labels_of(source_val)
     if int(source_labels.max()) >= n_classes:
         raise ConfigError("The source set has more classes than the model's head.")
-    eval_labels = _labels(target_eval) if target_eval is not None else None
+    eval_labels = labels_of(target_eval) if target_eval is not None else None
     if eval_labels is not None and len(eval_labels) and int(eval_labels.max()) >= n_classes:
         raise ConfigError("The labelled target set has classes the model does not know.")
 
@@ -282,7 +282,7 @@ def fit_dan(model: Classifier, source_train, source_val, target_ds, config: Trai
             boundary_end = max(i for i, n in enumerate(names)
                                if n == boundary_name or n.startswith(boundary_name + "."))
             cache = position > boundary_end
-        augmenter = _augmenter(size) if config.augment else None
+        augmenter = make_augmenter(size) if config.augment else None
         # view 0 is the plain image (evaluation and the MMD read it); the others are augmented
         views = (config.cached_views if augmenter else 1) if cache else 0
         stash: dict = {}
@@ -290,7 +290,7 @@ def fit_dan(model: Classifier, source_train, source_val, target_ds, config: Trai
             boundary = model.get_submodule(boundary_name)
             prefix_modules = [model.get_submodule(m) for g in prefix for m in g.modules if m != boundary_name]
             model.eval()
-            probe = _collect(model, boundary, source_images[:1], mean, std, device, 1, amp_dtype, lambda: None)
+            probe = collect_activations(model, boundary, source_images[:1], mean, std, device, 1, amp_dtype, lambda: None)
             per_image = probe[0].numel() * 4
             if per_image * ((len(source_images) + len(target_images)) * views + len(val_images)
                             + (len(eval_images) if eval_images is not None else 0)) > CACHE_BUDGET_BYTES:
@@ -322,13 +322,13 @@ def fit_dan(model: Classifier, source_train, source_val, target_ds, config: Trai
         def bank(images: torch.Tensor, seed: int | None) -> torch.Tensor:
             key = base_key + (tensor_key(images), seed)
             if key not in shared:
-                chosen = _augment(images, augmenter, seed) if seed is not None else images
-                shared[key] = _collect(model, boundary, chosen, mean, std, device, config.batch_size, amp_dtype,
+                chosen = augment_batch(images, augmenter, seed) if seed is not None else images
+                shared[key] = collect_activations(model, boundary, chosen, mean, std, device, config.batch_size, amp_dtype,
                                        lambda: tick(0, 0, math.nan, "cache"))
             return shared[key]
 
-        optimizer = _make_optimizer(config, param_groups)
-        scheduler = _make_scheduler(config, optimizer, steps * config.epochs)
+        optimizer = make_optimizer(config, param_groups)
+        scheduler = make_scheduler(config, optimizer, steps * config.epochs)
         scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype is torch.float16)
         criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
         n_trainable = sum(p.numel() for p in trainable_list)
@@ -363,8 +363,8 @@ def fit_dan(model: Classifier, source_train, source_val, target_ds, config: Trai
                 return cached[0, idx.to(device)]
             chosen = images[idx]
             if augmenter is not None:
-                chosen = _augment(chosen, augmenter, seed)
-            return _normalise(chosen.to(device), mean, std)
+                chosen = augment_batch(chosen, augmenter, seed)
+            return normalise(chosen.to(device), mean, std)
 
         def in_eval(images: torch.Tensor, cached: torch.Tensor | None, labels: torch.Tensor | None):
             """(mean CE, accuracy, pooled features at the layer) in eval mode, without augmentation."""
@@ -374,7 +374,7 @@ def fit_dan(model: Classifier, source_train, source_val, target_ds, config: Trai
             total, correct, feats = 0.0, 0, []
             with torch.inference_mode(), (_skip_prefix(prefix_modules, boundary, stash) if cache else nullcontext()):
                 for start in range(0, len(images), 64):
-                    x = cached[start:start + 64] if cache else _normalise(images[start:start + 64].to(device), mean, std)
+                    x = cached[start:start + 64] if cache else normalise(images[start:start + 64].to(device), mean, std)
                     captured.clear()
                     logits = forward(x).float()
                     feats.append(pool(captured["f"]).float().cpu())
@@ -414,7 +414,7 @@ def fit_dan(model: Classifier, source_train, source_val, target_ds, config: Trai
                 for p in params:
                     p.requires_grad_(active.get(name, 0) > 0)
             resting = [model.get_submodule(m) for g in model.layer_groups if active[g.name] == 0 for m in g.modules]
-            _apply_freeze(model, resting, config.train_bn)
+            apply_freeze(model, resting, config.train_bn)
             if not batch_stats:
                 for module in model.modules():
                     if isinstance(module, nn.modules.batchnorm._BatchNorm):

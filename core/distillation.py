@@ -30,17 +30,17 @@ from core.training import (
     FitInfo,
     History,
     TrainConfig,
-    _apply_freeze,
-    _augment,
-    _augmenter,
-    _frozen_groups,
-    _labels,
-    _make_optimizer,
-    _make_scheduler,
-    _normalise,
+    apply_freeze,
+    augment_batch,
     build_param_groups,
     encode_images,
     evaluate,
+    frozen_groups,
+    labels_of,
+    make_augmenter,
+    make_optimizer,
+    make_scheduler,
+    normalise,
 )
 
 __all__ = [
@@ -109,7 +109,7 @@ def distill(student: Classifier, teacher: Classifier, train_ds, val_ds, config: 
         )
     if len(train_ds) < 2:
         raise ConfigError("Training needs at least two training images.")
-    train_labels, val_labels = _labels(train_ds), _labels(val_ds)
+    train_labels, val_labels = labels_of(train_ds), labels_of(val_ds)
     if len(train_labels) and int(train_labels.max()) >= len(student.classes):
         raise ConfigError("The dataset has more classes than the student's head.")
 
@@ -134,17 +134,17 @@ def distill(student: Classifier, teacher: Classifier, train_ds, val_ds, config: 
 
     param_groups = build_param_groups(student, config)
     trainable_list = [p for g in param_groups for p in g["params"]]
-    frozen = _frozen_groups(student, config)
+    frozen = frozen_groups(student, config)
     frozen_modules = [student.get_submodule(m) for g in student.layer_groups if g.name in frozen for m in g.modules]
     trainable_params = sum(p.numel() for p in trainable_list)
     frozen_params = sum(p.numel() for p in student.parameters()) - trainable_params
 
     drop_last = len(train_images) % config.batch_size == 1  # a batch of one breaks BatchNorm
     batches = len(train_images) // config.batch_size if drop_last else math.ceil(len(train_images) / config.batch_size)
-    optimizer = _make_optimizer(config, param_groups)
-    scheduler = _make_scheduler(config, optimizer, batches * config.epochs)
+    optimizer = make_optimizer(config, param_groups)
+    scheduler = make_scheduler(config, optimizer, batches * config.epochs)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype is torch.float16)
-    augmenter = _augmenter(size) if config.augment else None
+    augmenter = make_augmenter(size) if config.augment else None
 
     history = History()
     info = FitInfo(config.epochs, batches, len(train_images), len(val_images), str(device), False,
@@ -166,7 +166,7 @@ def distill(student: Classifier, teacher: Classifier, train_ds, val_ds, config: 
                 history.stopped = "cancelled"
                 break
             started = time.perf_counter()
-            _apply_freeze(student, frozen_modules, config.train_bn)
+            apply_freeze(student, frozen_modules, config.train_bn)
             order = torch.randperm(len(train_images), generator=shuffler)
             loss_sum, correct, count, diverged = 0.0, 0, 0, False
             for b in range(batches):
@@ -176,17 +176,17 @@ def distill(student: Classifier, teacher: Classifier, train_ds, val_ds, config: 
                 idx = order[b * config.batch_size:(b + 1) * config.batch_size]
                 batch = train_images[idx]
                 if augmenter is not None:
-                    batch = _augment(batch, augmenter, hash((config.seed, epoch, b)) & 0x7FFFFFFF)
+                    batch = augment_batch(batch, augmenter, hash((config.seed, epoch, b)) & 0x7FFFFFFF)
                 batch = batch.to(device)
                 y = train_labels[idx].to(device)
                 teacher_logits = None
                 if use_teacher:
                     with torch.inference_mode(), torch.autocast(device.type, dtype=amp_dtype,
                                                                 enabled=amp_dtype is not None):
-                        t_logits = teacher(_normalise(_teacher_input(batch, t_size), t_mean, t_std)).float()
+                        t_logits = teacher(normalise(_teacher_input(batch, t_size), t_mean, t_std)).float()
                     teacher_logits = t_logits.clone()  # a normal tensor: autograd may save it
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                    logits = student(_normalise(batch, s_mean, s_std)).float()
+                    logits = student(normalise(batch, s_mean, s_std)).float()
                     loss = distillation_loss(logits, teacher_logits if use_teacher else logits.detach(), y,
                                              temperature, alpha)
                 loss_value = loss.item()
@@ -383,7 +383,7 @@ class DistillationJob:
         home = next(self._teacher.parameters()).device
         try:
             self._teacher.to(device)
-            _, acc = evaluate(self._teacher, images, _labels(self._val_ds), mean, std, device)
+            _, acc = evaluate(self._teacher, images, labels_of(self._val_ds), mean, std, device)
         finally:
             self._teacher.to(home)
         return acc

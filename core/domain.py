@@ -15,7 +15,7 @@ from __future__ import annotations
 import threading
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +27,7 @@ from core import mmd
 from core.data import split
 from core.errors import ConfigError, UserInputError
 from core.features import FeatureCache, activations
-from core.training import _normalise, encode_images
+from core.training import encode_images, normalise
 
 __all__ = [
     "HEAD_INPUT",
@@ -143,7 +143,7 @@ def extract_features(model: nn.Module, ds, layers: list[str], image_size: int, b
         images = encode_images(ds, image_size)
         parts: dict[str, list[torch.Tensor]] = {layer: [] for layer in missing}
         for start in range(0, len(images), batch_size):
-            x = _normalise(images[start:start + batch_size], mean_t, std_t)
+            x = normalise(images[start:start + batch_size], mean_t, std_t)
             for layer, feats in _one_pass(model, x, missing, head_module).items():
                 parts[layer].append(feats)
         for layer in missing:

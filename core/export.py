@@ -27,7 +27,7 @@ from torchvision.transforms import v2 as T
 from core import backbones
 from core.backbones import Classifier
 from core.errors import CheckpointError, ConfigError
-from core.training import _normalise
+from core.training import normalise
 
 __all__ = [
     "KINDS",
@@ -244,7 +244,7 @@ def _batch(model: Classifier, images) -> torch.Tensor:
     if not pil:
         raise ConfigError("Checking an export needs at least one image.")
     batch = torch.stack([resize(img) for img in pil])
-    return _normalise(batch, torch.tensor(model.mean).view(1, 3, 1, 1), torch.tensor(model.std).view(1, 3, 1, 1))
+    return normalise(batch, torch.tensor(model.mean).view(1, 3, 1, 1), torch.tensor(model.std).view(1, 3, 1, 1))
 
 
 def _reloaded_logits(path: Path, kind: str, x: torch.Tensor) -> torch.Tensor | None:

@@ -34,16 +34,16 @@ from core.devices import pick_device
 from core.errors import ConfigError
 from core.training import (
     TrainConfig,
-    _apply_freeze,
-    _augment,
-    _augmenter,
-    _frozen_groups,
-    _collect,
-    _labels,
-    _make_optimizer,
-    _normalise,
+    apply_freeze,
+    augment_batch,
     build_param_groups,
+    collect_activations,
     encode_images,
+    frozen_groups,
+    labels_of,
+    make_augmenter,
+    make_optimizer,
+    normalise,
 )
 
 __all__ = ["LRFinderResult", "find_lr", "suggest_lr", "smooth", "DIVERGENCE_FACTOR"]
@@ -108,7 +108,7 @@ def find_lr(model: Classifier, train_ds, config: TrainConfig, start: float = 1e-
         raise ConfigError("Smoothing must be in (0, 1].")
     if len(train_ds) < 2:
         raise ConfigError("The learning-rate finder needs at least two training images.")
-    labels = _labels(train_ds)
+    labels = labels_of(train_ds)
     if int(labels.max()) >= len(model.classes):
         raise ConfigError("The dataset has more classes than the model's head.")
 
@@ -116,16 +116,16 @@ def find_lr(model: Classifier, train_ds, config: TrainConfig, start: float = 1e-
     work = copy.deepcopy(model).to(device)
     groups = build_param_groups(work, config)
     multipliers = [g["lr"] / config.lr for g in groups]
-    frozen = _frozen_groups(work, config)
+    frozen = frozen_groups(work, config)
     frozen_modules = [work.get_submodule(m) for g in work.layer_groups if g.name in frozen for m in g.modules]
-    _apply_freeze(work, frozen_modules, config.train_bn)
-    optimizer = _make_optimizer(config, groups)
+    apply_freeze(work, frozen_modules, config.train_bn)
+    optimizer = make_optimizer(config, groups)
 
     size = int(config.image_size)
     images = encode_images(train_ds, size)
     mean = torch.tensor(work.mean, device=device).view(1, 3, 1, 1)
     std = torch.tensor(work.std, device=device).view(1, 3, 1, 1)
-    augmenter = _augmenter(size) if config.augment else None
+    augmenter = make_augmenter(size) if config.augment else None
     # Feature extraction: the frozen body computes the same features every step, so compute them
     # once per image (and per cached augmented view) and sweep the head alone, as fit does.
     head_group = work.layer_groups[-1]
@@ -138,11 +138,11 @@ def find_lr(model: Classifier, train_ds, config: TrainConfig, start: float = 1e-
         views = min(config.cached_views, 3) if augmenter is not None else 1
         work.eval()
         bank = torch.stack([
-            _collect(work, head, _augment(images, augmenter, config.seed * 1000 + v) if augmenter else images,
+            collect_activations(work, head, augment_batch(images, augmenter, config.seed * 1000 + v) if augmenter else images,
                      mean, std, device, 64, None, lambda: None, capture="input")
             for v in range(views)
         ])
-        _apply_freeze(work, frozen_modules, config.train_bn)
+        apply_freeze(work, frozen_modules, config.train_bn)
     bs = min(config.batch_size, len(images))
     per_epoch = len(images) // bs if len(images) % bs == 1 else math.ceil(len(images) / bs)  # no batch of one
     shuffler = torch.Generator().manual_seed(config.seed)
@@ -170,8 +170,8 @@ def find_lr(model: Classifier, train_ds, config: TrainConfig, start: float = 1e-
         else:
             batch = images[idx]
             if augmenter is not None:
-                batch = _augment(batch, augmenter, hash((config.seed, step)) & 0x7FFFFFFF)
-            logits = work(_normalise(batch.to(device), mean, std))
+                batch = augment_batch(batch, augmenter, hash((config.seed, step)) & 0x7FFFFFFF)
+            logits = work(normalise(batch.to(device), mean, std))
         loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
         value = loss.item()
         if not math.isfinite(value):

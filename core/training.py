@@ -188,14 +188,18 @@ def encode_images(ds, size: int) -> torch.Tensor:
     return torch.stack([resize(ds[i][0]) for i in range(len(ds))])
 
 
-def _labels(ds) -> torch.Tensor:
+# --- the loop's building blocks, shared with the other trainers (adaptation, distillation, the
+# learning-rate finder) so that every one of them freezes, augments and normalises alike ---------
+
+
+def labels_of(ds) -> torch.Tensor:
     labels = getattr(ds, "labels", None)
     if labels is None:
         labels = [ds[i][1] for i in range(len(ds))]
     return torch.as_tensor(list(labels), dtype=torch.long)
 
 
-def _augmenter(size: int) -> T.Compose:
+def make_augmenter(size: int) -> T.Compose:
     return T.Compose(
         [
             T.RandomResizedCrop(size, scale=(0.6, 1.0), antialias=True),
@@ -205,20 +209,20 @@ def _augmenter(size: int) -> T.Compose:
     )
 
 
-def _augment(images: torch.Tensor, augmenter, generator_seed: int) -> torch.Tensor:
+def augment_batch(images: torch.Tensor, augmenter, generator_seed: int) -> torch.Tensor:
     # torchvision's v2 transforms draw from torch's global RNG: seed it for this batch alone.
     with seeded(generator_seed):
         return torch.stack([augmenter(img) for img in images])
 
 
-def _normalise(batch_uint8: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+def normalise(batch_uint8: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     return (batch_uint8.float().div_(255) - mean) / std
 
 
 # --- model state -----------------------------------------------------------------------------
 
 
-def _apply_freeze(model: Classifier, frozen_modules: list[nn.Module], train_bn: bool) -> None:
+def apply_freeze(model: Classifier, frozen_modules: list[nn.Module], train_bn: bool) -> None:
     model.train()
     for module in frozen_modules:
         if train_bn:
@@ -229,14 +233,14 @@ def _apply_freeze(model: Classifier, frozen_modules: list[nn.Module], train_bn: 
             module.eval()
 
 
-def _make_optimizer(config: TrainConfig, param_groups: list[dict]) -> torch.optim.Optimizer:
+def make_optimizer(config: TrainConfig, param_groups: list[dict]) -> torch.optim.Optimizer:
     if config.optimizer == "sgd":
         return torch.optim.SGD(param_groups, lr=config.lr, momentum=config.momentum,
                                weight_decay=config.weight_decay, nesterov=True)
     return torch.optim.AdamW(param_groups, lr=config.lr, weight_decay=config.weight_decay)
 
 
-def _make_scheduler(config: TrainConfig, optimizer, total_steps: int):
+def make_scheduler(config: TrainConfig, optimizer, total_steps: int):
     if config.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total_steps))
     if config.schedule == "onecycle":
@@ -257,7 +261,7 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, mean,
     try:
         with torch.inference_mode():
             for start in range(0, len(images), batch_size):
-                x = _normalise(images[start:start + batch_size].to(device), mean, std)
+                x = normalise(images[start:start + batch_size].to(device), mean, std)
                 y = labels[start:start + batch_size].to(device)
                 logits = model(x).float()
                 total_loss += F.cross_entropy(logits, y, reduction="sum").item()
@@ -279,7 +283,7 @@ def predict_proba(model: Classifier, images, device: str | torch.device = "cpu",
     out = []
     with torch.inference_mode():
         for start in range(0, len(batch), batch_size):
-            x = _normalise(batch[start:start + batch_size].to(device), mean, std)
+            x = normalise(batch[start:start + batch_size].to(device), mean, std)
             out.append(model(x).float().softmax(1).cpu())
     return torch.cat(out)
 
@@ -287,7 +291,7 @@ def predict_proba(model: Classifier, images, device: str | torch.device = "cpu",
 # --- fit -----------------------------------------------------------------------------------
 
 
-def _frozen_groups(model: Classifier, config: TrainConfig) -> set[str]:
+def frozen_groups(model: Classifier, config: TrainConfig) -> set[str]:
     # a multiplier of 0 freezes a group as surely as listing it
     return set(config.freeze) | {g.name for g in model.layer_groups if config.lr_multipliers.get(g.name, 1.0) == 0}
 
@@ -297,7 +301,7 @@ def build_param_groups(model: Classifier, config: TrainConfig) -> list[dict]:
 
     Sets ``requires_grad`` to match: False for every parameter of a frozen group.
     """
-    frozen = _frozen_groups(model, config)
+    frozen = frozen_groups(model, config)
     groups = []
     for name, params in group_parameters(model, model.layer_groups).items():
         trainable = name not in frozen
@@ -357,7 +361,7 @@ def _skip_prefix(modules: list[nn.Module], boundary: nn.Module, stash: dict):
 
 
 @torch.inference_mode()
-def _collect(model, module, images, mean, std, device, batch_size, dtype, on_batch, capture="output") -> torch.Tensor:
+def collect_activations(model, module, images, mean, std, device, batch_size, dtype, on_batch, capture="output") -> torch.Tensor:
     """One pass over ``images``; returns what flows into (or out of) ``module`` for each image."""
     captured: list[torch.Tensor] = []
 
@@ -374,7 +378,7 @@ def _collect(model, module, images, mean, std, device, batch_size, dtype, on_bat
         handle = module.register_forward_hook(lambda _m, _args, out: grab(out))
     try:
         for start in range(0, len(images), batch_size):
-            x = _normalise(images[start:start + batch_size].to(device, non_blocking=True), mean, std)
+            x = normalise(images[start:start + batch_size].to(device, non_blocking=True), mean, std)
             try:
                 with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
                     model(x)
@@ -400,8 +404,8 @@ def fit(model: Classifier, train_ds, val_ds, config: TrainConfig, callbacks: Seq
     if len(train_ds) < 2:
         raise ConfigError("Training needs at least two training images.")
     n_classes = len(model.classes)
-    train_labels = _labels(train_ds)
-    val_labels = _labels(val_ds)
+    train_labels = labels_of(train_ds)
+    val_labels = labels_of(val_ds)
     if len(train_labels) and int(train_labels.max()) >= n_classes:
         raise ConfigError("The dataset has more classes than the model's head.")
 
@@ -451,7 +455,7 @@ def fit(model: Classifier, train_ds, val_ds, config: TrainConfig, callbacks: Seq
         prefix_modules = [model.get_submodule(m) for g in prefix for m in g.modules if m != prefix[-1].modules[-1]]
     views = (config.cached_views if config.augment else 1) if cache_mode else 0
     if cache_mode:
-        probe = _collect(model.eval(), boundary, train_images[:1], mean, std, device, 1, amp_dtype, lambda: None,
+        probe = collect_activations(model.eval(), boundary, train_images[:1], mean, std, device, 1, amp_dtype, lambda: None,
                          "input" if cache_mode == "head" else "output")
         bytes_needed = probe[0].numel() * 4 * (len(train_images) * views + len(val_images))
         if bytes_needed > CACHE_BUDGET_BYTES:
@@ -464,11 +468,11 @@ def fit(model: Classifier, train_ds, val_ds, config: TrainConfig, callbacks: Seq
     total_units = cache_batches + batches * config.epochs
     done_units = 0
 
-    optimizer = _make_optimizer(config, param_groups)
-    scheduler = _make_scheduler(config, optimizer, batches * config.epochs)
+    optimizer = make_optimizer(config, param_groups)
+    scheduler = make_scheduler(config, optimizer, batches * config.epochs)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype is torch.float16)
     criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-    augmenter = _augmenter(size) if config.augment else None
+    augmenter = make_augmenter(size) if config.augment else None
 
     history = History(used_feature_cache=cache_mode is not None, cache=cache_mode or "", plan=plan)
     info = FitInfo(config.epochs, batches, len(train_images), len(val_images), str(device), cache_mode is not None,
@@ -521,13 +525,13 @@ def fit(model: Classifier, train_ds, val_ds, config: TrainConfig, callbacks: Seq
             capture = "input" if cache_mode == "head" else "output"
             cached_views = []
             for v in range(views):
-                source = _augment(train_images, augmenter, config.seed * 1000 + v) if augmenter else train_images
-                cached_views.append(_collect(model, boundary, source, mean, std, device, config.batch_size,
+                source = augment_batch(train_images, augmenter, config.seed * 1000 + v) if augmenter else train_images
+                cached_views.append(collect_activations(model, boundary, source, mean, std, device, config.batch_size,
                                              amp_dtype, lambda: tick(0, 0, float("nan"), "cache"), capture))
                 if stopped():
                     break
             feature_bank = torch.stack(cached_views)
-            val_bank = _collect(model, boundary, val_images, mean, std, device, config.batch_size,
+            val_bank = collect_activations(model, boundary, val_images, mean, std, device, config.batch_size,
                                 amp_dtype, lambda: tick(0, 0, float("nan"), "cache"), capture)
             train_labels_dev = train_labels.to(device)
             val_labels_dev = val_labels.to(device)
@@ -542,7 +546,7 @@ def fit(model: Classifier, train_ds, val_ds, config: TrainConfig, callbacks: Seq
                 for p in params:
                     p.requires_grad_(active.get(name, 0) > 0)
             resting = [model.get_submodule(m) for g in model.layer_groups if active[g.name] == 0 for m in g.modules]
-            _apply_freeze(model, resting, config.train_bn)
+            apply_freeze(model, resting, config.train_bn)
             order = torch.randperm(len(train_images), generator=shuffler)
             loss_sum = torch.zeros((), device=device)
             correct = torch.zeros((), device=device, dtype=torch.long)
@@ -566,8 +570,8 @@ def fit(model: Classifier, train_ds, val_ds, config: TrainConfig, callbacks: Seq
                     else:
                         batch = train_images[idx]
                         if augmenter is not None:
-                            batch = _augment(batch, augmenter, hash((config.seed, epoch, b)) & 0x7FFFFFFF)
-                        x = _normalise(batch.to(device, non_blocking=True), mean, std)
+                            batch = augment_batch(batch, augmenter, hash((config.seed, epoch, b)) & 0x7FFFFFFF)
+                        x = normalise(batch.to(device, non_blocking=True), mean, std)
                         if device.type == "cuda":
                             x = x.contiguous(memory_format=torch.channels_last)
                         y = train_labels[idx].to(device, non_blocking=True)

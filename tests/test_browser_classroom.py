@@ -28,9 +28,9 @@ if not Path(CHROMIUM).exists():
 sync_api = pytest.importorskip("playwright.sync_api")
 
 try:  # `python -m pytest` puts the repository on sys.path; plain `pytest` puts tests/ there
-    from tests.test_browser import assert_no_exception, free_port, go_to, open_app, set_epochs, wait_for_status
+    from tests.test_browser import assert_no_exception, free_port, go_to, open_app, set_epochs
 except ImportError:
-    from test_browser import assert_no_exception, free_port, go_to, open_app, set_epochs, wait_for_status
+    from test_browser import assert_no_exception, free_port, go_to, open_app, set_epochs
 
 DEMO_HEADING = "Demo shapes (source look): 80 images in 4 classes"
 RUN_IN_URL = re.compile(r"[?&]run=([0-9a-f]{16})")

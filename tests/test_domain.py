@@ -12,7 +12,7 @@ from torch import nn
 from core import data, domain, mmd
 from core.backbones import LayerGroup
 from core.errors import ConfigError, UserInputError
-from core.training import _normalise, encode_images
+from core.training import encode_images, normalise
 
 
 class Tiny(nn.Module):
@@ -73,7 +73,7 @@ def test_features_are_space_averaged_float32_rows_on_the_cpu(tiny, shapes):
     assert {name: tuple(f.shape) for name, f in feats.items()} == {
         "conv": (12, 4), "block": (12, 6), domain.HEAD_INPUT: (12, 6), "fc": (12, 3)}
     assert all(f.dtype == torch.float32 and f.device.type == "cpu" for f in feats.values())
-    x = _normalise(encode_images(shapes, 32), torch.tensor(Tiny.mean).view(1, 3, 1, 1),
+    x = normalise(encode_images(shapes, 32), torch.tensor(Tiny.mean).view(1, 3, 1, 1),
                    torch.tensor(Tiny.std).view(1, 3, 1, 1))
     with torch.no_grad():
         expected = tiny.conv(x).mean(dim=(2, 3))
