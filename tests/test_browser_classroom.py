@@ -7,91 +7,25 @@ once (TRANSFER_LAB_MAX_CONCURRENT_RUNS=2), so a class of five makes some runs wa
 import io
 import os
 import re
-import subprocess
-import sys
 import time
-import urllib.request
 import zipfile
-from pathlib import Path
 
 import pytest
 
 pytestmark = pytest.mark.browser
-CHROMIUM = "/usr/bin/chromium"
-ROOT = Path(__file__).resolve().parent.parent
 
-if not Path(CHROMIUM).exists():
-    if os.environ.get("CI"):
-        raise RuntimeError(f"CI must run the browser tests, but {CHROMIUM} is missing (scripts/ensure-chromium.sh).")
-    pytest.skip("Chromium is not installed: run scripts/ensure-chromium.sh", allow_module_level=True)
-
-sync_api = pytest.importorskip("playwright.sync_api")
-
+# The server (two training slots), the browser and a fresh page per test are test_browser's
+# fixtures; importing them also brings its Chromium check (skip locally, fail in CI).
 try:  # `python -m pytest` puts the repository on sys.path; plain `pytest` puts tests/ there
-    from tests.test_browser import assert_no_exception, free_port, go_to, open_app, set_epochs
+    from tests.test_browser import (assert_no_exception, browser, go_to, open_app, page, server,  # noqa: F401
+                                    set_epochs, sync_api)
 except ImportError:
-    from test_browser import assert_no_exception, free_port, go_to, open_app, set_epochs
+    from test_browser import (assert_no_exception, browser, go_to, open_app, page, server,  # noqa: F401
+                              set_epochs, sync_api)
 
 DEMO_HEADING = "Demo shapes (source look): 80 images in 4 classes"
 RUN_IN_URL = re.compile(r"[?&]run=([0-9a-f]{16})")
 QUEUE_MESSAGE = re.compile(r"Waiting for a free training slot: number \d+ in the queue\.")
-
-
-# --- the server and the browser ---------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    port = free_port()
-    env = {**os.environ, "TRANSFER_LAB_DATA_DIR": str(tmp_path_factory.mktemp("classroom-data")),
-           "TRANSFER_LAB_MAX_CONCURRENT_RUNS": "2"}
-    log = open(tmp_path_factory.mktemp("classroom-log") / "server.log", "w+")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
-         "--server.address", "127.0.0.1", "--server.headless", "true"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    while time.time() < deadline:
-        try:
-            if urllib.request.urlopen(url + "/_stcore/health", timeout=2).status == 200:
-                break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        log.seek(0)
-        raise RuntimeError("The app did not start:\n" + log.read())
-    yield url
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.seek(0)
-    output = log.read()
-    assert "Traceback" not in output, output
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--no-first-run"],
-        )
-        yield browser
-        browser.close()
-
-
-@pytest.fixture
-def page(browser):
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
-    page = context.new_page()
-    yield page
-    context.close()
 
 
 # --- archives, built in memory ----------------------------------------------------------------
