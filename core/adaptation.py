@@ -42,7 +42,7 @@ from core.training import (
     History,
     TrainConfig,
     _skip_prefix,
-    apply_freeze,
+    apply_epoch_plan,
     augment_batch,
     build_param_groups,
     collect_activations,
@@ -52,6 +52,7 @@ from core.training import (
     make_optimizer,
     make_scheduler,
     normalise,
+    restore_if_diverged,
     training_plan,
 )
 
@@ -410,11 +411,7 @@ def fit_dan(model: Classifier, source_train, source_val, target_ds, config: Trai
                 break
             started = time.perf_counter()
             active = plan[epoch - 1]
-            for name, params in by_group.items():
-                for p in params:
-                    p.requires_grad_(active.get(name, 0) > 0)
-            resting = [model.get_submodule(m) for g in model.layer_groups if active[g.name] == 0 for m in g.modules]
-            apply_freeze(model, resting, config.train_bn)
+            apply_epoch_plan(model, by_group, active, config.train_bn)
             if not batch_stats:
                 for module in model.modules():
                     if isinstance(module, nn.modules.batchnorm._BatchNorm):
@@ -460,12 +457,7 @@ def fit_dan(model: Classifier, source_train, source_val, target_ds, config: Trai
                     count += batch
                     tick(epoch, b + 1, loss_value)
             seen += 2 * count
-            if not diverged and any(not torch.isfinite(p).all() for p in trainable_list):
-                diverged = True
-            if diverged:
-                with torch.no_grad():
-                    for p, good in zip(trainable_list, last_good):
-                        p.copy_(good)
+            if restore_if_diverged(trainable_list, last_good, diverged):
                 history.stopped = "diverged"
                 history.message = (
                     f"Adaptation stopped in epoch {epoch}: the loss became NaN or infinite. The weights of the "

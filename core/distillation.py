@@ -41,6 +41,7 @@ from core.training import (
     make_optimizer,
     make_scheduler,
     normalise,
+    restore_if_diverged,
 )
 
 __all__ = [
@@ -207,12 +208,7 @@ def distill(student: Classifier, teacher: Classifier, train_ds, val_ds, config: 
                     cb.on_batch_end(BatchProgress(epoch, b + 1, batches, loss_value, min(1.0, done / max(1, total))))
             train_seconds += time.perf_counter() - started
             seen_images += count
-            if not diverged and any(not torch.isfinite(p).all() for p in trainable_list):
-                diverged = True
-            if diverged:
-                with torch.no_grad():
-                    for p, good in zip(trainable_list, last_good):
-                        p.copy_(good)
+            if restore_if_diverged(trainable_list, last_good, diverged):
                 history.stopped = "diverged"
                 history.message = (
                     f"Distillation stopped in epoch {epoch}: the loss became NaN or infinite, which usually "

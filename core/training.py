@@ -11,8 +11,8 @@ from __future__ import annotations
 import copy
 import math
 import time
-from contextlib import contextmanager, nullcontext
 from collections.abc import Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -231,6 +231,27 @@ def apply_freeze(model: Classifier, frozen_modules: list[nn.Module], train_bn: b
                     sub.eval()
         else:
             module.eval()
+
+
+def apply_epoch_plan(model: Classifier, by_group: dict[str, list[nn.Parameter]], active: dict[str, float],
+                     train_bn: bool) -> None:
+    """Make this epoch's groups trainable and freeze the rest, BatchNorm statistics included."""
+    for name, params in by_group.items():
+        for p in params:
+            p.requires_grad_(active.get(name, 0) > 0)
+    resting = [model.get_submodule(m) for g in model.layer_groups if active[g.name] == 0 for m in g.modules]
+    apply_freeze(model, resting, train_bn)
+
+
+def restore_if_diverged(params: list[nn.Parameter], last_good: list[torch.Tensor], diverged: bool) -> bool:
+    """Whether the epoch diverged (a non-finite loss was seen, or a weight is no longer finite); if it
+    did, the weights go back to the last good epoch's."""
+    diverged = diverged or any(not torch.isfinite(p).all() for p in params)
+    if diverged:
+        with torch.no_grad():
+            for p, good in zip(params, last_good):
+                p.copy_(good)
+    return diverged
 
 
 def make_optimizer(config: TrainConfig, param_groups: list[dict]) -> torch.optim.Optimizer:
@@ -542,11 +563,7 @@ def fit(model: Classifier, train_ds, val_ds, config: TrainConfig, callbacks: Seq
                 break
             started = time.perf_counter()
             active = plan[epoch - 1]
-            for name, params in by_group.items():
-                for p in params:
-                    p.requires_grad_(active.get(name, 0) > 0)
-            resting = [model.get_submodule(m) for g in model.layer_groups if active[g.name] == 0 for m in g.modules]
-            apply_freeze(model, resting, config.train_bn)
+            apply_epoch_plan(model, by_group, active, config.train_bn)
             order = torch.randperm(len(train_images), generator=shuffler)
             loss_sum = torch.zeros((), device=device)
             correct = torch.zeros((), device=device, dtype=torch.long)
@@ -594,12 +611,7 @@ def fit(model: Classifier, train_ds, val_ds, config: TrainConfig, callbacks: Seq
                     tick(epoch, b + 1, loss_value)
             train_seconds += time.perf_counter() - started
             seen_images += count
-            if not diverged and any(not torch.isfinite(p).all() for p in trainable_list):
-                diverged = True
-            if diverged:
-                with torch.no_grad():
-                    for p, good in zip(trainable_list, last_good):
-                        p.copy_(good)
+            if restore_if_diverged(trainable_list, last_good, diverged):
                 history.stopped = "diverged"
                 history.message = (
                     f"Training stopped in epoch {epoch}: the loss became NaN or infinite, which usually "
