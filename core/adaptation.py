@@ -33,6 +33,7 @@ from core.domain import HEAD_INPUT, Task, pool
 from core.errors import ConfigError, UserInputError
 from core.features import tensor_key
 from core.mmd import mmd2, mmd_loss
+from core.seeding import reseed
 from core.training import (
     CACHE_BUDGET_BYTES,
     BatchProgress,
@@ -235,7 +236,7 @@ def fit_dan(model: Classifier, source_train, source_val, target_ds, config: Trai
 
     device = pick_device(config.device)
     amp_dtype = autocast_dtype(device) if config.mixed_precision else None
-    torch.manual_seed(config.seed)
+    reseed(config.seed)
     shuffler = torch.Generator().manual_seed(config.seed)
     size = int(config.image_size)
     source_images, target_images = encode_images(source_train, size), encode_images(target_ds, size)

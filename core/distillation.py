@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from core.backbones import Classifier
 from core.devices import autocast_dtype, pick_device
 from core.errors import ConfigError, UserInputError
+from core.seeding import reseed
 from core.training import (
     BatchProgress,
     Callback,
@@ -116,7 +117,7 @@ def distill(student: Classifier, teacher: Classifier, train_ds, val_ds, config: 
 
     device = pick_device(config.device)
     amp_dtype = autocast_dtype(device) if config.mixed_precision else None
-    torch.manual_seed(config.seed)
+    reseed(config.seed)
     shuffler = torch.Generator().manual_seed(config.seed)
     size = int(config.image_size)
     train_images, val_images = encode_images(train_ds, size), encode_images(val_ds, size)

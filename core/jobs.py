@@ -229,6 +229,8 @@ class TrainingJob:
         config = self.config
         for attempt in range(2):
             model = self._build_model()
+            if attempt == 0:
+                self.store.save_start(self.run_id, model, self.record.pretrained)
             try:
                 history = fit(model, self._train_ds, self._val_ds, config, [_Recorder(self)], self._stop)
                 break

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from core.backbones import Classifier
 from core.devices import pick_device
 from core.errors import ConfigError
+from core.seeding import reseed
 from core.training import (
     TrainConfig,
     apply_freeze,
@@ -146,7 +147,7 @@ def find_lr(model: Classifier, train_ds, config: TrainConfig, start: float = 1e-
     bs = min(config.batch_size, len(images))
     per_epoch = len(images) // bs if len(images) % bs == 1 else math.ceil(len(images) / bs)  # no batch of one
     shuffler = torch.Generator().manual_seed(config.seed)
-    torch.manual_seed(config.seed)
+    reseed(config.seed)
 
     lrs, losses, smoothed = [], [], []
     beta = 1.0 - smoothing

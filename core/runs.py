@@ -60,7 +60,8 @@ class RunRecord:
 
 
 class RunStore:
-    """One folder per run under ``root``: ``run.json`` and ``model.safetensors``."""
+    """One folder per run under ``root``: ``run.json``, ``start.safetensors`` (the random part of the
+    starting model) and ``model.safetensors`` (the trained one)."""
 
     def __init__(self, root: str | Path, cap_mb: int | None = None):
         self.root = Path(root) / "runs"
@@ -120,6 +121,20 @@ class RunStore:
         save_file(state, str(tmp), metadata=meta)
         os.replace(tmp, folder / "model.safetensors")
 
+    def save_start(self, run_id: str, model: Classifier, pretrained: bool) -> None:
+        """Keep the randomly initialised part of the model a run starts from: its head, or all of
+        it without pretraining. Rebuilding from the seed alone is exact only when no other thread
+        drew from torch's global generator meanwhile (another run's dropout can), so the run's
+        "before" comes from this file."""
+        state = model.state_dict()
+        if pretrained:
+            heads = tuple(f"{m}." for g in model.layer_groups if g.name == "head" for m in g.modules)
+            state = {k: v for k, v in state.items() if k.startswith(heads)}
+        folder = self._dir(run_id)
+        tmp = folder / "start.safetensors.tmp"
+        save_file({k: v.detach().to("cpu").contiguous() for k, v in state.items()}, str(tmp))
+        os.replace(tmp, folder / "start.safetensors")
+
     def has_model(self, run_id: str) -> bool:
         return (self._dir(run_id) / "model.safetensors").is_file()
 
@@ -139,7 +154,8 @@ class RunStore:
         return model.eval()
 
     def load_starting_model(self, run_id: str) -> Classifier:
-        """The model this run started from, rebuilt from its backbone, seed and settings."""
+        """The model this run started from: rebuilt from its backbone, seed and settings, with the
+        random part it kept when it began (see save_start)."""
         record = self.get(run_id)
         if record is None:
             raise CheckpointError("No run with this id.")
@@ -147,10 +163,16 @@ class RunStore:
         weights = cfg.get("weights_file")
         if weights and not Path(weights).is_file():
             raise CheckpointError("The weights file this run started from is no longer on the server.")
-        return backbones.starting_model(
+        model = backbones.starting_model(
             record.backbone, record.classes, pretrained=record.pretrained, seed=int(cfg.get("seed", 0)),
             image_size=int(cfg.get("image_size", 224)), head=cfg.get("head", "linear"), weights_path=weights,
-        ).eval()
+        )
+        kept = self._dir(run_id) / "start.safetensors"
+        if kept.is_file():  # the run has begun: its random part as it really was
+            unexpected = model.load_state_dict(load_file(str(kept), device="cpu"), strict=False).unexpected_keys
+            if unexpected:
+                raise CheckpointError(f"This run's starting weights do not fit its model ({unexpected[0]}, …).")
+        return model.eval()
 
     def delete(self, run_id: str) -> None:
         shutil.rmtree(self._dir(run_id), ignore_errors=True)

@@ -15,6 +15,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from core.errors import ConfigError, DataError
+from core.seeding import seeded
 
 __all__ = [
     "METHODS",
@@ -191,8 +192,7 @@ def _seeded(seed: int | None, device: torch.device) -> Iterator[None]:
         yield
         return
     devices = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(int(seed))
+    with seeded(int(seed), devices):
         yield
 
 

@@ -23,7 +23,7 @@ from torchvision.transforms import v2 as T
 from core.backbones import Classifier, group_parameters
 from core.devices import autocast_dtype, pick_device
 from core.errors import ConfigError
-from core.seeding import seeded
+from core.seeding import reseed, seeded
 
 __all__ = [
     "TrainConfig",
@@ -432,7 +432,7 @@ def fit(model: Classifier, train_ds, val_ds, config: TrainConfig, callbacks: Seq
 
     device = pick_device(config.device)
     amp_dtype = autocast_dtype(device) if config.mixed_precision else None
-    torch.manual_seed(config.seed)
+    reseed(config.seed)
     shuffler = torch.Generator().manual_seed(config.seed)
 
     size = int(config.image_size)

@@ -128,14 +128,38 @@ def test_the_oldest_finished_runs_go_when_the_store_is_over_its_cap(tmp_path):
     assert remaining == {jobs[2].run_id}
 
 
-def test_a_runs_starting_model_can_be_rebuilt_exactly(store):
-    job = start_run(store, Shapes(8, 0), Shapes(4, 1), backbone="resnet18", pretrained=False,
-                    config=quick_config(freeze=[], seed=7, epochs=1), queue=TrainingQueue(1))
-    rebuilt_before = store.load_starting_model(job.run_id)
-    wait(job)
-    again = store.load_starting_model(job.run_id)
-    for (name, a), b in zip(rebuilt_before.state_dict().items(), again.state_dict().values()):
-        assert torch.equal(a, b), name
+def test_a_runs_starting_model_is_kept_exactly_while_other_threads_draw_random_numbers(store):
+    """The Feature maps page compares a run's "before" with its "after": "before" must be the model
+    the run really started from, even when another session's training draws from torch's global
+    generator (dropout) while this one is built or rebuilt."""
+    built = {}
+
+    def build():
+        model = backbones.starting_model("resnet18", ["disc", "square"], pretrained=False, seed=7, image_size=32)
+        built.update({k: v.clone() for k, v in model.state_dict().items()})
+        return model
+
+    stop = threading.Event()
+
+    def another_sessions_dropout():
+        while not stop.is_set():
+            torch.rand(4096)
+
+    noise = threading.Thread(target=another_sessions_dropout, daemon=True)
+    noise.start()
+    try:
+        config = quick_config(freeze=[], seed=7, epochs=1)
+        record = RunRecord(id=new_run_id(), status="queued", created=time.time(), backbone="resnet18",
+                           pretrained=False, classes=["disc", "square"], config=config.to_dict())
+        job = submit(record, store, build, Shapes(8, 0), Shapes(4, 1), config, TrainingQueue(1))
+        wait(job)
+        again = store.load_starting_model(job.run_id)
+    finally:
+        stop.set()
+        noise.join()
+    assert set(again.state_dict()) == set(built)
+    for name, tensor in again.state_dict().items():
+        assert torch.equal(tensor, built[name]), name
     trained = store.load_model(job.run_id)
     assert not torch.equal(trained.conv1.weight, again.conv1.weight)  # training moved it
 
