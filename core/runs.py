@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from core import backbones
@@ -144,12 +145,14 @@ class RunStore:
         path = self._dir(run_id) / "model.safetensors"
         if record is None or not path.is_file():
             raise CheckpointError("This run has no saved model (it may still be training, or it failed).")
-        state = load_file(str(path), device="cpu")
         base = backbones.load(record.backbone, pretrained=False)
         model = backbones.classifier(base, len(record.classes), classes=record.classes,
                                      image_size=int(record.config.get("image_size", base.image_size)),
                                      head=record.config.get("head", "linear"))
-        model.load_state_dict(state)
+        try:
+            model.load_state_dict(load_file(str(path), device="cpu"))
+        except (SafetensorError, RuntimeError, OSError, ValueError) as exc:  # a damaged file, wrong shapes
+            raise CheckpointError(f"This run's saved model could not be read: {exc}") from None
         model.pretrained = record.pretrained
         return model.eval()
 
@@ -169,7 +172,10 @@ class RunStore:
         )
         kept = self._dir(run_id) / "start.safetensors"
         if kept.is_file():  # the run has begun: its random part as it really was
-            unexpected = model.load_state_dict(load_file(str(kept), device="cpu"), strict=False).unexpected_keys
+            try:
+                unexpected = model.load_state_dict(load_file(str(kept), device="cpu"), strict=False).unexpected_keys
+            except (SafetensorError, RuntimeError, OSError, ValueError) as exc:  # a damaged file, wrong shapes
+                raise CheckpointError(f"This run's starting weights could not be read: {exc}") from None
             if unexpected:
                 raise CheckpointError(f"This run's starting weights do not fit its model ({unexpected[0]}, …).")
         return model.eval()

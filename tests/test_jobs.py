@@ -6,6 +6,7 @@ import torch
 
 from core import backbones
 from core.jobs import TrainingQueue, get_job, start_run, submit
+from core.errors import CheckpointError
 from core.runs import RunRecord, RunStore, is_run_id, new_run_id
 from core.training import TrainConfig, predict_proba
 from tests.test_training import Shapes
@@ -162,6 +163,18 @@ def test_a_runs_starting_model_is_kept_exactly_while_other_threads_draw_random_n
         assert torch.equal(tensor, built[name]), name
     trained = store.load_model(job.run_id)
     assert not torch.equal(trained.conv1.weight, again.conv1.weight)  # training moved it
+
+
+def test_damaged_weights_files_of_a_run_are_a_clear_error(store):
+    job = launch(store, TrainingQueue(1))
+    wait(job)
+    store.load_starting_model(job.run_id), store.load_model(job.run_id)  # readable as saved
+    for name in ("start.safetensors", "model.safetensors"):
+        (store.root / job.run_id / name).write_bytes(b"not a safetensors file")
+    with pytest.raises(CheckpointError, match="starting weights could not be read"):
+        store.load_starting_model(job.run_id)
+    with pytest.raises(CheckpointError, match="saved model could not be read"):
+        store.load_model(job.run_id)
 
 
 def test_out_of_gpu_memory_retries_once_with_half_the_batch_then_stops_with_a_message(store, monkeypatch):
