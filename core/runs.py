@@ -116,11 +116,7 @@ class RunStore:
             "std": json.dumps(list(model.std)),
             "head_module": model.head_module,
         }
-        state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-        folder = self._dir(run_id)
-        tmp = folder / "model.safetensors.tmp"
-        save_file(state, str(tmp), metadata=meta)
-        os.replace(tmp, folder / "model.safetensors")
+        self._write(run_id, "model.safetensors", model.state_dict(), meta)
 
     def save_start(self, run_id: str, model: Classifier, pretrained: bool) -> None:
         """Keep the randomly initialised part of the model a run starts from: its head, or all of
@@ -131,10 +127,21 @@ class RunStore:
         if pretrained:
             heads = tuple(f"{m}." for g in model.layer_groups if g.name == "head" for m in g.modules)
             state = {k: v for k, v in state.items() if k.startswith(heads)}
-        folder = self._dir(run_id)
-        tmp = folder / "start.safetensors.tmp"
-        save_file({k: v.detach().to("cpu").contiguous() for k, v in state.items()}, str(tmp))
-        os.replace(tmp, folder / "start.safetensors")
+        self._write(run_id, "start.safetensors", state)
+
+    def _write(self, run_id: str, name: str, state, meta: dict | None = None) -> None:
+        """Write tensors to a run's folder all at once: a reader never sees half a file."""
+        tmp = self._dir(run_id) / f"{name}.tmp"
+        save_file({k: v.detach().to("cpu").contiguous() for k, v in state.items()}, str(tmp), metadata=meta)
+        os.replace(tmp, self._dir(run_id) / name)
+
+    @staticmethod
+    def _read_into(model: Classifier, path: Path, what: str, strict: bool = True):
+        """Load a safetensors file into ``model``; a damaged file or wrong shapes are a CheckpointError."""
+        try:
+            return model.load_state_dict(load_file(str(path), device="cpu"), strict=strict)
+        except (SafetensorError, RuntimeError, OSError, ValueError) as exc:
+            raise CheckpointError(f"This run's {what} could not be read: {exc}") from None
 
     def has_model(self, run_id: str) -> bool:
         return (self._dir(run_id) / "model.safetensors").is_file()
@@ -149,10 +156,7 @@ class RunStore:
         model = backbones.classifier(base, len(record.classes), classes=record.classes,
                                      image_size=int(record.config.get("image_size", base.image_size)),
                                      head=record.config.get("head", "linear"))
-        try:
-            model.load_state_dict(load_file(str(path), device="cpu"))
-        except (SafetensorError, RuntimeError, OSError, ValueError) as exc:  # a damaged file, wrong shapes
-            raise CheckpointError(f"This run's saved model could not be read: {exc}") from None
+        self._read_into(model, path, "saved model")
         model.pretrained = record.pretrained
         return model.eval()
 
@@ -172,10 +176,7 @@ class RunStore:
         )
         kept = self._dir(run_id) / "start.safetensors"
         if kept.is_file():  # the run has begun: its random part as it really was
-            try:
-                unexpected = model.load_state_dict(load_file(str(kept), device="cpu"), strict=False).unexpected_keys
-            except (SafetensorError, RuntimeError, OSError, ValueError) as exc:  # a damaged file, wrong shapes
-                raise CheckpointError(f"This run's starting weights could not be read: {exc}") from None
+            unexpected = self._read_into(model, kept, "starting weights", strict=False).unexpected_keys
             if unexpected:
                 raise CheckpointError(f"This run's starting weights do not fit its model ({unexpected[0]}, …).")
         return model.eval()
