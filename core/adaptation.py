@@ -42,7 +42,6 @@ from core.training import (
     FitInfo,
     History,
     TrainConfig,
-    _skip_prefix,
     apply_epoch_plan,
     augment_batch,
     build_param_groups,
@@ -54,6 +53,7 @@ from core.training import (
     make_scheduler,
     normalise,
     restore_if_diverged,
+    skip_prefix,
     training_plan,
 )
 
@@ -292,7 +292,8 @@ def fit_dan(model: Classifier, source_train, source_val, target_ds, config: Trai
             boundary = model.get_submodule(boundary_name)
             prefix_modules = [model.get_submodule(m) for g in prefix for m in g.modules if m != boundary_name]
             model.eval()
-            probe = collect_activations(model, boundary, source_images[:1], mean, std, device, 1, amp_dtype, lambda: None)
+            probe = collect_activations(model, boundary, source_images[:1], mean, std, device, 1, amp_dtype,
+                                        lambda: None)
             per_image = probe[0].numel() * 4
             if per_image * ((len(source_images) + len(target_images)) * views + len(val_images)
                             + (len(eval_images) if eval_images is not None else 0)) > CACHE_BUDGET_BYTES:
@@ -325,8 +326,8 @@ def fit_dan(model: Classifier, source_train, source_val, target_ds, config: Trai
             key = base_key + (tensor_key(images), seed)
             if key not in shared:
                 chosen = augment_batch(images, augmenter, seed) if seed is not None else images
-                shared[key] = collect_activations(model, boundary, chosen, mean, std, device, config.batch_size, amp_dtype,
-                                       lambda: tick(0, 0, math.nan, "cache"))
+                shared[key] = collect_activations(model, boundary, chosen, mean, std, device, config.batch_size,
+                                                  amp_dtype, lambda: tick(0, 0, math.nan, "cache"))
             return shared[key]
 
         optimizer = make_optimizer(config, param_groups)
@@ -374,7 +375,7 @@ def fit_dan(model: Classifier, source_train, source_val, target_ds, config: Trai
                 return math.nan, math.nan, None
             model.eval()
             total, correct, feats = 0.0, 0, []
-            with torch.inference_mode(), (_skip_prefix(prefix_modules, boundary, stash) if cache else nullcontext()):
+            with torch.inference_mode(), (skip_prefix(prefix_modules, boundary, stash) if cache else nullcontext()):
                 for start in range(0, len(images), 64):
                     x = cached[start:start + 64] if cache else normalise(images[start:start + 64].to(device), mean, std)
                     captured.clear()
@@ -419,7 +420,7 @@ def fit_dan(model: Classifier, source_train, source_val, target_ds, config: Trai
                         module.eval()
             sums = {"loss": 0.0, "ce": 0.0, "mmd": 0.0}
             correct, count, diverged = 0, 0, False
-            with _skip_prefix(prefix_modules, boundary, stash) if cache else nullcontext():
+            with skip_prefix(prefix_modules, boundary, stash) if cache else nullcontext():
                 for b in range(steps):
                     if stopped():
                         history.stopped = "cancelled"

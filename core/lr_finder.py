@@ -139,8 +139,9 @@ def find_lr(model: Classifier, train_ds, config: TrainConfig, start: float = 1e-
         views = min(config.cached_views, 3) if augmenter is not None else 1
         work.eval()
         bank = torch.stack([
-            collect_activations(work, head, augment_batch(images, augmenter, config.seed * 1000 + v) if augmenter else images,
-                     mean, std, device, 64, None, lambda: None, capture="input")
+            collect_activations(work, head,
+                                augment_batch(images, augmenter, config.seed * 1000 + v) if augmenter else images,
+                                mean, std, device, 64, None, lambda: None, capture="input")
             for v in range(views)
         ])
         apply_freeze(work, frozen_modules, config.train_bn)

@@ -368,7 +368,7 @@ CACHE_BUDGET_BYTES = 1_500_000_000
 
 
 @contextmanager
-def _skip_prefix(modules: list[nn.Module], boundary: nn.Module, stash: dict):
+def skip_prefix(modules: list[nn.Module], boundary: nn.Module, stash: dict):
     """Make the frozen prefix free: its modules pass their input through, and the boundary
     module returns the cached activation in ``stash["x"]`` instead of computing it."""
     try:
@@ -382,7 +382,8 @@ def _skip_prefix(modules: list[nn.Module], boundary: nn.Module, stash: dict):
 
 
 @torch.inference_mode()
-def collect_activations(model, module, images, mean, std, device, batch_size, dtype, on_batch, capture="output") -> torch.Tensor:
+def collect_activations(model, module, images, mean, std, device, batch_size, dtype, on_batch,
+                        capture="output") -> torch.Tensor:
     """One pass over ``images``; returns what flows into (or out of) ``module`` for each image."""
     captured: list[torch.Tensor] = []
 
@@ -476,8 +477,8 @@ def fit(model: Classifier, train_ds, val_ds, config: TrainConfig, callbacks: Seq
         prefix_modules = [model.get_submodule(m) for g in prefix for m in g.modules if m != prefix[-1].modules[-1]]
     views = (config.cached_views if config.augment else 1) if cache_mode else 0
     if cache_mode:
-        probe = collect_activations(model.eval(), boundary, train_images[:1], mean, std, device, 1, amp_dtype, lambda: None,
-                         "input" if cache_mode == "head" else "output")
+        probe = collect_activations(model.eval(), boundary, train_images[:1], mean, std, device, 1, amp_dtype,
+                                    lambda: None, "input" if cache_mode == "head" else "output")
         bytes_needed = probe[0].numel() * 4 * (len(train_images) * views + len(val_images))
         if bytes_needed > CACHE_BUDGET_BYTES:
             cache_mode, views = None, 0
@@ -531,8 +532,8 @@ def fit(model: Classifier, train_ds, val_ds, config: TrainConfig, callbacks: Seq
             return float("nan"), float("nan")
         model.eval()
         total, correct = 0.0, 0
-        with torch.inference_mode(), (_skip_prefix(prefix_modules, boundary, stash) if cache_mode == "prefix"
-                                      else nullcontext()):
+        with torch.inference_mode(), (skip_prefix(prefix_modules, boundary, stash) if cache_mode == "prefix"
+                                     else nullcontext()):
             for start in range(0, len(val_bank), 64):
                 logits = forward(val_bank[start:start + 64]).float()
                 y = val_labels_dev[start:start + 64]
@@ -548,12 +549,12 @@ def fit(model: Classifier, train_ds, val_ds, config: TrainConfig, callbacks: Seq
             for v in range(views):
                 source = augment_batch(train_images, augmenter, config.seed * 1000 + v) if augmenter else train_images
                 cached_views.append(collect_activations(model, boundary, source, mean, std, device, config.batch_size,
-                                             amp_dtype, lambda: tick(0, 0, float("nan"), "cache"), capture))
+                                                        amp_dtype, lambda: tick(0, 0, float("nan"), "cache"), capture))
                 if stopped():
                     break
             feature_bank = torch.stack(cached_views)
             val_bank = collect_activations(model, boundary, val_images, mean, std, device, config.batch_size,
-                                amp_dtype, lambda: tick(0, 0, float("nan"), "cache"), capture)
+                                           amp_dtype, lambda: tick(0, 0, float("nan"), "cache"), capture)
             train_labels_dev = train_labels.to(device)
             val_labels_dev = val_labels.to(device)
 
@@ -569,7 +570,7 @@ def fit(model: Classifier, train_ds, val_ds, config: TrainConfig, callbacks: Seq
             correct = torch.zeros((), device=device, dtype=torch.long)
             count = 0
             diverged = False
-            skipping = _skip_prefix(prefix_modules, boundary, stash) if cache_mode == "prefix" else nullcontext()
+            skipping = skip_prefix(prefix_modules, boundary, stash) if cache_mode == "prefix" else nullcontext()
             with skipping:
                 for b in range(batches):
                     if stopped():
