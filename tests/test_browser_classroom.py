@@ -123,23 +123,23 @@ def test_a_bad_upload_keeps_the_dataset_and_a_good_one_replaces_it(server, page)
     choose_zip_source(page)
     wait_idle(page)
     assert_no_exception(page)
-    assert page.get_by_text(DEMO_HEADING).is_visible()
+    sync_api.expect(page.get_by_text(DEMO_HEADING)).to_be_visible(timeout=60_000)
 
     upload_zip(page, "x.zip", os.urandom(4096))
     message = error_for(page, "x.zip")
     assert "unchanged" in message, message
     assert "not a readable ZIP" in message, message
-    assert page.get_by_text(DEMO_HEADING).is_visible()
+    sync_api.expect(page.get_by_text(DEMO_HEADING)).to_be_visible(timeout=60_000)
 
     upload_zip(page, "slip.zip", zip_slip())
     message = error_for(page, "slip.zip")
     assert "unchanged" in message, message
     assert "outside the archive" in message, message  # the skipped entries are named, with the reason
-    assert page.get_by_text(DEMO_HEADING).is_visible()
+    sync_api.expect(page.get_by_text(DEMO_HEADING)).to_be_visible(timeout=60_000)
 
     upload_zip(page, "fruit.zip", class_zip(["apples", "pears"], per_class=4))
     page.get_by_text("fruit.zip: 8 images in 2 classes").wait_for(timeout=60_000)
-    assert page.get_by_text(DEMO_HEADING).count() == 0
+    sync_api.expect(page.get_by_text(DEMO_HEADING)).to_have_count(0, timeout=60_000)
     # The old error is drawn until the rerun that loaded the ZIP ends (Streamlit clears stale
     # elements at the end of a run), so wait for that run rather than read a frame mid-run.
     wait_idle(page)
