@@ -15,47 +15,24 @@ layer keeps its running statistics during adaptation (see :func:`fit_dan`).
 
 from __future__ import annotations
 
-import hashlib
 import math
 import threading
 import time
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from core import backbones
 from core.backbones import Classifier
-from core.devices import autocast_dtype, pick_device
 from core.domain import HEAD_INPUT, Task, pool
 from core.errors import ConfigError, UserInputError
-from core.features import tensor_key
 from core.mmd import mmd2, mmd_loss
-from core.seeding import reseed
-from core.training import (
-    CACHE_BUDGET_BYTES,
-    BatchProgress,
-    Callback,
-    EpochMetrics,
-    FitInfo,
-    History,
-    TrainConfig,
-    apply_epoch_plan,
-    augment_batch,
-    build_param_groups,
-    collect_activations,
-    encode_images,
-    labels_of,
-    make_augmenter,
-    make_optimizer,
-    make_scheduler,
-    normalise,
-    restore_if_diverged,
-    skip_prefix,
-    training_plan,
-)
+from core.train.base import BatchProgress, Callback, EpochMetrics, History, TrainConfig, labels_of, training_plan
+from core.train.loop import Trainer
+from core.train.objectives import Objective, check_labels
 
 __all__ = [
     "DEFAULT_LAMBDA",
@@ -185,14 +162,138 @@ class _Stream:
         return out
 
 
-def _prefix_key(modules: list[nn.Module]) -> str:
-    """A digest of the frozen prefix's weights and buffers: equal prefixes compute equal outputs."""
-    digest = hashlib.blake2b(digest_size=16)
-    for module in modules:
-        for name, tensor in module.state_dict().items():
-            digest.update(name.encode())
-            digest.update(tensor_key(tensor).encode())
-    return digest.hexdigest()
+class DomainAdaptation(Objective):
+    """Cross-entropy on a labelled source batch + λ · MMD² between its features and an unlabelled
+    target batch's (DAN), both batches through the network together."""
+
+    title = "Adaptation"
+    sources = ("train", "target")
+    images_per_item = 2  # a source and a target image per item
+
+    def __init__(self, lam: float, layer: str, batch_stats: bool, eval_source: str | None):
+        self.lam, self.layer, self.batch_stats, self.eval_source = float(lam), layer, batch_stats, eval_source
+        self.handle = None
+
+    def check(self, model, data, config) -> None:
+        _check_adaptable(model, config, self.lam, self.layer)
+        if len(data["train"]) < 2 or len(data["target"]) < 2:
+            raise ConfigError("Adaptation needs at least two source training images and two target images.")
+        check_labels(model, labels_of(data["train"]), "The source set")
+        if self.eval_source is not None:
+            check_labels(model, labels_of(data[self.eval_source]), "The labelled target set")
+        if min(config.batch_size, len(data["train"]), len(data["target"])) < 2:
+            raise ConfigError("The MMD needs batches of at least 2 images: raise the batch size.")
+
+    def cache_ok(self, model, mode, boundary) -> bool:
+        names, position, strict = _layer_position(model, self.layer)
+        if mode == "head":
+            return strict
+        boundary_end = max(i for i, n in enumerate(names) if n == boundary or n.startswith(boundary + "."))
+        return position > boundary_end
+
+    def new_history(self, **fields) -> DANHistory:
+        return DANHistory(lam=self.lam, layer=self.layer, **fields)
+
+    def steps_per_epoch(self, trainer) -> int:
+        self.batch = min(trainer.config.batch_size, len(trainer.images["train"]), len(trainer.images["target"]))
+        return math.ceil(max(len(trainer.images["train"]), len(trainer.images["target"])) / self.batch)
+
+    def on_fit_start(self, trainer) -> None:
+        _, _, self.strict = _layer_position(trainer.model, self.layer)
+        if not self.strict:
+            self.captured: dict[str, torch.Tensor] = {}
+            self.handle = trainer.model.get_submodule(self.layer).register_forward_hook(
+                lambda _m, _a, out: self.captured.__setitem__("f", out[0] if isinstance(out, (tuple, list)) else out))
+        self.streams = (_Stream(len(trainer.images["train"]), trainer.generator),
+                        _Stream(len(trainer.images["target"]), trainer.generator))
+        trainer.history.mmd_before = self.measure(trainer)["layer_mmd"]
+
+    def on_epoch_start(self, trainer, epoch: int) -> None:
+        if not self.batch_stats:
+            for module in trainer.model.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+
+    def batches(self, trainer, epoch: int):
+        for b in range(trainer.steps):
+            yield self.streams[0].take(self.batch), self.streams[1].take(self.batch), \
+                hash((trainer.config.seed, epoch, b)) & 0x7FFFFFFF
+
+    def _forward(self, trainer, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, pooled features at the adapted layer)."""
+        if self.strict:
+            features = trainer.features(x)
+            return trainer.head(features), pool(features)
+        logits = trainer.logits(x)
+        return logits, pool(self.captured["f"])
+
+    def loss(self, trainer, batch):
+        si, ti, seed = batch
+        n = len(si)
+        x = torch.cat([trainer.inputs("train", si, seed), trainer.inputs("target", ti, seed + 1)])
+        y = trainer.labels["train"][si].to(trainer.device)
+        logits, features = self._forward(trainer, x)
+        logits, features = logits[:n].float(), features.float()
+        ce = F.cross_entropy(logits, y, label_smoothing=trainer.config.label_smoothing)
+        if self.lam > 0:
+            term = mmd_loss(features[:n], features[n:])
+            loss = ce + self.lam * term
+        else:
+            with torch.no_grad():
+                term = mmd_loss(features[:n].detach(), features[n:].detach())
+            loss = ce
+        return loss, {"n": n, "correct": (logits.detach().argmax(1) == y).sum(), "ce": ce.detach() * n,
+                      "mmd": term.detach() * n}
+
+    @torch.inference_mode()
+    def _in_eval(self, trainer, source: str, labelled: bool):
+        """(mean CE, accuracy, pooled features) on ``source`` in eval mode, without augmentation."""
+        model = trainer.model
+        was_training = model.training
+        model.eval()
+        labels = trainer.labels[source]
+        total, correct, feats = 0.0, 0, []
+        try:
+            for start, x in trainer.eval_inputs(source):
+                logits, features = self._forward(trainer, x)
+                feats.append(features.float().cpu())
+                if labelled:
+                    y = labels[start:start + len(x)].to(trainer.device)
+                    total += F.cross_entropy(logits.float(), y, reduction="sum").item()
+                    correct += (logits.argmax(1) == y).sum().item()
+        finally:
+            model.train(was_training)
+        n = len(labels)
+        feats = torch.cat(feats) if feats else None
+        if not labelled or n == 0:
+            return math.nan, math.nan, feats
+        return total / n, correct / n, feats
+
+    def measure(self, trainer) -> dict:
+        """Source val (loss, acc), labelled target (loss, acc) and the eval-mode MMD² at the layer."""
+        val_loss, val_acc, val_f = self._in_eval(trainer, "val", True) if "val" in trainer.images \
+            else (math.nan, math.nan, None)
+        _, _, train_f = self._in_eval(trainer, "train", False)
+        target_loss, target_acc, target_f = self._in_eval(trainer, "target", self.eval_source == "target")
+        if self.eval_source not in (None, "target"):
+            target_loss, target_acc, _ = self._in_eval(trainer, self.eval_source, True)
+        source_f = torch.cat([train_f] + ([val_f] if val_f is not None else []))
+        return {"val_loss": val_loss, "val_acc": val_acc, "target_loss": target_loss, "target_acc": target_acc,
+                "layer_mmd": mmd2(source_f, target_f)}
+
+    evaluate = measure
+
+    def epoch_metrics(self, trainer, epoch, sums, measured, seconds, lr):
+        n = max(1, sums.get("n", 0))
+        return DANEpoch(epoch=epoch, train_loss=sums["loss"] / n, train_acc=sums["correct"] / n,
+                        val_loss=measured["val_loss"], val_acc=measured["val_acc"], seconds=seconds, lr=lr,
+                        ce=sums["ce"] / n, mmd=sums["mmd"] / n, target_loss=measured["target_loss"],
+                        target_acc=measured["target_acc"], layer_mmd=measured["layer_mmd"])
+
+    def teardown(self, trainer) -> None:
+        if self.handle is not None:
+            self.handle.remove()
+            self.handle = None
 
 
 def fit_dan(model: Classifier, source_train, source_val, target_ds, config: TrainConfig, lam: float,
@@ -201,15 +302,15 @@ def fit_dan(model: Classifier, source_train, source_val, target_ds, config: Trai
     """Train ``model`` in place on labelled ``source_train`` and unlabelled ``target_ds`` (DAN).
 
     The loss is cross-entropy on the source batch + ``lam`` · multi-kernel MMD^2 between the
-    source and target batches' features at ``layer`` (default: the head's input, read with a
-    forward pre-hook on ``model.head_module``). An epoch is as many steps as the larger set needs;
-    the smaller one is cycled. After each epoch the model is evaluated on ``source_val``, on the
-    labelled ``target_eval`` when given (its classes must be the model's), and the MMD^2 at the
-    layer between all source and all target images is measured in eval mode without augmentation
-    (``DANEpoch.layer_mmd``; ``DANHistory.mmd_before`` is the same before the first step).
+    source and target batches' features at ``layer`` (default: the head's input). An epoch is as
+    many steps as the larger set needs; the smaller one is cycled. After each epoch the model is
+    evaluated on ``source_val``, on the labelled ``target_eval`` when given (its classes must be
+    the model's), and the MMD^2 at the layer between all source and all target images is measured
+    in eval mode without augmentation (``DANEpoch.layer_mmd``; ``DANHistory.mmd_before`` is the
+    same before the first step).
 
     ``prefix_cache``: a dict shared by runs whose frozen prefix may be identical (the arms of
-    :func:`compare_adaptation`): its cached outputs are keyed by a digest of the prefix's weights
+    :func:`compare_adaptation`): cached activations are keyed by a digest of the prefix's weights
     and of the images, so they are computed once for all of them.
 
     ``batch_stats=False`` (the default) keeps every BatchNorm layer on its running statistics,
@@ -217,286 +318,16 @@ def fit_dan(model: Classifier, source_train, source_val, target_ds, config: Trai
     differently in training than in evaluation (and EfficientNet's BN momentum of 0.01 barely
     moves the running statistics in a short run), so the MMD that training lowers would not be
     the MMD measured afterwards. Frozen groups run in eval mode in any case.
-
-    Hooks are always removed and ``requires_grad`` and train/eval modes put back. ``stop`` ends
-    the run within one batch; a NaN loss ends it with the last good epoch's weights.
     """
     layer = HEAD_INPUT if layer is None else layer
-    _check_adaptable(model, config, lam, layer)
-    lam = float(lam)
-    if len(source_train) < 2 or len(target_ds) < 2:
-        raise ConfigError("Adaptation needs at least two source training images and two target images.")
-    n_classes = len(model.classes)
-    source_labels, val_labels = labels_of(source_train), labels_of(source_val)
-    if int(source_labels.max()) >= n_classes:
-        raise ConfigError("The source set has more classes than the model's head.")
-    eval_labels = labels_of(target_eval) if target_eval is not None else None
-    if eval_labels is not None and len(eval_labels) and int(eval_labels.max()) >= n_classes:
-        raise ConfigError("The labelled target set has classes the model does not know.")
-
-    device = pick_device(config.device)
-    amp_dtype = autocast_dtype(device) if config.mixed_precision else None
-    reseed(config.seed)
-    shuffler = torch.Generator().manual_seed(config.seed)
-    size = int(config.image_size)
-    source_images, target_images = encode_images(source_train, size), encode_images(target_ds, size)
-    val_images = encode_images(source_val, size)
-    eval_images = None
-    if target_eval is not None:
-        eval_images = target_images if target_eval is target_ds else encode_images(target_eval, size)
-
-    modes = [(m, m.training) for m in model.modules()]
-    original_requires_grad = {id(p): p.requires_grad for p in model.parameters()}
-    model.to(device)
-    mean = torch.tensor(model.mean, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(model.std, device=device).view(1, 3, 1, 1)
-
-    group_names = [g.name for g in model.layer_groups]
-    plan = training_plan(group_names, config)
-    never_trained = [g for g in model.layer_groups if all(epoch[g.name] == 0 for epoch in plan)]
-    ever = TrainConfig(**{**config.to_dict(), "freeze": [g.name for g in never_trained]})
-
-    names, position, strict = _layer_position(model, layer)
-    layer_module = model.get_submodule(model.head_module if strict else layer)
-    captured: dict[str, torch.Tensor] = {}
-    if strict:
-        handle = layer_module.register_forward_pre_hook(lambda _m, args: captured.__setitem__("f", args[0]))
-    else:
-        handle = layer_module.register_forward_hook(
-            lambda _m, _a, out: captured.__setitem__("f", out[0] if isinstance(out, (tuple, list)) else out))
-
-    history = DANHistory(plan=plan, lam=lam, layer=layer)
-    try:
-        param_groups = build_param_groups(model, ever)
-        by_group = {g["name"]: g["params"] for g in param_groups}
-        trainable_list = [p for g in param_groups for p in g["params"]]
-
-        # The frozen prefix is computed once per image and view, unless the adapted layer lies inside it.
-        prefix = []
-        for g in model.layer_groups:
-            if g not in never_trained:
-                break
-            prefix.append(g)
-        cache = bool(config.cache_features and prefix and not (config.train_bn and never_trained)
-                     and "other" not in by_group)
-        if cache:
-            boundary_name = prefix[-1].modules[-1]
-            boundary_end = max(i for i, n in enumerate(names)
-                               if n == boundary_name or n.startswith(boundary_name + "."))
-            cache = position > boundary_end
-        augmenter = make_augmenter(size) if config.augment else None
-        # view 0 is the plain image (evaluation and the MMD read it); the others are augmented
-        views = (config.cached_views if augmenter else 1) if cache else 0
-        stash: dict = {}
-        if cache:
-            boundary = model.get_submodule(boundary_name)
-            prefix_modules = [model.get_submodule(m) for g in prefix for m in g.modules if m != boundary_name]
-            model.eval()
-            probe = collect_activations(model, boundary, source_images[:1], mean, std, device, 1, amp_dtype,
-                                        lambda: None)
-            per_image = probe[0].numel() * 4
-            if per_image * ((len(source_images) + len(target_images)) * views + len(val_images)
-                            + (len(eval_images) if eval_images is not None else 0)) > CACHE_BUDGET_BYTES:
-                cache, views = False, 0
-        if cache:
-            shared = prefix_cache if prefix_cache is not None else {}
-            base_key = (_prefix_key([model.get_submodule(m) for g in prefix for m in g.modules]),
-                        boundary_name, size, str(device))
-
-        batch = min(config.batch_size, len(source_images), len(target_images))
-        if batch < 2:
-            raise ConfigError("The MMD needs batches of at least 2 images: raise the batch size.")
-        steps = math.ceil(max(len(source_images), len(target_images)) / batch)
-        cache_units = (math.ceil(len(source_images) / config.batch_size)
-                       + math.ceil(len(target_images) / config.batch_size)) * views
-        total_units = cache_units + steps * config.epochs
-        done_units = 0
-
-        def tick(epoch: int, b: int, loss: float, phase: str = "train") -> None:
-            nonlocal done_units
-            done_units += 1
-            progress = BatchProgress(epoch, b, steps, loss, min(1.0, done_units / max(1, total_units)), phase)
-            for cb in callbacks:
-                cb.on_batch_end(progress)
-
-        def stopped() -> bool:
-            return stop is not None and stop.is_set()
-
-        def bank(images: torch.Tensor, seed: int | None) -> torch.Tensor:
-            key = base_key + (tensor_key(images), seed)
-            if key not in shared:
-                chosen = augment_batch(images, augmenter, seed) if seed is not None else images
-                shared[key] = collect_activations(model, boundary, chosen, mean, std, device, config.batch_size,
-                                                  amp_dtype, lambda: tick(0, 0, math.nan, "cache"))
-            return shared[key]
-
-        optimizer = make_optimizer(config, param_groups)
-        scheduler = make_scheduler(config, optimizer, steps * config.epochs)
-        scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype is torch.float16)
-        criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-        n_trainable = sum(p.numel() for p in trainable_list)
-        info = FitInfo(config.epochs, steps, len(source_images), len(val_images), str(device), cache, n_trainable,
-                       sum(p.numel() for p in model.parameters()) - n_trainable,
-                       tuple(g["name"] for g in param_groups), "prefix" if cache else "")
-        history.used_feature_cache, history.cache = cache, "prefix" if cache else ""
-        for cb in callbacks:
-            cb.on_fit_start(info)
-
-        if cache:
-            model.eval()
-            source_bank = torch.stack([bank(source_images, None if v == 0 else config.seed * 1000 + v)
-                                       for v in range(views)])
-            target_bank = torch.stack([bank(target_images, None if v == 0 else config.seed * 1000 + 500 + v)
-                                       for v in range(views)])
-            val_bank = bank(val_images, None)
-            eval_bank = bank(eval_images, None) if eval_images is not None else None
-
-        def forward(x: torch.Tensor) -> torch.Tensor:
-            if cache:
-                stash["x"] = x
-                # the skipped prefix never reads its input: a tiny stand-in carries the batch size
-                return model(torch.zeros(len(x), 3, 8, 8, device=device))
-            return model(x)
-
-        def inputs(images: torch.Tensor, cached: torch.Tensor | None, idx: torch.Tensor, seed: int) -> torch.Tensor:
-            if cached is not None:
-                if len(cached) > 1:
-                    pick = torch.randint(len(cached), (len(idx),), generator=shuffler)
-                    return cached[pick.to(device), idx.to(device)]
-                return cached[0, idx.to(device)]
-            chosen = images[idx]
-            if augmenter is not None:
-                chosen = augment_batch(chosen, augmenter, seed)
-            return normalise(chosen.to(device), mean, std)
-
-        def in_eval(images: torch.Tensor, cached: torch.Tensor | None, labels: torch.Tensor | None):
-            """(mean CE, accuracy, pooled features at the layer) in eval mode, without augmentation."""
-            if images is None or len(images) == 0:
-                return math.nan, math.nan, None
-            model.eval()
-            total, correct, feats = 0.0, 0, []
-            with torch.inference_mode(), (skip_prefix(prefix_modules, boundary, stash) if cache else nullcontext()):
-                for start in range(0, len(images), 64):
-                    x = cached[start:start + 64] if cache else normalise(images[start:start + 64].to(device), mean, std)
-                    captured.clear()
-                    logits = forward(x).float()
-                    feats.append(pool(captured["f"]).float().cpu())
-                    if labels is not None:
-                        y = labels[start:start + 64].to(device)
-                        total += nn.functional.cross_entropy(logits, y, reduction="sum").item()
-                        correct += (logits.argmax(1) == y).sum().item()
-            if labels is None:
-                return math.nan, math.nan, torch.cat(feats)
-            return total / len(images), correct / len(images), torch.cat(feats)
-
-        def measure() -> tuple[float, float, float, float, float]:
-            """Source val (loss, acc), target (loss, acc) and the eval-mode MMD^2 at the layer."""
-            val_loss, val_acc, val_f = in_eval(val_images, val_bank if cache else None, val_labels)
-            _, _, train_f = in_eval(source_images, source_bank[0] if cache else None, None)
-            if eval_images is target_images:
-                target_loss, target_acc, target_f = in_eval(target_images, target_bank[0] if cache else None,
-                                                            eval_labels)
-            else:
-                target_loss, target_acc, _ = in_eval(eval_images, eval_bank if cache else None, eval_labels)
-                _, _, target_f = in_eval(target_images, target_bank[0] if cache else None, None)
-            source_f = torch.cat([train_f] + ([val_f] if val_f is not None else []))
-            return val_loss, val_acc, target_loss, target_acc, mmd2(source_f, target_f)
-
-        history.mmd_before = measure()[4]
-        source_stream = _Stream(len(source_images), shuffler)
-        target_stream = _Stream(len(target_images), shuffler)
-        last_good = [p.detach().clone() for p in trainable_list]
-        seen, train_seconds = 0, 0.0
-        for epoch in range(1, config.epochs + 1):
-            if stopped():
-                history.stopped = "cancelled"
-                break
-            started = time.perf_counter()
-            active = plan[epoch - 1]
-            apply_epoch_plan(model, by_group, active, config.train_bn)
-            if not batch_stats:
-                for module in model.modules():
-                    if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                        module.eval()
-            sums = {"loss": 0.0, "ce": 0.0, "mmd": 0.0}
-            correct, count, diverged = 0, 0, False
-            with skip_prefix(prefix_modules, boundary, stash) if cache else nullcontext():
-                for b in range(steps):
-                    if stopped():
-                        history.stopped = "cancelled"
-                        break
-                    si, ti = source_stream.take(batch), target_stream.take(batch)
-                    seed = hash((config.seed, epoch, b)) & 0x7FFFFFFF
-                    xs = inputs(source_images, source_bank if cache else None, si, seed)
-                    xt = inputs(target_images, target_bank if cache else None, ti, seed + 1)
-                    y = source_labels[si].to(device)
-                    captured.clear()
-                    with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                        logits = forward(torch.cat([xs, xt]))[:batch].float()
-                        ce = criterion(logits, y)
-                    features = pool(captured["f"]).float()
-                    if lam > 0:
-                        term = mmd_loss(features[:batch], features[batch:])
-                        loss = ce + lam * term
-                    else:
-                        with torch.no_grad():
-                            term = mmd_loss(features[:batch].detach(), features[batch:].detach())
-                        loss = ce
-                    loss_value = loss.item()
-                    if not math.isfinite(loss_value):
-                        diverged = True
-                        break
-                    optimizer.zero_grad(set_to_none=True)
-                    scaler.scale(loss).backward()
-                    scaler.step(optimizer)
-                    scaler.update()
-                    if scheduler is not None:
-                        scheduler.step()
-                    sums["loss"] += loss_value * batch
-                    sums["ce"] += ce.item() * batch
-                    sums["mmd"] += term.item() * batch
-                    correct += int((logits.detach().argmax(1) == y).sum())
-                    count += batch
-                    tick(epoch, b + 1, loss_value)
-            seen += 2 * count
-            if restore_if_diverged(trainable_list, last_good, diverged):
-                history.stopped = "diverged"
-                history.message = (
-                    f"Adaptation stopped in epoch {epoch}: the loss became NaN or infinite. The weights of the "
-                    f"last good epoch were kept; try a learning rate 10x smaller ({config.lr / 10:g}) or a smaller λ."
-                )
-                break
-            if history.stopped == "cancelled" and count == 0:
-                break
-            train_seconds += time.perf_counter() - started
-            val_loss, val_acc, target_loss, target_acc, shift = measure()
-            metrics = DANEpoch(
-                epoch=epoch, train_loss=sums["loss"] / max(1, count), train_acc=correct / max(1, count),
-                val_loss=val_loss, val_acc=val_acc, seconds=time.perf_counter() - started,
-                lr=optimizer.param_groups[-1]["lr"], ce=sums["ce"] / max(1, count),
-                mmd=sums["mmd"] / max(1, count), target_loss=target_loss, target_acc=target_acc, layer_mmd=shift,
-            )
-            history.epochs.append(metrics)
-            with torch.no_grad():
-                for p, good in zip(trainable_list, last_good):
-                    good.copy_(p)
-            for cb in callbacks:
-                cb.on_epoch_end(metrics)
-            if history.stopped == "cancelled":
-                break
-        if history.stopped == "cancelled" and not history.message:
-            history.message = f"Adaptation was stopped after {len(history.epochs)} epoch(s)."
-        history.images_per_second = seen / train_seconds if train_seconds > 0 else 0.0
-    finally:
-        handle.remove()
-        for p in model.parameters():
-            p.requires_grad_(original_requires_grad.get(id(p), True))
-        model.train(modes[0][1])
-        for module, mode in modes:
-            module.training = mode
-    for cb in callbacks:
-        cb.on_fit_end(history)
-    return history
+    data = {"train": source_train, "val": source_val, "target": target_ds}
+    eval_source = None
+    if target_eval is target_ds:
+        eval_source = "target"
+    elif target_eval is not None:
+        data["target_eval"], eval_source = target_eval, "target_eval"
+    objective = DomainAdaptation(lam, layer, batch_stats, eval_source)
+    return Trainer(model, objective, config, callbacks, stop, shared_cache=prefix_cache).fit(data)
 
 
 # ----------------------------------------------------------------------------- plain vs DAN

@@ -75,6 +75,7 @@ class Backbone:
     image_size: int
     head_module: str  # qualified name of the final Linear layer that a Classifier replaces
     pretrained: bool = True
+    pre_head: tuple[str, ...] = ()  # modules between the pooled features and the head group
 
     def transform(self, size: int | None = None) -> Callable:
         """The eval transform at another input size, with these weights' normalisation."""
@@ -89,6 +90,8 @@ class _Spec:
     groups: list[tuple[str, list[str]]]
     head_module: str
     source: str = "torchvision"
+    # modules the pooled features pass through before the head group (Lite0 drops out in forward)
+    pre_head: tuple[str, ...] = ()
 
 
 def _blocks(prefix: str, indices) -> list[str]:
@@ -116,6 +119,7 @@ _SPECS: dict[str, _Spec] = {
             ],
             "_fc",
             source="bundled",
+            pre_head=("_dropout",),
         ),
         _Spec(
             "resnet18",
@@ -401,7 +405,8 @@ def load(name: str = DEFAULT_BACKBONE, pretrained: bool = True, weights_path=Non
         mean, std = tuple(preprocess.mean), tuple(preprocess.std)
         size = int(preprocess.crop_size[0])
     groups = [LayerGroup(n, list(mods)) for n, mods in spec.groups]
-    return Backbone(spec.name, model, preprocess, groups, categories, mean, std, size, spec.head_module, pretrained)
+    return Backbone(spec.name, model, preprocess, groups, categories, mean, std, size, spec.head_module, pretrained,
+                    spec.pre_head)
 
 
 def imagenet_categories() -> list[str]:
@@ -419,7 +424,8 @@ class Classifier(nn.Module):
     """
 
     def __init__(self, net: nn.Module, *, backbone_name: str, layer_groups: list[LayerGroup],
-                 head_module: str, classes: list[str], mean, std, image_size: int, pretrained: bool):
+                 head_module: str, classes: list[str], mean, std, image_size: int, pretrained: bool,
+                 pre_head: tuple[str, ...] = ()):
         super().__init__()
         for child_name, child in net.named_children():
             self.add_module(child_name, child)
@@ -427,6 +433,7 @@ class Classifier(nn.Module):
         self.backbone_name = backbone_name
         self.layer_groups = layer_groups
         self.head_module = head_module
+        self.pre_head = tuple(pre_head)
         self.classes = list(classes)
         self.mean = tuple(mean)
         self.std = tuple(std)
@@ -444,6 +451,38 @@ class Classifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._net(x)
 
+    # --- the model contract (as timm's): the pooled features, and the head that reads them ---
+
+    @property
+    def head_path(self) -> list[str]:
+        """The modules that turn the pooled features into logits, in order."""
+        head_group = self.layer_groups[-1]
+        return [*self.pre_head, *head_group.modules]
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The pooled features exactly as the head receives them (the rest of the net is not run)."""
+        from core.hooks import capture
+
+        return capture(self, self.head_path[0], x, where="input")
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        """Logits from pooled features: dropout (in train mode) and the classifier, as in ``forward``."""
+        for name in self.head_path:
+            features = self.get_submodule(name)(features)
+        return features
+
+    def get_classifier(self) -> nn.Module:
+        return self.get_submodule(self.head_module)
+
+    def reset_classifier(self, classes: list[str], head: str = "linear") -> None:
+        """A new, freshly initialised head for ``classes``."""
+        old = self.get_classifier()
+        in_features = old.in_features if isinstance(old, nn.Linear) else old[0].in_features
+        _set_submodule(self._net, self.head_module, _new_head(in_features, len(classes), head))
+        for child_name, child in self._net.named_children():
+            self.add_module(child_name, child)
+        self.classes = list(classes)
+
     def train(self, mode: bool = True):
         super().train(mode)
         self._net.training = mode
@@ -454,11 +493,22 @@ class Classifier(nn.Module):
         net = copy.deepcopy(self._net, memo)
         clone = Classifier(net, backbone_name=self.backbone_name, layer_groups=self.layer_groups,
                            head_module=self.head_module, classes=self.classes, mean=self.mean,
-                           std=self.std, image_size=self.image_size, pretrained=self.pretrained)
+                           std=self.std, image_size=self.image_size, pretrained=self.pretrained,
+                           pre_head=self.pre_head)
         clone.train(self.training)
         for (_, a), (_, b) in zip(self.named_modules(), clone.named_modules()):
             b.training = a.training
         return clone
+
+
+def _new_head(in_features: int, num_classes: int, head: str) -> nn.Module:
+    if head == "linear":
+        return nn.Linear(in_features, num_classes)
+    if head == "mlp":
+        hidden = min(512, in_features)
+        return nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(), nn.Dropout(0.2),
+                             nn.Linear(hidden, num_classes))
+    raise ConfigError(f"Unknown head {head!r}: use 'linear' or 'mlp'.")
 
 
 def classifier(backbone: Backbone, num_classes: int, head: str = "linear", *,
@@ -472,15 +522,7 @@ def classifier(backbone: Backbone, num_classes: int, head: str = "linear", *,
     old = _get_submodule(net, backbone.head_module)
     if not isinstance(old, nn.Linear):
         raise ConfigError(f"{backbone.name}'s head {backbone.head_module} is not a Linear layer.")
-    if head == "linear":
-        new: nn.Module = nn.Linear(old.in_features, num_classes)
-    elif head == "mlp":
-        hidden = min(512, old.in_features)
-        new = nn.Sequential(nn.Linear(old.in_features, hidden), nn.ReLU(), nn.Dropout(0.2),
-                            nn.Linear(hidden, num_classes))
-    else:
-        raise ConfigError(f"Unknown head {head!r}: use 'linear' or 'mlp'.")
-    _set_submodule(net, backbone.head_module, new)
+    _set_submodule(net, backbone.head_module, _new_head(old.in_features, num_classes, head))
     return Classifier(
         net,
         backbone_name=backbone.name,
@@ -491,6 +533,7 @@ def classifier(backbone: Backbone, num_classes: int, head: str = "linear", *,
         std=backbone.std,
         image_size=image_size or backbone.image_size,
         pretrained=backbone.pretrained,
+        pre_head=backbone.pre_head,
     ).eval()
 
 

@@ -42,4 +42,6 @@ def autocast_dtype(device: torch.device) -> torch.dtype | None:
     """The mixed-precision dtype for training on ``device``, or None for full precision."""
     if device.type != "cuda":
         return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    # is_bf16_supported() also counts emulation (T4, V100), which is slow: bfloat16 from Ampere on
+    native = torch.cuda.get_device_capability(device)[0] >= 8 and torch.cuda.is_bf16_supported()
+    return torch.bfloat16 if native else torch.float16

@@ -4,7 +4,7 @@ The loss is ``(1 - alpha) * CE(student, labels) + alpha * T² * KL(p_teacher^T |
 where ``p^T = softmax(logits / T)``. The ``T²`` keeps the soft term's gradients on the scale of
 the hard one's as ``T`` grows. ``distill`` trains a student like ``core.training.fit`` does
 (same optimizer, schedule, augmentation and frozen groups), with the teacher run in eval mode
-on every augmented batch. It does not cache features or unfreeze progressively.
+on every augmented batch (once per cached view when the student's frozen groups are cached).
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 import secrets
 import threading
-import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -21,29 +20,12 @@ import torch
 import torch.nn.functional as F
 
 from core.backbones import Classifier
-from core.devices import autocast_dtype, pick_device
 from core.errors import ConfigError, UserInputError
-from core.seeding import reseed
-from core.training import (
-    BatchProgress,
-    Callback,
-    EpochMetrics,
-    FitInfo,
-    History,
-    TrainConfig,
-    apply_freeze,
-    augment_batch,
-    build_param_groups,
-    encode_images,
-    evaluate,
-    frozen_groups,
-    labels_of,
-    make_augmenter,
-    make_optimizer,
-    make_scheduler,
-    normalise,
-    restore_if_diverged,
-)
+from core.devices import pick_device
+from core.train.base import (BatchProgress, Callback, EpochMetrics, History, TrainConfig, encode_images, evaluate,
+                              labels_of, normalise)
+from core.train.loop import Trainer
+from core.train.objectives import Classification, Objective
 
 __all__ = [
     "distillation_loss",
@@ -91,6 +73,81 @@ def _teacher_input(batch_uint8: torch.Tensor, size: int) -> torch.Tensor:
     return resized.round_().clamp_(0, 255).to(torch.uint8)
 
 
+class Distillation(Objective):
+    """The distillation loss on the student's outputs; the teacher only predicts, in eval mode.
+
+    With a cached student (frozen groups computed once per image and view) the teacher's logits
+    are computed once per cached view too, from the very images that view was made of."""
+
+    title = "Distillation"
+
+    def __init__(self, teacher: Classifier, temperature: float, alpha: float):
+        self.teacher, self.temperature, self.alpha = teacher, float(temperature), float(alpha)
+        self.banks: dict[int, torch.Tensor] = {}
+        self.started = False
+
+    def check(self, model, data, config) -> None:
+        if list(model.classes) != list(self.teacher.classes):
+            raise ConfigError(
+                f"The teacher knows the classes {', '.join(self.teacher.classes)}, the student "
+                f"{', '.join(model.classes)}: they must be the same, in the same order. Distil on the "
+                "dataset the teacher was trained on.")
+        Classification().check(model, data, config)
+
+    def _start_teacher(self, trainer) -> None:
+        if self.started or self.alpha == 0:
+            return  # with alpha = 0 the teacher is not run at all
+        teacher, device = self.teacher, trainer.device
+        param = next(teacher.parameters(), None)
+        self.home = param.device if param is not None else torch.device("cpu")
+        self.modes = [(m, m.training) for m in teacher.modules()]
+        teacher.to(device).eval()
+        self.t_mean = torch.tensor(teacher.mean, device=device).view(1, 3, 1, 1)
+        self.t_std = torch.tensor(teacher.std, device=device).view(1, 3, 1, 1)
+        self.t_size = int(getattr(teacher, "image_size", trainer.config.image_size))
+        self.started = True
+
+    @torch.inference_mode()
+    def _teach(self, trainer, raw: torch.Tensor) -> torch.Tensor:
+        x = normalise(_teacher_input(raw.to(trainer.device), self.t_size), self.t_mean, self.t_std)
+        with trainer.autocast():
+            return self.teacher(x).float()
+
+    def on_cache_view(self, trainer, source, view, images) -> None:
+        self._start_teacher(trainer)
+        if self.alpha > 0:
+            self.banks[view] = torch.cat([self._teach(trainer, images[s:s + 64])
+                                          for s in range(0, len(images), 64)])
+
+    def on_fit_start(self, trainer) -> None:
+        self._start_teacher(trainer)
+
+    def loss(self, trainer, batch):
+        idx, seed = batch
+        x, raw, views = trainer.inputs_and_views("train", idx, seed)
+        y = trainer.labels["train"][idx].to(trainer.device, non_blocking=True)
+        logits = trainer.logits(x).float()
+        if self.alpha == 0:
+            teacher_logits = logits.detach()
+        elif raw is not None:
+            teacher_logits = self._teach(trainer, raw).clone()  # a normal tensor: autograd may save it
+        else:
+            teacher_logits = torch.stack([self.banks[int(v)][int(i)] for v, i in zip(views, idx)])
+        loss = distillation_loss(logits, teacher_logits, y, self.temperature, self.alpha)
+        return loss, {"n": len(y), "correct": (logits.detach().argmax(1) == y).sum()}
+
+    def teardown(self, trainer) -> None:
+        if self.started:
+            self.teacher.to(self.home)
+            for module, mode in self.modes:
+                module.training = mode
+            net = getattr(self.teacher, "_net", None)
+            if net is not None:
+                net.training = self.teacher.training
+            self.started = False
+        self.banks.clear()
+
+
 def distill(student: Classifier, teacher: Classifier, train_ds, val_ds, config: TrainConfig,
             temperature: float = 4.0, alpha: float = 0.5, callbacks: Sequence[Callback] = (),
             stop: threading.Event | None = None) -> History:
@@ -101,152 +158,8 @@ def distill(student: Classifier, teacher: Classifier, train_ds, val_ds, config: 
     cross-entropy and accuracy. With ``alpha = 0`` the teacher is not run at all.
     """
     check_settings(temperature, alpha)
-    group_names = [g.name for g in student.layer_groups]
-    config.validate(group_names)
-    if list(student.classes) != list(teacher.classes):
-        raise ConfigError(
-            f"The teacher knows the classes {', '.join(teacher.classes)}, the student "
-            f"{', '.join(student.classes)}: they must be the same, in the same order. Distil on the "
-            "dataset the teacher was trained on."
-        )
-    if len(train_ds) < 2:
-        raise ConfigError("Training needs at least two training images.")
-    train_labels, val_labels = labels_of(train_ds), labels_of(val_ds)
-    if len(train_labels) and int(train_labels.max()) >= len(student.classes):
-        raise ConfigError("The dataset has more classes than the student's head.")
-
-    device = pick_device(config.device)
-    amp_dtype = autocast_dtype(device) if config.mixed_precision else None
-    reseed(config.seed)
-    shuffler = torch.Generator().manual_seed(config.seed)
-    size = int(config.image_size)
-    train_images, val_images = encode_images(train_ds, size), encode_images(val_ds, size)
-
-    use_teacher = alpha > 0
-    teacher_param = next(teacher.parameters(), None)
-    teacher_home = teacher_param.device if teacher_param is not None else torch.device("cpu")
-    teacher_modes = [(m, m.training) for m in teacher.modules()]
-    original_requires_grad = {id(p): p.requires_grad for p in student.parameters()}
-    student.to(device)
-    s_mean = torch.tensor(student.mean, device=device).view(1, 3, 1, 1)
-    s_std = torch.tensor(student.std, device=device).view(1, 3, 1, 1)
-    t_mean = torch.tensor(teacher.mean, device=device).view(1, 3, 1, 1)
-    t_std = torch.tensor(teacher.std, device=device).view(1, 3, 1, 1)
-    t_size = int(getattr(teacher, "image_size", size))
-
-    param_groups = build_param_groups(student, config)
-    trainable_list = [p for g in param_groups for p in g["params"]]
-    frozen = frozen_groups(student, config)
-    frozen_modules = [student.get_submodule(m) for g in student.layer_groups if g.name in frozen for m in g.modules]
-    trainable_params = sum(p.numel() for p in trainable_list)
-    frozen_params = sum(p.numel() for p in student.parameters()) - trainable_params
-
-    drop_last = len(train_images) % config.batch_size == 1  # a batch of one breaks BatchNorm
-    batches = len(train_images) // config.batch_size if drop_last else math.ceil(len(train_images) / config.batch_size)
-    optimizer = make_optimizer(config, param_groups)
-    scheduler = make_scheduler(config, optimizer, batches * config.epochs)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype is torch.float16)
-    augmenter = make_augmenter(size) if config.augment else None
-
-    history = History()
-    info = FitInfo(config.epochs, batches, len(train_images), len(val_images), str(device), False,
-                   trainable_params, frozen_params, tuple(g["name"] for g in param_groups))
-    for cb in callbacks:
-        cb.on_fit_start(info)
-
-    def stopped() -> bool:
-        return stop is not None and stop.is_set()
-
-    last_good = [p.detach().clone() for p in trainable_list]
-    done, total = 0, batches * config.epochs
-    seen_images, train_seconds = 0, 0.0
-    try:
-        if use_teacher:
-            teacher.to(device).eval()
-        for epoch in range(1, config.epochs + 1):
-            if stopped():
-                history.stopped = "cancelled"
-                break
-            started = time.perf_counter()
-            apply_freeze(student, frozen_modules, config.train_bn)
-            order = torch.randperm(len(train_images), generator=shuffler)
-            loss_sum, correct, count, diverged = 0.0, 0, 0, False
-            for b in range(batches):
-                if stopped():
-                    history.stopped = "cancelled"
-                    break
-                idx = order[b * config.batch_size:(b + 1) * config.batch_size]
-                batch = train_images[idx]
-                if augmenter is not None:
-                    batch = augment_batch(batch, augmenter, hash((config.seed, epoch, b)) & 0x7FFFFFFF)
-                batch = batch.to(device)
-                y = train_labels[idx].to(device)
-                teacher_logits = None
-                if use_teacher:
-                    with torch.inference_mode(), torch.autocast(device.type, dtype=amp_dtype,
-                                                                enabled=amp_dtype is not None):
-                        t_logits = teacher(normalise(_teacher_input(batch, t_size), t_mean, t_std)).float()
-                    teacher_logits = t_logits.clone()  # a normal tensor: autograd may save it
-                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                    logits = student(normalise(batch, s_mean, s_std)).float()
-                    loss = distillation_loss(logits, teacher_logits if use_teacher else logits.detach(), y,
-                                             temperature, alpha)
-                loss_value = loss.item()
-                if not math.isfinite(loss_value):
-                    diverged = True
-                    break
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                if scheduler is not None:
-                    scheduler.step()
-                loss_sum += loss_value * len(y)
-                correct += int((logits.detach().argmax(1) == y).sum())
-                count += len(y)
-                done += 1
-                for cb in callbacks:
-                    cb.on_batch_end(BatchProgress(epoch, b + 1, batches, loss_value, min(1.0, done / max(1, total))))
-            train_seconds += time.perf_counter() - started
-            seen_images += count
-            if restore_if_diverged(trainable_list, last_good, diverged):
-                history.stopped = "diverged"
-                history.message = (
-                    f"Distillation stopped in epoch {epoch}: the loss became NaN or infinite, which usually "
-                    f"means the learning rate ({config.lr:g}) is too high. The weights of the last good epoch "
-                    "were kept; try a learning rate 10× smaller."
-                )
-                break
-            if history.stopped == "cancelled" and count == 0:
-                break
-            val_loss, val_acc = evaluate(student, val_images, val_labels, s_mean, s_std, device)
-            metrics = EpochMetrics(epoch=epoch, train_loss=loss_sum / max(1, count),
-                                   train_acc=correct / max(1, count), val_loss=val_loss, val_acc=val_acc,
-                                   seconds=time.perf_counter() - started, lr=optimizer.param_groups[-1]["lr"])
-            history.epochs.append(metrics)
-            with torch.no_grad():
-                for p, good in zip(trainable_list, last_good):
-                    good.copy_(p)
-            for cb in callbacks:
-                cb.on_epoch_end(metrics)
-            if history.stopped == "cancelled":
-                break
-        if history.stopped == "cancelled" and not history.message:
-            history.message = f"Distillation was stopped after {len(history.epochs)} epoch(s)."
-    finally:
-        for p in student.parameters():
-            p.requires_grad_(original_requires_grad.get(id(p), True))
-        student.eval()
-        teacher.to(teacher_home)
-        for module, mode in teacher_modes:
-            module.training = mode
-        net = getattr(teacher, "_net", None)
-        if net is not None:
-            net.training = teacher.training
-    history.images_per_second = seen_images / train_seconds if train_seconds > 0 else 0.0
-    for cb in callbacks:
-        cb.on_fit_end(history)
-    return history
+    objective = Distillation(teacher, temperature, alpha)
+    return Trainer(student, objective, config, callbacks, stop).fit({"train": train_ds, "val": val_ds})
 
 
 # --- a background job: the same student with and without the teacher --------------------------

@@ -13,8 +13,8 @@ below the point where it blows up. When the curve is too short to have such a po
 diverges at once or never falls), the suggestion is one tenth of the learning rate at the
 smoothed minimum, the older rule of thumb.
 
-When only the head trains (feature extraction), the frozen body's features are computed once per
-image (and per augmented view) and the sweep runs the head alone, as ``fit`` does.
+The sweep is a callback (``LRSweep``) of the one training loop, so it trains exactly as ``fit``
+does: frozen groups cached, the same optimizer and augmentation; it ends the fit when it is done.
 """
 
 from __future__ import annotations
@@ -23,31 +23,17 @@ import copy
 import math
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from core.backbones import Classifier
-from core.devices import pick_device
 from core.errors import ConfigError
-from core.seeding import reseed
-from core.training import (
-    TrainConfig,
-    apply_freeze,
-    augment_batch,
-    build_param_groups,
-    collect_activations,
-    encode_images,
-    frozen_groups,
-    labels_of,
-    make_augmenter,
-    make_optimizer,
-    normalise,
-)
+from core.train.base import Callback, TrainConfig
+from core.train.loop import Trainer
+from core.train.objectives import Classification
 
-__all__ = ["LRFinderResult", "find_lr", "suggest_lr", "smooth", "DIVERGENCE_FACTOR"]
+__all__ = ["LRFinderResult", "LRSweep", "find_lr", "suggest_lr", "smooth", "DIVERGENCE_FACTOR"]
 
 DIVERGENCE_FACTOR = 4.0
 
@@ -90,17 +76,64 @@ def suggest_lr(lrs, smoothed) -> tuple[float, str]:
     return float(max(lrs[0], lrs[i_min] / 10)), "minimum / 10"
 
 
+class LRSweep(Callback):
+    """The range test as a callback of the one loop: before each step it sets every group's rate to
+    the swept value × the group's multiplier; after it, it records the loss and ends the fit once
+    the sweep is done or the smoothed loss has blown up."""
+
+    def __init__(self, start: float, end: float, steps: int, smoothing: float,
+                 on_step: Callable[[int, float, float], None] | None = None):
+        self.start, self.end, self.steps, self.beta = start, end, steps, 1.0 - smoothing
+        self.on_step = on_step
+        self.lrs: list[float] = []
+        self.losses: list[float] = []
+        self.smoothed: list[float] = []
+        self.stopped_early = False
+
+    def on_fit_start(self, info) -> None:
+        config = self.trainer.config
+        self.multipliers = [g["lr"] / config.lr for g in self.trainer.optimizer.param_groups]
+        self.avg, self.best = 0.0, math.inf
+
+    def on_batch_start(self, step: int) -> None:
+        self.lr = self.start * (self.end / self.start) ** (step / (self.steps - 1))
+        for group, mult in zip(self.trainer.optimizer.param_groups, self.multipliers):
+            group["lr"] = self.lr * mult
+
+    def on_batch_end(self, progress) -> None:
+        if progress.phase != "train":
+            return
+        step = len(self.lrs)
+        self.avg = self.beta * self.avg + (1 - self.beta) * progress.loss
+        current = self.avg / (1 - self.beta ** (step + 1))
+        self.lrs.append(self.lr)
+        self.losses.append(progress.loss)
+        self.smoothed.append(current)
+        self.best = min(self.best, current)
+        if self.on_step is not None:
+            self.on_step(step, self.lr, progress.loss)
+        if current > DIVERGENCE_FACTOR * self.best:
+            self.stopped_early = step < self.steps - 1
+            self.trainer.request_stop("sweep")
+        elif step == self.steps - 1:
+            self.trainer.request_stop("sweep")
+
+    def on_fit_end(self, history) -> None:
+        if history.stopped in ("cancelled", "diverged"):
+            self.stopped_early = True
+
+
 def find_lr(model: Classifier, train_ds, config: TrainConfig, start: float = 1e-6, end: float = 1.0,
             steps: int = 60, smoothing: float = 0.05, stop: threading.Event | None = None,
             on_step: Callable[[int, float, float], None] | None = None) -> LRFinderResult:
     """Sweep the learning rate from ``start`` to ``end`` over ``steps`` batches on a deep copy of ``model``.
 
-    The copy trains as ``fit`` would train the model: ``config``'s optimizer, augmentation, frozen
-    groups and per-group multipliers (each group's lr is the swept value × its multiplier).
-    ``on_step(step, lr, loss)`` is called after every batch; setting ``stop`` ends the sweep.
+    The copy trains as ``fit`` would train the model, through the same loop: ``config``'s
+    optimizer, augmentation, frozen groups, feature caches and per-group multipliers (each group's
+    lr is the swept value × its multiplier). ``on_step(step, lr, loss)`` is called after every
+    batch; setting ``stop`` ends the sweep.
     """
-    group_names = [g.name for g in model.layer_groups]
-    config.validate(group_names)
+    config.validate([g.name for g in model.layer_groups])
     if not (0 < start < end and math.isfinite(end)):
         raise ConfigError("The sweep needs 0 < start < end.")
     if not isinstance(steps, int) or not 5 <= steps <= 1000:
@@ -109,93 +142,15 @@ def find_lr(model: Classifier, train_ds, config: TrainConfig, start: float = 1e-
         raise ConfigError("Smoothing must be in (0, 1].")
     if len(train_ds) < 2:
         raise ConfigError("The learning-rate finder needs at least two training images.")
-    labels = labels_of(train_ds)
-    if int(labels.max()) >= len(model.classes):
-        raise ConfigError("The dataset has more classes than the model's head.")
-
-    device = pick_device(config.device)
-    work = copy.deepcopy(model).to(device)
-    groups = build_param_groups(work, config)
-    multipliers = [g["lr"] / config.lr for g in groups]
-    frozen = frozen_groups(work, config)
-    frozen_modules = [work.get_submodule(m) for g in work.layer_groups if g.name in frozen for m in g.modules]
-    apply_freeze(work, frozen_modules, config.train_bn)
-    optimizer = make_optimizer(config, groups)
-
-    size = int(config.image_size)
-    images = encode_images(train_ds, size)
-    mean = torch.tensor(work.mean, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(work.std, device=device).view(1, 3, 1, 1)
-    augmenter = make_augmenter(size) if config.augment else None
-    # Feature extraction: the frozen body computes the same features every step, so compute them
-    # once per image (and per cached augmented view) and sweep the head alone, as fit does.
-    head_group = work.layer_groups[-1]
-    head_only = (config.cache_features and not config.train_bn and len(head_group.modules) == 1
-                 and all(g.name in frozen for g in work.layer_groups[:-1]) and head_group.name not in frozen
-                 and len(groups) == 1)
-    bank = None
-    if head_only:
-        head = work.get_submodule(head_group.modules[0])
-        views = min(config.cached_views, 3) if augmenter is not None else 1
-        work.eval()
-        bank = torch.stack([
-            collect_activations(work, head,
-                                augment_batch(images, augmenter, config.seed * 1000 + v) if augmenter else images,
-                                mean, std, device, 64, None, lambda: None, capture="input")
-            for v in range(views)
-        ])
-        apply_freeze(work, frozen_modules, config.train_bn)
-    bs = min(config.batch_size, len(images))
-    per_epoch = len(images) // bs if len(images) % bs == 1 else math.ceil(len(images) / bs)  # no batch of one
-    shuffler = torch.Generator().manual_seed(config.seed)
-    reseed(config.seed)
-
-    lrs, losses, smoothed = [], [], []
-    beta = 1.0 - smoothing
-    avg, best, stopped_early = 0.0, math.inf, False
-    order = torch.randperm(len(images), generator=shuffler)
-    for step in range(steps):
-        if stop is not None and stop.is_set():
-            stopped_early = True
-            break
-        lr = start * (end / start) ** (step / (steps - 1))
-        for group, mult in zip(optimizer.param_groups, multipliers):
-            group["lr"] = lr * mult
-        b = step % per_epoch
-        if b == 0 and step > 0:
-            order = torch.randperm(len(images), generator=shuffler)
-        idx = order[b * bs:(b + 1) * bs]
-        y = labels[idx].to(device)
-        if bank is not None:
-            pick = torch.randint(len(bank), (len(idx),), generator=shuffler)
-            logits = head(bank[pick.to(device), idx.to(device)])
-        else:
-            batch = images[idx]
-            if augmenter is not None:
-                batch = augment_batch(batch, augmenter, hash((config.seed, step)) & 0x7FFFFFFF)
-            logits = work(normalise(batch.to(device), mean, std))
-        loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
-        value = loss.item()
-        if not math.isfinite(value):
-            stopped_early = True
-            break
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        avg = beta * avg + smoothing * value
-        current = avg / (1 - beta ** (step + 1))
-        lrs.append(lr)
-        losses.append(value)
-        smoothed.append(current)
-        best = min(best, current)
-        if on_step is not None:
-            on_step(step, lr, value)
-        if current > DIVERGENCE_FACTOR * best:
-            stopped_early = step < steps - 1
-            break
-    del work, optimizer
-    if not lrs:
+    bs = min(config.batch_size, len(train_ds))
+    per_epoch = len(train_ds) // bs if len(train_ds) % bs == 1 else math.ceil(len(train_ds) / bs)
+    sweep_config = replace(config, batch_size=bs, schedule="constant", epochs=min(500, math.ceil(steps / per_epoch)))
+    sweep = LRSweep(start, end, steps, smoothing, on_step)
+    work = copy.deepcopy(model)
+    Trainer(work, Classification(), sweep_config, [sweep], stop, validate=False, guard=False).fit({"train": train_ds})
+    del work
+    if not sweep.lrs:
         raise ConfigError("The very first step of the sweep gave a NaN loss: lower the start learning rate.")
-    suggestion, method = suggest_lr(lrs, smoothed)
-    min_lr = lrs[int(np.argmin(smoothed))]
-    return LRFinderResult(lrs, losses, smoothed, suggestion, method, min_lr, stopped_early)
+    suggestion, method = suggest_lr(sweep.lrs, sweep.smoothed)
+    min_lr = sweep.lrs[int(np.argmin(sweep.smoothed))]
+    return LRFinderResult(sweep.lrs, sweep.losses, sweep.smoothed, suggestion, method, min_lr, sweep.stopped_early)

@@ -1,0 +1,80 @@
+"""Reading a model without changing it: capture one activation and stop there, and put a model's
+modes, ``requires_grad`` flags (and, when asked, buffers) back as they were."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+__all__ = ["capture", "preserved"]
+
+
+class _Captured(Exception):
+    """Raised by the hook once the wanted activation is in hand: nothing after it needs to run."""
+
+
+def _first_tensor(value):
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, (tuple, list)) and value and isinstance(value[0], torch.Tensor):
+        return value[0]
+    return None
+
+
+def capture(model: nn.Module, module: str | nn.Module, x, where: str = "output") -> torch.Tensor:
+    """What flows into (``where="input"``) or out of ``module`` when ``model`` runs on ``x``.
+
+    The forward pass stops right there; autograd still tracks the result when it is enabled.
+    """
+    target = model.get_submodule(module) if isinstance(module, str) else module
+    box: list[torch.Tensor] = []
+
+    def grab(value):
+        tensor = _first_tensor(value)
+        if tensor is None:
+            raise TypeError(f"{module} does not take or give a tensor")
+        box.append(tensor)
+        raise _Captured
+
+    if where == "input":
+        handle = target.register_forward_pre_hook(lambda _m, args: grab(args))
+    elif where == "output":
+        handle = target.register_forward_hook(lambda _m, _args, out: grab(out))
+    else:
+        raise ValueError("where must be 'input' or 'output'")
+    try:
+        model(x)
+    except _Captured:
+        pass
+    finally:
+        handle.remove()
+    if not box:
+        raise RuntimeError(f"{module} did not run in the model's forward pass")
+    return box[0]
+
+
+@contextmanager
+def preserved(model: nn.Module, buffers: bool = False) -> Iterator[nn.Module]:
+    """Run the block, then put back every module's train/eval mode and every parameter's
+    ``requires_grad`` (and, with ``buffers=True``, the buffers' values), even after an error."""
+    modes = [(m, m.training) for m in model.modules()]
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    saved = {name: b.detach().clone() for name, b in model.named_buffers()} if buffers else None
+    try:
+        yield model
+    finally:
+        for module, mode in modes:
+            module.training = mode
+        net = getattr(model, "_net", None)
+        if net is not None:
+            net.training = model.training
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        if saved is not None:
+            with torch.no_grad():
+                for name, b in model.named_buffers():
+                    if name in saved:
+                        b.copy_(saved[name].to(b.device))

@@ -1,0 +1,50 @@
+"""Callbacks of the one loop that the engine itself uses (the divergence guard lives with the loop)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from core.train.base import Callback, EpochMetrics, FitInfo, History
+
+__all__ = ["EarlyStopping"]
+
+
+class EarlyStopping(Callback):
+    """Ends the fit after ``patience`` epochs without a lower validation loss, and puts back the
+    weights (and BatchNorm statistics) of the best epoch, so the model is the one the curve's
+    best point shows."""
+
+    def __init__(self, patience: int, min_delta: float = 1e-4):
+        self.patience, self.min_delta = int(patience), float(min_delta)
+
+    def on_fit_start(self, info: FitInfo) -> None:
+        t = self.trainer
+        self.tensors = [p for g in t.param_groups for p in g["params"]] + list(t.model.buffers())
+        self.best, self.best_epoch, self.best_state, self.wait = math.inf, None, None, 0
+
+    def on_epoch_end(self, metrics: EpochMetrics) -> None:
+        loss = metrics.val_loss
+        if not math.isfinite(loss):
+            return
+        if loss < self.best - self.min_delta:
+            self.best, self.best_epoch, self.wait = loss, metrics.epoch, 0
+            self.best_state = [x.detach().clone() for x in self.tensors]
+            return
+        self.wait += 1
+        if self.wait >= self.patience:
+            self.trainer.request_stop("early", f"Stopped early after epoch {metrics.epoch}: the validation loss "
+                                               f"had not improved for {self.patience} epochs.")
+
+    def on_fit_end(self, history: History) -> None:
+        if self.best_state is None or history.stopped == "diverged":
+            return
+        history.best_epoch = self.best_epoch
+        if history.epochs and history.epochs[-1].epoch != self.best_epoch:
+            with torch.no_grad():
+                for x, good in zip(self.tensors, self.best_state):
+                    x.copy_(good)
+            note = f"The model keeps the weights of epoch {self.best_epoch}, its best validation loss."
+            history.message = f"{history.message} {note}".strip()
+        self.best_state = None

@@ -1,0 +1,488 @@
+"""The one training loop: ``Trainer(model, objective, config, callbacks).fit(data)``.
+
+Every kind of training (classification, DAN, distillation, the learning-rate sweep, multi-task,
+episodic) runs here. The loop owns what they share: encoding the images, the epoch plan of
+trainable groups, the feature caches, the optimizer, scheduler and mixed-precision scaler, the one
+``backward()``, cancellation, the divergence guard, progress, and one retry at half the batch
+after running out of GPU memory. An :class:`~core.train.objectives.Objective` says what a batch
+is and what its loss is; callbacks (fastai's idea) do everything else that varies.
+
+Feature caches. Layer groups that never train are computed once per image (and per augmented
+view) before the first epoch when ``config.cache_features`` allows: with only the head training
+(``"head"``) the cache holds the pooled features and each step runs the head alone; with a
+longer frozen prefix (``"prefix"``) it holds the prefix's output and each step runs the rest.
+Objectives see the same methods either way (:meth:`Trainer.inputs`, :meth:`Trainer.logits`,
+:meth:`Trainer.features`, :meth:`Trainer.head`), so a cache never changes what is trained.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import math
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import replace
+
+import torch
+from torch import nn
+
+from core.devices import autocast_dtype, pick_device
+from core.errors import UserInputError
+from core.features import tensor_key
+from core.hooks import capture, preserved
+from core.seeding import reseed
+from core.train.base import (
+    CACHE_BUDGET_BYTES,
+    BatchProgress,
+    Callback,
+    FitInfo,
+    History,
+    TrainConfig,
+    apply_epoch_plan,
+    augment_batch,
+    build_param_groups,
+    encode_images,
+    config_augmenter,
+    make_optimizer,
+    make_scheduler,
+    normalise,
+    training_plan,
+)
+
+__all__ = ["Trainer", "DivergenceGuard", "skip_prefix", "prefix_key"]
+
+# A loss this many times its starting value (or a validation loss this many times the starting
+# training loss) is a run that blew up without producing a NaN.
+BLOW_UP_FACTOR = 10.0
+
+
+class _Cancelled(Exception):
+    pass
+
+
+@contextmanager
+def skip_prefix(modules: list[nn.Module], boundary: nn.Module, stash: dict):
+    """Make the frozen prefix free: its modules pass their input through, and the boundary
+    module returns the cached activation in ``stash["x"]`` instead of computing it."""
+    try:
+        for module in modules:
+            module.forward = lambda x, *args, **kwargs: x
+        boundary.forward = lambda *args, **kwargs: stash["x"]
+        yield
+    finally:
+        for module in modules + [boundary]:
+            module.__dict__.pop("forward", None)
+
+
+def prefix_key(modules: list[nn.Module]) -> str:
+    """A digest of the frozen prefix's weights and buffers: equal digests compute equal activations."""
+    digest = hashlib.sha1()
+    for module in modules:
+        for tensor in list(module.parameters()) + list(module.buffers()):
+            digest.update(tensor_key(tensor.detach()).encode())
+    return digest.hexdigest()
+
+
+class DivergenceGuard(Callback):
+    """Ends a run whose loss becomes NaN or infinite, whose weights or BatchNorm statistics stop
+    being finite, or whose loss grows far beyond where it started; the last good epoch's weights
+    and buffers are put back."""
+
+    def __init__(self, what: str = "Training"):
+        self.what = what
+
+    def on_fit_start(self, info: FitInfo) -> None:
+        t = self.trainer
+        self.tensors = [p for g in t.param_groups for p in g["params"]] + list(t.model.buffers())
+        self.last_good = [x.detach().clone() for x in self.tensors]
+        self.first_losses: list[float] = []
+        self.epoch_losses: list[float] = []
+
+    def on_epoch_start(self, epoch: int) -> None:
+        self.epoch_losses = []
+
+    def on_batch_end(self, progress: BatchProgress) -> None:
+        if progress.phase == "train" and math.isfinite(progress.loss):
+            if len(self.first_losses) < 5:
+                self.first_losses.append(progress.loss)
+            self.epoch_losses.append(progress.loss)
+
+    def _start(self) -> float:
+        return max(sum(self.first_losses) / len(self.first_losses), 0.5) if self.first_losses else math.inf
+
+    def _blow_up(self, epoch: int, why: str) -> None:
+        t = self.trainer
+        with torch.no_grad():
+            for x, good in zip(self.tensors, self.last_good):
+                x.copy_(good)
+        lr = t.config.lr
+        t.request_stop("diverged", f"{self.what} stopped in epoch {epoch}: {why}, which usually means the "
+                                   f"learning rate ({lr:g}) is too high. The weights of the last good epoch "
+                                   f"were kept; try a learning rate 10× smaller ({lr / 10:g}).")
+
+    def on_train_epoch_end(self, epoch: int) -> None:
+        t = self.trainer
+        if t.stop_reason == "diverged":
+            self._blow_up(epoch, "the loss became NaN or infinite")
+        elif not all(torch.isfinite(x).all() for x in self.tensors):
+            self._blow_up(epoch, "a weight or a BatchNorm statistic is no longer finite")
+        elif self.epoch_losses and sum(self.epoch_losses) / len(self.epoch_losses) > BLOW_UP_FACTOR * self._start():
+            self._blow_up(epoch, f"the training loss grew to over {BLOW_UP_FACTOR:g}× where it started")
+
+    def on_epoch_end(self, metrics) -> None:
+        val_loss = getattr(metrics, "val_loss", math.nan)
+        if math.isfinite(val_loss) and val_loss > BLOW_UP_FACTOR * self._start():
+            self._blow_up(metrics.epoch, f"the validation loss ({val_loss:.3g}) grew to over "
+                                         f"{BLOW_UP_FACTOR:g}× the starting loss")
+            return
+        with torch.no_grad():
+            for x, good in zip(self.tensors, self.last_good):
+                good.copy_(x)
+
+
+class Trainer:
+    """Trains ``model`` in place with ``objective``; see the module docstring."""
+
+    def __init__(self, model: nn.Module, objective, config: TrainConfig, callbacks: Sequence[Callback] = (),
+                 stop=None, *, validate: bool = True, guard: bool = True, shared_cache: dict | None = None):
+        self.model = model
+        self.objective = objective
+        self.config = config
+        self.validate = validate
+        self.stop_event = stop
+        self.shared_cache = shared_cache if shared_cache is not None else {}
+        from core.train.callbacks import EarlyStopping
+
+        stopping = [EarlyStopping(config.early_stopping)] if config.early_stopping and validate else []
+        self.callbacks = ([DivergenceGuard(objective.title)] if guard else []) + stopping + list(callbacks)
+
+    # --- what objectives and callbacks use ----------------------------------------------------
+
+    def request_stop(self, reason: str, message: str = "") -> None:
+        """End the fit after the current batch; ``reason`` becomes ``History.stopped``."""
+        if self.stop_reason in (None, "cancelled") or reason == "diverged":
+            self.stop_reason, self.stop_message = reason, message or self.stop_message
+
+    def cancelled(self) -> bool:
+        return self.stop_event is not None and self.stop_event.is_set()
+
+    def batches_for(self, source: str, batch_size: int | None = None) -> int:
+        """Steps in one pass over ``source``; a last batch of one image is dropped (it breaks BatchNorm)."""
+        n, bs = len(self.images[source]), batch_size or self.config.batch_size
+        return n // bs if n % bs == 1 and n > 1 else math.ceil(n / bs)
+
+    def shuffled(self, source: str) -> Iterator[torch.Tensor]:
+        """One epoch of shuffled index batches over ``source``."""
+        bs = self.config.batch_size
+        order = torch.randperm(len(self.images[source]), generator=self.generator)
+        for b in range(self.batches_for(source)):
+            yield order[b * bs:(b + 1) * bs]
+
+    def inputs(self, source: str, idx: torch.Tensor, seed: int) -> torch.Tensor:
+        """The model's input for images ``idx`` of ``source``: one of each image's cached augmented
+        views drawn at random, or the images augmented now and normalised."""
+        return self.inputs_and_views(source, idx, seed)[0]
+
+    def inputs_and_views(self, source: str, idx: torch.Tensor, seed: int):
+        """``inputs`` plus what made them: (input, raw uint8 batch on the device or None when cached,
+        the cached view of each image or None)."""
+        bank = self.banks.get(source)
+        if bank is not None:
+            if len(bank) > 1:
+                views = torch.randint(len(bank), (len(idx),), generator=self.generator)
+                return bank[views.to(self.device), idx.to(self.device)], None, views
+            return bank[0, idx.to(self.device)], None, torch.zeros(len(idx), dtype=torch.long)
+        raw = self.images[source][idx]
+        if self.augmenter is not None:
+            raw = augment_batch(raw, self.augmenter, seed)
+        raw = raw.to(self.device, non_blocking=True)
+        x = normalise(raw, self.mean, self.std)
+        if self.device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, raw, None
+
+    def eval_inputs(self, source: str, batch_size: int = 64) -> Iterator[tuple[int, torch.Tensor]]:
+        """(start, input) chunks over ``source`` without augmentation, from the cache when there is one."""
+        plain = self._plain_bank(source)
+        images = self.images[source]
+        for start in range(0, len(images), batch_size):
+            if plain is not None:
+                yield start, plain[start:start + batch_size]
+            else:
+                yield start, normalise(images[start:start + batch_size].to(self.device), self.mean, self.std)
+
+    def logits(self, x: torch.Tensor):
+        """The model's output for an input from ``inputs`` / ``eval_inputs``."""
+        if self.cache_mode == "head":
+            return self.model.forward_head(x)
+        if self.cache_mode == "prefix":
+            return self.model(self._stand_in(x))
+        return self.model(x)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The pooled features the head reads, for an input from ``inputs`` / ``eval_inputs``."""
+        if self.cache_mode == "head":
+            return x
+        if self.cache_mode == "prefix":
+            x = self._stand_in(x)
+        return self.model.forward_features(x)
+
+    def head(self, features: torch.Tensor):
+        return self.model.forward_head(features)
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
+
+    # --- the fit ----------------------------------------------------------------------------
+
+    def fit(self, data: dict) -> History:
+        """Train on ``data`` (named datasets, e.g. ``{"train": ..., "val": ...}``) and return the history."""
+        config = self.config
+        group_names = [g.name for g in self.model.layer_groups]
+        config.validate(group_names)
+        self.objective.check(self.model, data, config)
+        for attempt in range(2):
+            try:
+                return self._fit_once(data)
+            except torch.cuda.OutOfMemoryError:
+                pass
+            # free the failed attempt's tensors outside the except block: its traceback held them
+            self._release()
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            if attempt == 1 or self.config.batch_size == 1:
+                raise UserInputError(
+                    f"The GPU ran out of memory even with batch size {self.config.batch_size}. "
+                    "Choose a smaller input size, a smaller batch or freeze more layers.")
+            self.model.load_state_dict(self._start_state)
+            self.config = replace(self.config, batch_size=max(1, self.config.batch_size // 2))
+            self.retry_message = f"The GPU ran out of memory; retried with batch size {self.config.batch_size}."
+        raise AssertionError("unreachable")
+
+    def _release(self) -> None:
+        for name in ("banks", "plain_banks", "images", "optimizer", "scaler"):
+            self.__dict__.pop(name, None)
+
+    def _stand_in(self, x: torch.Tensor) -> torch.Tensor:
+        # the skipped prefix never reads its input: a tiny stand-in carries the batch size
+        self.stash["x"] = x
+        return torch.zeros(len(x), 3, 8, 8, device=self.device)
+
+    def _setup(self, data: dict) -> None:
+        config, model = self.config, self.model
+        self.device = pick_device(config.device)
+        self.amp_dtype = autocast_dtype(self.device) if config.mixed_precision else None
+        reseed(config.seed)
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.stop_reason, self.stop_message = None, ""
+        if not hasattr(self, "retry_message"):
+            self.retry_message = ""
+        size = int(config.image_size)
+        self.images = {name: encode_images(ds, size) for name, ds in data.items() if ds is not None}
+        if self.device.type == "cuda":
+            self.images = {k: v.pin_memory() for k, v in self.images.items()}
+        self.labels = {name: self.objective.labels(ds) for name, ds in data.items() if ds is not None}
+        self.data = data
+        if not hasattr(self, "_start_state"):  # what a retry after running out of memory starts from
+            self._start_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        model.to(self.device)
+        if self.device.type == "cuda":
+            model.to(memory_format=torch.channels_last)
+        self.mean = torch.tensor(model.mean, device=self.device).view(1, 3, 1, 1)
+        self.std = torch.tensor(model.std, device=self.device).view(1, 3, 1, 1)
+
+        group_names = [g.name for g in model.layer_groups]
+        self.plan = training_plan(group_names, config)
+        never_trained = [g for g in model.layer_groups if all(epoch[g.name] == 0 for epoch in self.plan)]
+        ever = TrainConfig(**{**config.to_dict(), "freeze": [g.name for g in never_trained]})
+        self.param_groups = build_param_groups(model, ever)
+        self.by_group = {g["name"]: g["params"] for g in self.param_groups}
+        self.augmenter = config_augmenter(config)
+        self._choose_cache(never_trained)
+
+    def _choose_cache(self, never_trained) -> None:
+        """Decide what the cache skips: the longest run of never-trained groups from the input on."""
+        config, model = self.config, self.model
+        self.cache_mode, self.boundary, self.prefix_modules, self.stash = None, None, [], {}
+        self.banks, self.plain_banks = {}, {}
+        prefix = []
+        for g in model.layer_groups:
+            if g not in never_trained:
+                break
+            prefix.append(g)
+        if not (config.cache_features and prefix and not (config.train_bn and never_trained)
+                and "other" not in self.by_group and hasattr(model, "forward_head")):
+            return
+        if len(prefix) == len(model.layer_groups) - 1:
+            mode, boundary_name, where = "head", model.head_path[0], "input"
+        else:
+            mode, boundary_name, where = "prefix", prefix[-1].modules[-1], "output"
+        if not self.objective.cache_ok(model, mode, boundary_name):
+            return
+        boundary = model.get_submodule(boundary_name)
+        first = next(iter(self.images.values()))
+        with torch.inference_mode(), preserved(model):
+            model.eval()
+            probe = capture(model, boundary, normalise(first[:1].to(self.device), self.mean, self.std), where)
+        views = config.cached_views if self.augmenter is not None else 1
+        n_train = sum(len(self.images[s]) for s in self.objective.sources)
+        n_all = sum(len(v) for v in self.images.values())
+        if probe[0].numel() * 4 * (n_train * views + n_all) > CACHE_BUDGET_BYTES:
+            return
+        self.cache_mode, self.boundary_name, self.boundary, self.where = mode, boundary_name, boundary, where
+        self.views = views
+        if mode == "prefix":
+            self.prefix_modules = [model.get_submodule(m) for g in prefix for m in g.modules if m != boundary_name]
+        self.prefix_digest = prefix_key([model.get_submodule(m) for g in prefix for m in g.modules])
+
+    def _collect(self, images: torch.Tensor, seed: int | None, source: str, view: int | None = None) -> torch.Tensor:
+        """The cached activation at the boundary for every image (augmented with ``seed`` when given);
+        a training view (``view`` given) is shown to the objective too."""
+        key = (self.cache_mode, self.boundary_name, self.prefix_digest, int(self.config.image_size),
+               str(self.device), tensor_key(images), seed)
+        chosen = augment_batch(images, self.augmenter, seed) if seed is not None else images
+        if view is not None:
+            self.objective.on_cache_view(self, source, view, chosen)
+        if key in self.shared_cache:
+            self._tick(0, 0, math.nan, "cache", math.ceil(len(images) / self.config.batch_size))
+            return self.shared_cache[key]
+        model, bs, out = self.model, self.config.batch_size, []
+        with torch.inference_mode():
+            for start in range(0, len(chosen), bs):
+                if self.cancelled():
+                    raise _Cancelled
+                x = normalise(chosen[start:start + bs].to(self.device, non_blocking=True), self.mean, self.std)
+                with self.autocast():
+                    out.append(capture(model, self.boundary, x, self.where).float())
+                self._tick(0, 0, math.nan, "cache")
+        bank = torch.cat(out) if out else torch.empty(0)
+        self.shared_cache[key] = bank
+        return bank
+
+    def _plain_bank(self, source: str) -> torch.Tensor | None:
+        return self.plain_banks.get(source)
+
+    def _build_caches(self) -> None:
+        """Before the first epoch: each training source's augmented views, and every source plain."""
+        seed0 = self.config.seed * 1000
+        for i, source in enumerate(self.objective.sources):
+            images = self.images[source]
+            seeds = [None] if self.augmenter is None else [seed0 + 500 * i + v for v in range(self.views)]
+            self.banks[source] = torch.stack([self._collect(images, s, source, v) for v, s in enumerate(seeds)])
+        for source, images in self.images.items():
+            self.plain_banks[source] = self._collect(images, None, source)
+
+    def _tick(self, epoch: int, batch: int, loss: float, phase: str = "train", count: int = 1) -> None:
+        self.done_units += count
+        progress = BatchProgress(epoch, batch, self.steps, loss,
+                                 min(1.0, self.done_units / max(1, self.total_units)), phase)
+        for cb in self.callbacks:
+            cb.on_batch_end(progress)
+
+    def _fit_once(self, data: dict) -> History:
+        config, model, objective = self.config, self.model, self.objective
+        with preserved(model):
+            self._setup(data)
+            self.steps = objective.steps_per_epoch(self)
+            self.optimizer = make_optimizer(config, self.param_groups)
+            self.scheduler = make_scheduler(config, self.optimizer, self.steps * config.epochs)
+            self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype is torch.float16)
+            cache_units = 0
+            if self.cache_mode:
+                per_view = sum(self.batches_for(s) for s in objective.sources)
+                cache_units = per_view * self.views + sum(math.ceil(len(v) / config.batch_size)
+                                                          for v in self.images.values())
+            self.total_units, self.done_units = cache_units + self.steps * config.epochs, 0
+            history = objective.new_history(plan=self.plan, used_feature_cache=self.cache_mode is not None,
+                                            cache=self.cache_mode or "")
+            self.history = history
+            trainable = sum(p.numel() for g in self.param_groups for p in g["params"])
+            info = FitInfo(config.epochs, self.steps, len(self.images[objective.sources[0]]),
+                           len(self.images.get("val", ())), str(self.device), self.cache_mode is not None,
+                           trainable, sum(p.numel() for p in model.parameters()) - trainable,
+                           tuple(g["name"] for g in self.param_groups), self.cache_mode or "")
+            for cb in self.callbacks:
+                cb.trainer = self
+                cb.on_fit_start(info)
+            seen, train_seconds = 0, 0.0
+            try:
+                with ExitStack() as stack:
+                    stack.callback(objective.teardown, self)
+                    if self.cache_mode:
+                        model.eval()
+                        self._build_caches()
+                        self.done_units = cache_units
+                    if self.cache_mode == "prefix":
+                        stack.enter_context(skip_prefix(self.prefix_modules, self.boundary, self.stash))
+                    objective.on_fit_start(self)
+                    step = 0
+                    for epoch in range(1, config.epochs + 1):
+                        if self.cancelled():
+                            self.request_stop("cancelled")
+                            break
+                        started = time.perf_counter()
+                        apply_epoch_plan(model, self.by_group, self.plan[epoch - 1], config.train_bn)
+                        objective.on_epoch_start(self, epoch)
+                        for cb in self.callbacks:
+                            cb.on_epoch_start(epoch)
+                        sums: dict[str, torch.Tensor | float] = {}
+                        for b, batch in enumerate(objective.batches(self, epoch)):
+                            if self.cancelled():
+                                self.request_stop("cancelled")
+                            if self.stop_reason is not None:
+                                break
+                            for cb in self.callbacks:
+                                cb.on_batch_start(step)
+                            with self.autocast():
+                                loss, stats = objective.loss(self, batch)
+                            value = loss.item()  # one sync per step: the live curve and the guard need it
+                            if not math.isfinite(value):
+                                self.request_stop("diverged")
+                                break
+                            self.optimizer.zero_grad(set_to_none=True)
+                            self.scaler.scale(loss).backward()
+                            self.scaler.step(self.optimizer)
+                            self.scaler.update()
+                            if self.scheduler is not None:
+                                self.scheduler.step()
+                            n = stats.get("n", 0)
+                            sums["loss"] = sums.get("loss", 0.0) + loss.detach() * n
+                            for k, v in stats.items():
+                                sums[k] = sums.get(k, 0) + (v.detach() if isinstance(v, torch.Tensor) else v)
+                            step += 1
+                            self._tick(epoch, b + 1, value)
+                        train_seconds += time.perf_counter() - started
+                        count = int(sums.get("n", 0))
+                        seen += count * objective.images_per_item
+                        for cb in self.callbacks:
+                            cb.on_train_epoch_end(epoch)
+                        if self.stop_reason == "diverged" or (self.stop_reason and count == 0):
+                            break
+                        totals = {k: (v.item() if isinstance(v, torch.Tensor) else v) for k, v in sums.items()}
+                        measured = objective.evaluate(self) if self.validate else {}
+                        metrics = objective.epoch_metrics(self, epoch, totals, measured,
+                                                          time.perf_counter() - started,
+                                                          self.optimizer.param_groups[-1]["lr"])
+                        history.epochs.append(metrics)
+                        for cb in self.callbacks:
+                            cb.on_epoch_end(metrics)
+                        if self.stop_reason is not None:
+                            break
+            except _Cancelled:
+                self.request_stop("cancelled")
+            if self.stop_reason in ("cancelled", "diverged"):
+                history.stopped = self.stop_reason
+            history.message = self.stop_message or (
+                f"{objective.title} was stopped after {len(history.epochs)} epoch(s)."
+                if self.stop_reason == "cancelled" else "")
+            if self.retry_message:
+                history.message = (self.retry_message + " " + history.message).strip()
+            history.images_per_second = seen / train_seconds if train_seconds > 0 else 0.0
+            objective.on_fit_end(self, history)
+        for cb in self.callbacks:
+            cb.on_fit_end(history)
+        self._release()
+        return history

@@ -1,0 +1,80 @@
+"""The preset ways to transfer a pretrained backbone, each with the settings that suit it.
+
+- ``feature_extraction``: the backbone is frozen and only the new head trains, on cached features,
+  until the validation loss stops improving (the best epoch's head is kept). An epoch costs
+  milliseconds, so the head is trained to convergence rather than for a fixed few epochs.
+- ``last_stage``: the head warms up alone first (a new random head would otherwise send large,
+  noisy gradients into pretrained layers), then the last two backbone groups train with it at a
+  tenth and a third of the head's rate.
+- ``progressive``: after the warm-up, one more group from the top unfreezes every epoch (ULMFiT),
+  with rates that shrink geometrically toward the input (discriminative rates).
+- ``full``: after the warm-up every group trains, with discriminative rates from 1/100 of the
+  head's rate at the stem.
+
+Every fine-tuning preset stops early once the validation loss stops improving and keeps its best
+epoch, so none ends on a rising validation loss.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from core.errors import ConfigError
+from core.train.base import TrainConfig, discriminative_multipliers
+
+__all__ = ["STRATEGIES", "strategy_config", "strategy_of"]
+
+STRATEGIES = {
+    "feature_extraction": "Feature extraction",
+    "last_stage": "Fine-tune the last stage",
+    "progressive": "Progressive unfreezing",
+    "full": "Fine-tune all",
+}
+
+_HEAD_ONLY = dict(epochs=60, early_stopping=8, lr=3e-3, batch_size=32, weight_decay=1e-4, augment=True,
+                  cached_views=3, warmup_epochs=0, unfreeze_every=0)
+_FINE_TUNE = dict(batch_size=16, weight_decay=1e-2, augment=True, early_stopping=3, warmup_epochs=2)
+
+
+def _body(group_names: Sequence[str]) -> list[str]:
+    return list(group_names[:-1])
+
+
+def strategy_config(strategy: str, group_names: Sequence[str], **overrides) -> TrainConfig:
+    """The preset's ``TrainConfig`` for a backbone with these layer groups (input to output, head
+    last); ``overrides`` replace any field. ``TrainConfig()``'s defaults are feature extraction's."""
+    group_names = list(group_names)
+    if len(group_names) < 2:
+        raise ConfigError("A strategy needs a backbone with at least one group besides the head.")
+    body, head = _body(group_names), group_names[-1]
+    if strategy == "feature_extraction":
+        settings = dict(_HEAD_ONLY, freeze=body, lr_multipliers={})
+    elif strategy == "last_stage":
+        trainable = body[-2:] if len(body) > 2 else body[-1:]
+        rates = {g: m for g, m in zip(trainable, (0.1, 0.3)[-len(trainable):])}
+        settings = dict(_FINE_TUNE, epochs=10, lr=2e-3, freeze=[g for g in body if g not in trainable],
+                        lr_multipliers={**rates, head: 1.0})
+    elif strategy == "progressive":
+        settings = dict(_FINE_TUNE, epochs=12, lr=2e-3, freeze=[], unfreeze_every=1,
+                        lr_multipliers=discriminative_multipliers(group_names, 0.01))
+    elif strategy == "full":
+        settings = dict(_FINE_TUNE, epochs=10, lr=2e-3, freeze=[],
+                        lr_multipliers=discriminative_multipliers(group_names, 0.01))
+    else:
+        raise ConfigError(f"Unknown strategy {strategy!r}; choose one of: {', '.join(STRATEGIES)}.")
+    settings.update(overrides)
+    config = TrainConfig(**settings)
+    config.validate(group_names)
+    return config
+
+
+def strategy_of(config: TrainConfig, group_names: Sequence[str]) -> str | None:
+    """The preset whose freezing and schedule ``config`` follows, or None for a custom setup."""
+    body = _body(list(group_names))
+    if set(config.freeze) >= set(body):
+        return "feature_extraction"
+    if config.unfreeze_every:
+        return "progressive"
+    if not config.freeze:
+        return "full"
+    return "last_stage" if len([g for g in body if g not in config.freeze]) <= 2 else None

@@ -1,0 +1,251 @@
+"""The one training loop: its model contract, its callbacks and the engine bugs it fixed.
+
+A tiny convolutional classifier (two BatchNorm blocks, dropout before the head, as
+EfficientNet-Lite0 has) keeps every test well under a second of training.
+"""
+
+import copy
+import math
+import threading
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from core import backbones
+from core.backbones import Classifier, LayerGroup
+from core.errors import ConfigError
+from core.hooks import capture, preserved
+from core.train import Callback, Classification, Trainer
+from core.training import TrainConfig, fit
+
+
+class TinyNet(nn.Module):
+    def __init__(self, classes: int = 2):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.block = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.Sequential(nn.BatchNorm2d(8)), nn.ReLU())
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.drop = nn.Dropout(0.5)
+        self.fc = nn.Linear(8, classes)
+
+    def forward(self, x):
+        return self.fc(self.drop(self.pool(self.block(self.stem(x))).flatten(1)))
+
+
+def tiny(seed: int = 0, classes=("dark", "light")) -> Classifier:
+    torch.manual_seed(seed)
+    groups = [LayerGroup("stem", ["stem"]), LayerGroup("block", ["block"]), LayerGroup("head", ["fc"])]
+    return Classifier(TinyNet(len(classes)), backbone_name="tiny", layer_groups=groups, head_module="fc",
+                      classes=list(classes), mean=(0.5,) * 3, std=(0.25,) * 3, image_size=32, pretrained=False,
+                      pre_head=("drop",)).eval()
+
+
+class Toy:
+    """Dark vs light noisy squares."""
+
+    def __init__(self, n: int, seed: int = 0):
+        rng = np.random.default_rng(seed)
+        self.classes = ["dark", "light"]
+        self.labels = [i % 2 for i in range(n)]
+        self.images = [Image.fromarray(np.clip(rng.normal(70 + 110 * y, 40, (32, 32, 3)), 0, 255).astype(np.uint8))
+                       for y in self.labels]
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return self.images[i], self.labels[i]
+
+
+TRAIN, VAL = Toy(24, 0), Toy(8, 1)
+
+
+def config(**changes) -> TrainConfig:
+    return TrainConfig(**{**dict(epochs=2, batch_size=8, lr=0.01, image_size=32, augment=False), **changes})
+
+
+# --- the model contract ---------------------------------------------------------------------------
+
+
+def test_forward_features_and_forward_head_compose_to_the_model_output():
+    model = tiny()
+    x = torch.randn(4, 3, 16, 16)
+    features = model.forward_features(x)
+    assert features.shape == (4, 8)
+    assert torch.allclose(model.forward_head(features), model(x), atol=1e-6)
+    assert model.get_classifier() is model.fc
+
+
+def test_reset_classifier_gives_a_new_head_for_new_classes():
+    model = tiny()
+    model.reset_classifier(["a", "b", "c"])
+    assert model(torch.randn(2, 3, 16, 16)).shape == (2, 3)
+    assert model.classes == ["a", "b", "c"]
+    assert model.get_classifier().out_features == 3
+
+
+def test_capture_stops_early_and_preserved_puts_modes_flags_and_buffers_back():
+    model = tiny()
+    out = capture(model, "stem", torch.randn(2, 3, 16, 16))
+    assert out.shape == (2, 8, 16, 16)
+    model.stem[0].weight.requires_grad_(False)
+    before = model.stem[1].running_mean.clone()
+    with pytest.raises(RuntimeError), preserved(model, buffers=True):
+        model.train()
+        model.stem[0].weight.requires_grad_(True)
+        model(torch.randn(4, 3, 16, 16) + 3)
+        raise RuntimeError("boom")
+    assert not model.training and not model.block[1][0].training
+    assert not model.stem[0].weight.requires_grad
+    assert torch.equal(model.stem[1].running_mean, before)
+
+
+# --- the bugs found in the audit ------------------------------------------------------------------
+
+
+def test_train_bn_updates_batchnorm_nested_inside_a_frozen_block():
+    model = tiny()
+    nested = model.block[1][0]  # a BatchNorm inside a Sequential inside the frozen group
+    before = nested.running_mean.clone()
+    fit(model, TRAIN, VAL, config(freeze=["stem", "block"], train_bn=True, cache_features=False, epochs=1))
+    assert not torch.equal(nested.running_mean, before)
+    frozen = tiny()
+    before = frozen.block[1][0].running_mean.clone()
+    fit(frozen, TRAIN, VAL, config(freeze=["stem", "block"], train_bn=False, epochs=1))
+    assert torch.equal(frozen.block[1][0].running_mean, before)
+
+
+def test_unknown_group_in_lr_multipliers_is_refused():
+    with pytest.raises(ConfigError, match="blocks"):
+        fit(tiny(), TRAIN, VAL, config(lr_multipliers={"blocks": 0.1}))
+
+
+def test_head_cache_trains_the_same_model_as_the_plain_path_dropout_included():
+    cached_model, plain_model = tiny(), tiny()
+    cfg = config(freeze=["stem", "block"], epochs=3, lr=0.05)
+    cached = fit(cached_model, TRAIN, VAL, cfg)
+    plain = fit(plain_model, TRAIN, VAL, TrainConfig(**{**cfg.to_dict(), "cache_features": False}))
+    assert cached.cache == "head" and plain.cache == ""
+    # dropout before the head draws the same masks on both paths: the same model comes out
+    assert torch.allclose(cached_model.fc.weight, plain_model.fc.weight, atol=1e-5)
+    assert [e.train_loss for e in cached.epochs] == pytest.approx([e.train_loss for e in plain.epochs], abs=1e-5)
+
+
+class Poison(Callback):
+    """Makes a BatchNorm statistic NaN during the second epoch (the weights stay finite)."""
+
+    def on_batch_end(self, progress):
+        if progress.epoch == 2 and progress.phase == "train":
+            self.trainer.model.block[1][0].running_var.fill_(float("nan"))
+
+
+def test_non_finite_batchnorm_statistics_count_as_divergence_and_are_restored():
+    model = tiny()
+    history = fit(model, TRAIN, VAL, config(cache_features=False, epochs=3), callbacks=[Poison()])
+    assert history.stopped == "diverged"
+    assert "BatchNorm" in history.message
+    assert len(history.epochs) == 1
+    assert all(torch.isfinite(b).all() for b in model.buffers())
+    assert torch.isfinite(model(torch.randn(2, 3, 16, 16))).all()
+
+
+def test_a_loss_that_explodes_without_nan_is_divergence():
+    model = tiny()
+    history = fit(model, TRAIN, VAL, config(optimizer="sgd", lr=10.0, momentum=0.9, epochs=4, cache_features=False))
+    assert history.stopped == "diverged", [(e.train_loss, e.val_loss) for e in history.epochs]
+    assert "learning rate" in history.message
+
+
+class StopWhileCaching(Callback):
+    def __init__(self, stop):
+        self.stop, self.cache_batches = stop, 0
+
+    def on_batch_end(self, progress):
+        if progress.phase == "cache":
+            self.cache_batches += 1
+            self.stop.set()
+
+
+def test_stop_is_honoured_while_features_are_cached():
+    stop = threading.Event()
+    watcher = StopWhileCaching(stop)
+    history = fit(tiny(), Toy(64), VAL, config(freeze=["stem", "block"], batch_size=4, augment=True, cached_views=3),
+                  callbacks=[watcher], stop=stop)
+    assert history.stopped == "cancelled"
+    assert watcher.cache_batches == 1
+    assert history.epochs == []
+
+
+class RunsOutOfMemoryOnce(Callback):
+    def __init__(self):
+        self.starts = []
+
+    def on_fit_start(self, info):
+        self.starts.append(self.trainer.config.batch_size)
+
+    def on_batch_end(self, progress):
+        if len(self.starts) == 1 and progress.phase == "train":
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+
+
+def test_running_out_of_gpu_memory_retries_once_at_half_the_batch_from_the_start():
+    model, twin = tiny(), tiny()
+    probe = RunsOutOfMemoryOnce()
+    history = fit(model, TRAIN, VAL, config(cache_features=False), callbacks=[probe])
+    assert probe.starts == [8, 4]
+    assert "batch size 4" in history.message and history.stopped is None
+    reference = fit(twin, TRAIN, VAL, config(cache_features=False, batch_size=4))
+    assert [e.train_loss for e in history.epochs] == pytest.approx([e.train_loss for e in reference.epochs])
+
+
+def test_float16_is_chosen_on_gpus_without_native_bfloat16(monkeypatch):
+    from core import devices
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)  # emulated on a T4
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a, **k: (7, 5))
+    assert devices.autocast_dtype(torch.device("cuda")) is torch.float16
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a, **k: (8, 0))
+    assert devices.autocast_dtype(torch.device("cuda")) is torch.bfloat16
+
+
+# --- one loop for every kind of training -----------------------------------------------------------
+
+
+def test_every_trainer_goes_through_one_backward_call():
+    import pathlib
+    import re
+
+    core = pathlib.Path(__file__).resolve().parent.parent / "core"
+    calls = [f"{path.relative_to(core)}:{i}" for path in core.rglob("*.py")
+             for i, line in enumerate(path.read_text().splitlines(), 1)
+             if re.search(r"\.backward\(", line) and not line.strip().startswith("#")]
+    assert calls == ["train/loop.py:" + calls[0].split(":")[1]] and len(calls) == 1, calls
+
+
+def test_the_lr_sweep_is_a_callback_that_ends_the_fit():
+    from core.lr_finder import find_lr
+
+    model = tiny()
+    before = copy.deepcopy(model.state_dict())
+    result = find_lr(model, TRAIN, config(freeze=["stem", "block"]), steps=12)
+    assert 5 <= len(result.lrs) <= 12
+    assert result.lrs == sorted(result.lrs)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # it ran on a copy
+
+
+def test_a_custom_objective_plugs_into_the_same_loop():
+    class Doubled(Classification):
+        def loss(self, trainer, batch):
+            loss, stats = super().loss(trainer, batch)
+            return 2 * loss, stats
+
+    # with SGD and no weight decay, twice the loss at half the rate is the very same training
+    sgd = dict(optimizer="sgd", momentum=0.9, weight_decay=0.0, cache_features=False)
+    a, b = tiny(), tiny()
+    plain = Trainer(a, Classification(), config(lr=0.02, **sgd)).fit({"train": TRAIN, "val": VAL})
+    doubled = Trainer(b, Doubled(), config(lr=0.01, **sgd)).fit({"train": TRAIN, "val": VAL})
+    assert torch.allclose(a.fc.weight, b.fc.weight, atol=1e-6)
+    assert [2 * e.train_loss for e in plain.epochs] == pytest.approx([e.train_loss for e in doubled.epochs])
