@@ -145,16 +145,20 @@ def balanced_subset(ds, max_images: int, seed: int = 0):
     return ds.subset(sorted(picked))
 
 
-def rank_backbones(ds, names: Sequence[str], image_size: int = 128, max_images: int = 200, *, seed: int = 0,
+def rank_backbones(ds, names: Sequence[str], image_size: int = 128, max_images: int = 200, *,
+                   from_scratch: bool = False, seed: int = 0,
                    progress: Callable[[int, int, str], None] | None = None) -> list[dict]:
     """LogME of every backbone's pooled head-input features on ``ds``, best first.
 
     One forward pass of up to ``max_images`` images per backbone. A backbone whose pretrained
-    weights cannot be loaded offline is listed last with ``logme`` None and a ``note``.
-    Rows: ``name``, ``title``, ``logme``, ``params`` (parameter count of the backbone),
-    ``seconds``, ``note``.
+    weights cannot be loaded offline is listed last with ``logme`` None and a ``note``. With
+    ``from_scratch``, each architecture is also scored with random weights (seeded by ``seed``):
+    the from-scratch baseline, which works offline for every architecture.
+    Rows: ``name``, ``title``, ``pretrained``, ``logme``, ``params`` (parameter count of the
+    backbone), ``seconds``, ``note``.
     """
     from core import backbones, domain
+    from core.seeding import seeded
 
     if len(ds.classes) < 2:
         raise UserInputError("Ranking backbones needs a dataset with at least two classes.")
@@ -164,31 +168,34 @@ def rank_backbones(ds, names: Sequence[str], image_size: int = 128, max_images: 
         raise UserInputError(f"Unknown backbone(s) {', '.join(unknown)}: pick from {', '.join(catalogue)}.")
     subset = balanced_subset(ds, max_images, seed)
     labels = np.asarray(subset.labels)
+    variants = [(name, True) for name in names] + ([(name, False) for name in names] if from_scratch else [])
     rows = []
-    for i, name in enumerate(names):
+    for i, (name, pretrained) in enumerate(variants):
         info = catalogue[name]
+        title = info.title if pretrained else f"{info.title} · random weights"
         if progress is not None:
-            progress(i, len(names), info.title)
-        row = {"name": name, "title": info.title, "logme": None, "params": int(round(info.params_millions * 1e6)),
-               "seconds": 0.0, "note": ""}
-        if not info.offline:
+            progress(i, len(variants), title)
+        row = {"name": name, "title": title, "pretrained": pretrained, "logme": None,
+               "params": int(round(info.params_millions * 1e6)), "seconds": 0.0, "note": ""}
+        if pretrained and not info.offline:
             row["note"] = "pretrained weights not on this server: not scored"
             rows.append(row)
             continue
         started = time.perf_counter()
         try:
-            bb = backbones.load(name, pretrained=True)
+            with seeded(seed):
+                bb = backbones.load(name, pretrained=pretrained)
         except UserInputError as exc:
             row["note"] = str(exc)
             rows.append(row)
             continue
         row["params"] = sum(p.numel() for p in bb.model.parameters())
-        feats = domain.extract_features(bb.model, subset, [domain.HEAD_INPUT], image_size,
-                                        model_key=f"pretrained:{name}", mean=bb.mean, std=bb.std,
-                                        head_module=bb.head_module)[domain.HEAD_INPUT]
+        key = f"pretrained:{name}" if pretrained else f"scratch:{name}:{seed}"
+        feats = domain.extract_features(bb.model, subset, [domain.HEAD_INPUT], image_size, model_key=key,
+                                        mean=bb.mean, std=bb.std, head_module=bb.head_module)[domain.HEAD_INPUT]
         row["logme"] = logme(feats.numpy(), labels)
         row["seconds"] = time.perf_counter() - started
         rows.append(row)
     if progress is not None:
-        progress(len(names), len(names), "done")
+        progress(len(variants), len(variants), "done")
     return sorted(rows, key=lambda r: (r["logme"] is None, -(r["logme"] or 0.0)))

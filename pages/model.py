@@ -7,6 +7,7 @@ import streamlit as st
 from core import backbones
 from core.errors import UserInputError
 from core.training import TrainConfig, discriminative_multipliers, training_plan
+from pages._choose_backbone import choose_backbone_ui
 from pages._shared import ModelChoice, backbone_catalogue, group_table, plan_figure, preset_freeze, run_store
 
 ss = st.session_state
@@ -149,3 +150,6 @@ preview = TrainConfig(epochs=ss.train_config.epochs, freeze=choice.freeze, lr_mu
 st.plotly_chart(plan_figure(training_plan(groups, preview),
                             f"The plan for {preview.epochs} epochs (set epochs on the Train page)"),
                 width="stretch", key="plan-preview")
+
+st.subheader("Which backbone suits your images? Rank them before training")
+choose_backbone_ui()

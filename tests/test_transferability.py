@@ -146,6 +146,16 @@ def test_rank_backbones_scores_the_offline_ones_and_notes_the_rest(monkeypatch):
     assert seen[-1] == (2, 2)
 
 
+def test_rank_backbones_can_add_the_random_weight_baseline_which_ranks_below_pretrained():
+    from core import backbones
+
+    rows = transferability.rank_backbones(digits_dataset(per_class=6), [backbones.DEFAULT_BACKBONE],
+                                          image_size=64, from_scratch=True)
+    assert [r["pretrained"] for r in rows] == [True, False]
+    assert rows[0]["logme"] > rows[1]["logme"]
+    assert "random weights" in rows[1]["title"]
+
+
 def test_more_features_than_images_still_gives_the_evidence_of_its_gaussian():
     # the labels can be fitted exactly here, so beta grows without bound while the evidence settles
     rng = np.random.default_rng(4)
