@@ -3,12 +3,18 @@
 # Imported here, once, before any page runs: Streamlit and plotly import pandas lazily, and when
 # a classroom's first visitors arrive together their script threads raced to import it
 # ("partially initialized module 'pandas'").
+from pathlib import Path
+
 import pandas  # noqa: F401
 import streamlit as st
 
 from pages._shared import init_session, sidebar
 
-st.set_page_config(page_title="Transfer Lab", page_icon=":material/biotech:", layout="wide")
+# The app's own icon, served by this server: a ":material/…:" page icon makes the browser fetch
+# the favicon from fonts.gstatic.com on every page, which fails offline (classrooms often are).
+ICON = Path(__file__).resolve().parent / "assets" / "icon.png"
+st.set_page_config(page_title="Transfer Lab", page_icon=str(ICON), layout="wide")
+st.logo(str(ICON), size="large")
 
 init_session()
 
