@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas  # noqa: F401
 import streamlit as st
 
+from pages._links import apply_link, classroom_link_ui, show_link_notes, sync_link
 from pages._shared import init_session, sidebar
 
 # The app's own icon, served by this server: a ":material/…:" page icon makes the browser fetch
@@ -17,6 +18,8 @@ st.set_page_config(page_title="Transfer Lab", page_icon=str(ICON), layout="wide"
 st.logo(str(ICON), size="large")
 
 init_session()
+apply_link()
+show_link_notes()
 
 pages = {
     "Build": [
@@ -36,4 +39,9 @@ pages = {
 }
 navigation = st.navigation(pages)
 sidebar()
-navigation.run()
+with st.sidebar:
+    classroom_link_ui()
+try:
+    navigation.run()
+finally:  # also after st.stop() / st.rerun() in a page: the address bar follows what the page just set
+    sync_link()

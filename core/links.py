@@ -16,11 +16,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 
-__all__ = ["DEFAULTS", "LOCKABLE", "SECTIONS", "STRATEGIES", "FOREIGN", "KEYS", "encode", "decode"]
+__all__ = ["DEFAULTS", "IMAGE_SIZES", "LEARNING_RATES", "LOCKABLE", "SECTIONS", "STRATEGIES", "FOREIGN", "KEYS", "encode", "decode"]
 
 STRATEGIES = ("feature_extraction", "last_stage", "full", "discriminative", "progressive", "custom")
 SALIENCY_METHODS = ("gradient", "smoothgrad", "integrated_gradients", "gradcam", "occlusion")
-IMAGE_SIZES = (96, 128, 160, 224)
+IMAGE_SIZES = (96, 128, 160, 224)  # the Train page's choices
+LEARNING_RATES = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 
 # What a link may lock (shown but disabled for students), with the words the builder shows.
 LOCKABLE = {
@@ -93,16 +94,15 @@ def _int(lo: int, hi: int, allowed=None) -> Callable[[str, dict], int]:
     return parse
 
 
-def _float(lo: float, hi: float) -> Callable[[str, dict], float]:
-    def parse(text: str, _so_far: dict) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise _Bad("a number is needed") from None
-        if not (math.isfinite(value) and lo < value <= hi):
-            raise _Bad(f"use a number above {lo:g} and at most {hi:g}")
-        return value
-    return parse
+def _rate(text: str, _so_far: dict) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise _Bad("a number is needed") from None
+    for rate in LEARNING_RATES:  # "0.0003" and "3e-4" name the same choice
+        if math.isclose(value, rate, rel_tol=1e-6):
+            return rate
+    raise _Bad(f"use one of {', '.join(f'{r:g}' for r in LEARNING_RATES)}")
 
 
 def _bool(text: str, _so_far: dict) -> bool:
@@ -177,7 +177,7 @@ _PARSERS: dict[str, Callable[[str, dict], object]] = {
     "lr_mult": _lr_mult,
     "unfreeze_every": _int(0, 5),
     "epochs": _int(1, 100),
-    "lr": _float(0.0, 1.0),
+    "lr": _rate,
     "seed": _int(0, 10_000),
     "size": _int(32, 512, IMAGE_SIZES),
     "sal_methods": _subset(SALIENCY_METHODS),

@@ -21,12 +21,12 @@ def test_a_setup_survives_the_round_trip_through_a_link():
 
 
 def test_unknown_and_bad_parameters_are_ignored_with_a_note_each():
-    settings, notes = decode({"epochs": "lots", "lr": "-1", "size": "100", "backbone": "alexnet",
+    settings, notes = decode({"epochs": "lots", "lr": "0.005", "size": "100", "backbone": "alexnet",
                               "colour": "blue", "seed": "3", "data": ["source", "target"]})
     assert settings == {"seed": 3, "data": "target"}  # the last of repeated values counts
     assert len(notes) == 5
     joined = " ".join(notes)
-    for word in ("'colour'", "epochs=lots", "lr=-1", "size=100", "backbone=alexnet"):
+    for word in ("'colour'", "epochs=lots", "lr=0.005", "size=100", "backbone=alexnet"):
         assert word in joined
 
 

@@ -59,3 +59,57 @@ def test_ranking_scores_pretrained_above_random_weights_and_checks_itself_by_tra
     tau = [m for m in app.metric if m.label.startswith("Kendall")]
     assert tau, "the comparison of LogME with the accuracies never appeared"
     assert app.get("plotly_chart")
+
+
+# --- links that carry a setup -------------------------------------------------------------------
+
+
+def opened_with(params: dict, tmp_path, monkeypatch) -> AppTest:
+    monkeypatch.setenv("TRANSFER_LAB_DATA_DIR", str(tmp_path))
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.query_params.update(params)
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def test_a_link_sets_up_data_model_and_training_and_keeps_the_owner(tmp_path, monkeypatch):
+    at = opened_with({"data": "target", "per_class": "10", "strategy": "full", "epochs": "3", "lr": "0.0003",
+                      "seed": "4", "size": "96", "kernel": "multi", "u": "0123456789abcdef"}, tmp_path, monkeypatch)
+    assert "Demo shapes (target look): 40 images in 4 classes" in [s.value for s in at.subheader]
+    assert at.session_state.model_choice.strategy == "Fine-tune all"
+    assert at.session_state.model_choice.freeze == []
+    cfg = at.session_state.train_config
+    assert (cfg.epochs, cfg.lr, cfg.seed, cfg.image_size) == (3, 3e-4, 4, 96)
+    assert at.session_state.owner == "0123456789abcdef"
+    assert not at.info  # nothing was wrong with this link
+    open_page(at, "train")
+    assert [n.value for n in at.number_input if n.label == "Epochs"] == [3]
+    # the address bar still says what the session holds, the owner's key included
+    assert at.query_params["epochs"] in ("3", ["3"]) and at.query_params["u"] in ("0123456789abcdef", ["0123456789abcdef"])
+    assert at.query_params["data"] in ("target", ["target"])
+
+
+def test_a_link_with_garbage_opens_normally_with_a_note(tmp_path, monkeypatch):
+    at = opened_with({"epochs": "many", "backbone": "alexnet", "zzz": "1", "lock": "everything"},
+                     tmp_path, monkeypatch)
+    assert at.title[0].value == "Data"
+    note = at.info[0].value
+    assert "epochs=many" in note and "backbone=alexnet" in note and "'zzz'" in note and "lock=everything" in note
+    assert at.session_state.train_config.epochs == TrainConfig().epochs
+    at.run()
+    assert not at.info  # said once
+    assert "epochs" not in at.query_params
+
+
+def test_locked_settings_are_shown_but_disabled_and_hidden_sections_are_gone(tmp_path, monkeypatch):
+    at = opened_with({"lock": "backbone,strategy,epochs", "hide": "ranking,own_weights,uploads"}, tmp_path, monkeypatch)
+    assert not [r for r in at.radio if r.label == "Bring images from"]
+    open_page(at, "model")
+    assert [s.disabled for s in at.selectbox if s.label == "Backbone"] == [True]
+    assert [r.disabled for r in at.radio if r.label == "Strategy"] == [True]
+    assert not [b for b in at.button if b.label.startswith("Rank the backbones")]
+    assert not [e for e in at.expander if "own weights" in e.label]
+    open_page(at, "train")
+    assert [n.disabled for n in at.number_input if n.label == "Epochs"] == [True]
+    assert [n.disabled for n in at.number_input if n.label == "Seed"] == [False]
