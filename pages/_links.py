@@ -143,8 +143,8 @@ def classroom_link_ui() -> None:
         fixed = [links.LOCKABLE[k] for k in ss.get("link_lock", [])]
         st.caption("Set by your teacher's link" + (f": {', '.join(fixed)}." if fixed else "."))
     with st.expander("Classroom link", icon=":material/school:"):
-        st.caption("Set things up on the pages first: the link carries the demo data, the model, the training "
-                   "settings and the method choices. Students who open it get the same setup.")
+        st.caption("Set things up on the pages first: the link carries the demo data, the model, how it trains "
+                   "and the method choices. Students who open it get the same setup.")
         lock = st.multiselect("Lock for students (shown, not editable)", list(links.LOCKABLE),
                               format_func=links.LOCKABLE.get, key="classroom-lock")
         hide = st.multiselect("Hide sections", list(links.SECTIONS), format_func=links.SECTIONS.get,
