@@ -113,3 +113,21 @@ def test_locked_settings_are_shown_but_disabled_and_hidden_sections_are_gone(tmp
     open_page(at, "train")
     assert [n.disabled for n in at.number_input if n.label == "Epochs"] == [True]
     assert [n.disabled for n in at.number_input if n.label == "Seed"] == [False]
+
+
+def test_the_classroom_link_carries_the_setup_with_its_locks(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRANSFER_LAB_DATA_DIR", str(tmp_path))
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.query_params.update({"data": "target", "epochs": "2"})
+    # the teacher's picks in the builder (AppTest's sidebar is only readable after the first run)
+    at.session_state["classroom-lock"] = ["backbone", "epochs"]
+    at.session_state["classroom-hide"] = ["uploads"]
+    at.run()
+    assert not at.exception, at.exception
+    link = at.sidebar.code[0].value
+    query = link.split("?", 1)[1]
+    assert sorted(query.split("&")) == ["data=target", "epochs=2", "hide=uploads", "lock=backbone,epochs"]
+    from core.links import decode
+
+    settings, notes = decode(dict(part.split("=") for part in query.split("&")))
+    assert notes == [] and settings["lock"] == ["backbone", "epochs"]
