@@ -16,7 +16,8 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 
-__all__ = ["DEFAULTS", "IMAGE_SIZES", "LEARNING_RATES", "LOCKABLE", "SECTIONS", "STRATEGIES", "FOREIGN", "KEYS", "encode", "decode"]
+__all__ = ["DEFAULTS", "IMAGE_SIZES", "LEARNING_RATES", "LOCKABLE", "SECTIONS", "STRATEGIES", "FOREIGN", "KEYS",
+           "encode", "decode"]
 
 STRATEGIES = ("feature_extraction", "last_stage", "full", "discriminative", "progressive", "custom")
 SALIENCY_METHODS = ("gradient", "smoothgrad", "integrated_gradients", "gradcam", "occlusion")
