@@ -3,14 +3,23 @@
 # Imported here, once, before any page runs: Streamlit and plotly import pandas lazily, and when
 # a classroom's first visitors arrive together their script threads raced to import it
 # ("partially initialized module 'pandas'").
+from pathlib import Path
+
 import pandas  # noqa: F401
 import streamlit as st
 
+from pages._links import apply_link, classroom_link_ui, show_link_notes, sync_link
 from pages._shared import init_session, sidebar
 
-st.set_page_config(page_title="Transfer Lab", page_icon=":material/biotech:", layout="wide")
+# The app's own icon, served by this server: a ":material/…:" page icon makes the browser fetch
+# the favicon from fonts.gstatic.com on every page, which fails offline (classrooms often are).
+ICON = Path(__file__).resolve().parent / "assets" / "icon.png"
+st.set_page_config(page_title="Transfer Lab", page_icon=str(ICON), layout="wide")
+st.logo(str(ICON), size="large")
 
 init_session()
+apply_link()
+show_link_notes()
 
 pages = {
     "Build": [
@@ -30,4 +39,9 @@ pages = {
 }
 navigation = st.navigation(pages)
 sidebar()
-navigation.run()
+with st.sidebar:
+    classroom_link_ui()
+try:
+    navigation.run()
+finally:  # also after st.stop() / st.rerun() in a page: the address bar follows what the page just set
+    sync_link()

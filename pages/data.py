@@ -5,6 +5,7 @@ import streamlit as st
 
 from core import data
 from core.errors import UserInputError
+from pages._links import hidden, locked
 from pages._shared import DEMO_LABEL, demo
 
 ss = st.session_state
@@ -68,9 +69,14 @@ def webcam_ui() -> None:
 
 
 sources = {"Demo set": demo_ui, "ZIP of class folders": zip_ui, "Single images": files_ui, "Webcam": webcam_ui}
-with st.container(border=True):
-    choice = st.radio("Bring images from", list(sources), horizontal=True)
-    sources[choice]()
+if hidden("uploads"):
+    sources = {"Demo set": demo_ui}
+if locked("data"):
+    st.caption("Your teacher's link fixed the dataset for this class.")
+else:
+    with st.container(border=True):
+        choice = st.radio("Bring images from", list(sources), horizontal=True) if len(sources) > 1 else "Demo set"
+        sources[choice]()
 
 ds = ss.dataset
 report = ss.get("load_report")
@@ -109,7 +115,7 @@ for class_name in ds.classes:
     cols = st.columns(8)
     for col, i in zip(cols, indices):
         col.image(ds[i][0], caption=ds.names[i][-24:], width="stretch")
-if len(ds.classes) > 0:
+if len(ds.classes) > 0 and not locked("data"):
     with st.expander("Remove a class"):
         doomed = st.selectbox("Class", ds.classes)
         if st.button("Remove it"):

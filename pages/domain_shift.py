@@ -9,6 +9,7 @@ import streamlit as st
 
 from core import adaptation, backbones, data, domain
 from core.errors import UserInputError
+from pages._links import hidden, locked, page_choice, remember_choice
 from pages._shared import DEMO_LABEL, demo, model_picker, run_store
 
 ss = st.session_state
@@ -343,9 +344,13 @@ layers = [domain.HEAD_INPUT] + [modules[-1] for _, modules in groups]
 c1, c2, c3, c4 = st.columns([3, 2, 2, 1])
 layer = c1.selectbox("Layer", layers, format_func=lambda name: layer_label(name, groups),
                      help="A group's features are its last module's output averaged over space.")
-kernel = c2.radio("Kernel", ["median", "multi"], horizontal=True,
+kernel = c2.radio("Kernel", ["median", "multi"], index=["median", "multi"].index(page_choice("kernel")),
+                  horizontal=True, disabled=locked("kernel"),
                   format_func=lambda k: "one (median heuristic)" if k == "median" else "five (DAN multi-kernel)")
-method = c3.radio("2-D picture", ["pca", "tsne"], horizontal=True, format_func=lambda m: "PCA" if m == "pca" else "t-SNE")
+method = c3.radio("2-D picture", ["pca", "tsne"], index=["pca", "tsne"].index(page_choice("picture")), horizontal=True,
+                  disabled=locked("picture"), format_func=lambda m: "PCA" if m == "pca" else "t-SNE")
+remember_choice("kernel", kernel)
+remember_choice("picture", method)
 size = c4.selectbox("Input px", SIZES, index=SIZES.index(default_size) if default_size in SIZES else 1)
 
 if len(ds_a) < 4 or len(ds_b) < 4:
@@ -371,5 +376,6 @@ else:
         st.caption(f"Computed in {state['seconds']:.1f} s (features {seconds.get('features', 0):.1f} s; "
                    "they are cached, so another layer, kernel or picture of these sets needs no new pass).")
 
-st.divider()
-adaptation_ui(ds_a, ds_b, backbone, control)
+if not hidden("adaptation"):
+    st.divider()
+    adaptation_ui(ds_a, ds_b, backbone, control)

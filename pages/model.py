@@ -7,6 +7,8 @@ import streamlit as st
 from core import backbones
 from core.errors import UserInputError
 from core.training import TrainConfig, discriminative_multipliers, training_plan
+from pages._choose_backbone import choose_backbone_ui
+from pages._links import hidden, locked
 from pages._shared import ModelChoice, backbone_catalogue, group_table, plan_figure, preset_freeze, run_store
 
 ss = st.session_state
@@ -41,9 +43,11 @@ STRATEGIES = {
 col1, col2 = st.columns([3, 2])
 with col1:
     names = list(catalogue)
-    name = st.selectbox("Backbone", names, index=names.index(choice.backbone), format_func=label)
+    name = st.selectbox("Backbone", names, index=names.index(choice.backbone), format_func=label,
+                        disabled=locked("backbone"))
     pretrained = st.checkbox("Start from ImageNet weights (pretrained)", value=choice.pretrained,
-                             help="Untick to start from random weights: the 'from scratch' baseline.")
+                             help="Untick to start from random weights: the 'from scratch' baseline.",
+                             disabled=locked("pretrained"))
     if pretrained and not catalogue[name]["offline"]:
         st.warning(
             f"{catalogue[name]['title']}'s ImageNet weights are not in this server's torch cache. "
@@ -59,31 +63,33 @@ with col1:
             else:
                 backbone_catalogue.clear()
                 st.success("The weights are in the cache now.")
-    with st.expander("Or start from your own weights file (.safetensors, .pt, .pth)"):
-        upload = st.file_uploader("A state_dict of this architecture", type=["safetensors", "pt", "pth"])
-        if upload is not None and st.button("Check and use this file"):
-            folder = Path(run_store().root).parent / "uploads" / ss.owner
-            folder.mkdir(parents=True, exist_ok=True)
-            target = folder / ("weights" + Path(upload.name).suffix.lower())
-            target.write_bytes(upload.getvalue())
-            try:
-                backbones.load(name, pretrained=False, weights_path=target)
-            except UserInputError as exc:
-                target.unlink(missing_ok=True)
-                st.error(str(exc))
-            else:
-                choice.weights_path = str(target)
-                st.success(f"{upload.name} fits {name}; training will start from it.")
-        if choice.weights_path and st.button("Stop using my weights file"):
-            choice.weights_path = None
+    if not hidden("own_weights"):
+        with st.expander("Or start from your own weights file (.safetensors, .pt, .pth)"):
+            upload = st.file_uploader("A state_dict of this architecture", type=["safetensors", "pt", "pth"])
+            if upload is not None and st.button("Check and use this file"):
+                folder = Path(run_store().root).parent / "uploads" / ss.owner
+                folder.mkdir(parents=True, exist_ok=True)
+                target = folder / ("weights" + Path(upload.name).suffix.lower())
+                target.write_bytes(upload.getvalue())
+                try:
+                    backbones.load(name, pretrained=False, weights_path=target)
+                except UserInputError as exc:
+                    target.unlink(missing_ok=True)
+                    st.error(str(exc))
+                else:
+                    choice.weights_path = str(target)
+                    st.success(f"{upload.name} fits {name}; training will start from it.")
+            if choice.weights_path and st.button("Stop using my weights file"):
+                choice.weights_path = None
 
 with col2:
-    strategy = st.radio("Strategy", list(STRATEGIES), index=list(STRATEGIES).index(choice.strategy))
+    strategy = st.radio("Strategy", list(STRATEGIES), index=list(STRATEGIES).index(choice.strategy),
+                        disabled=locked("strategy"))
     st.caption(STRATEGIES[strategy])
     lowest = 0.01
     if strategy == "Discriminative learning rates":
         lowest = st.select_slider("Stem's learning rate, relative to the head's", [0.001, 0.003, 0.01, 0.03, 0.1, 0.3],
-                                  value=0.01)
+                                  value=0.01, disabled=locked("strategy"))
     choice.unfreeze_every = (st.slider("Unfreeze one more group every … epochs", 1, 5, max(1, choice.unfreeze_every))
                              if strategy == "Progressive unfreezing" else 0)
     choice.train_bn = st.checkbox(
@@ -115,7 +121,7 @@ rows = [
 edited = st.data_editor(
     rows,
     key=f"groups-{name}-{strategy}-{lowest}",
-    disabled=["group", "layers", "parameters"],
+    disabled=["group", "layers", "parameters"] + (["train", "lr ×"] if locked("freeze") else []),
     column_config={
         "train": st.column_config.CheckboxColumn("train", help="Unticked groups stay frozen, BatchNorm statistics too."),
         "lr ×": st.column_config.NumberColumn("lr ×", min_value=0.0, max_value=100.0, step=0.1, format="%.2f",
@@ -149,3 +155,7 @@ preview = TrainConfig(epochs=ss.train_config.epochs, freeze=choice.freeze, lr_mu
 st.plotly_chart(plan_figure(training_plan(groups, preview),
                             f"The plan for {preview.epochs} epochs (set epochs on the Train page)"),
                 width="stretch", key="plan-preview")
+
+if not hidden("ranking"):
+    st.subheader("Which backbone suits your images? Rank them before training")
+    choose_backbone_ui()

@@ -5,6 +5,7 @@ import streamlit as st
 
 from core import backbones, features, saliency
 from core.errors import UserInputError
+from pages._links import hidden, locked, page_choice, remember_choice
 from pages._shared import image_picker, model_picker, run_models
 
 ss = st.session_state
@@ -48,8 +49,10 @@ if image is None:
     st.stop()
 x = pair.preprocess(image)
 with right:
-    methods = st.multiselect("Methods", list(saliency.METHODS), default=["gradient", "gradcam"],
-                             format_func=lambda m: saliency.METHOD_LABELS[m][0])
+    methods = st.multiselect("Methods", list(saliency.METHODS),
+                             default=[m for m in page_choice("sal_methods") if m in saliency.METHODS],
+                             format_func=lambda m: saliency.METHOD_LABELS[m][0], disabled=locked("sal_methods"))
+    remember_choice("sal_methods", methods)
     for m in methods:
         st.caption(f"**{saliency.METHOD_LABELS[m][0]}** — {saliency.METHOD_LABELS[m][1]}")
     c1, c2 = st.columns(2)
@@ -105,6 +108,8 @@ for col, (name, model, classes) in zip(columns, sides):
             st.image(saliency.overlay(rgb, result.map, opacity), width="stretch",
                      caption=f"{label} · {result.seconds:.2f} s{note}")
 
+if hidden("sanity_check"):
+    st.stop()
 with st.expander("Sanity check: does the map depend on what the model learned? (Adebayo et al., 2018)"):
     st.write(
         "Re-initialise the fine-tuned model's layers from the top down, one group at a time, and recompute each "

@@ -10,6 +10,7 @@ from plotly.subplots import make_subplots
 from core.errors import UserInputError
 from core.jobs import get_job, start_run
 from core.training import TrainConfig
+from pages._links import locked
 from pages._shared import current_split, my_runs, plan_figure, run_status, run_store, select_run
 
 ss = st.session_state
@@ -28,20 +29,20 @@ def settings_ui() -> TrainConfig:
     cfg: TrainConfig = ss.train_config
     with st.expander("Training settings", expanded=False):
         c1, c2, c3, c4 = st.columns(4)
-        epochs = c1.number_input("Epochs", 1, 100, cfg.epochs)
+        epochs = c1.number_input("Epochs", 1, 100, cfg.epochs, disabled=locked("epochs"))
         batch = c2.selectbox("Batch size", [4, 8, 16, 32, 64], index=[4, 8, 16, 32, 64].index(cfg.batch_size)
                              if cfg.batch_size in (4, 8, 16, 32, 64) else 2)
         lr = c3.select_slider("Learning rate", [1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1],
                               value=cfg.lr if cfg.lr in (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1) else 3e-3,
-                              format_func=lambda v: f"{v:g}")
+                              format_func=lambda v: f"{v:g}", disabled=locked("lr"))
         size = c4.selectbox("Input size (px)", list(SIZES), index=list(SIZES).index(cfg.image_size)
-                            if cfg.image_size in SIZES else 1, format_func=size_label)
+                            if cfg.image_size in SIZES else 1, format_func=size_label, disabled=locked("size"))
         c5, c6, c7, c8 = st.columns(4)
         optimizer = c5.selectbox("Optimizer", ["adamw", "sgd"], index=["adamw", "sgd"].index(cfg.optimizer))
         schedule = c6.selectbox("Schedule", ["cosine", "onecycle", "constant"],
                                 index=["cosine", "onecycle", "constant"].index(cfg.schedule))
         augment = c7.checkbox("Augmentation", cfg.augment, help="Random crops, flips and colour jitter.")
-        seed = c8.number_input("Seed", 0, 10_000, cfg.seed)
+        seed = c8.number_input("Seed", 0, 10_000, cfg.seed, disabled=locked("seed"))
     mc = ss.model_choice
     ss.train_config = TrainConfig(
         epochs=int(epochs), batch_size=int(batch), lr=float(lr), freeze=list(mc.freeze),
