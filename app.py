@@ -6,11 +6,12 @@
 import pandas  # noqa: F401
 import streamlit as st
 
-from pages._shared import init_session, sidebar
+from pages._shared import init_session, link_notes, sidebar
 
 st.set_page_config(page_title="Transfer Lab", page_icon=":material/biotech:", layout="wide")
 
 init_session()
+link_notes()
 
 pages = {
     "Build": [

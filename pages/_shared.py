@@ -117,12 +117,24 @@ def init_session() -> None:
     if "current_run" not in ss:
         run_id = st.query_params.get("run", "")
         ss.current_run = run_id if is_run_id(run_id) else None
+        if "run" in st.query_params and ss.current_run is None:
+            # A mistyped or cut link would otherwise stay in the address bar and fail silently.
+            del st.query_params["run"]
+            ss.link_note = ("This link's run id is not valid (a run id is 16 characters, 0–9 and a–f), so it was "
+                            "removed from the address bar. Check the link you were given.")
     # Page switches clear the address bar's query; put the person's link back every time, so a
     # refresh or a bookmark finds their runs (u) and the run on screen (run).
     if st.query_params.get("u") != ss.owner:
         st.query_params["u"] = ss.owner
     if ss.current_run and st.query_params.get("run") != ss.current_run:
         st.query_params["run"] = ss.current_run
+
+
+def link_notes() -> None:
+    """Say once what was wrong with the link this session was opened with."""
+    note = st.session_state.pop("link_note", None)
+    if note:
+        st.warning(note, icon=":material/link_off:")
 
 
 def current_split():
