@@ -13,6 +13,7 @@ from core.jobs import get_job
 from core.runs import RunStore, is_run_id
 from core.settings import get_settings
 from core.training import TrainConfig
+from core.uploads import UploadStore
 
 DEMO_LABEL = "Demo shapes"
 
@@ -24,6 +25,7 @@ class ModelChoice:
     backbone: str = backbones.DEFAULT_BACKBONE
     pretrained: bool = True
     weights_path: str | None = None
+    weights_name: str | None = None  # the person's own name for the file at weights_path
     freeze: list[str] = field(default_factory=list)
     lr_multipliers: dict[str, float] = field(default_factory=dict)
     strategy: str = "Feature extraction"
@@ -36,6 +38,12 @@ def run_store() -> RunStore:
     """The server's one run store (it holds no per-person state in memory)."""
     settings = get_settings()
     return RunStore(settings.data_dir, cap_mb=settings.disk_cap_mb)
+
+
+@st.cache_resource
+def upload_store() -> UploadStore:
+    """Uploaded weights files, kept by content hash (shared: equal files are stored once)."""
+    return UploadStore(get_settings().data_dir)
 
 
 @st.cache_resource
