@@ -6,7 +6,7 @@
 import pandas  # noqa: F401
 import streamlit as st
 
-from pages._shared import init_session, link_notes, sidebar
+from pages._shared import init_session, link_notes, run_page, sidebar
 
 st.set_page_config(page_title="Transfer Lab", page_icon=":material/biotech:", layout="wide")
 
@@ -31,4 +31,4 @@ pages = {
 }
 navigation = st.navigation(pages)
 sidebar()
-navigation.run()
+run_page(navigation)

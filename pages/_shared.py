@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import runpy
 import secrets
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import streamlit as st
 
@@ -16,6 +18,30 @@ from core.training import TrainConfig
 from core.uploads import UploadStore
 
 DEMO_LABEL = "Demo shapes"
+APP_SCRIPT = Path(__file__).resolve().parent.parent / "app.py"
+_THROUGH_APP = "_page_reached_through_app"
+
+
+def run_page(navigation) -> None:
+    """app.py's last step: run the page st.navigation picked, marked as reached through app.py."""
+    st.session_state[_THROUGH_APP] = True
+    navigation.run()
+
+
+def bootstrap() -> None:
+    """The first call of every page: make sure app.py ran first in this script run.
+
+    Beside a pages/ folder, Streamlit starts in its automatic multipage mode and stays there until
+    some session runs app.py's st.navigation (streamlit/streamlit#9624). So the first request after
+    a server start, when it is a link to a page, runs that page's file alone: no init_session(),
+    and a sidebar listing the raw files of pages/. Handing over to app.py here gives that request
+    the real app: app.py initialises the session, calls st.navigation (which ends the automatic
+    mode for the whole server) and runs this page again, this time through it.
+    """
+    if st.session_state.pop(_THROUGH_APP, False):
+        return
+    runpy.run_path(str(APP_SCRIPT), run_name="__main__")
+    st.stop()  # the page has been drawn, through app.py; nothing more to do in this run
 
 
 @dataclass
@@ -278,3 +304,7 @@ def image_picker(key: str):
     except UserInputError as exc:
         st.error(str(exc))
         return None, ""
+
+
+if __name__ == "__main__":  # opened as a page of the automatic menu (/_shared): it is not a page
+    bootstrap()

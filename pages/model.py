@@ -7,8 +7,11 @@ import streamlit as st
 from core import backbones
 from core.errors import UserInputError
 from core.training import TrainConfig, discriminative_multipliers, training_plan
+from pages._shared import bootstrap
 from pages._shared import (ModelChoice, backbone_catalogue, group_table, plan_figure, preset_freeze, run_store,
                            upload_store)
+
+bootstrap()  # first, before the session is read: see bootstrap's docstring
 
 ss = st.session_state
 choice: ModelChoice = ss.model_choice

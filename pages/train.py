@@ -10,7 +10,10 @@ from plotly.subplots import make_subplots
 from core.errors import UserInputError
 from core.jobs import get_job, start_run
 from core.training import TrainConfig
+from pages._shared import bootstrap
 from pages._shared import current_split, my_runs, plan_figure, run_status, run_store, select_run
+
+bootstrap()  # first, before the session is read: see bootstrap's docstring
 
 ss = st.session_state
 st.title("Train")

@@ -31,3 +31,16 @@ def test_an_invalid_run_link_is_cleared_from_the_address_with_a_note(bad):
     assert any("run id is not valid" in w.value for w in at.warning)
     at.run()  # said once, not on every rerun
     assert not any("run id is not valid" in w.value for w in at.warning)
+
+
+@pytest.mark.parametrize("page", ["data", "model", "train", "features", "saliency", "domain_shift", "evaluate",
+                                  "use_model"])
+def test_a_page_opened_first_runs_through_app_py(page):
+    """A fresh session whose first run is a page's link (as after a server start) gets the whole app."""
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.switch_page(f"pages/{page}.py")
+    at.run()
+    assert not at.exception, at.exception
+    assert "train_config" in at.session_state and "owner" in at.session_state
+    assert any(c.value.startswith("Device:") for c in at.sidebar.caption)  # app.py's sidebar ran
+    assert len(at.title) == 1  # the page drew once, not twice

@@ -1,0 +1,58 @@
+"""Links in a real browser: a deep link as a server's very first request, and run links shared
+with other people (they open a run read-only)."""
+
+import re
+import time
+
+import pytest
+
+pytestmark = pytest.mark.browser
+
+try:  # `python -m pytest` puts the repository on sys.path; plain `pytest` puts tests/ there
+    from tests.test_browser import (assert_no_exception, browser, go_to, open_app, page, serve, server,  # noqa: F401
+                                    set_epochs, sync_api, wait_for_status)
+except ImportError:
+    from test_browser import (assert_no_exception, browser, go_to, open_app, page, serve, server,  # noqa: F401
+                              set_epochs, sync_api, wait_for_status)
+
+expect = sync_api.expect
+PAGES = ["Data", "Model", "Train", "Feature maps", "Saliency", "Domain shift", "Evaluate", "Use the model"]
+
+
+def finished_run(data_dir) -> str:
+    """A finished run on disk before the server starts, as after a restart."""
+    from core.runs import RunRecord, RunStore, new_run_id
+
+    run_id = new_run_id()
+    RunStore(data_dir).create(RunRecord(
+        id=run_id, status="finished", created=time.time() - 60, finished=time.time() - 30,
+        backbone="efficientnet_lite0", pretrained=True, classes=["circle", "square"], config={"epochs": 1},
+        epochs=[{"epoch": 1, "train_loss": 0.5, "val_loss": 0.4, "train_acc": 0.8, "val_acc": 0.75}],
+        dataset="Demo shapes (source look)", label="a run from before the restart",
+    ))
+    return run_id
+
+
+@pytest.fixture
+def fresh_server(tmp_path_factory):
+    """A server nobody has opened yet (the shared one has long served `/`), with one finished run."""
+    data_dir = tmp_path_factory.mktemp("fresh-data")
+    run_id = finished_run(data_dir)
+    for url in serve(tmp_path_factory, data_dir):
+        yield url, run_id
+
+
+def test_a_run_link_opened_first_after_a_server_start_works(fresh_server, page):
+    url, run_id = fresh_server
+    page.goto(f"{url}/train?run={run_id}")  # the server's very first page request
+    expect(page.get_by_role("heading", name=f"Run {run_id} — finished")).to_be_visible(timeout=90_000)
+    expect(page.get_by_role("heading", name="Train").first).to_be_visible()
+    nav = page.get_by_test_id("stSidebarNav")
+    for name in PAGES:
+        expect(nav.get_by_text(name, exact=True)).to_be_visible()
+    # the raw files of pages/ (Streamlit's automatic multipage menu) never show
+    expect(nav.get_by_text("_shared")).to_have_count(0)
+    expect(nav.get_by_text("use model", exact=True)).to_have_count(0)
+    assert_no_exception(page)
+    go_to(page, "Model")  # and the session it started works on the other pages
+    assert_no_exception(page)
