@@ -132,12 +132,45 @@ def plan_figure(plan: list[dict], title: str = "Which groups train in which epoc
     return fig
 
 
+OWNER_COOKIE = "transfer_lab_owner"
+
+
+def _cookie(name: str) -> str | None:
+    try:
+        return st.context.cookies.get(name)
+    except Exception:  # no browser behind this session (AppTest, bare mode): no cookies
+        return None
+
+
+def keep_owner_in_browser() -> None:
+    """Store this session's owner secret in a cookie, once, so a refresh keeps the person's runs.
+
+    Streamlit reads cookies (st.context.cookies) but cannot set them, so a line of JavaScript does.
+    The value is 16 hex digits made here, never text from a request.
+    """
+    ss = st.session_state
+    if ss.pop("owner_cookie_due", False) and is_run_id(ss.owner):
+        st.html(f"<script>document.cookie = '{OWNER_COOKIE}={ss.owner}; path=/; max-age=31536000; "
+                "SameSite=Strict';</script>", unsafe_allow_javascript=True)
+
+
+def owns(record) -> bool:
+    """Whether this browser owns ``record``: only then may it stop, export or list it."""
+    return record is not None and bool(record.owner) and record.owner == st.session_state.get("owner")
+
+
 def init_session() -> None:
     """Defaults for a new browser session: the demo set and the offline default backbone."""
     ss = st.session_state
     if "owner" not in ss:
-        owner = st.query_params.get("u", "")
-        ss.owner = owner if is_run_id(owner) else secrets.token_hex(8)
+        # Who owns runs here (sees "your runs", stops and exports them) is this browser's secret, kept
+        # in a cookie across refreshes and never in a link: anyone can be sent a link.
+        kept = _cookie(OWNER_COOKIE)
+        ss.owner = kept if is_run_id(kept) else secrets.token_hex(8)
+        ss.owner_cookie_due = kept != ss.owner
+    if "u" in st.query_params:
+        # Older links carried the owner (?u=…): it gave whoever opened them the owner's runs.
+        del st.query_params["u"]
     if "dataset" not in ss:
         ss.dataset = demo()
         ss.dataset_label = f"{DEMO_LABEL} (source look)"
@@ -156,10 +189,8 @@ def init_session() -> None:
             del st.query_params["run"]
             ss.link_note = ("This link's run id is not valid (a run id is 16 characters, 0–9 and a–f), so it was "
                             "removed from the address bar. Check the link you were given.")
-    # Page switches clear the address bar's query; put the person's link back every time, so a
-    # refresh or a bookmark finds their runs (u) and the run on screen (run).
-    if st.query_params.get("u") != ss.owner:
-        st.query_params["u"] = ss.owner
+    # Page switches clear the address bar's query; put the run on screen back every time, so a
+    # refresh or a bookmark finds it.
     if ss.current_run and st.query_params.get("run") != ss.current_run:
         st.query_params["run"] = ss.current_run
 
@@ -185,7 +216,7 @@ def select_run(run_id: str | None) -> None:
 
 
 def my_runs():
-    """This person's runs (by the owner token in their link), newest first."""
+    """This browser's runs (by its owner secret), newest first."""
     return run_store().list(owner=st.session_state.owner)
 
 
@@ -198,6 +229,7 @@ def run_status(run_id: str):
 def sidebar() -> None:
     ss = st.session_state
     with st.sidebar:
+        keep_owner_in_browser()
         st.caption(f"Device: **{device_label()}**")
         ds = ss.get("dataset")
         if ds is not None:

@@ -56,3 +56,40 @@ def test_a_run_link_opened_first_after_a_server_start_works(fresh_server, page):
     assert_no_exception(page)
     go_to(page, "Model")  # and the session it started works on the other pages
     assert_no_exception(page)
+
+
+def test_a_shared_run_link_opens_the_run_read_only_and_the_owner_keeps_their_runs(server, browser):
+    owner_context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    stranger_context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    try:
+        owner = owner_context.new_page()
+        open_app(owner, server)
+        go_to(owner, "Train")
+        set_epochs(owner, 1)
+        owner.get_by_role("button", name="Train", exact=True).click()
+        wait_for_status(owner, "finished")
+        your_runs = owner.get_by_role("heading", name="Your runs")
+        expect(your_runs).to_be_visible(timeout=60_000)
+        link = owner.url
+        assert re.search(r"[?&]run=[0-9a-f]{16}", link) and "u=" not in link
+        secret = {c["name"]: c["value"] for c in owner_context.cookies()}.get("transfer_lab_owner")
+        assert secret and re.fullmatch(r"[0-9a-f]{16}", secret)
+
+        owner.reload()  # a refresh keeps the person's runs: the secret is in this browser, not the link
+        wait_for_status(owner, "finished", 60)
+        expect(your_runs).to_be_visible(timeout=60_000)
+        expect(owner.get_by_text("Opened from a shared link")).to_have_count(0)
+
+        stranger = stranger_context.new_page()
+        # the link as shared now, and as links looked when they carried the owner (?u=)
+        for opened in (link, f"{link}&u={secret}"):
+            stranger.goto(opened)
+            wait_for_status(stranger, "finished", 60)
+            expect(stranger.get_by_text("Opened from a shared link")).to_be_visible(timeout=60_000)
+            expect(stranger.get_by_role("heading", name="Your runs")).to_have_count(0)
+            expect(stranger).not_to_have_url(re.compile(r"[?&]u="))
+            assert_no_exception(stranger)
+        assert {c["name"]: c["value"] for c in stranger_context.cookies()}.get("transfer_lab_owner") != secret
+    finally:
+        owner_context.close()
+        stranger_context.close()

@@ -44,3 +44,51 @@ def test_a_page_opened_first_runs_through_app_py(page):
     assert "train_config" in at.session_state and "owner" in at.session_state
     assert any(c.value.startswith("Device:") for c in at.sidebar.caption)  # app.py's sidebar ran
     assert len(at.title) == 1  # the page drew once, not twice
+
+
+def open_train_page(at):
+    at.switch_page("pages/train.py")
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def test_a_shared_run_link_opens_a_running_run_read_only(monkeypatch):
+    """The owner's link, even one carrying the old ?u=<owner>, gives a stranger no Stop and no runs list."""
+    from core.jobs import get_job
+
+    owner = AppTest.from_file(APP, default_timeout=120)
+    owner.run()
+    owner.switch_page("pages/model.py")
+    owner.run()
+    [r for r in owner.radio if r.label == "Strategy"][0].set_value("Fine-tune all").run()
+    open_train_page(owner)
+    owner.number_input[0].set_value(50).run()  # long enough to still be going while the stranger looks
+    [b for b in owner.button if b.label == "Train"][0].click().run()
+    run_id = owner.session_state.current_run
+    job = get_job(run_id)
+    try:
+        owner.run()
+        assert any(b.label == "Stop" for b in owner.button)
+
+        # the link as it is shared now, and as links carried the owner before
+        for link in ({"run": run_id}, {"run": run_id, "u": owner.session_state.owner}):
+            stranger = AppTest.from_file(APP, default_timeout=120)
+            for key, value in link.items():
+                stranger.query_params[key] = value
+            stranger.run()
+            open_train_page(stranger)
+            assert stranger.session_state.owner != owner.session_state.owner
+            assert "u" not in stranger.query_params and stranger.query_params["run"] == run_id
+            assert any(run_id in s for s in texts(stranger.subheader))
+            assert not job.snapshot().done
+            assert not any(b.label == "Stop" for b in stranger.button)
+            assert not any(s == "Your runs" for s in texts(stranger.subheader))
+            assert any("shared link" in c for c in texts(stranger.caption))
+    finally:
+        job.cancel()
+        assert job.join(120)
+
+
+def texts(elements):
+    return [e.value for e in elements]
