@@ -93,3 +93,35 @@ def test_a_shared_run_link_opens_the_run_read_only_and_the_owner_keeps_their_run
     finally:
         owner_context.close()
         stranger_context.close()
+
+
+def upload_weights(page, name: str, payload: bytes):
+    page.get_by_test_id("stFileUploaderDropzoneInput").set_input_files(
+        files=[{"name": name, "mimeType": "application/octet-stream", "buffer": payload}])
+    page.get_by_test_id("stFileChipName").filter(has_text=name).wait_for(timeout=60_000)
+    page.get_by_test_id("stFileChipIconSpinner").wait_for(state="detached", timeout=60_000)
+    page.get_by_role("button", name="Check and use this file").click()
+
+
+def test_a_refused_weights_file_leaves_the_earlier_one_in_use_and_messages_use_the_persons_names(server, page):
+    import io
+
+    import torch
+
+    from core import backbones
+
+    buffer = io.BytesIO()
+    torch.save(backbones.load(backbones.DEFAULT_BACKBONE, pretrained=False).model.state_dict(), buffer)
+    open_app(page, server)
+    go_to(page, "Model")
+    page.get_by_text("Or start from your own weights file").click()
+    upload_weights(page, "my-imagenet-copy.pt", buffer.getvalue())
+    expect(page.get_by_text("my-imagenet-copy.pt fits efficientnet_lite0")).to_be_visible(timeout=90_000)
+    expect(page.get_by_text("In use: my-imagenet-copy.pt")).to_be_visible()
+
+    upload_weights(page, "half-downloaded.pt", buffer.getvalue()[:4096])
+    expect(page.get_by_text("half-downloaded.pt is not a plain PyTorch state_dict")).to_be_visible(timeout=90_000)
+    expect(page.get_by_text("Training still starts from your earlier file, my-imagenet-copy.pt")).to_be_visible()
+    expect(page.get_by_text("In use: my-imagenet-copy.pt")).to_be_visible()
+    expect(page.get_by_text("weights.pt", exact=False)).to_have_count(0)  # the server's old fixed name
+    assert_no_exception(page)
