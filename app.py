@@ -9,7 +9,7 @@ import pandas  # noqa: F401
 import streamlit as st
 
 from pages._links import apply_link, classroom_link_ui, show_link_notes, sync_link
-from pages._shared import init_session, sidebar
+from pages._shared import init_session, link_notes, run_page, sidebar
 
 # The app's own icon, served by this server: a ":material/…:" page icon makes the browser fetch
 # the favicon from fonts.gstatic.com on every page, which fails offline (classrooms often are).
@@ -20,6 +20,7 @@ st.logo(str(ICON), size="large")
 init_session()
 apply_link()
 show_link_notes()
+link_notes()
 
 pages = {
     "Build": [
@@ -42,6 +43,6 @@ sidebar()
 with st.sidebar:
     classroom_link_ui()
 try:
-    navigation.run()
+    run_page(navigation)
 finally:  # also after st.stop() / st.rerun() in a page: the address bar follows what the page just set
     sync_link()

@@ -328,6 +328,7 @@ def _load_user_state(model: nn.Module, state: Mapping[str, torch.Tensor], spec: 
             f"{filename} does not fit {spec.title}: its keys differ — {'; '.join(parts)}. "
             "Was it saved from another architecture?"
         )
+    _check_user_values(state, own, filename, spec.title)
     head_prefix = spec.head_module + "."
     wrong = [
         (k, tuple(state[k].shape), tuple(v.shape))
@@ -337,12 +338,49 @@ def _load_user_state(model: nn.Module, state: Mapping[str, torch.Tensor], spec: 
     if wrong:
         listed = "; ".join(f"{k}: file {a} vs model {b}" for k, a, b in wrong[:4])
         raise CheckpointError(f"{filename} has tensors of the wrong shape for {spec.title}: {listed}.")
-    head_weight = state.get(head_prefix + "weight")
-    if head_weight is not None and tuple(head_weight.shape) != tuple(own[head_prefix + "weight"].shape):
+    head_weight, head_bias = state[head_prefix + "weight"], state.get(head_prefix + "bias")
+    in_features = own[head_prefix + "weight"].shape[1]
+    # The head may have its own number of classes (a fine-tuned model), but it must read this
+    # backbone's features and its bias must match its outputs, or the model breaks at its first image.
+    if head_weight.ndim != 2 or head_weight.shape[1] != in_features or head_weight.shape[0] < 1:
+        raise CheckpointError(
+            f"{filename}'s classifier head {head_prefix}weight has shape {tuple(head_weight.shape)}; "
+            f"{spec.title} needs (number of classes, {in_features})."
+        )
+    out_features = head_weight.shape[0]
+    if head_bias is not None and tuple(head_bias.shape) != (out_features,):
+        raise CheckpointError(
+            f"{filename}'s classifier head {head_prefix}bias has shape {tuple(head_bias.shape)}; "
+            f"its weight has {out_features} outputs, so the bias needs ({out_features},)."
+        )
+    if out_features != own[head_prefix + "weight"].shape[0]:
         # A fine-tuned model with its own number of classes: give it a head of that size.
-        out_features, in_features = head_weight.shape
         _set_submodule(model, spec.head_module, nn.Linear(in_features, out_features))
-    model.load_state_dict(state)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:  # anything the checks above did not foresee is still the file's fault
+        raise CheckpointError(f"{filename} does not fit {spec.title}: {exc}") from None
+
+
+def _check_user_values(state: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor], filename: str,
+                       title: str) -> None:
+    """Refuse weights that would load but cannot train: integer (quantised) values where the model
+    has floating-point ones, and NaN or infinite values."""
+    not_float = [(k, state[k].dtype) for k, v in own.items()
+                 if v.is_floating_point() and not state[k].is_floating_point()]
+    if not_float:
+        key, dtype = not_float[0]
+        raise CheckpointError(
+            f"{filename} holds {str(dtype).replace('torch.', '')} values where {title} has floating-point "
+            f"weights ({len(not_float)} tensors, e.g. {key}). A quantised or integer model cannot be trained "
+            "here: save the floating-point model's state_dict."
+        )
+    broken = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if broken:
+        raise CheckpointError(
+            f"{filename} has NaN or infinite values in {len(broken)} tensors (e.g. {broken[0]}): it was saved "
+            "from a model whose training diverged, or it is damaged. Use weights from a run that trained normally."
+        )
 
 
 # --- the registry ----------------------------------------------------------------------------

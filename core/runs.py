@@ -22,7 +22,7 @@ from core.errors import CheckpointError, UserInputError
 
 __all__ = ["RunRecord", "RunStore", "new_run_id", "is_run_id"]
 
-_RUN_ID = re.compile(r"^[0-9a-f]{16}$")
+_RUN_ID = re.compile(r"[0-9a-f]{16}")
 FINISHED = ("finished", "failed", "cancelled", "diverged")
 
 
@@ -32,7 +32,8 @@ def new_run_id() -> str:
 
 
 def is_run_id(text: str | None) -> bool:
-    return bool(text) and bool(_RUN_ID.match(text))
+    # fullmatch: `$` in a plain match also accepts a trailing newline ("…\n" from a link's %0A)
+    return isinstance(text, str) and _RUN_ID.fullmatch(text) is not None
 
 
 @dataclass

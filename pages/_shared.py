@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import runpy
 import secrets
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import streamlit as st
 
@@ -13,8 +15,33 @@ from core.jobs import get_job
 from core.runs import RunStore, is_run_id
 from core.settings import get_settings
 from core.training import TrainConfig
+from core.uploads import UploadStore
 
 DEMO_LABEL = "Demo shapes"
+APP_SCRIPT = Path(__file__).resolve().parent.parent / "app.py"
+_THROUGH_APP = "_page_reached_through_app"
+
+
+def run_page(navigation) -> None:
+    """app.py's last step: run the page st.navigation picked, marked as reached through app.py."""
+    st.session_state[_THROUGH_APP] = True
+    navigation.run()
+
+
+def bootstrap() -> None:
+    """The first call of every page: make sure app.py ran first in this script run.
+
+    Beside a pages/ folder, Streamlit starts in its automatic multipage mode and stays there until
+    some session runs app.py's st.navigation (streamlit/streamlit#9624). So the first request after
+    a server start, when it is a link to a page, runs that page's file alone: no init_session(),
+    and a sidebar listing the raw files of pages/. Handing over to app.py here gives that request
+    the real app: app.py initialises the session, calls st.navigation (which ends the automatic
+    mode for the whole server) and runs this page again, this time through it.
+    """
+    if st.session_state.pop(_THROUGH_APP, False):
+        return
+    runpy.run_path(str(APP_SCRIPT), run_name="__main__")
+    st.stop()  # the page has been drawn, through app.py; nothing more to do in this run
 
 
 @dataclass
@@ -24,6 +51,7 @@ class ModelChoice:
     backbone: str = backbones.DEFAULT_BACKBONE
     pretrained: bool = True
     weights_path: str | None = None
+    weights_name: str | None = None  # the person's own name for the file at weights_path
     freeze: list[str] = field(default_factory=list)
     lr_multipliers: dict[str, float] = field(default_factory=dict)
     strategy: str = "Feature extraction"
@@ -36,6 +64,12 @@ def run_store() -> RunStore:
     """The server's one run store (it holds no per-person state in memory)."""
     settings = get_settings()
     return RunStore(settings.data_dir, cap_mb=settings.disk_cap_mb)
+
+
+@st.cache_resource
+def upload_store() -> UploadStore:
+    """Uploaded weights files, kept by content hash (shared: equal files are stored once)."""
+    return UploadStore(get_settings().data_dir)
 
 
 @st.cache_resource
@@ -98,12 +132,45 @@ def plan_figure(plan: list[dict], title: str = "Which groups train in which epoc
     return fig
 
 
+OWNER_COOKIE = "transfer_lab_owner"
+
+
+def _cookie(name: str) -> str | None:
+    try:
+        return st.context.cookies.get(name)
+    except Exception:  # no browser behind this session (AppTest, bare mode): no cookies
+        return None
+
+
+def keep_owner_in_browser() -> None:
+    """Store this session's owner secret in a cookie, once, so a refresh keeps the person's runs.
+
+    Streamlit reads cookies (st.context.cookies) but cannot set them, so a line of JavaScript does.
+    The value is 16 hex digits made here, never text from a request.
+    """
+    ss = st.session_state
+    if ss.pop("owner_cookie_due", False) and is_run_id(ss.owner):
+        st.html(f"<script>document.cookie = '{OWNER_COOKIE}={ss.owner}; path=/; max-age=31536000; "
+                "SameSite=Strict';</script>", unsafe_allow_javascript=True)
+
+
+def owns(record) -> bool:
+    """Whether this browser owns ``record``: only then may it stop, export or list it."""
+    return record is not None and bool(record.owner) and record.owner == st.session_state.get("owner")
+
+
 def init_session() -> None:
     """Defaults for a new browser session: the demo set and the offline default backbone."""
     ss = st.session_state
     if "owner" not in ss:
-        owner = st.query_params.get("u", "")
-        ss.owner = owner if is_run_id(owner) else secrets.token_hex(8)
+        # Who owns runs here (sees "your runs", stops and exports them) is this browser's secret, kept
+        # in a cookie across refreshes and never in a link: anyone can be sent a link.
+        kept = _cookie(OWNER_COOKIE)
+        ss.owner = kept if is_run_id(kept) else secrets.token_hex(8)
+        ss.owner_cookie_due = kept != ss.owner
+    if "u" in st.query_params:
+        # Older links carried the owner (?u=…): it gave whoever opened them the owner's runs.
+        del st.query_params["u"]
     if "dataset" not in ss:
         ss.dataset = demo()
         ss.dataset_label = f"{DEMO_LABEL} (source look)"
@@ -117,12 +184,22 @@ def init_session() -> None:
     if "current_run" not in ss:
         run_id = st.query_params.get("run", "")
         ss.current_run = run_id if is_run_id(run_id) else None
-    # Page switches clear the address bar's query; put the person's link back every time, so a
-    # refresh or a bookmark finds their runs (u) and the run on screen (run).
-    if st.query_params.get("u") != ss.owner:
-        st.query_params["u"] = ss.owner
+        if "run" in st.query_params and ss.current_run is None:
+            # A mistyped or cut link would otherwise stay in the address bar and fail silently.
+            del st.query_params["run"]
+            ss.link_note = ("This link's run id is not valid (a run id is 16 characters, 0–9 and a–f), so it was "
+                            "removed from the address bar. Check the link you were given.")
+    # Page switches clear the address bar's query; put the run on screen back every time, so a
+    # refresh or a bookmark finds it.
     if ss.current_run and st.query_params.get("run") != ss.current_run:
         st.query_params["run"] = ss.current_run
+
+
+def link_notes() -> None:
+    """Say once what was wrong with the link this session was opened with."""
+    note = st.session_state.pop("link_note", None)
+    if note:
+        st.warning(note, icon=":material/link_off:")
 
 
 def current_split():
@@ -139,7 +216,7 @@ def select_run(run_id: str | None) -> None:
 
 
 def my_runs():
-    """This person's runs (by the owner token in their link), newest first."""
+    """This browser's runs (by its owner secret), newest first."""
     return run_store().list(owner=st.session_state.owner)
 
 
@@ -152,6 +229,7 @@ def run_status(run_id: str):
 def sidebar() -> None:
     ss = st.session_state
     with st.sidebar:
+        keep_owner_in_browser()
         st.caption(f"Device: **{device_label()}**")
         ds = ss.get("dataset")
         if ds is not None:
@@ -258,3 +336,7 @@ def image_picker(key: str):
     except UserInputError as exc:
         st.error(str(exc))
         return None, ""
+
+
+if __name__ == "__main__":  # opened as a page of the automatic menu (/_shared): it is not a page
+    bootstrap()

@@ -6,7 +6,10 @@ import streamlit as st
 from core import data
 from core.errors import UserInputError
 from pages._links import hidden, locked
+from pages._shared import bootstrap
 from pages._shared import DEMO_LABEL, demo
+
+bootstrap()  # first, before the session is read: see bootstrap's docstring
 
 ss = st.session_state
 st.title("Data")

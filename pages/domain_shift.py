@@ -10,7 +10,10 @@ import streamlit as st
 from core import adaptation, backbones, data, domain
 from core.errors import UserInputError
 from pages._links import hidden, locked, page_choice, remember_choice
+from pages._shared import bootstrap
 from pages._shared import DEMO_LABEL, demo, model_picker, run_store
+
+bootstrap()  # first, before the session is read: see bootstrap's docstring
 
 ss = st.session_state
 st.title("Domain shift")

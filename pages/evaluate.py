@@ -14,7 +14,10 @@ from core.errors import UserInputError
 from core.evaluation import evaluate_dataset
 from core.lr_finder import find_lr
 from core.training import TrainConfig
+from pages._shared import bootstrap
 from pages._shared import backbone_catalogue, current_split, finished_runs, model_picker, run_models, run_store
+
+bootstrap()  # first, before the session is read: see bootstrap's docstring
 
 ss = st.session_state
 st.title("Evaluate")

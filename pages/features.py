@@ -7,7 +7,10 @@ import torch
 
 from core import features
 from core.errors import UserInputError
+from pages._shared import bootstrap
 from pages._shared import image_picker, model_picker, run_models
+
+bootstrap()  # first, before the session is read: see bootstrap's docstring
 
 ss = st.session_state
 st.title("Feature maps")

@@ -9,7 +9,11 @@ from core.errors import UserInputError
 from core.training import TrainConfig, discriminative_multipliers, training_plan
 from pages._choose_backbone import choose_backbone_ui
 from pages._links import hidden, locked
-from pages._shared import ModelChoice, backbone_catalogue, group_table, plan_figure, preset_freeze, run_store
+from pages._shared import bootstrap
+from pages._shared import (ModelChoice, backbone_catalogue, group_table, plan_figure, preset_freeze, run_store,
+                           upload_store)
+
+bootstrap()  # first, before the session is read: see bootstrap's docstring
 
 ss = st.session_state
 choice: ModelChoice = ss.model_choice
@@ -67,20 +71,23 @@ with col1:
         with st.expander("Or start from your own weights file (.safetensors, .pt, .pth)"):
             upload = st.file_uploader("A state_dict of this architecture", type=["safetensors", "pt", "pth"])
             if upload is not None and st.button("Check and use this file"):
-                folder = Path(run_store().root).parent / "uploads" / ss.owner
-                folder.mkdir(parents=True, exist_ok=True)
-                target = folder / ("weights" + Path(upload.name).suffix.lower())
-                target.write_bytes(upload.getvalue())
                 try:
-                    backbones.load(name, pretrained=False, weights_path=target)
+                    stored = upload_store().add(upload.getvalue(), upload.name,
+                                                check=lambda path: backbones.load(name, pretrained=False, weights_path=path))
                 except UserInputError as exc:
-                    target.unlink(missing_ok=True)
                     st.error(str(exc))
+                    if choice.weights_path:
+                        st.info(f"Training still starts from your earlier file, {choice.weights_name}.")
                 else:
-                    choice.weights_path = str(target)
-                    st.success(f"{upload.name} fits {name}; training will start from it.")
-            if choice.weights_path and st.button("Stop using my weights file"):
-                choice.weights_path = None
+                    choice.weights_path, choice.weights_name = str(stored.path), stored.name
+                    st.success(f"{stored.name} fits {name}; training will start from it.")
+                    # Files no run started from, untouched for a day, go (a run's own file stays).
+                    upload_store().prune(r.config.get("weights_file") for r in run_store().list())
+            if choice.weights_path:
+                st.caption(f"In use: {choice.weights_name or Path(choice.weights_path).name}")
+                if st.button("Stop using my weights file"):
+                    choice.weights_path = choice.weights_name = None
+                    st.rerun()
 
 with col2:
     strategy = st.radio("Strategy", list(STRATEGIES), index=list(STRATEGIES).index(choice.strategy),
@@ -102,7 +109,7 @@ table = group_table(name, len(ss.dataset.classes))
 groups = [row["group"] for row in table]
 if name != choice.backbone or strategy != choice.strategy:
     if name != choice.backbone:
-        choice.weights_path = None
+        choice.weights_path = choice.weights_name = None
     freeze = preset_freeze(strategy, groups) if strategy != "Custom" else [g for g in choice.freeze if g in groups]
     choice.backbone, choice.strategy, choice.freeze = name, strategy, freeze
     choice.lr_multipliers = {g: m for g, m in choice.lr_multipliers.items() if g in groups}

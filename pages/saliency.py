@@ -6,7 +6,10 @@ import streamlit as st
 from core import backbones, features, saliency
 from core.errors import UserInputError
 from pages._links import hidden, locked, page_choice, remember_choice
+from pages._shared import bootstrap
 from pages._shared import image_picker, model_picker, run_models
+
+bootstrap()  # first, before the session is read: see bootstrap's docstring
 
 ss = st.session_state
 st.title("Saliency")

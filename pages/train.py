@@ -11,7 +11,10 @@ from core.errors import UserInputError
 from core.jobs import get_job, start_run
 from core.training import TrainConfig
 from pages._links import locked
-from pages._shared import current_split, my_runs, plan_figure, run_status, run_store, select_run
+from pages._shared import bootstrap
+from pages._shared import current_split, my_runs, owns, plan_figure, run_status, run_store, select_run
+
+bootstrap()  # first, before the session is read: see bootstrap's docstring
 
 ss = st.session_state
 st.title("Train")
@@ -117,6 +120,10 @@ def show_run(run_id: str) -> bool:
         st.warning("This run was interrupted before it finished (the server restarted). Train it again.")
         return False
     st.subheader(f"Run `{run_id}` — {status}")
+    mine = owns(record)
+    if not mine:
+        st.caption(":material/visibility: Opened from a shared link: you can look at this run, not stop or "
+                   "export it. Runs you train yourself are listed under Your runs.")
     if snap is not None:
         epochs = [e.__dict__ for e in snap.epochs]
         batch_losses = snap.batch_losses
@@ -131,7 +138,7 @@ def show_run(run_id: str) -> bool:
                 snap.phase, "Training…")
             left = f" — about {math.ceil(snap.seconds_left)} s left" if snap.seconds_left is not None else ""
             st.progress(snap.progress, text=f"{phase} {snap.progress:.0%}{left}")
-        if st.button("Stop", icon=":material/stop:"):
+        if mine and st.button("Stop", icon=":material/stop:"):
             get_job(run_id).cancel()
     info = (snap.info.__dict__ if snap and snap.info else record.info) or {}
     if info.get("cache") == "head" or (info.get("uses_feature_cache") and not info.get("cache")):
@@ -252,5 +259,5 @@ if runs:
     if picked != run_id and st.button("Open"):
         select_run(picked)
         st.rerun()
-    st.caption("Each run has its own link: the address bar now points at the run shown above, "
-               "so a refresh or a bookmark brings it back.")
+    st.caption("Each run has its own link: the address bar points at the run shown above, so a refresh or a "
+               "bookmark brings it back. Share it freely: others see the run read-only, never your other runs.")

@@ -7,7 +7,10 @@ from core import data as core_data
 from core.errors import UserInputError
 from core.export import KINDS, build_bundle, onnx_available, onnx_export_available
 from core.training import predict_proba
+from pages._shared import bootstrap
 from pages._shared import current_split, finished_runs, model_picker, run_models
+
+bootstrap()  # first, before the session is read: see bootstrap's docstring
 
 ss = st.session_state
 st.title("Use the model")

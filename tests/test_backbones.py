@@ -144,3 +144,44 @@ def test_oversized_or_foreign_weights_files_are_refused(tmp_path, monkeypatch):
     (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(CheckpointError):
         load(DEFAULT_BACKBONE, weights_path=tmp_path / "junk.safetensors")
+
+
+def _lite0_state():
+    return load(DEFAULT_BACKBONE, pretrained=False).model.state_dict()
+
+
+def test_integer_weights_that_would_load_as_garbage_are_refused(tmp_path):
+    state = {k: (v * 100).to(torch.int8) if v.is_floating_point() else v for k, v in _lite0_state().items()}
+    torch.save(state, tmp_path / "quantised.pt")
+    with pytest.raises(CheckpointError, match=r"quantised.pt holds int8 values .*floating-point"):
+        load(DEFAULT_BACKBONE, weights_path=tmp_path / "quantised.pt")
+
+
+def test_half_precision_weights_are_floating_point_and_load(tmp_path):
+    state = {k: v.half() if v.is_floating_point() else v for k, v in _lite0_state().items()}
+    save_file(state, str(tmp_path / "half.safetensors"))
+    loaded = load(DEFAULT_BACKBONE, weights_path=tmp_path / "half.safetensors")
+    assert loaded.model.get_submodule("_fc").weight.dtype == torch.float32
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_weights_with_nan_or_infinite_values_are_refused(tmp_path, value):
+    state = _lite0_state()
+    state["_blocks.3._depthwise_conv.weight"][0, 0, 0, 0] = value
+    torch.save(state, tmp_path / "diverged.pt")
+    with pytest.raises(CheckpointError, match=r"NaN or infinite values in 1 tensors \(e.g. _blocks.3._depthwise"):
+        load(DEFAULT_BACKBONE, weights_path=tmp_path / "diverged.pt")
+
+
+@pytest.mark.parametrize("weight, bias, message", [
+    (torch.zeros(1280), torch.zeros(1280), r"_fc.weight has shape \(1280,\).*\(number of classes, 1280\)"),
+    (torch.zeros(4, 999), torch.zeros(4), r"_fc.weight has shape \(4, 999\).*\(number of classes, 1280\)"),
+    (torch.zeros(4, 1280), torch.zeros(5), r"_fc.bias has shape \(5,\).*needs \(4,\)"),
+    (torch.zeros(1000, 1280), torch.zeros(4), r"_fc.bias has shape \(4,\).*needs \(1000,\)"),
+])
+def test_a_head_of_the_wrong_shape_is_explained(tmp_path, weight, bias, message):
+    state = _lite0_state()
+    state["_fc.weight"], state["_fc.bias"] = weight, bias
+    torch.save(state, tmp_path / "head.pt")
+    with pytest.raises(CheckpointError, match=message):
+        load(DEFAULT_BACKBONE, weights_path=tmp_path / "head.pt")

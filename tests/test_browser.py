@@ -29,11 +29,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def serve(tmp_path_factory, data_dir=None):
+    """Start the app on a free port (a server of its own), yield its URL, and check its log at the end."""
     port = free_port()
-    env = {**os.environ, "TRANSFER_LAB_DATA_DIR": str(tmp_path_factory.mktemp("server-data")),
-           "TRANSFER_LAB_MAX_CONCURRENT_RUNS": "2"}
+    data_dir = data_dir or tmp_path_factory.mktemp("server-data")
+    env = {**os.environ, "TRANSFER_LAB_DATA_DIR": str(data_dir), "TRANSFER_LAB_MAX_CONCURRENT_RUNS": "2"}
     log = open(tmp_path_factory.mktemp("log") / "server.log", "w+")
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
@@ -61,6 +61,11 @@ def server(tmp_path_factory):
     log.seek(0)
     output = log.read()
     assert "Traceback" not in output, output
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    yield from serve(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
