@@ -10,6 +10,7 @@ import torch
 
 from core.backbones import Classifier
 from core.errors import DataError
+from core.hooks import preserved
 from core.training import predict_proba
 
 __all__ = ["Evaluation", "Mistake", "evaluate_dataset"]
@@ -113,15 +114,10 @@ def evaluate_dataset(model: Classifier, ds, device: str | torch.device = "cpu", 
     device = torch.device(device)
     first = next(model.parameters(), None)
     home = first.device if first is not None else torch.device("cpu")
-    modes = [(m, m.training) for m in model.modules()]
     try:
-        model.to(device)
-        probs = predict_proba(model, [ds[i][0] for i in range(len(ds))], device, batch_size)
+        with preserved(model):  # per module: frozen BatchNorm layers may have been in eval mode
+            model.to(device)
+            probs = predict_proba(model, [ds[i][0] for i in range(len(ds))], device, batch_size)
     finally:
         model.to(home)
-        for module, mode in modes:  # per module: frozen BatchNorm layers may have been in eval mode
-            module.training = mode
-        net = getattr(model, "_net", None)
-        if net is not None:
-            net.training = model.training
     return Evaluation(probs=probs.numpy().astype(np.float64), labels=labels, classes=list(model.classes))

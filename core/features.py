@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from core.errors import ConfigError
+from core.hooks import preserved
 
 __all__ = [
     "layer_names",
@@ -169,26 +170,21 @@ def activations(model: nn.Module, images: torch.Tensor, layers: Iterable[str]) -
         return hook
 
     device, dtype = _model_device_dtype(model)
-    modes = [(m, m.training) for m in model.modules()]
-    root_mode = model.training
     handles = []
     try:
-        for name in wanted:
-            handles.append(modules[name].register_forward_hook(make_hook(name)))
-        model.eval()
-        x = images.to(device=device, dtype=dtype if images.is_floating_point() else None)
-        with torch.no_grad():
-            try:
-                model(x)
-            except _AllCaptured:
-                pass
+        with preserved(model):
+            for name in wanted:
+                handles.append(modules[name].register_forward_hook(make_hook(name)))
+            model.eval()
+            x = images.to(device=device, dtype=dtype if images.is_floating_point() else None)
+            with torch.no_grad():
+                try:
+                    model(x)
+                except _AllCaptured:
+                    pass
     finally:
         for handle in handles:
             handle.remove()
-        # The root's own train() first, for wrappers that keep extra state in it.
-        model.train(root_mode)
-        for module, mode in modes:
-            module.training = mode
 
     result = {}
     for name in wanted:
