@@ -45,6 +45,7 @@ __all__ = [
     "linear_cka",
     "cka_by_layer",
     "top_activating",
+    "channel_means",
     "FeatureCache",
     "tensor_key",
     "depth_profile",
@@ -247,23 +248,34 @@ def channel_order(before: torch.Tensor, after: torch.Tensor, by: str = "change")
     return torch.sort(score, descending=True, stable=True).indices.tolist()
 
 
-def top_activating(model: nn.Module, images: torch.Tensor, layer: str, channel: int, k: int = 6,
-                   batch_size: int = 32) -> list[tuple[int, float]]:
-    """The ``k`` images (index, value) whose mean activation of ``channel`` at ``layer`` is highest."""
+def channel_means(model: nn.Module, images: torch.Tensor, layer: str, batch_size: int = 32) -> torch.Tensor:
+    """Every channel's mean activation at ``layer`` for every image: Tensor[N, C]."""
     if images.ndim != 4:
         raise ValueError(f"images must be a Tensor[N, C, H, W], got shape {tuple(images.shape)}")
+
+    def means(_name: str, out: torch.Tensor) -> torch.Tensor:
+        if out.ndim < 2:
+            raise ConfigError(f"Layer {layer!r} has no channels; pick another layer.")
+        return out.reshape(out.shape[0], out.shape[1], -1).mean(dim=2)
+
+    return _batched(model, images, [layer], batch_size, means)[layer]
+
+
+def top_activating(model: nn.Module, images: torch.Tensor, layer: str, channel: int, k: int = 6,
+                   batch_size: int = 32, means: torch.Tensor | None = None) -> list[tuple[int, float]]:
+    """The ``k`` images (index, value) whose mean activation of ``channel`` at ``layer`` is highest.
+
+    ``means``: the layer's ``channel_means`` for these images, when already computed (switching
+    channels then costs nothing)."""
     if k < 1:
         raise ValueError("k must be at least 1")
-
-    def channel_mean(_name: str, out: torch.Tensor) -> torch.Tensor:
-        if out.ndim < 2 or not 0 <= channel < out.shape[1]:
-            size = out.shape[1] if out.ndim >= 2 else 0
-            raise ConfigError(f"Layer {layer!r} has {size} channels; pick a channel from 0 to {size - 1}.")
-        return out[:, channel].reshape(out.shape[0], -1).mean(dim=1)
-
-    scores = _batched(model, images, [layer], batch_size, channel_mean)[layer]
-    values, indices = torch.sort(scores, descending=True, stable=True)
-    k = min(k, scores.shape[0])
+    if means is None:
+        means = channel_means(model, images, layer, batch_size)
+    if not 0 <= channel < means.shape[1]:
+        raise ConfigError(f"Layer {layer!r} has {means.shape[1]} channels; pick a channel from 0 to "
+                          f"{means.shape[1] - 1}.")
+    values, indices = torch.sort(means[:, channel], descending=True, stable=True)
+    k = min(k, means.shape[0])
     return [(int(i), float(v)) for i, v in zip(indices[:k], values[:k])]
 
 

@@ -125,11 +125,9 @@ if st.toggle("Find them in the current dataset", help="One pass over up to 64 im
     for which, model in sides:
         # every channel's mean activation per image, once per model and layer: picking another
         # channel then costs nothing
-        means = cache.get_or_compute(
-            (run_id, "channel-means", which, layer, pool_key),
-            lambda m=model: features.activations(m, pool_tensor, [layer])[layer].flatten(2).mean(2))
-        values, order_ = means[:, channel].sort(descending=True)
+        means = cache.get_or_compute((run_id, "channel-means", which, layer, pool_key),
+                                     lambda m=model: features.channel_means(m, pool_tensor, layer))
         st.markdown(f"**{which}**")
         cols = st.columns(6)
-        for col, i, value in zip(cols, order_[:6].tolist(), values[:6].tolist()):
+        for col, (i, value) in zip(cols, features.top_activating(model, pool_tensor, layer, channel, 6, means=means)):
             col.image(pool[i], caption=f"{value:.2f}", width="stretch")

@@ -33,7 +33,8 @@ class EarlyStopping(Callback):
             self.best_state = [x.detach().clone() for x in self.tensors]
             return
         self.wait += 1
-        if self.wait >= self.patience:
+        # the head's warm-up is not the run being judged: the body has not trained yet
+        if self.wait >= self.patience and metrics.epoch > self.trainer.config.warmup_epochs:
             self.trainer.request_stop("early", f"Stopped early after epoch {metrics.epoch}: the validation loss "
                                                f"had not improved for {self.patience} epochs.")
 
