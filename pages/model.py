@@ -7,7 +7,8 @@ import streamlit as st
 from core import backbones
 from core.errors import UserInputError
 from core.training import TrainConfig, discriminative_multipliers, training_plan
-from pages._shared import ModelChoice, backbone_catalogue, group_table, plan_figure, preset_freeze, run_store
+from pages._shared import (ModelChoice, backbone_catalogue, group_table, plan_figure, plain, preset_freeze, run_store,
+                           sidebar)
 
 ss = st.session_state
 choice: ModelChoice = ss.model_choice
@@ -55,7 +56,7 @@ with col1:
                 with st.spinner("Downloading…"):
                     backbones.load(name, pretrained=True)
             except UserInputError as exc:
-                st.error(str(exc))
+                st.error(plain(exc))
             else:
                 backbone_catalogue.clear()
                 st.success("The weights are in the cache now.")
@@ -70,10 +71,10 @@ with col1:
                 backbones.load(name, pretrained=False, weights_path=target)
             except UserInputError as exc:
                 target.unlink(missing_ok=True)
-                st.error(str(exc))
+                st.error(plain(exc))
             else:
                 choice.weights_path = str(target)
-                st.success(f"{upload.name} fits {name}; training will start from it.")
+                st.success(f"{plain(upload.name)} fits {name}; training will start from it.")
         if choice.weights_path and st.button("Stop using my weights file"):
             choice.weights_path = None
 
@@ -132,20 +133,31 @@ if new_freeze != choice.freeze:
         choice.strategy = "Custom"
 choice.lr_multipliers = {row["group"]: float(row["lr ×"]) for row in edited if float(row["lr ×"]) != 1.0}
 
-trainable = sum(r["params"] for r in table if r["group"] not in choice.freeze)
+preview = TrainConfig(epochs=ss.train_config.epochs, freeze=choice.freeze, lr_multipliers=choice.lr_multipliers,
+                      unfreeze_every=choice.unfreeze_every)
+plan = training_plan(groups, preview)
+# What trains is what the plan trains: progressive unfreezing keeps groups frozen for some epochs,
+# and a group that the plan never reaches within these epochs never trains at all.
+ever_trained = {g for epoch in plan for g, m in epoch.items() if m > 0}
+trainable = sum(r["params"] for r in table if r["group"] in ever_trained)
 total = sum(r["params"] for r in table)
 m1, m2, m3 = st.columns(3)
 m1.metric("Trainable parameters", f"{trainable:,}")
 m2.metric("Frozen parameters", f"{total - trainable:,}")
 m3.metric("Share trained", f"{trainable / total:.1%}")
+if choice.unfreeze_every and plan:
+    at_first = sum(r["params"] for r in table if plan[0].get(r["group"], 0) > 0)
+    never = [g for g in groups if g not in ever_trained]
+    st.caption(f"Progressive unfreezing: {at_first:,} parameters train in epoch 1, more join every "
+               f"{choice.unfreeze_every} epoch(s)"
+               + (f"; in {preview.epochs} epochs the plan never reaches {', '.join(never)}, which stay frozen."
+                  if never else "."))
 if not any(row["train"] for row in edited):
     st.error("Every group is frozen: tick 'train' for at least the head.")
 elif set(groups) - {"head"} <= set(choice.freeze):
     st.info("Only the head trains: the backbone's features will be computed once and cached, so epochs are fast.")
 st.caption("The head is always new (one output per class of your data), so it is trained from scratch.")
 
-preview = TrainConfig(epochs=ss.train_config.epochs, freeze=choice.freeze, lr_multipliers=choice.lr_multipliers,
-                      unfreeze_every=choice.unfreeze_every)
-st.plotly_chart(plan_figure(training_plan(groups, preview),
-                            f"The plan for {preview.epochs} epochs (set epochs on the Train page)"),
+st.plotly_chart(plan_figure(plan, f"The plan for {preview.epochs} epochs (set epochs on the Train page)"),
                 width="stretch", key="plan-preview")
+sidebar(refresh=True)  # this page changed the strategy after app.py drew the sidebar
