@@ -260,8 +260,7 @@ def distillation_ui() -> None:
         st.info("Train a run first: a finished run is the teacher.")
         return
     train_ds, val_ds = current_split()
-    names = {r.id: f"{r.label} · {r.dataset}" + (f" · val acc {r.final():.0%}" if r.final() == r.final() else "")
-             for r in runs}
+    names = {r.id: run_option(r) for r in runs}
     ids = list(names)
     current = ss.get("current_run")
     teacher_id = st.selectbox("Teacher (a finished run)", ids, index=ids.index(current) if current in ids else 0,
