@@ -14,8 +14,8 @@ from core.errors import UserInputError
 from core.evaluation import evaluate_dataset
 from core.lr_finder import find_lr
 from core.training import TrainConfig
-from pages._shared import (backbone_catalogue, current_split, finished_runs, model_picker, plain, run_models, run_store,
-                           run_option, stored_result, store_result, category_axes)
+from pages._shared import (backbone_catalogue, category_axes, current_split, finished_runs, model_picker, plain,
+                           run_models, run_option, run_store, store_result, stored_result)
 
 ss = st.session_state
 st.title("Evaluate")
@@ -271,7 +271,8 @@ def distillation_ui() -> None:
         return
     if list(record.classes) != list(train_ds.classes):
         st.warning(f"The teacher was trained on the classes {plain(', '.join(record.classes))}; the current "
-                   f"dataset has {plain(', '.join(train_ds.classes))}. Load the teacher's dataset on the Data page to distil it.")
+                   f"dataset has {plain(', '.join(train_ds.classes))}. Load the teacher's dataset on the Data page "
+                   "to distil it.")
         return
     catalogue = {info["name"]: info for info in backbone_catalogue()}
     c1, c2, c3 = st.columns(3)

@@ -5,8 +5,8 @@ import streamlit as st
 
 from core import backbones, features, saliency
 from core.errors import UserInputError
-from pages._shared import (category_axes, convergence_note, image_picker, model_picker, plain, run_models, sanity_figure, stored_result,
-                           store_result)
+from pages._shared import (category_axes, convergence_note, image_picker, model_picker, plain, run_models,
+                           sanity_figure, store_result, stored_result)
 
 ss = st.session_state
 st.title("Saliency")
