@@ -21,6 +21,7 @@ import operator
 import re
 import stat
 import struct
+import unicodedata
 import warnings
 import zipfile
 from dataclasses import dataclass, field
@@ -52,6 +53,7 @@ __all__ = [
     "load_zip",
     "demo_dataset",
     "split",
+    "check_split",
     "dataset_warnings",
 ]
 
@@ -589,11 +591,11 @@ def _load_archive(zf: zipfile.ZipFile) -> tuple[ImageDataset, LoadReport]:
     prefix = _wrapper([e.parts for e in images_named])
     depth = len(prefix)
     planned: list[tuple[_Entry, str]] = []
-    seen_folders = {p[depth].strip() for p in folders if len(p) > depth and p[:depth] == prefix}
+    seen_folders = {_normalise_name(p[depth]) for p in folders if len(p) > depth and p[:depth] == prefix}
     nested: set[str] = set()
     for entry in files:
         inner = entry.parts[depth:] if entry.parts[:depth] == prefix else []
-        class_name = inner[0].strip() if len(inner) >= 2 else None
+        class_name = _normalise_name(inner[0]) if len(inner) >= 2 else None
         if class_name is not None:
             seen_folders.add(class_name)
         reason = _entry_problem(entry)
@@ -776,10 +778,24 @@ def _human_bytes(n: int) -> str:
     return f"{n} bytes"
 
 
+def _normalise_name(text: str) -> str:
+    """One spelling per name a person sees: composed Unicode (NFC), and no invisible characters.
+
+    Otherwise a decomposed "café", a zero-width space or a right-to-left override would each make
+    a class that looks the same as another one but is not.
+    """
+    text = unicodedata.normalize("NFC", text)
+    # Cf: format characters (zero-width spaces and joiners, direction overrides, BOM);
+    # Cc: control characters (tabs, newlines) -- neither belongs in a class name.
+    text = "".join(ch for ch in text if unicodedata.category(ch) not in ("Cf", "Cc"))
+    return text.strip()
+
+
 def _clean_class_name(name) -> str:
-    if not isinstance(name, str) or not name.strip():
+    cleaned = _normalise_name(name) if isinstance(name, str) else ""
+    if not cleaned:
         raise DataError("A class needs a name: type one in before adding images.")
-    return name.strip()
+    return cleaned
 
 
 def _sorted_names(names: Iterable[str]) -> list[str]:
@@ -928,8 +944,31 @@ def split(
     return ds.subset(sorted(train)), ds.subset(sorted(val))
 
 
+def check_split(train: ImageDataset, val: ImageDataset) -> None:
+    """Refuse a split that training cannot be judged on, saying why and what to do.
+
+    ``split`` puts a class with a single image into training, so a dataset of one-image classes
+    has an empty validation set: a run on it would "finish" with no validation accuracy at all.
+    """
+    if len(val) == 0:
+        raise DataError(
+            "The validation split is empty: every class has a single image, and a class's only "
+            "image goes to training, so nothing would measure how well the model does. Add at "
+            "least one more image to some classes (two or more per class) and train again."
+        )
+
+
+def _some(names: Sequence[str], shown: int = 5) -> str:
+    """A few names, quoted, and how many more: a message stays short with 2,000 classes."""
+    listed = ", ".join(repr(n) for n in names[:shown])
+    return listed + (f" and {len(names) - shown:,} more" if len(names) > shown else "")
+
+
 def dataset_warnings(ds: ImageDataset) -> list[str]:
-    """Plain-words problems with a dataset that training would suffer from."""
+    """Plain-words problems with a dataset that training would suffer from.
+
+    One message per kind of problem, however many classes have it.
+    """
     counts = ds.counts()
     filled = {c: n for c, n in counts.items() if n > 0}
     result = []
@@ -938,14 +977,38 @@ def dataset_warnings(ds: ImageDataset) -> list[str]:
     if len(filled) == 1:
         only = next(iter(filled))
         result.append(f"Only one class ({only!r}) has images: training needs at least two classes.")
-    for c, n in counts.items():
-        if n == 0:
-            result.append(f"Class {c!r} has no images yet; add some or remove the class.")
-        elif n < MIN_IMAGES_PER_CLASS:
-            result.append(
-                f"Class {c!r} has only {n} image{'s' if n != 1 else ''}; aim for at least "
-                f"{MIN_IMAGES_PER_CLASS} (more is better)."
-            )
+    empty = [c for c, n in counts.items() if n == 0]
+    if len(empty) == 1:
+        result.append(f"Class {empty[0]!r} has no images yet; add some or remove the class.")
+    elif empty:
+        result.append(f"{len(empty):,} classes have no images yet ({_some(empty)}); add some or remove them.")
+    few = [c for c, n in counts.items() if 0 < n < MIN_IMAGES_PER_CLASS]
+    if len(few) == 1:
+        n = counts[few[0]]
+        result.append(
+            f"Class {few[0]!r} has only {n} image{'s' if n != 1 else ''}; aim for at least "
+            f"{MIN_IMAGES_PER_CLASS} (more is better)."
+        )
+    elif few:
+        singles = sum(1 for c in few if counts[c] == 1)
+        result.append(
+            f"{len(few):,} classes have fewer than {MIN_IMAGES_PER_CLASS} images ({_some(few)})"
+            + (f"; {singles:,} of them have a single image, which can only go to training, so "
+               "nothing checks the model on them" if singles else "")
+            + f". Aim for at least {MIN_IMAGES_PER_CLASS} per class (more is better)."
+        )
+    by_fold: dict[str, list[str]] = {}
+    for c in counts:
+        by_fold.setdefault(c.casefold(), []).append(c)
+    alike = [names for names in by_fold.values() if len(names) > 1]
+    if alike:
+        pairs = "; ".join(" / ".join(repr(n) for n in names) for names in alike[:5])
+        result.append(
+            f"Some class names differ only in upper and lower case ({pairs}"
+            + (f"; and {len(alike) - 5:,} more" if len(alike) > 5 else "")
+            + "): they are separate classes. If they mean the same thing, give their images one "
+            "folder (one class name)."
+        )
     if len(filled) >= 2:
         big = max(filled, key=filled.get)
         small = min(filled, key=filled.get)

@@ -42,6 +42,7 @@ __all__ = [
     "build_bundle",
     "export_bundle",
     "sidecar",
+    "readme",
     "onnx_available",
     "onnx_export_available",
 ]
@@ -296,8 +297,7 @@ def check_export(model: Classifier, path, kind: str, images) -> ExportCheck:
 
 _README = """Transfer Lab export ({kind})
 
-model{suffix}  the classifier ({backbone}, {n} classes)
-model.json     class names (output order) and preprocessing
+{files}
 
 Preprocessing: resize the short side to {size} px, centre crop {size}x{size}, RGB / 255,
 subtract mean {mean}, divide by std {std}; NCHW float32. The output is logits.
@@ -308,10 +308,25 @@ subtract mean {mean}, divide by std {std}; NCHW float32. The output is logits.
 _HOWTO = {
     "safetensors": "Load: rebuild the architecture and `model.load_state_dict(safetensors.torch.load_file("
                    "'model.safetensors'))`, or with Transfer Lab's code: `core.export.load_safetensors(path)`.",
-    "torchscript": "Load: `model = torch.jit.load('model.pt'); logits = model(batch)` (no Transfer Lab code needed).",
+    # TorchScript stays because it is the one format that runs with PyTorch alone (Python or C++ LibTorch),
+    # no model code and no onnx package; PyTorch has deprecated it, so the README says what to move to.
+    "torchscript": "Load: `model = torch.jit.load('model.pt'); logits = model(batch)` (no Transfer Lab code "
+                   "needed; LibTorch in C++ loads it too).\n"
+                   "PyTorch has deprecated TorchScript: recent versions warn when torch.jit.load runs, yet the "
+                   "file still loads. For new projects use the ONNX export with onnxruntime, or the "
+                   "safetensors export with your own copy of the architecture.",
     "onnx": "Load: `onnxruntime.InferenceSession('model.onnx').run(None, {'image': batch})[0]`; "
             "the batch size is free.",
 }
+
+
+def readme(model: Classifier, kind: str) -> str:
+    """The bundle's README.txt: its files in two aligned columns, the preprocessing, how to load."""
+    files = [(f"model{SUFFIX[kind]}", f"the classifier ({model.backbone_name}, {len(model.classes)} classes)"),
+             ("model.json", "class names (output order) and preprocessing")]
+    width = max(len(name) for name, _ in files) + 2
+    return _README.format(kind=kind, files="\n".join(f"{name:<{width}}{about}" for name, about in files),
+                          size=model.image_size, mean=list(model.mean), std=list(model.std), howto=_HOWTO[kind])
 
 
 def build_bundle(model: Classifier, kind: str, images=None) -> Bundle:
@@ -324,9 +339,7 @@ def build_bundle(model: Classifier, kind: str, images=None) -> Bundle:
         with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as zf:
             zf.write(path, path.name)
             zf.write(_sidecar_path(path), "model.json")
-            zf.writestr("README.txt", _README.format(
-                kind=kind, suffix=SUFFIX[kind], backbone=model.backbone_name, n=len(model.classes),
-                size=model.image_size, mean=list(model.mean), std=list(model.std), howto=_HOWTO[kind]))
+            zf.writestr("README.txt", readme(model, kind))
     filename = f"transfer-lab-{model.backbone_name}-{kind}.zip"
     return Bundle(buffer.getvalue(), filename, kind, check)
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import runpy
 import secrets
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,6 +44,29 @@ def bootstrap() -> None:
         return
     runpy.run_path(str(APP_SCRIPT), run_name="__main__")
     st.stop()  # the page has been drawn, through app.py; nothing more to do in this run
+
+# Characters that Markdown, Streamlit's directives (:red[…], :material/…:, emoji :…:) or KaTeX
+# ($…$) give a meaning wherever they stand. A backslash makes each one literal (CommonMark).
+_MARKDOWN_ANYWHERE = re.compile(r"([\\`*_{}\[\]<>$:~&|])")
+# …and those that mean something only at the start of a line: a heading, a quote, a list item.
+_MARKDOWN_LINE_START = re.compile(r"^(\s*)([#>+\-=]|\d+(?=[.)]))")
+_BARE_LINK = re.compile(r"(?i)\b(www)\.")  # GFM turns "www.x.org" into a live link
+
+
+def plain(text) -> str:
+    """User-supplied text (class, file and dataset names) made safe to put into Markdown: it shows
+    exactly as typed, never as bold, colour, maths, a link or an image."""
+    # A line break inside a name would start a new Markdown block (a heading, a list).
+    text = " ".join(str(text).splitlines())
+    text = _MARKDOWN_ANYWHERE.sub(r"\\\1", text)
+    text = _BARE_LINK.sub(r"\1\\.", text)
+
+    def literal(m: re.Match) -> str:
+        if m.group(2)[0].isdigit():  # "1. " starts a list: the dot after the number is what to escape
+            return f"{m.group(1)}{m.group(2)}\\"
+        return f"{m.group(1)}\\{m.group(2)}"
+
+    return _MARKDOWN_LINE_START.sub(literal, text)
 
 
 @dataclass
@@ -226,19 +251,110 @@ def run_status(run_id: str):
     return (job.snapshot() if job else None), run_store().get(run_id)
 
 
-def sidebar() -> None:
+def sidebar(refresh: bool = False) -> None:
+    """The sidebar's summary, in one slot. app.py draws it before the page, and a page may change
+    what it shows (the Model page's strategy): such a page calls ``sidebar(refresh=True)`` at its
+    end, which redraws the same slot, so the sidebar never lags a click behind."""
     ss = st.session_state
-    with st.sidebar:
-        keep_owner_in_browser()
+    if not refresh:
+        with st.sidebar:
+            keep_owner_in_browser()
+    if not refresh or "_sidebar_slot" not in ss:
+        ss["_sidebar_slot"] = st.sidebar.empty()  # a new script run: the old slot is gone
+    with ss["_sidebar_slot"].container():
         st.caption(f"Device: **{device_label()}**")
         ds = ss.get("dataset")
         if ds is not None:
-            st.caption(f"Data: {ss.dataset_label} — {len(ds)} images, {len(ds.classes)} classes")
+            st.caption(f"Data: {plain(ss.dataset_label)} — {len(ds)} images, {len(ds.classes)} classes")
         mc = ss.get("model_choice")
         if mc is not None:
             st.caption(f"Model: {mc.backbone}{'' if mc.pretrained else ' (no pretraining)'} — {mc.strategy}")
         if ss.get("current_run"):
             st.caption(f"Run: `{ss.current_run}`")
+
+
+def stored_result(name: str, key, running=lambda value: False):
+    """A result panel's value kept in session state under ``name`` as {"key": …, "value": …}.
+
+    Returns (value, stale). A result made from other inputs than ``key`` is dropped once it has
+    finished, so a panel never shows an earlier selection's numbers as if they were the current
+    one's; one still running is returned with stale=True, to be labelled (and stoppable).
+    """
+    entry = st.session_state.get(name)
+    if entry is None:
+        return None, False
+    if entry["key"] == key:
+        return entry["value"], False
+    if running(entry["value"]):
+        return entry["value"], True
+    del st.session_state[name]
+    return None, False
+
+
+def store_result(name: str, key, value) -> None:
+    st.session_state[name] = {"key": key, "value": value}
+
+
+def frozen_groups(record) -> list[str]:
+    """The layer groups that never trained in a run, read from the run's own saved plan
+    (per epoch, group -> learning-rate multiplier; 0 = frozen that epoch). A progressive-
+    unfreezing run freezes groups through its plan, not through config["freeze"]."""
+    plan = record.config.get("plan") or []
+    if not plan:
+        return list(record.config.get("freeze", []))
+    return [g for g in plan[0] if all(epoch.get(g, 0) <= 0 for epoch in plan)]
+
+
+def first_trained_epoch(record) -> dict[str, int]:
+    """Per layer group, the 1-based epoch it first trained in (groups that never trained absent)."""
+    first: dict[str, int] = {}
+    for n, epoch in enumerate(record.config.get("plan") or [], start=1):
+        for g, multiplier in epoch.items():
+            if multiplier > 0:
+                first.setdefault(g, n)
+    return first
+
+
+def run_strategy(record) -> str:
+    """The strategy a run was trained with, read from its settings (older runs did not name it)."""
+    config = record.config
+    named = config.get("strategy")
+    if named:
+        return named
+    if config.get("unfreeze_every"):
+        return "Progressive unfreezing"
+    frozen = set(frozen_groups(record))
+    groups = list((config.get("plan") or [{}])[0])
+    body = [g for g in groups if g != "head"]
+    if body and set(body) <= frozen:
+        return "Feature extraction"
+    if not frozen and len(set(config.get("lr_multipliers", {}).values())) > 1:
+        return "Discriminative learning rates"
+    if not frozen:
+        return "Fine-tune all"
+    return "Fine-tune some layers"
+
+
+def describe_run(record) -> str:
+    """A run's display name: its strategy, its data and when it started, e.g.
+    "Feature extraction · Demo shapes (source look) · 03:12:07". Plain text (for selectboxes and
+    legends); wrap it in plain() before putting it into Markdown."""
+    strategy = run_strategy(record)
+    if record.label and not record.label.startswith(f"{record.backbone} "):
+        strategy = record.label  # a label the Train page chose says more (e.g. "… from scratch")
+    elif not record.pretrained:
+        strategy += ", from scratch"
+    if record.backbone != backbones.DEFAULT_BACKBONE:
+        strategy = f"{record.backbone} · {strategy}"
+    started = time.strftime("%H:%M:%S", time.localtime(record.created))
+    return " · ".join(part for part in (strategy, record.dataset, started) if part)
+
+
+def category_axes(fig, *axes: str):
+    """Class names are names, even "0".."9": plotly would otherwise read them as numbers and draw
+    a numeric axis that skips and merges classes."""
+    fig.update_layout(**{axis: dict(type="category") for axis in axes})
+    return fig
 
 
 SAMPLE_PHOTOS = ("coffee", "chelsea", "astronaut", "rocket", "cat")
@@ -256,6 +372,13 @@ def sample_photos() -> dict:
         if loader is not None:
             photos[name] = Image.fromarray(loader()).convert("RGB")
     return photos
+
+
+def run_option(record) -> str:
+    """A run in a picker: its description and, when it has one, its final validation accuracy."""
+    final = record.final()
+    accuracy = f" · val acc {final:.0%}" if final is not None and final == final else ""
+    return f"{describe_run(record)}{accuracy}"
 
 
 def finished_runs():
@@ -291,7 +414,7 @@ def run_models(run_id: str | None, backbone: str = backbones.DEFAULT_BACKBONE) -
             record = store.get(run_id)
             after = store.load_model(run_id)
             cache[key] = ModelPair(store.load_starting_model(run_id), after, after.preprocess, after.layer_groups,
-                                   after.classes, list(record.config.get("freeze", [])), True)
+                                   after.classes, frozen_groups(record), True)
         else:
             bb = backbones.load(backbone)
             cache[key] = ModelPair(bb.model, bb.model, bb.preprocess, bb.layer_groups, bb.categories, [], False)
@@ -302,8 +425,7 @@ def model_picker(label: str = "Model"):
     """Pick a finished run of this person, or the pretrained default backbone alone."""
     runs = finished_runs()
     options = [None] + [r.id for r in runs]
-    names = {r.id: f"{r.label} · {r.dataset} · val acc {r.final():.0%}" if r.final() == r.final() else r.label
-             for r in runs}
+    names = {r.id: run_option(r) for r in runs}
     current = st.session_state.get("current_run")
     index = options.index(current) if current in options else (1 if runs else 0)
     run_id = st.selectbox(label, options, index=index,
@@ -334,8 +456,51 @@ def image_picker(key: str):
     try:
         return core_data.open_image(upload.getvalue(), upload.name), upload.name
     except UserInputError as exc:
-        st.error(str(exc))
+        st.error(plain(exc))
         return None, ""
+
+
+def sanity_figure(similarity: dict, names: list[str]):
+    """The sanity check's curves: rank correlation with the original map as layers are randomised.
+
+    The y-axis fits the data, always showing 0 (no relation) and 1 (unchanged): a rank correlation
+    can fall to -1, and a fixed range would hide those points.
+    """
+    import math
+
+    import plotly.graph_objects as go
+
+    from core import saliency
+
+    fig = go.Figure()
+    values = [0.0, 1.0]
+    for method, curve in similarity.items():
+        fig.add_trace(go.Scatter(x=names[:len(curve)], y=list(curve), mode="lines+markers",
+                                 name=saliency.METHOD_LABELS[method][0]))
+        values += [float(v) for v in curve if v is not None and not math.isnan(float(v))]
+    pad = 0.05 * (max(values) - min(values))
+    fig.update_layout(height=320, margin=dict(l=0, r=0, t=30, b=0), yaxis_range=[min(values) - pad, max(values) + pad],
+                      yaxis_title="rank correlation with the original map",
+                      xaxis_title="randomised from the head down to …")
+    return category_axes(fig, "xaxis")
+
+
+def convergence_note(delta: float, raw) -> str:
+    """Integrated Gradients' convergence delta in words: its size relative to the attributions' total.
+
+    The attributions should add up to the score's change from the baseline (black) image to this
+    one; the delta is what they miss, in units of that score, so only its size next to the total
+    says whether it is small.
+    """
+    import numpy as np
+
+    total = float(np.sum(raw)) if raw is not None else float("nan")
+    if not np.isfinite(total) or abs(total) < 1e-12:
+        return f"convergence delta {delta:.3g} (the attributions add up to about 0, so it cannot be judged)"
+    share = abs(delta) / abs(total)
+    verdict = ("good: the attributions account for the score" if share <= 0.05 else
+               "fair" if share <= 0.2 else "large: the map is a rough approximation; more steps would help")
+    return f"convergence delta {delta:.3g}, {share:.0%} of the attributions' total {total:.3g} — {verdict}"
 
 
 if __name__ == "__main__":  # opened as a page of the automatic menu (/_shared): it is not a page

@@ -6,8 +6,7 @@ import streamlit as st
 from core import data
 from core.errors import UserInputError
 from pages._links import hidden, locked
-from pages._shared import bootstrap
-from pages._shared import DEMO_LABEL, demo
+from pages._shared import bootstrap, DEMO_LABEL, demo, category_axes, plain
 
 bootstrap()  # first, before the session is read: see bootstrap's docstring
 
@@ -36,7 +35,7 @@ def zip_ui() -> None:
         try:
             ds, report = data.load_zip(upload.getvalue())
         except UserInputError as exc:
-            st.error(f"{upload.name}: {exc} Your current dataset is unchanged.")
+            st.error(f"{plain(upload.name)}: {plain(exc)} Your current dataset is unchanged.")
             return
         use_dataset(ds, upload.name, report)
         st.rerun()
@@ -49,7 +48,7 @@ def add_images_ui(files, class_name: str) -> None:
             raise UserInputError("None of these files could be used as an image.")
         ds = ss.dataset.with_images(images, class_name)
     except UserInputError as exc:
-        st.error(f"{exc} Your current dataset is unchanged.")
+        st.error(f"{plain(exc)} Your current dataset is unchanged.")
         return
     label = ss.dataset_label if ss.dataset_label.endswith("+ your images") else f"{ss.dataset_label} + your images"
     use_dataset(ds, label, report)
@@ -83,21 +82,27 @@ else:
 
 ds = ss.dataset
 report = ss.get("load_report")
-st.subheader(f"{ss.dataset_label}: {len(ds)} images in {len(ds.classes)} classes")
+st.subheader(f"{plain(ss.dataset_label)}: {len(ds)} images in {len(ds.classes)} classes")
 if report is not None:
     if report.skipped:
         with st.expander(f"{len(report.skipped)} file(s) could not be used"):
             st.table([{"file": name, "reason": reason} for name, reason in report.skipped])
-    for warning in report.warnings:
-        st.warning(warning)
-for warning in data.dataset_warnings(ds):
-    st.warning(warning)
+warnings = list(report.warnings if report is not None else []) + data.dataset_warnings(ds)
+if len(warnings) <= 3:
+    for warning in warnings:
+        st.warning(plain(warning))
+elif warnings:
+    # One box, not one per problem: a ZIP of 2,000 folders must not bury the page in boxes.
+    st.warning(f"{len(warnings)} things to fix before training; the first: {plain(warnings[0])}")
+    with st.expander(f"All {len(warnings)} warnings"):
+        st.markdown("\n".join(f"- {plain(w)}" for w in warnings))
 
 counts = ds.counts()
 left, right = st.columns([2, 3])
 with left:
     fig = go.Figure(go.Bar(x=list(counts.values()), y=list(counts.keys()), orientation="h"))
     fig.update_layout(height=60 + 30 * len(counts), margin=dict(l=0, r=0, t=10, b=0), xaxis_title="images")
+    category_axes(fig, "yaxis")
     st.plotly_chart(fig, width="stretch")
 with right:
     st.markdown("**Train / validation split** (stratified by class)")
@@ -108,16 +113,17 @@ with right:
         train_ds, val_ds = data.split(ds, ss.val_fraction, ss.split_seed)
         tc, vc = train_ds.counts(), val_ds.counts()
         st.table([{"class": c, "train": tc.get(c, 0), "validation": vc.get(c, 0)} for c in ds.classes])
+        data.check_split(train_ds, val_ds)
     except UserInputError as exc:
-        st.error(str(exc))
+        st.error(plain(exc))
 
 st.subheader("Preview")
 for class_name in ds.classes:
     indices = [i for i, label in enumerate(ds.labels) if ds.classes[label] == class_name][:8]
-    st.markdown(f"**{class_name}** ({counts.get(class_name, 0)})")
+    st.markdown(f"**{plain(class_name)}** ({counts.get(class_name, 0)})")
     cols = st.columns(8)
     for col, i in zip(cols, indices):
-        col.image(ds[i][0], caption=ds.names[i][-24:], width="stretch")
+        col.image(ds[i][0], caption=plain(ds.names[i][-24:]), width="stretch")
 if len(ds.classes) > 0 and not locked("data"):
     with st.expander("Remove a class"):
         doomed = st.selectbox("Class", ds.classes)
@@ -125,6 +131,6 @@ if len(ds.classes) > 0 and not locked("data"):
             try:
                 use_dataset(ds.without_class(doomed), ss.dataset_label, report)
             except UserInputError as exc:
-                st.error(str(exc))
+                st.error(plain(exc))
             else:
                 st.rerun()

@@ -10,8 +10,7 @@ import streamlit as st
 from core import adaptation, backbones, data, domain
 from core.errors import UserInputError
 from pages._links import hidden, locked, page_choice, remember_choice
-from pages._shared import bootstrap
-from pages._shared import DEMO_LABEL, demo, model_picker, run_store
+from pages._shared import bootstrap, DEMO_LABEL, demo, model_picker, run_store, plain, stored_result, store_result
 
 bootstrap()  # first, before the session is read: see bootstrap's docstring
 
@@ -223,7 +222,7 @@ def show_analysis(analysis: domain.ShiftAnalysis, ds_a, ds_b, names, method, con
         picked = selected_points(event)[:12]
         if picked:
             images = [ds_a[i][0] if i < analysis.n_a else ds_b[i - analysis.n_a][0] for i in picked]
-            captions = [f"A · {ds_a.names[i]}" if i < analysis.n_a else f"B · {ds_b.names[i - analysis.n_a]}"
+            captions = [plain(f"A · {ds_a.names[i]}" if i < analysis.n_a else f"B · {ds_b.names[i - analysis.n_a]}")
                         for i in picked]
             st.image(images, caption=captions, width=88)
         else:
@@ -259,17 +258,27 @@ def adaptation_ui(ds_a, ds_b, backbone: str, control: bool) -> None:
         + ("Set B has the same classes, so its accuracy is scored (its labels are not used for training)."
            if labelled else "Set B's classes differ from set A's: only the MMD can be compared.")
     )
+    # The comparison belongs to the sets, backbone and settings it trained with.
+    inputs = (ds_a.fingerprint, ds_b.fingerprint, backbone, lam, int(epochs), int(size))
+    run, stale = stored_result("_domain_adapt", inputs, running=lambda r: not r.task.done)
     if st.button("Train plain and DAN", type="primary", icon=":material/compare_arrows:"):
         config = adaptation.adaptation_config(backbone, epochs=int(epochs), image_size=int(size))
         try:
             train, val = data.split(ds_a, 0.25, 0)
-            ss["_domain_adapt"] = adaptation.start_comparison(
+            old = run if stale else None
+            run = adaptation.start_comparison(
                 train, val, ds_b, config, lam, backbone=backbone, target_eval=ds_b if labelled else None)
+            store_result("_domain_adapt", inputs, run)
+            stale = False
+            if old is not None:
+                old.cancel()  # the previous selection's comparison is no longer wanted
         except UserInputError as exc:
-            st.error(str(exc))
-    run = ss.get("_domain_adapt")
+            st.error(plain(exc))
     if run is None:
         return
+    if stale:
+        st.warning("Still training for the previous selection (other sets or settings): the figures below "
+                   "are not for the choices above.")
     if not run.task.done:
         adaptation_progress(run)
     else:
@@ -313,7 +322,7 @@ def percent(value: float) -> str:
 
 def show_adaptation(state: dict) -> None:
     if state["status"] == "failed":
-        st.error(state["message"])
+        st.error(plain(state["message"]))
         return
     result: adaptation.AdaptationComparison | None = state["result"]
     if result is None:
@@ -372,7 +381,7 @@ if not task.done:
 else:
     state = task.snapshot()
     if state["status"] == "failed":
-        st.error(state["message"])
+        st.error(plain(state["message"]))
     elif task.result is not None:
         show_analysis(task.result, ds_a, ds_b, names, method, control)
         seconds = task.result.seconds

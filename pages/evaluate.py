@@ -14,8 +14,8 @@ from core.errors import UserInputError
 from core.evaluation import evaluate_dataset
 from core.lr_finder import find_lr
 from core.training import TrainConfig
-from pages._shared import bootstrap
-from pages._shared import backbone_catalogue, current_split, finished_runs, model_picker, run_models, run_store
+from pages._shared import (bootstrap, backbone_catalogue, current_split, finished_runs, model_picker, run_models,
+                           run_store, category_axes, plain, run_option, store_result, stored_result)
 
 bootstrap()  # first, before the session is read: see bootstrap's docstring
 
@@ -42,7 +42,8 @@ def heatmap(z, classes, title: str, fmt: str):
         hovertemplate="true %{y} · predicted %{x}: %{z}<extra></extra>",
     ))
     fig.update_layout(title=title, height=140 + 40 * len(classes), margin=dict(l=0, r=0, t=40, b=0),
-                      xaxis=dict(title="predicted", side="bottom"), yaxis=dict(title="true", autorange="reversed"))
+                      xaxis=dict(title="predicted", side="bottom", type="category"),
+                      yaxis=dict(title="true", autorange="reversed", type="category"))
     return fig
 
 
@@ -72,7 +73,7 @@ def evaluation_ui() -> None:
     try:
         ev = evaluation(run_id)
     except UserInputError as exc:
-        st.error(str(exc))
+        st.error(plain(exc))
         return
     _, val_ds = current_split()
     c1, c2, c3 = st.columns(3)
@@ -104,8 +105,8 @@ def evaluation_ui() -> None:
     for n, m in enumerate(mistakes):
         with columns[n % 4]:
             st.image(val_ds[m.index][0], width="stretch",
-                     caption=f"{m.true}, taken for {m.predicted} ({m.confidence:.0%})")
-            st.caption(" · ".join(f"{name} {p:.0%}" for name, p in m.top3))
+                     caption=f"{plain(m.true)}, taken for {plain(m.predicted)} ({m.confidence:.0%})")
+            st.caption(" · ".join(f"{plain(name)} {p:.0%}" for name, p in m.top3))
 
 
 # --- learning-rate finder ------------------------------------------------------------------
@@ -141,6 +142,9 @@ def lr_finder_ui() -> None:
     )
     st.caption(f"Model: **{mc.backbone}**{' pretrained' if mc.pretrained else ' from scratch'} · **{mc.strategy}** "
                f"· {cfg.optimizer} · batch {cfg.batch_size} · {cfg.image_size} px (from the Model and Train pages)")
+    # The sweep belongs to the model, settings and data it ran on; change any and it is gone.
+    inputs = (mc.backbone, mc.pretrained, mc.weights_path, tuple(mc.freeze), tuple(sorted(mc.lr_multipliers.items())),
+              cfg.optimizer, cfg.batch_size, cfg.image_size, cfg.seed, cfg.augment, split_key())
     if st.button("Find a learning rate", icon=":material/search:"):
         try:
             train_ds, _ = current_split()
@@ -152,10 +156,11 @@ def lr_finder_ui() -> None:
                                                  weights_path=mc.weights_path if mc.pretrained else None)
                 result = find_lr(model, train_ds, config)
         except UserInputError as exc:
-            st.error(str(exc))
+            st.error(plain(exc))
         else:
-            ss.lr_finder = {"result": result, "about": f"{mc.backbone} · {mc.strategy} · {cfg.optimizer}"}
-    found = ss.get("lr_finder")
+            store_result("lr_finder", inputs, {"result": result,
+                                               "about": f"{mc.backbone} · {mc.strategy} · {cfg.optimizer}"})
+    found, _ = stored_result("lr_finder", inputs)
     if not found:
         return
     result = found["result"]
@@ -193,11 +198,12 @@ def show_distillation(snap) -> None:
     if snap.status == "queued":
         st.info("Waiting for a free training slot…")
     elif not snap.done:
-        st.progress(snap.progress, text=f"Training the student {snap.phase}… {snap.progress:.0%}")
+        phase = f" {snap.phase}" if snap.phase else ""  # empty until the first variant starts
+        st.progress(snap.progress, text=f"Training the student{phase}… {snap.progress:.0%}")
     if snap.status == "failed":
-        st.error(snap.message)
+        st.error(plain(snap.message))
     elif snap.message:
-        st.info(snap.message)
+        st.info(plain(snap.message))
     if not any(snap.epochs.values()):
         return
     columns = st.columns(3)
@@ -220,7 +226,7 @@ def show_distillation(snap) -> None:
 
 @st.fragment(run_every=1.0)
 def live_distillation() -> None:
-    job = ss.get("distill_job")
+    job = ss["distill_job"]["value"]
     snap = job.snapshot()
     show_distillation(snap)
     if snap.done:
@@ -241,7 +247,7 @@ def softening_figure(teacher, image, classes, temperature: float) -> go.Figure:
                              text=[f"{p:.0%}" for p in probs], textposition="outside"))
     fig.update_layout(barmode="group", height=300, margin=dict(l=10, r=10, t=40, b=10),
                       title="The teacher's output for this image, softened", yaxis=dict(range=[0, 1.1], tickformat=".0%"))
-    return fig
+    return category_axes(fig, "xaxis")
 
 
 def distillation_ui() -> None:
@@ -256,8 +262,7 @@ def distillation_ui() -> None:
         st.info("Train a run first: a finished run is the teacher.")
         return
     train_ds, val_ds = current_split()
-    names = {r.id: f"{r.label} · {r.dataset}" + (f" · val acc {r.final():.0%}" if r.final() == r.final() else "")
-             for r in runs}
+    names = {r.id: run_option(r) for r in runs}
     ids = list(names)
     current = ss.get("current_run")
     teacher_id = st.selectbox("Teacher (a finished run)", ids, index=ids.index(current) if current in ids else 0,
@@ -267,8 +272,9 @@ def distillation_ui() -> None:
         st.warning("This run is no longer on the server.")
         return
     if list(record.classes) != list(train_ds.classes):
-        st.warning(f"The teacher was trained on the classes {', '.join(record.classes)}; the current dataset has "
-                   f"{', '.join(train_ds.classes)}. Load the teacher's dataset on the Data page to distil it.")
+        st.warning(f"The teacher was trained on the classes {plain(', '.join(record.classes))}; the current "
+                   f"dataset has {plain(', '.join(train_ds.classes))}. Load the teacher's dataset on the Data page "
+                   "to distil it.")
         return
     catalogue = {info["name"]: info for info in backbone_catalogue()}
     c1, c2, c3 = st.columns(3)
@@ -289,16 +295,19 @@ def distillation_ui() -> None:
     pick = st.slider("Validation image", 1, len(val_ds), 1) if len(val_ds) > 1 else 1
     image, label = val_ds[pick - 1]
     left, right = st.columns([1, 3])
-    left.image(image, caption=f"{val_ds.classes[label]} · {val_ds.names[pick - 1]}", width="stretch")
+    left.image(image, caption=plain(f"{val_ds.classes[label]} · {val_ds.names[pick - 1]}"), width="stretch")
     try:
         teacher_view = run_models(teacher_id).after
     except UserInputError as exc:
-        st.error(str(exc))
+        st.error(plain(exc))
         return
     right.plotly_chart(softening_figure(teacher_view, image, record.classes, temperature), width="stretch",
                        key="softening")
 
-    job = ss.get("distill_job")
+    cfg = ss.train_config
+    inputs = (teacher_id, split_key(), student, pretrained, temperature, alpha, int(epochs), int(size), float(lr),
+              cfg.batch_size, cfg.seed, cfg.optimizer, cfg.schedule, cfg.augment)
+    job, stale = stored_result("distill_job", inputs, running=lambda j: not j.snapshot().done)
     running = job is not None and not job.snapshot().done
     if st.button("Distil: train the student with and without the teacher", type="primary",
                  icon=":material/school:", disabled=running):
@@ -313,14 +322,18 @@ def distillation_ui() -> None:
 
         try:
             teacher = run_store().load_model(teacher_id)  # its own copy: the worker thread uses it
-            ss.distill_job = DistillationJob(build, teacher, train_ds, val_ds, config, temperature, alpha).start()
+            job = DistillationJob(build, teacher, train_ds, val_ds, config, temperature, alpha).start()
+            store_result("distill_job", inputs, job)
+            stale = False
         except UserInputError as exc:
-            st.error(str(exc))
+            st.error(plain(exc))
             return
         running = True
-    job = ss.get("distill_job")
     if job is None:
         return
+    if stale:
+        st.warning("Still training for the previous selection (another teacher, dataset or setting): these "
+                   "results are not for the choices above. Stop it, or wait, then distil again.")
     if running:
         live_distillation()
     else:

@@ -7,8 +7,7 @@ import torch
 
 from core import features
 from core.errors import UserInputError
-from pages._shared import bootstrap
-from pages._shared import image_picker, model_picker, run_models
+from pages._shared import bootstrap, image_picker, model_picker, run_models, first_trained_epoch, plain
 
 bootstrap()  # first, before the session is read: see bootstrap's docstring
 
@@ -23,7 +22,7 @@ run_id, record = model_picker("Run")
 try:
     pair = run_models(run_id)
 except UserInputError as exc:
-    st.error(str(exc))
+    st.error(plain(exc))
     st.stop()
 if not pair.compared:
     st.info("No finished run picked: showing the pretrained backbone alone. Train a run to compare before and after.")
@@ -44,8 +43,16 @@ by_group = {g: names for g, names in by_group.items() if names}
 with right:
     c1, c2 = st.columns(2)
     groups = list(by_group)
-    group = c1.selectbox("Layer group", groups, index=len(groups) // 2,
-                         format_func=lambda g: f"{g} (frozen)" if g in pair.frozen else g)
+    joined = first_trained_epoch(record) if record is not None else {}
+
+    def group_label(g: str) -> str:
+        if g in pair.frozen:
+            return f"{g} (frozen)"
+        if joined.get(g, 1) > 1:
+            return f"{g} (frozen until epoch {joined[g]})"
+        return g
+
+    group = c1.selectbox("Layer group", groups, index=len(groups) // 2, format_func=group_label)
     layer = c2.selectbox("Layer", by_group[group], index=len(by_group[group]) - 1)
     c3, c4 = st.columns(2)
     order = c3.radio("Channels ordered by", ["change", "strength"], horizontal=True,
@@ -81,7 +88,7 @@ def heatmap(values, title, zmin, zmax, scale):
 
 st.subheader(f"{layer} — {before.shape[0]} channels of {before.shape[1]}×{before.shape[2]}")
 c0, c1, c2, c3 = st.columns([1, 2, 2, 2])
-c0.image(image, caption=caption, width="stretch")
+c0.image(image, caption=plain(caption), width="stretch")
 c1.plotly_chart(heatmap(vb, "before fine-tuning", lo, hi, "Viridis"), width="stretch", key="fm-before")
 if pair.compared:
     c2.plotly_chart(heatmap(va, "after fine-tuning", lo, hi, "Viridis"), width="stretch", key="fm-after")

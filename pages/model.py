@@ -9,9 +9,8 @@ from core.errors import UserInputError
 from core.training import TrainConfig, discriminative_multipliers, training_plan
 from pages._choose_backbone import choose_backbone_ui
 from pages._links import hidden, locked
-from pages._shared import bootstrap
-from pages._shared import (ModelChoice, backbone_catalogue, group_table, plan_figure, preset_freeze, run_store,
-                           upload_store)
+from pages._shared import (ModelChoice, backbone_catalogue, bootstrap, group_table, plain, plan_figure, preset_freeze,
+                           run_store, sidebar, upload_store)
 
 bootstrap()  # first, before the session is read: see bootstrap's docstring
 
@@ -63,7 +62,7 @@ with col1:
                 with st.spinner("Downloading…"):
                     backbones.load(name, pretrained=True)
             except UserInputError as exc:
-                st.error(str(exc))
+                st.error(plain(exc))
             else:
                 backbone_catalogue.clear()
                 st.success("The weights are in the cache now.")
@@ -75,16 +74,16 @@ with col1:
                     stored = upload_store().add(upload.getvalue(), upload.name,
                                                 check=lambda path: backbones.load(name, pretrained=False, weights_path=path))
                 except UserInputError as exc:
-                    st.error(str(exc))
+                    st.error(plain(exc))
                     if choice.weights_path:
-                        st.info(f"Training still starts from your earlier file, {choice.weights_name}.")
+                        st.info(f"Training still starts from your earlier file, {plain(choice.weights_name)}.")
                 else:
                     choice.weights_path, choice.weights_name = str(stored.path), stored.name
-                    st.success(f"{stored.name} fits {name}; training will start from it.")
+                    st.success(f"{plain(stored.name)} fits {name}; training will start from it.")
                     # Files no run started from, untouched for a day, go (a run's own file stays).
                     upload_store().prune(r.config.get("weights_file") for r in run_store().list())
             if choice.weights_path:
-                st.caption(f"In use: {choice.weights_name or Path(choice.weights_path).name}")
+                st.caption(f"In use: {plain(choice.weights_name or Path(choice.weights_path).name)}")
                 if st.button("Stop using my weights file"):
                     choice.weights_path = choice.weights_name = None
                     st.rerun()
@@ -145,24 +144,36 @@ if new_freeze != choice.freeze:
         choice.strategy = "Custom"
 choice.lr_multipliers = {row["group"]: float(row["lr ×"]) for row in edited if float(row["lr ×"]) != 1.0}
 
-trainable = sum(r["params"] for r in table if r["group"] not in choice.freeze)
+preview = TrainConfig(epochs=ss.train_config.epochs, freeze=choice.freeze, lr_multipliers=choice.lr_multipliers,
+                      unfreeze_every=choice.unfreeze_every)
+plan = training_plan(groups, preview)
+# What trains is what the plan trains: progressive unfreezing keeps groups frozen for some epochs,
+# and a group that the plan never reaches within these epochs never trains at all.
+ever_trained = {g for epoch in plan for g, m in epoch.items() if m > 0}
+trainable = sum(r["params"] for r in table if r["group"] in ever_trained)
 total = sum(r["params"] for r in table)
 m1, m2, m3 = st.columns(3)
 m1.metric("Trainable parameters", f"{trainable:,}")
 m2.metric("Frozen parameters", f"{total - trainable:,}")
 m3.metric("Share trained", f"{trainable / total:.1%}")
+if choice.unfreeze_every and plan:
+    at_first = sum(r["params"] for r in table if plan[0].get(r["group"], 0) > 0)
+    never = [g for g in groups if g not in ever_trained]
+    st.caption(f"Progressive unfreezing: {at_first:,} parameters train in epoch 1, more join every "
+               f"{choice.unfreeze_every} epoch(s)"
+               + (f"; in {preview.epochs} epochs the plan never reaches {', '.join(never)}, which stay frozen."
+                  if never else "."))
 if not any(row["train"] for row in edited):
     st.error("Every group is frozen: tick 'train' for at least the head.")
 elif set(groups) - {"head"} <= set(choice.freeze):
     st.info("Only the head trains: the backbone's features will be computed once and cached, so epochs are fast.")
 st.caption("The head is always new (one output per class of your data), so it is trained from scratch.")
 
-preview = TrainConfig(epochs=ss.train_config.epochs, freeze=choice.freeze, lr_multipliers=choice.lr_multipliers,
-                      unfreeze_every=choice.unfreeze_every)
-st.plotly_chart(plan_figure(training_plan(groups, preview),
-                            f"The plan for {preview.epochs} epochs (set epochs on the Train page)"),
+st.plotly_chart(plan_figure(plan, f"The plan for {preview.epochs} epochs (set epochs on the Train page)"),
                 width="stretch", key="plan-preview")
 
 if not hidden("ranking"):
     st.subheader("Which backbone suits your images? Rank them before training")
     choose_backbone_ui()
+
+sidebar(refresh=True)  # this page changed the strategy after app.py drew the sidebar

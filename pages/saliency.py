@@ -6,8 +6,8 @@ import streamlit as st
 from core import backbones, features, saliency
 from core.errors import UserInputError
 from pages._links import hidden, locked, page_choice, remember_choice
-from pages._shared import bootstrap
-from pages._shared import image_picker, model_picker, run_models
+from pages._shared import (bootstrap, image_picker, model_picker, run_models, category_axes, convergence_note,
+                           plain, sanity_figure, store_result, stored_result)
 
 bootstrap()  # first, before the session is read: see bootstrap's docstring
 
@@ -41,7 +41,7 @@ try:
     backbone_name = record.backbone if record else backbones.DEFAULT_BACKBONE
     pretrained_side = imagenet_model(backbone_name) if (record is None or record.pretrained) else pair.before
 except UserInputError as exc:
-    st.error(str(exc))
+    st.error(plain(exc))
     st.stop()
 categories = backbones.imagenet_categories()
 
@@ -82,7 +82,7 @@ def top5_chart(top, title):
     fig = go.Figure(go.Bar(x=[p for _, p in top][::-1], y=[label for label, _ in top][::-1], orientation="h",
                            text=[f"{p:.0%}" for _, p in top][::-1], textposition="auto"))
     fig.update_layout(title=title, height=230, margin=dict(l=0, r=0, t=40, b=0), xaxis_range=[0, 1])
-    return fig
+    return category_axes(fig, "yaxis")
 
 
 sides = [("pretrained (ImageNet)", pretrained_side, categories if (record is None or record.pretrained) else None)]
@@ -104,12 +104,17 @@ for col, (name, model, classes) in zip(columns, sides):
             try:
                 result = explain(name, model, target, method)
             except UserInputError as exc:
-                st.error(str(exc))
+                st.error(plain(exc))
                 continue
             label = saliency.METHOD_LABELS[method][0]
-            note = f" · convergence delta {result.delta:.3g}" if result.delta is not None else ""
             st.image(saliency.overlay(rgb, result.map, opacity), width="stretch",
-                     caption=f"{label} · {result.seconds:.2f} s{note}")
+                     caption=f"{label} · {result.seconds:.2f} s")
+            if result.delta is not None:
+                st.caption(convergence_note(result.delta, result.raw),
+                           help="Integrated Gradients' attributions should add up to how much the class score "
+                                "rises from a black image to this one. The convergence delta is the part they "
+                                "miss. Judge it against the attributions' total: a few per cent is good; a "
+                                "large share means the path from black was sampled too coarsely.")
 
 if hidden("sanity_check"):
     st.stop()
@@ -122,6 +127,7 @@ with st.expander("Sanity check: does the map depend on what the model learned? (
     sanity_methods = st.multiselect("Methods to check", list(saliency.METHODS),
                                     default=[m for m in ("gradient", "gradcam", "smoothgrad") if m in saliency.METHODS],
                                     format_func=lambda m: saliency.METHOD_LABELS[m][0], key="sanity-methods")
+    sanity_inputs = (run_id, image_key, tuple(sanity_methods), gradcam_layer)
     if st.button("Run the sanity check", disabled=not sanity_methods):
         model = pair.after
         target = saliency.predicted_class(model, x)
@@ -132,16 +138,10 @@ with st.expander("Sanity check: does the map depend on what the model learned? (
             options={"integrated_gradients": {"mean": mean, "std": std}},
             progress=lambda i, n, step: bar.progress(min(1.0, (i + 1) / n), text=f"Randomised down to {step}"))
         bar.empty()
-        ss.sanity = (run_id, image_key, result, [g.name for g in pair.layer_groups][::-1])
-    if ss.get("sanity") and ss.sanity[:2] == (run_id, image_key):
-        _, _, result, names = ss.sanity
-        fig = go.Figure()
-        for method, values in result.similarity.items():
-            fig.add_trace(go.Scatter(x=names[:len(values)], y=values, mode="lines+markers",
-                                     name=saliency.METHOD_LABELS[method][0]))
-        fig.update_layout(height=320, margin=dict(l=0, r=0, t=30, b=0), yaxis_range=[-0.2, 1.05],
-                          yaxis_title="rank correlation with the original map",
-                          xaxis_title="randomised from the head down to …")
-        st.plotly_chart(fig, width="stretch", key="sanity-chart")
+        store_result("sanity", sanity_inputs, (result, [g.name for g in pair.layer_groups][::-1]))
+    found, _ = stored_result("sanity", sanity_inputs)
+    if found:
+        result, names = found
+        st.plotly_chart(sanity_figure(result.similarity, names), width="stretch", key="sanity-chart")
         st.caption("Re-initialising BatchNorm resets its running statistics too, so maps of a deeply randomised "
                    "network can go blank (similarity 0).")

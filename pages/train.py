@@ -1,18 +1,20 @@
 """Train: start a run, watch its curves grow, reopen finished runs."""
 
 import math
-from datetime import datetime
+import time
 
 import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 
+from core.data import check_split
 from core.errors import UserInputError
 from core.jobs import get_job, start_run
+from core.progress import ProgressTracker, fit_phase_units
 from core.training import TrainConfig
 from pages._links import locked
-from pages._shared import bootstrap
-from pages._shared import current_split, my_runs, owns, plan_figure, run_status, run_store, select_run
+from pages._shared import (bootstrap, current_split, describe_run, my_runs, owns, plain, plan_figure, run_option,
+                           run_status, run_store, select_run)
 
 bootstrap()  # first, before the session is read: see bootstrap's docstring
 
@@ -58,31 +60,32 @@ def settings_ui() -> TrainConfig:
 def start_ui(config: TrainConfig) -> None:
     mc = ss.model_choice
     st.markdown(
-        f"**{ss.dataset_label}** ({len(ss.dataset)} images) · **{mc.backbone}**"
+        f"**{plain(ss.dataset_label)}** ({len(ss.dataset)} images) · **{mc.backbone}**"
         f"{' pretrained' if mc.pretrained else ' from scratch'} · **{mc.strategy}** · "
         f"{config.epochs} epochs at {config.image_size} px"
     )
     b1, b2 = st.columns([1, 4])
     if b1.button("Train", type="primary", icon=":material/play_arrow:"):
-        launch([(mc.pretrained, config, None)])
+        launch([(mc.pretrained, config, mc.strategy if mc.pretrained else f"{mc.strategy}, from scratch")])
     if b2.button("Pretrained vs from scratch", icon=":material/compare_arrows:",
                  help="Trains this architecture twice on the same split and seed: with your settings from "
                       "ImageNet weights, and from random weights with every layer trained. The curves are overlaid."):
         scratch = TrainConfig(**{**config.to_dict(), "freeze": [], "lr_multipliers": {}, "unfreeze_every": 0})
-        launch([(True, config, f"{mc.backbone} pretrained ({mc.strategy})"),
-                (False, scratch, f"{mc.backbone} from scratch")], compare=True)
+        launch([(True, config, f"{mc.strategy}, pretrained"),
+                (False, scratch, "Fine-tune all, from scratch")], compare=True)
 
 
 def launch(variants, compare: bool = False) -> None:
     mc = ss.model_choice
     try:
         train_ds, val_ds = current_split()
+        check_split(train_ds, val_ds)
         jobs = [start_run(run_store(), train_ds, val_ds, backbone=mc.backbone, pretrained=pretrained,
                           weights_path=mc.weights_path if pretrained else None, config=cfg, owner=ss.owner,
                           dataset=ss.dataset_label, label=label or "")
                 for pretrained, cfg, label in variants]
     except UserInputError as exc:
-        st.error(str(exc))
+        st.error(plain(exc))
         return
     if compare:
         ss.compare = [job.run_id for job in jobs]
@@ -108,6 +111,39 @@ def curves(epochs: list[dict], batch_losses) -> go.Figure:
     return fig
 
 
+def progress_text(snap, record) -> str:
+    """The progress bar's words: the phase, and time left and speed measured in that phase only."""
+    phase = {"preparing": "Loading the model…", "cache": "Computing the frozen backbone's features once…"}.get(
+        snap.phase, "Training…")
+    text = f"{phase} {snap.progress:.0%}"
+    info, config = snap.info, record.config
+    if info is None or snap.phase not in ("cache", "train"):
+        return text
+    trackers = ss.setdefault("_progress", {})
+    tracker = trackers.get(snap.run_id)
+    if tracker is None:
+        batch = int(config.get("batch_size", 32))
+        views = (int(config.get("cached_views", 3)) if config.get("augment") else 1) if info.cache else 0
+        units = fit_phase_units(epochs=info.epochs, batches_per_epoch=info.batches_per_epoch, n_train=info.n_train,
+                                n_val=info.n_val, batch_size=batch, cached_views=views)
+        tracker = trackers[snap.run_id] = ProgressTracker(units, {"cache": batch, "train": batch})
+        while len(trackers) > 4:
+            trackers.pop(next(iter(trackers)))
+    now = time.monotonic()
+    tracker.observe(now, snap.progress, snap.phase)
+    estimate = tracker.estimate(now)
+    if estimate is None or estimate.phase_seconds_left is None:
+        return text
+    if estimate.seconds_left is not None:
+        text += f" — about {math.ceil(estimate.seconds_left)} s left"
+    else:
+        text += f" — caching: about {math.ceil(estimate.phase_seconds_left)} s left, then {info.epochs} epoch(s)"
+    if estimate.images_per_second:
+        what = "caching" if estimate.phase == "cache" else "training"
+        text += f" · {estimate.images_per_second:,.0f} images/s ({what})"
+    return text
+
+
 def show_run(run_id: str) -> bool:
     """Draw the run; True while it is still going."""
     snap, record = run_status(run_id)
@@ -120,6 +156,7 @@ def show_run(run_id: str) -> bool:
         st.warning("This run was interrupted before it finished (the server restarted). Train it again.")
         return False
     st.subheader(f"Run `{run_id}` — {status}")
+    st.caption(plain(describe_run(record)))
     mine = owns(record)
     if not mine:
         st.caption(":material/visibility: Opened from a shared link: you can look at this run, not stop or "
@@ -134,10 +171,7 @@ def show_run(run_id: str) -> bool:
         if snap.status == "queued":
             st.info(f"Waiting for a free training slot: number {snap.queue_position or 1} in the queue.")
         else:
-            phase = {"preparing": "Loading the model…", "cache": "Computing the frozen backbone's features once…"}.get(
-                snap.phase, "Training…")
-            left = f" — about {math.ceil(snap.seconds_left)} s left" if snap.seconds_left is not None else ""
-            st.progress(snap.progress, text=f"{phase} {snap.progress:.0%}{left}")
+            st.progress(snap.progress, text=progress_text(snap, record))
         if mine and st.button("Stop", icon=":material/stop:"):
             get_job(run_id).cancel()
     info = (snap.info.__dict__ if snap and snap.info else record.info) or {}
@@ -149,13 +183,17 @@ def show_run(run_id: str) -> bool:
                    "augmented view); each step runs only the layers that train.")
     if info:
         speed = record.config.get("images_per_second")
+        # fit measures its speed over the epochs only: on cached features that is the head alone,
+        # thousands of images/s, which says nothing about how fast the backbone runs.
+        where = " in the epochs, on cached features" if info.get("cache") or info.get("uses_feature_cache") else ""
         st.caption(f"Training {info.get('trainable_params', 0):,} parameters, "
                    f"{info.get('frozen_params', 0):,} frozen, on {info.get('device', '?')}"
-                   + (f" · {speed:,.0f} images/s at {record.config.get('image_size')} px" if speed else "") + ".")
+                   + (f" · {speed:,.0f} images/s{where} at {record.config.get('image_size')} px" if speed else "")
+                   + ".")
     if status in ("failed", "diverged"):
-        st.error(message)
+        st.error(plain(message))
     elif message:
-        st.info(message)
+        st.info(plain(message))
     if epochs or batch_losses:
         st.plotly_chart(curves(epochs, batch_losses), width="stretch", key=f"curves-{run_id}")
     plan = record.config.get("plan")
@@ -170,6 +208,10 @@ def show_run(run_id: str) -> bool:
         c3.metric("Train accuracy", f"{last['train_acc']:.1%}")
         if record.finished:
             c4.metric("Time, start to end", f"{record.finished - record.created:.1f} s")
+        if math.isnan(last["val_acc"]) and not record.config.get("n_val"):
+            st.warning("This run had no validation images (every class had a single image, and a class's "
+                       "only image goes to training), so nothing measured how well it does. Add more images "
+                       "per class on the Data page and train again.")
     return running
 
 
@@ -191,7 +233,7 @@ def waiting_run(run_id: str) -> None:
 
 def compare_ui(runs) -> None:
     st.subheader("Compare runs")
-    labels = {r.id: f"{r.label} · {datetime.fromtimestamp(r.created):%H:%M:%S}" for r in runs}
+    labels = {r.id: describe_run(r) for r in runs}
     default = [r for r in ss.get("compare", []) if r in labels]
     picked = st.multiselect("Runs to overlay", list(labels), default=default, format_func=labels.get)
     chosen = [r for r in runs if r.id in picked]
@@ -204,14 +246,14 @@ def compare_ui(runs) -> None:
         x = [e["epoch"] for e in epochs]
         colour = ["#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"][i % 6]
         for col, key in ((1, "val_loss"), (2, "val_acc")):
-            fig.add_trace(go.Scatter(x=x, y=[e[key] for e in epochs], name=r.label, legendgroup=r.id,
+            fig.add_trace(go.Scatter(x=x, y=[e[key] for e in epochs], name=labels[r.id], legendgroup=r.id,
                                      showlegend=col == 1, mode="lines+markers", line=dict(color=colour)), 1, col)
     fig.update_yaxes(range=[0, 1.02], row=1, col=2)
     fig.update_xaxes(title_text="epoch")
     fig.update_layout(height=340, margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=-0.25))
     st.plotly_chart(fig, width="stretch", key="compare-curves")
     st.dataframe([
-        {"run": r.label, "status": r.status, "backbone": r.backbone, "pretrained": r.pretrained,
+        {"run": labels[r.id], "status": r.status, "backbone": r.backbone, "pretrained": r.pretrained,
          "frozen groups": len(r.config.get("freeze", [])), "epochs": r.config.get("epochs"),
          "lr": r.config.get("lr"), "input px": r.config.get("image_size"),
          "val acc": r.final(), "val loss": r.final("val_loss"),
@@ -250,9 +292,7 @@ if runs:
         compare_ui(runs)
     st.divider()
     st.subheader("Your runs")
-    labels = {r.id: f"{datetime.fromtimestamp(r.created):%H:%M:%S} · {r.label} · {r.status}"
-              + (f" · val acc {r.final():.0%}" if r.final() is not None and not math.isnan(r.final()) else "")
-              for r in runs}
+    labels = {r.id: f"{run_option(r)} · {r.status}" for r in runs}
     ids = list(labels)
     picked = st.selectbox("Reopen a run", ids, index=ids.index(run_id) if run_id in ids else 0,
                           format_func=labels.get)

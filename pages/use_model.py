@@ -7,8 +7,7 @@ from core import data as core_data
 from core.errors import UserInputError
 from core.export import KINDS, build_bundle, onnx_available, onnx_export_available
 from core.training import predict_proba
-from pages._shared import bootstrap
-from pages._shared import current_split, finished_runs, model_picker, run_models
+from pages._shared import bootstrap, current_split, finished_runs, model_picker, run_models, category_axes, plain
 
 bootstrap()  # first, before the session is read: see bootstrap's docstring
 
@@ -23,8 +22,9 @@ MAX_UPLOADS = 12
 FORMATS = {
     "safetensors": ("safetensors + JSON", "The weights, safe to load (no code inside), and a JSON file with the "
                                           "class names and preprocessing. Rebuild the architecture to use them."),
-    "torchscript": ("TorchScript", "The whole model as a program: `torch.jit.load` runs it with no Transfer Lab "
-                                   "code."),
+    "torchscript": ("TorchScript", "The whole model as a program that PyTorch alone runs (`torch.jit.load`, no "
+                                   "Transfer Lab code). PyTorch has deprecated TorchScript and warns when loading "
+                                   "it; for new projects prefer ONNX or safetensors."),
     "onnx": ("ONNX", "A portable graph for onnxruntime, browsers and phones; any batch size."),
 }
 
@@ -36,10 +36,10 @@ def top5_figure(probs, classes) -> go.Figure:
                            marker_color=["#d62728" if i == order[-1] else "#9aa5b1" for i in order]))
     fig.update_layout(height=60 + 34 * len(order), margin=dict(l=0, r=0, t=10, b=0),
                       xaxis=dict(range=[0, 1], tickformat=".0%"))
-    return fig
+    return category_axes(fig, "yaxis")
 
 
-def pick_images() -> list:
+def pick_images(run_classes: list[str]) -> list:
     """(PIL image, caption) pairs from uploads, the webcam or the validation split."""
     source = st.radio("Images", ["Upload", "Webcam", "A validation image"], horizontal=True, key="use-source")
     if source == "Upload":
@@ -52,7 +52,7 @@ def pick_images() -> list:
             try:
                 images.append((core_data.open_image(upload.getvalue(), upload.name), upload.name))
             except UserInputError as exc:
-                st.error(str(exc))
+                st.error(plain(exc))
         return images
     if source == "Webcam":
         shot = st.camera_input("Take a photo", key="use-camera")
@@ -61,9 +61,15 @@ def pick_images() -> list:
         try:
             return [(core_data.open_image(shot.getvalue(), "webcam.jpg"), "webcam")]
         except UserInputError as exc:
-            st.error(str(exc))
+            st.error(plain(exc))
             return []
     _, val_ds = current_split()
+    if list(val_ds.classes) != list(run_classes):
+        # The label under the image would name a class of another dataset than the prediction's.
+        st.error(f"This run was trained on the classes {plain(', '.join(run_classes))}; the current dataset has "
+                 f"{plain(', '.join(val_ds.classes))}. Load the run's dataset on the Data page to try it on "
+                 "validation images, or upload photos of the run's classes.")
+        return []
     if len(val_ds) == 0:
         st.info("The validation split is empty.")
         return []
@@ -73,16 +79,16 @@ def pick_images() -> list:
 
 
 def predictions_ui(model) -> None:
-    images = pick_images()
+    images = pick_images(list(model.classes))
     if not images:
         st.caption("No image yet.")
         return
     probs = predict_proba(model, [img for img, _ in images])
     for n, ((image, caption), p) in enumerate(zip(images, probs)):
         left, right = st.columns([1, 3])
-        left.image(image, caption=caption, width="stretch")
+        left.image(image, caption=plain(caption), width="stretch")
         best = int(p.argmax())
-        right.markdown(f"**{model.classes[best]}** — {float(p[best]):.1%}")
+        right.markdown(f"**{plain(model.classes[best])}** — {float(p[best]):.1%}")
         right.plotly_chart(top5_figure(p, model.classes), width="stretch", key=f"top5-{n}")
 
 
@@ -125,7 +131,7 @@ def export_ui(run_id: str, model) -> None:
                     with st.spinner(f"Writing and checking the {title} file…"):
                         bundle = build_bundle(model, kind, check_images or None)
                 except UserInputError as exc:
-                    st.error(str(exc))
+                    st.error(plain(exc))
                 else:
                     exports[(run_id, kind)] = bundle
             if bundle is not None:
@@ -148,9 +154,12 @@ if run_id is None:
 try:
     model = run_models(run_id).after
 except UserInputError as exc:
-    st.error(str(exc))
+    st.error(plain(exc))
     st.stop()
-st.caption(f"{record.backbone} · classes: {', '.join(model.classes)} · input {model.image_size} px")
+st.caption(f"{record.backbone} · classes: {plain(', '.join(model.classes))} · input {model.image_size} px")
+if list(model.classes) != list(ss.dataset.classes):
+    st.warning(f"This run knows the classes {plain(', '.join(model.classes))}, not the current dataset's "
+               f"({plain(', '.join(ss.dataset.classes))}): it can only name one of its own classes.")
 predictions_ui(model)
 st.divider()
 export_ui(run_id, model)

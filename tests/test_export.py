@@ -125,3 +125,17 @@ def test_without_the_onnx_package_the_export_says_what_to_install(model, tmp_pat
 def test_an_unknown_format_is_refused(model, tmp_path):
     with pytest.raises(ConfigError, match="Unknown export format"):
         export.export_file(model, "pickle", tmp_path)
+
+
+@pytest.mark.parametrize("kind", export.KINDS)
+def test_the_readme_lists_its_files_in_aligned_columns(model, kind):
+    text = zipfile.ZipFile(io.BytesIO(export_bundle(model, kind))).read("README.txt").decode()
+    rows = [line for line in text.splitlines() if line.startswith("model")]
+    assert [row.split()[0] for row in rows] == [f"model{export.SUFFIX[kind]}", "model.json"]
+    starts = {len(row) - len(row.split(maxsplit=1)[1]) for row in rows}
+    assert len(starts) == 1  # the descriptions start in one column
+
+
+def test_the_torchscript_readme_says_it_is_deprecated_and_what_to_use_instead(model):
+    text = zipfile.ZipFile(io.BytesIO(export_bundle(model, "torchscript"))).read("README.txt").decode()
+    assert "deprecated" in text and "ONNX" in text and "onnxruntime" in text

@@ -92,9 +92,9 @@ def test_evaluate_shows_accuracy_confusion_scores_and_a_distillation(trained):
     [s for s in at.select_slider if s.label == "Student input size (px)"][0].set_value(64).run()
     button(at, "Distil").click().run()
     assert not at.exception and not at.error, texts(at.error)
-    assert at.session_state.distill_job.join(300)
+    assert at.session_state.distill_job["value"].join(300)
     at.run()
-    snap = at.session_state.distill_job.snapshot()
+    snap = at.session_state.distill_job["value"].snapshot()
     assert snap.status == "finished", snap.message
     assert all(len(snap.epochs[v]) == 1 for v in snap.epochs)
     assert any("With the teacher" in m for m in texts(at.markdown))

@@ -1,0 +1,74 @@
+"""The pages' small shared helpers: plain text, run names, what a run trained, chart axes."""
+
+import re
+import time
+
+import numpy as np
+import pytest
+
+from core.runs import RunRecord
+from pages._shared import (convergence_note, describe_run, first_trained_epoch, frozen_groups, plain, run_strategy,
+                           sanity_figure)
+
+GROUPS = ["stem", "stage1", "stage2", "head"]
+
+
+def record(plan=None, label="", pretrained=True, backbone="efficientnet_lite0", **config):
+    return RunRecord(id="0123456789abcdef", status="finished", created=time.mktime((2026, 1, 2, 3, 4, 5, 0, 0, -1)),
+                     backbone=backbone, pretrained=pretrained, classes=["a", "b"],
+                     config={"plan": plan or [], **config}, label=label, dataset="Digits.zip")
+
+
+@pytest.mark.parametrize("name", ["**bold** :red[red] $x^2$", "![x](http://evil.example/x.png)", "<img src=x>",
+                                  "# heading", "1. first", "- item", "a\nb", "[link](javascript:x)",
+                                  "www.evil.example", ":material/home:"])
+def test_plain_text_leaves_no_markdown_to_interpret(name):
+    escaped = plain(name)
+    # every character with a Markdown or Streamlit meaning is backslash-escaped, or gone (line breaks)
+    assert not re.search(r"(?<!\\)[*_`\[\]<>$:~|&]", escaped)
+    assert "\n" not in escaped
+    assert not re.match(r"\s*([#>+\-=]|\d+[.)])", escaped)
+    # and removing the escapes gives back what the person typed
+    assert re.sub(r"\\(.)", r"\1", escaped) == name.replace("\n", " ")
+
+
+def test_ordinary_names_read_the_same():
+    assert plain("Demo shapes (source look)") == "Demo shapes (source look)"
+
+
+def test_a_run_is_named_by_strategy_data_and_time_not_by_its_backbone():
+    name = describe_run(record(plan=[{"stem": 0, "stage1": 0, "stage2": 0, "head": 1}],
+                               label="efficientnet_lite0 pretrained"))
+    assert name == f"Feature extraction · Digits.zip · {time.strftime('%H:%M:%S', time.localtime(record().created))}"
+    scratch = describe_run(record(plan=[dict.fromkeys(GROUPS, 1.0)], pretrained=False,
+                                  label="efficientnet_lite0 scratch"))
+    assert scratch.startswith("Fine-tune all, from scratch · ")
+    assert describe_run(record(label="Custom")).startswith("Custom · Digits.zip")
+    assert describe_run(record(label="Custom", backbone="resnet18")).startswith("resnet18 · Custom")
+
+
+def test_progressive_unfreezing_is_read_from_the_runs_own_plan():
+    plan = [{"stem": 0, "stage1": 0, "stage2": 0, "head": 1},
+            {"stem": 0, "stage1": 0, "stage2": 1, "head": 1}]
+    run = record(plan=plan, freeze=[], unfreeze_every=1)
+    assert frozen_groups(run) == ["stem", "stage1"]  # config["freeze"] is empty, yet these never trained
+    assert first_trained_epoch(run) == {"stage2": 2, "head": 1}
+    assert run_strategy(run) == "Progressive unfreezing"
+
+
+def test_a_run_without_a_plan_falls_back_to_its_frozen_groups():
+    assert frozen_groups(record(freeze=["stem"])) == ["stem"]
+
+
+def test_the_convergence_delta_is_judged_against_the_attribution_total():
+    raw = np.full((3, 4, 4), 1.0)  # the attributions add up to 48
+    assert "2% of the attributions' total 48 — good" in convergence_note(1.0, raw)
+    assert "large" in convergence_note(20.0, raw)
+    assert "cannot be judged" in convergence_note(0.5, np.zeros((3, 2, 2)))
+
+
+def test_the_sanity_chart_fits_points_below_zero():
+    fig = sanity_figure({"gradcam": [1.0, 0.4, -0.7], "gradient": [1.0, 0.2]}, ["head", "stage2", "stage1"])
+    low, high = fig.layout.yaxis.range
+    assert low < -0.7 and high >= 1.0
+    assert fig.layout.xaxis.type == "category"
