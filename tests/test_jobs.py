@@ -291,3 +291,51 @@ def test_a_run_whose_worker_still_trains_is_not_marked_interrupted(store):
     store.save(type(record)(**{**record.__dict__, "status": "running", "worker_pid": os.getpid()}))
     assert store.mark_interrupted() == []
     assert store.get(record.id).status == "running"
+
+
+def fake_run(store, owner, *, hours_ago, mb=0.9, status="finished"):
+    """A finished run of ``mb`` megabytes that ended ``hours_ago`` (no training needed)."""
+    from core.runs import RunRecord, new_run_id
+
+    ended = time.time() - hours_ago * 3600
+    record = store.create(RunRecord(id=new_run_id(), status=status, created=ended - 60, backbone="efficientnet_lite0",
+                                    pretrained=True, classes=["a", "b"], config={}, owner=owner,
+                                    label=f"run {hours_ago} h", finished=ended))
+    (store.folder(record.id) / "model.safetensors").write_bytes(b"\0" * int(mb * 2**20))
+    return record.id
+
+
+def test_the_disk_cap_spares_recent_and_viewed_runs_and_prunes_the_heaviest_person_first(tmp_path):
+    store = RunStore(tmp_path / "data", cap_mb=4)
+    alice = [fake_run(store, ALICE, hours_ago=h) for h in (5, 4, 3)]
+    bob_old = fake_run(store, BOB, hours_ago=6)  # the oldest run of all, but Bob uses little space
+    just_finished = fake_run(store, ALICE, hours_ago=0.1)
+    store.touch(alice[0])  # a page shows Alice's oldest run right now
+    assert store.enforce_cap() == [alice[1]]  # 4.5 MB -> 3.6 MB: Alice's oldest run not on screen
+    assert {r.id for r in store.list()} == {alice[0], alice[2], bob_old, just_finished}
+    notes = store.notes(ALICE)
+    assert len(notes) == 1 and "run 4 h" in notes[0] and "removed" in notes[0]
+    assert store.notes(BOB) == []
+    store.clear_notes(ALICE)
+    assert store.notes(ALICE) == []
+
+
+def test_uploaded_weights_count_against_the_disk_cap(tmp_path):
+    store = RunStore(tmp_path / "data", cap_mb=2)
+    old = fake_run(store, ALICE, hours_ago=3)
+    assert store.enforce_cap() == []  # 0.9 MB of runs: under the cap
+    uploads = tmp_path / "data" / "uploads" / ALICE
+    uploads.mkdir(parents=True)
+    (uploads / "weights.safetensors").write_bytes(b"\0" * 2**21)
+    assert store.usage_bytes() > 2 * 2**20  # over the cap only with the upload
+    assert store.enforce_cap() == [old]
+
+
+def test_the_disk_cap_never_removes_a_run_that_just_finished(tmp_path, pool):
+    store = RunStore(tmp_path / "data", cap_mb=10)
+    queue = TaskQueue(1, pool=pool)
+    jobs = [run(store, queue) for _ in range(2)]
+    for job in jobs:
+        assert wait(job).status == "finished"
+    # each Lite0 model is ~14 MB, far over the cap, but both finished a moment ago
+    assert {r.id for r in store.list()} == {j.run_id for j in jobs}
