@@ -6,11 +6,15 @@
 import pandas  # noqa: F401
 import streamlit as st
 
+from core.tasks import get_pool
 from pages._shared import init_session, sidebar
 
 st.set_page_config(page_title="Transfer Lab", page_icon=":material/biotech:", layout="wide")
 
 init_session()
+# The warm worker processes that train runs start with the server (once per process), so the
+# first click on Train does not wait for torch to be imported.
+get_pool()
 
 pages = {
     "Build": [

@@ -137,7 +137,7 @@ class TrainingRun(Task):
             return
         with self._lock:
             self._status = "preparing"
-        pool = self._queue.pool or get_queue().pool
+        pool = self._queue.worker_pool()
 
         def started(pid: int) -> None:
             self.worker_pid = pid

@@ -14,7 +14,9 @@ import multiprocessing as mp
 import os
 import queue as queue_module
 import signal
+import sys
 import threading
+import types
 import time
 import traceback
 from collections import deque
@@ -73,6 +75,13 @@ class Snapshot:
     def run_id(self) -> str:
         return self.id
 
+    def __getattr__(self, name: str):
+        # kind-specific fields read like the others: snap.teacher_val_acc, snap.temperature
+        extra = self.__dict__.get("extra", {})
+        if name in extra:
+            return extra[name]
+        raise AttributeError(name)
+
 
 # ----------------------------------------------------------------------------- the queue
 
@@ -85,15 +94,26 @@ class TaskQueue:
     scripts, are not limited). ``pool`` is the worker pool the queue's training runs use.
     """
 
-    def __init__(self, slots: int, per_person: int | None = None, pool: "WorkerPool | None" = None):
+    def __init__(self, slots: int, per_person: int | None = None, pool: "WorkerPool | None" = None,
+                 pool_factory: Callable[[], "WorkerPool"] | None = None):
         self.slots = max(1, int(slots))
         self.per_person = per_person
         self.pool = pool
+        self._pool_factory = pool_factory
         self._cond = threading.Condition()
         self._running: set[str] = set()
         self._waiting: deque[str] = deque()
         self._owners: dict[str, str] = {}  # task id -> owner, while queued or training
         self._tasks: dict[str, "Task"] = {}
+
+    def worker_pool(self) -> "WorkerPool":
+        """The pool this queue's training runs use, started on first use (or the server's)."""
+        with self._cond:
+            if self.pool is None and self._pool_factory is not None:
+                self.pool = self._pool_factory()
+            if self.pool is not None:
+                return self.pool
+        return get_queue().worker_pool()
 
     # --- admission -----------------------------------------------------------------------
     def room_for(self, owner: str) -> int | None:
@@ -194,7 +214,8 @@ class Task:
     kind = "task"
 
     def __init__(self, target: Callable[["Task"], Any] | None = None, name: str = "task", *,
-                 queue: TaskQueue | None = None, owner: str = "", task_id: str | None = None):
+                 queue: TaskQueue | None = None, owner: str = "", task_id: str | None = None,
+                 arms: tuple[str, ...] = ()):
         from core.runs import new_run_id
 
         self.id = task_id or new_run_id()
@@ -210,6 +231,7 @@ class Task:
         self._message = ""
         self._result: Any = None
         self._extra: dict = {}
+        self._epochs: dict[str, list] = {arm: [] for arm in arms}  # "" for a task that trains one model
         self._created = time.perf_counter()
         self._ended: float | None = None
         self._thread = threading.Thread(target=self._run, name=f"{name}-{self.id}", daemon=True)
@@ -245,9 +267,10 @@ class Task:
         with self._lock:
             end = self._ended if self._ended is not None else time.perf_counter()
             queued = self._status == "queued" and self._queue is not None
+            epochs = {arm: tuple(e) for arm, e in self._epochs.items()}
             return Snapshot(self.id, self._status, self._progress, self._text, self._message,
                             end - self._created, self._queue.position(self.id) if queued else None,
-                            extra=dict(self._extra))
+                            epochs=epochs.get("", ()) if set(epochs) <= {""} else epochs, extra=dict(self._extra))
 
     # --- what bodies use -----------------------------------------------------------------
     def report(self, fraction: float, text: str = "") -> None:
@@ -256,6 +279,11 @@ class Task:
             self._progress = float(min(1.0, max(0.0, fraction)))
             if text:
                 self._text = text
+
+    def add_epoch(self, metrics, arm: str = "") -> None:
+        """One more epoch of the model ``arm`` this task trains (for its curves)."""
+        with self._lock:
+            self._epochs.setdefault(arm, []).append(metrics)
 
     def update(self, **extra) -> None:
         """Set kind-specific fields of the snapshot (``Snapshot.extra``)."""
@@ -323,6 +351,24 @@ def describe_exit(code: int | None) -> str:
     return f"it exited with code {code}"
 
 
+_spawn_lock = threading.Lock()
+
+
+def _start_without_main(process) -> None:
+    """Start a spawned process without re-running this process's ``__main__`` in it.
+
+    ``spawn`` runs the parent's main module again in the child. Under Streamlit that module is
+    the page script being run at that moment (app.py), which would start another pool inside the
+    worker; under pytest it is pytest. The worker needs neither: its target is importable."""
+    with _spawn_lock:
+        saved = sys.modules.get("__main__")
+        sys.modules["__main__"] = types.ModuleType("__main__")
+        try:
+            process.start()
+        finally:
+            sys.modules["__main__"] = saved
+
+
 class _Worker:
     def __init__(self, process, conn):
         self.process, self.conn = process, conn
@@ -359,7 +405,7 @@ class WorkerPool:
         parent, child = self._ctx.Pipe()
         process = self._ctx.Process(target=worker.serve, args=(child, self.threads), daemon=True,
                                     name="transfer-lab-worker")
-        process.start()
+        _start_without_main(process)
         child.close()
         return _Worker(process, parent)
 
@@ -460,12 +506,13 @@ def get_queue() -> TaskQueue:
 
             settings = get_settings()
             slots = settings.max_concurrent_runs
-            _queue = TaskQueue(slots, settings.max_queued_per_person, WorkerPool(slots))
+            _queue = TaskQueue(slots, settings.max_queued_per_person, pool_factory=lambda: WorkerPool(slots))
         return _queue
 
 
 def get_pool() -> WorkerPool:
-    return get_queue().pool
+    """The server's warm worker pool: call it at start-up so the first click trains at once."""
+    return get_queue().worker_pool()
 
 
 def reset() -> None:
