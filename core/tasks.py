@@ -174,9 +174,11 @@ class TaskQueue:
         with self._cond:
             self._waiting.append(task_id)
             try:
-                while not (len(self._running) < self.slots and self._waiting[0] == task_id):
-                    if cancelled.is_set():
+                while True:
+                    if cancelled.is_set():  # cancelled before or while waiting: never starts
                         return False
+                    if len(self._running) < self.slots and self._waiting[0] == task_id:
+                        break
                     self._cond.wait(timeout=0.2)
                 self._running.add(task_id)
                 return True
