@@ -339,3 +339,16 @@ def test_the_disk_cap_never_removes_a_run_that_just_finished(tmp_path, pool):
         assert wait(job).status == "finished"
     # each Lite0 model is ~14 MB, far over the cap, but both finished a moment ago
     assert {r.id for r in store.list()} == {j.run_id for j in jobs}
+
+
+def test_offline_torchvision_weights_fail_the_run_with_instructions(store, monkeypatch):
+    import urllib.error
+
+    def no_network(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr("torchvision.models._api.load_state_dict_from_url", no_network)
+    record = create_run(store, Shapes(8, 0), Shapes(4, 1), backbone="resnet18", pretrained=True,
+                        config=quick_config(freeze=[]))
+    assert worker.train_run_folder(store.folder(record.id)) == "failed"
+    assert "TORCH_HOME" in store.get(record.id).message
