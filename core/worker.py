@@ -184,7 +184,7 @@ def _train(store: RunStore, record: RunRecord, stop: StopSignal, log: EventLog, 
             pass
         # Out of memory: the traceback (and its frames' tensors) is gone once we are out of the
         # except block, so the cache can really be emptied before the retry.
-        del model, best
+        model = best = None  # nothing may keep the failed attempt's tensors alive
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
