@@ -352,3 +352,13 @@ def test_offline_torchvision_weights_fail_the_run_with_instructions(store, monke
                         config=quick_config(freeze=[]))
     assert worker.train_run_folder(store.folder(record.id)) == "failed"
     assert "TORCH_HOME" in store.get(record.id).message
+
+
+def test_a_worker_whose_server_is_gone_stops_and_marks_its_run_interrupted(store):
+    """After kill -9 of the server its workers are orphans: they must not train on unseen."""
+    record = create_run(store, Shapes(8, 0), Shapes(4, 1), backbone="efficientnet_lite0", pretrained=True,
+                        config=quick_config(epochs=5))
+    not_my_parent = os.getppid() + 1
+    assert worker.train_run_folder(store.folder(record.id), parent_pid=not_my_parent) == "interrupted"
+    after = store.get(record.id)
+    assert after.status == "interrupted" and "server stopped" in after.message and len(after.epochs) < 5
