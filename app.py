@@ -10,6 +10,7 @@ import streamlit as st
 
 from pages._links import apply_link, classroom_link_ui, show_link_notes, sync_link
 from pages._shared import init_session, link_notes, run_page, sidebar
+from core.tasks import get_pool
 
 # The app's own icon, served by this server: a ":material/…:" page icon makes the browser fetch
 # the favicon from fonts.gstatic.com on every page, which fails offline (classrooms often are).
@@ -21,6 +22,9 @@ init_session()
 apply_link()
 show_link_notes()
 link_notes()
+# The warm worker processes that train runs start with the server (once per process), so the
+# first click on Train does not wait for torch to be imported.
+get_pool()
 
 pages = {
     "Build": [

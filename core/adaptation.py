@@ -412,63 +412,46 @@ def compare_adaptation(source_train, source_val, target_ds, config: TrainConfig,
 
 
 class _ArmRecorder(Callback):
-    def __init__(self, run: "AdaptationRun", arm: str, index: int):
-        self.run, self.arm, self.index = run, arm, index
+    def __init__(self, task: Task, arm: str, index: int):
+        self.task, self.arm, self.index = task, arm, index
 
     def on_batch_end(self, progress: BatchProgress) -> None:
         text = "Caching the frozen layers' output" if progress.phase == "cache" else f"epoch {progress.epoch}"
-        self.run.task.report((self.index + progress.fraction) / 2, f"{self.arm}: {text}…")
+        self.task.report((self.index + progress.fraction) / 2, f"{self.arm}: {text}…")
 
     def on_epoch_end(self, metrics: EpochMetrics) -> None:
-        with self.run._lock:
-            self.run._epochs[self.arm].append(metrics)
+        self.task.add_epoch(metrics, self.arm)
 
 
-class AdaptationRun:
-    """A plain-vs-DAN comparison training in a worker thread; a page polls ``snapshot()``.
+class AdaptationRun(Task):
+    """A plain-vs-DAN comparison as a background task; a page polls ``snapshot()``.
 
     It waits for a slot in the server's training queue like any run, so a classroom cannot
-    start more trainings at once than the server allows.
+    start more trainings at once than the server allows. ``snapshot().epochs`` is per arm.
     """
+
+    kind = "comparison"
 
     def __init__(self, source_train, source_val, target_ds, config: TrainConfig, lam: float,
                  layer: str | None = None, queue=None, **options):
-        from core.runs import new_run_id
+        from core.tasks import get_queue
 
-        self.id = new_run_id()
+        super().__init__(name="adapt", queue=queue or get_queue(), arms=("plain", "DAN"))
         self.lam, self.config = float(lam), config
-        self._lock = threading.Lock()
-        self._epochs: dict[str, list[EpochMetrics]] = {"plain": [], "DAN": []}
-        self._queue = queue
+        self._text = "Waiting for a free training slot…"
+        self._work = (source_train, source_val, target_ds, layer, options)
 
-        def work(task: Task) -> AdaptationComparison:
-            queue = self._queue
-            if queue is None:
-                from core.jobs import get_queue
+    @property
+    def task(self) -> "AdaptationRun":  # pages written for the former wrapper
+        return self
 
-                queue = get_queue()
-            task.report(0.0, "Waiting for a free training slot…")
-            if not queue.acquire(self.id, task.stop):
-                raise UserInputError("Cancelled while waiting for a free training slot.")
-            try:
-                task.report(0.0, "Loading the model and measuring the MMD before training…")
-                return compare_adaptation(
-                    source_train, source_val, target_ds, config, lam, layer, stop=task.stop,
-                    callbacks_for=lambda arm: [_ArmRecorder(self, arm, 0 if arm == "plain" else 1)], **options)
-            finally:
-                queue.release(self.id)
-
-        self.task = Task(work, name=f"adapt-{self.id}")
-
-    def snapshot(self) -> dict:
-        state = self.task.snapshot()
-        with self._lock:
-            state["epochs"] = {arm: list(epochs) for arm, epochs in self._epochs.items()}
-        state["result"] = self.task.result
-        return state
-
-    def cancel(self) -> None:
-        self.task.cancel()
+    def _body(self) -> AdaptationComparison:
+        source_train, source_val, target_ds, layer, options = self._work
+        self._work = None
+        self.report(0.0, "Loading the model and measuring the MMD before training…")
+        return compare_adaptation(
+            source_train, source_val, target_ds, self.config, self.lam, layer, stop=self.stop,
+            callbacks_for=lambda arm: [_ArmRecorder(self, arm, 0 if arm == "plain" else 1)], **options)
 
 
 def start_comparison(source_train, source_val, target_ds, config: TrainConfig, lam: float = DEFAULT_LAMBDA,
@@ -481,6 +464,4 @@ def start_comparison(source_train, source_val, target_ds, config: TrainConfig, l
     skeleton = backbones.classifier(backbones.load(options.get("backbone", backbones.DEFAULT_BACKBONE),
                                                    pretrained=False), len(classes))
     _check_adaptable(skeleton, config, lam, HEAD_INPUT if layer is None else layer)
-    run = AdaptationRun(source_train, source_val, target_ds, config, lam, layer, **options)
-    run.task.start()
-    return run
+    return AdaptationRun(source_train, source_val, target_ds, config, lam, layer, **options).start()

@@ -10,17 +10,14 @@ on every augmented batch (once per cached view when the student's frozen groups 
 from __future__ import annotations
 
 import math
-import secrets
 import threading
-import traceback
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from core.backbones import Classifier
-from core.errors import ConfigError, UserInputError
+from core.errors import ConfigError
 from core.devices import pick_device
 from core.train.base import (BatchProgress, Callback, EpochMetrics, History, TrainConfig, encode_images, evaluate,
                               labels_of, normalise)
@@ -167,23 +164,9 @@ def distill(student: Classifier, teacher: Classifier, train_ds, val_ds, config: 
 VARIANTS = ("with teacher", "without teacher")
 
 
-@dataclass(frozen=True)
-class DistillSnapshot:
-    """What a page needs to draw a distillation comparison, copied so the worker can go on."""
+from core.tasks import Snapshot, Task  # noqa: E402  (the background part builds on the engine above)
 
-    status: str  # queued, running, finished, failed, cancelled
-    phase: str  # the variant training now
-    progress: float  # of both trainings, in [0, 1]
-    epochs: dict[str, tuple[EpochMetrics, ...]]
-    stopped: dict[str, str | None]
-    message: str
-    teacher_val_acc: float | None
-    temperature: float
-    alpha: float
-
-    @property
-    def done(self) -> bool:
-        return self.status in ("finished", "failed", "cancelled")
+DistillSnapshot = Snapshot  # ``epochs`` per variant; ``teacher_val_acc``, ``temperature``, ``alpha`` in ``extra``
 
 
 class _Recorder(Callback):
@@ -191,95 +174,54 @@ class _Recorder(Callback):
         self.job, self.variant, self.index = job, variant, index
 
     def on_batch_end(self, progress: BatchProgress) -> None:
-        with self.job._lock:
-            self.job._progress = (self.index + progress.fraction) / len(VARIANTS)
+        self.job.report((self.index + progress.fraction) / len(VARIANTS), self.variant)
 
     def on_epoch_end(self, metrics: EpochMetrics) -> None:
-        with self.job._lock:
-            self.job._epochs[self.variant].append(metrics)
+        self.job.add_epoch(metrics, self.variant)
 
 
-class DistillationJob:
-    """Trains one student with the teacher (``alpha``) and one without it (``alpha = 0``), in a thread.
+class DistillationJob(Task):
+    """Trains one student with the teacher (``alpha``) and one without it (``alpha = 0``), as a task.
 
     Both students come from ``build_student`` (call it twice: the same seed gives the same start),
     so the teacher is the only difference. The job waits for a slot of the server's training queue.
     """
 
+    kind = "distillation"
+
     def __init__(self, build_student: Callable[[], Classifier], teacher: Classifier, train_ds, val_ds,
                  config: TrainConfig, temperature: float, alpha: float, queue=None):
+        from core.tasks import get_queue
+
         check_settings(temperature, alpha)
         config.validate()
-        self.id = "distill-" + secrets.token_hex(6)
+        super().__init__(name="distill", queue=queue or get_queue(), arms=VARIANTS)
         self.config, self.temperature, self.alpha = config, float(temperature), float(alpha)
         self._build_student, self._teacher = build_student, teacher
         self._train_ds, self._val_ds = train_ds, val_ds
-        self._queue = queue
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._status, self._phase, self._progress, self._message = "queued", "", 0.0, ""
-        self._epochs: dict[str, list[EpochMetrics]] = {v: [] for v in VARIANTS}
-        self._stopped: dict[str, str | None] = {}
-        self._teacher_acc: float | None = None
         self.students: dict[str, Classifier] = {}
-        self._thread = threading.Thread(target=self._run, name=self.id, daemon=True)
+        self.update(teacher_val_acc=None, temperature=self.temperature, alpha=self.alpha, stopped={})
 
-    def start(self) -> "DistillationJob":
-        self._thread.start()
-        return self
-
-    def cancel(self) -> None:
-        self._stop.set()
-
-    def join(self, timeout: float | None = None) -> bool:
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
-
-    def snapshot(self) -> DistillSnapshot:
-        with self._lock:
-            return DistillSnapshot(self._status, self._phase, self._progress,
-                                   {v: tuple(e) for v, e in self._epochs.items()}, dict(self._stopped),
-                                   self._message, self._teacher_acc, self.temperature, self.alpha)
-
-    def _set(self, **changes) -> None:
-        with self._lock:
-            for key, value in changes.items():
-                setattr(self, "_" + key, value)
-
-    def _run(self) -> None:
-        queue = self._queue
-        if queue is None:
-            from core.jobs import get_queue
-
-            queue = get_queue()
-        if not queue.acquire(self.id, self._stop):
-            self._set(status="cancelled", message="Cancelled while waiting for a training slot.")
-            return
+    def _body(self) -> None:
         try:
-            self._set(status="running")
-            self._set(teacher_acc=self._teacher_accuracy())
+            self.report(0.0, "")
+            self.update(teacher_val_acc=self._teacher_accuracy())
+            stopped = {}
             for index, variant in enumerate(VARIANTS):
-                if self._stop.is_set():
+                if self.stop.is_set():
                     break
-                self._set(phase=variant)
+                self.report(index / len(VARIANTS), variant)
                 student = self._build_student()
                 alpha = self.alpha if variant == VARIANTS[0] else 0.0
                 history = distill(student, self._teacher, self._train_ds, self._val_ds, self.config,
-                                  self.temperature, alpha, [_Recorder(self, variant, index)], self._stop)
-                with self._lock:
-                    self._stopped[variant] = history.stopped
-                    self.students[variant] = student
-                    if history.message:
+                                  self.temperature, alpha, [_Recorder(self, variant, index)], self.stop)
+                stopped[variant] = history.stopped
+                self.students[variant] = student
+                self.update(stopped=dict(stopped))
+                if history.message:
+                    with self._lock:
                         self._message = history.message
-            cancelled = self._stop.is_set()
-            self._set(status="cancelled" if cancelled else "finished", progress=1.0 if not cancelled else self._progress)
-        except UserInputError as exc:
-            self._set(status="failed", message=str(exc))
-        except Exception as exc:  # a crash must reach the page, not kill the server
-            traceback.print_exc()
-            self._set(status="failed", message=f"Distillation crashed: {type(exc).__name__}: {exc}")
         finally:
-            queue.release(self.id)
             self._train_ds = self._val_ds = None
 
     def _teacher_accuracy(self) -> float | None:

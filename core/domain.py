@@ -12,12 +12,9 @@ caller supplies the model key ("pretrained:efficientnet_lite0", a run id) becaus
 
 from __future__ import annotations
 
-import threading
 import time
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
@@ -27,6 +24,7 @@ from core import mmd
 from core.data import split
 from core.errors import ConfigError, UserInputError
 from core.features import FeatureCache, activations
+from core.tasks import Task  # long analyses run as tasks, like training (kept here for the pages)
 from core.training import encode_images, normalise
 
 __all__ = [
@@ -296,79 +294,3 @@ def analyse_shift(model: nn.Module, ds_a, ds_b, layer: str, layer_groups, image_
     report(1.0, "Done")
     return ShiftAnalysis(layer, test, mmd.verdict(test, alpha), profile, points, kernel, index, proxy,
                          len(xa), len(xb), seconds)
-
-
-# ----------------------------------------------------------------------------- background work
-
-
-class Task:
-    """One function run in a worker thread; a page polls ``snapshot()`` and never waits on it.
-
-    ``target(task)`` reports with ``task.report(fraction, text)`` and should end early once
-    ``task.stop`` is set. A ``UserInputError`` becomes the task's message as is.
-    """
-
-    def __init__(self, target: Callable[["Task"], Any], name: str = "task"):
-        self._target = target
-        self.stop = threading.Event()
-        self._lock = threading.Lock()
-        self._status = "queued"  # queued, running, finished, failed, cancelled
-        self._progress = 0.0
-        self._text = ""
-        self._message = ""
-        self._result: Any = None
-        self._started = time.perf_counter()
-        self._ended: float | None = None
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-
-    def start(self) -> "Task":
-        self._thread.start()
-        return self
-
-    def cancel(self) -> None:
-        self.stop.set()
-
-    def join(self, timeout: float | None = None) -> bool:
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
-
-    def report(self, fraction: float, text: str = "") -> None:
-        with self._lock:
-            self._status = "running"
-            self._progress = float(min(1.0, max(0.0, fraction)))
-            if text:
-                self._text = text
-
-    def snapshot(self) -> dict:
-        with self._lock:
-            end = self._ended if self._ended is not None else time.perf_counter()
-            return {"status": self._status, "progress": self._progress, "text": self._text,
-                    "message": self._message, "seconds": end - self._started,
-                    "done": self._status in ("finished", "failed", "cancelled")}
-
-    @property
-    def done(self) -> bool:
-        return self.snapshot()["done"]
-
-    @property
-    def result(self) -> Any:
-        with self._lock:
-            return self._result
-
-    def _finish(self, status: str, message: str = "", result: Any = None) -> None:
-        with self._lock:
-            self._status, self._message, self._result = status, message, result
-            self._ended = time.perf_counter()
-            if status == "finished":
-                self._progress = 1.0
-
-    def _run(self) -> None:
-        try:
-            result = self._target(self)
-        except UserInputError as exc:
-            self._finish("failed", str(exc))
-        except Exception as exc:  # a crash must reach the page, not kill the server
-            traceback.print_exc()
-            self._finish("failed", f"The analysis crashed: {type(exc).__name__}: {exc}")
-        else:
-            self._finish("cancelled" if self.stop.is_set() else "finished", "", result)

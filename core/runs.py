@@ -20,10 +20,16 @@ from core import backbones
 from core.backbones import Classifier
 from core.errors import CheckpointError, UserInputError
 
-__all__ = ["RunRecord", "RunStore", "new_run_id", "is_run_id"]
+__all__ = ["RunRecord", "RunStore", "new_run_id", "is_run_id", "FINISHED", "RECENT_SECONDS", "IN_VIEW_SECONDS"]
 
 _RUN_ID = re.compile(r"[0-9a-f]{16}")
-FINISHED = ("finished", "failed", "cancelled", "diverged")
+FINISHED = ("finished", "failed", "cancelled", "diverged", "interrupted")
+RECENT_SECONDS = 3600  # the disk cap never removes a run that finished less than this ago
+IN_VIEW_SECONDS = 600  # ... nor one a page showed less than this ago (see RunStore.touch)
+EVENTS = "events.jsonl"
+INPUTS = "inputs.safetensors"
+STOP = "stop"
+VIEWED = "viewed"
 
 
 def new_run_id() -> str:
@@ -52,6 +58,7 @@ class RunRecord:
     dataset: str = ""
     info: dict = field(default_factory=dict)
     finished: float | None = None
+    worker_pid: int | None = None  # the process training it, while it trains
 
     @property
     def done(self) -> bool:
@@ -185,29 +192,179 @@ class RunStore:
     def delete(self, run_id: str) -> None:
         shutil.rmtree(self._dir(run_id), ignore_errors=True)
 
+    # --- the run folder as the contract between the app and whatever trains ----------------
+    def folder(self, run_id: str) -> Path:
+        return self._dir(run_id)
+
+    def save_inputs(self, run_id: str, tensors: dict) -> None:
+        """The run's training data (uint8 images at its size, labels), for the worker to read."""
+        self._write(run_id, INPUTS, tensors)
+
+    def load_inputs(self, run_id: str) -> dict:
+        path = self._dir(run_id) / INPUTS
+        try:
+            return load_file(str(path), device="cpu")
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise CheckpointError(f"This run's training data could not be read: {exc}") from None
+
+    def drop_inputs(self, run_id: str) -> None:
+        """The encoded images are only needed while the run trains: do not let them fill the disk."""
+        try:
+            (self._dir(run_id) / INPUTS).unlink(missing_ok=True)
+        except OSError:
+            pass
+
+    def read_events(self, run_id: str, offset: int = 0) -> tuple[list[dict], int]:
+        """Complete lines of the run's events.jsonl from byte ``offset`` on, and the offset after them."""
+        try:
+            with open(self._dir(run_id) / EVENTS, "rb") as fh:
+                fh.seek(offset)
+                chunk = fh.read()
+        except (OSError, UserInputError):
+            return [], offset
+        end = chunk.rfind(b"\n") + 1  # a line being written is read next time
+        events = []
+        for line in chunk[:end].splitlines():
+            try:
+                events.append(json.loads(line))
+            except ValueError:
+                continue
+        return events, offset + end
+
+    def request_stop(self, run_id: str) -> None:
+        """Ask whoever trains this run to stop (it checks for the file after every batch)."""
+        try:
+            (self._dir(run_id) / STOP).touch()
+        except OSError:
+            pass
+
+    def stop_requested(self, run_id: str) -> bool:
+        return (self._dir(run_id) / STOP).exists()
+
+    def touch(self, run_id: str) -> None:
+        """A page shows this run now: the disk cap leaves it alone for a while."""
+        try:
+            path = self._dir(run_id) / VIEWED
+            if not path.exists() or time.time() - path.stat().st_mtime > 30:
+                path.touch()
+        except (OSError, UserInputError):
+            pass
+
+    def mark_interrupted(self) -> list[str]:
+        """Runs left "queued" or "running" by a server that is gone (kill -9, power cut): say so.
+
+        A run whose worker process is still alive is left alone. The best weights a run saved at
+        its last epoch end stay, so it keeps what it had learned.
+        """
+        marked = []
+        for record in self.list():
+            if record.done or (record.worker_pid and _alive(record.worker_pid)):
+                continue
+            folder = self._dir(record.id)
+            if (folder / "model.safetensors").is_file() and record.epochs:
+                message = (f"The server stopped while this run was training. Its best weights so far "
+                           f"(after epoch {len(record.epochs)} of {record.config.get('epochs', '?')}) are kept.")
+            else:
+                message = "The server stopped before this run had finished an epoch: train it again."
+            self.save(RunRecord(**{**record.__dict__, "status": "interrupted", "message": message,
+                                   "finished": record.finished or time.time(), "worker_pid": None}))
+            self.drop_inputs(record.id)
+            marked.append(record.id)
+        return marked
+
+    # --- the disk cap --------------------------------------------------------------------
     def usage_bytes(self) -> int:
-        return sum(f.stat().st_size for f in self.root.rglob("*") if f.is_file())
+        return sum(f.stat().st_size for f in self.root.rglob("*") if f.is_file()) + self._uploads_bytes()
+
+    def _uploads_bytes(self) -> int:
+        uploads = self.root.parent / "uploads"
+        return sum(f.stat().st_size for f in uploads.rglob("*") if f.is_file()) if uploads.is_dir() else 0
+
+    def _protected(self, record: RunRecord, now: float) -> bool:
+        if not record.done or now - (record.finished or record.created) < RECENT_SECONDS:
+            return True
+        viewed = self.root / record.id / VIEWED
+        try:
+            return now - viewed.stat().st_mtime < IN_VIEW_SECONDS
+        except OSError:
+            return False
 
     def enforce_cap(self, keep: frozenset[str] = frozenset()) -> list[str]:
-        """Remove the oldest finished runs (except ``keep``) until the store is under its size cap."""
+        """Remove finished runs until the data folder (runs and uploads) is under its size cap.
+
+        Never a run that is going, finished in the last hour, was shown by a page in the last
+        minutes, or is in ``keep``. The person using the most space goes first, their oldest run
+        first; whoever loses a run finds a note about it (``notes``).
+        """
         if self.cap_bytes is None:
             return []
         removed = []
+        now = time.time()
         with self._lock:
             sizes = {}
             for folder in self.root.iterdir():
                 sizes[folder.name] = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
-            total = sum(sizes.values())
-            finished = [r for r in self.list() if r.done]
-            for record in sorted(finished, key=lambda r: r.finished or r.created):
-                if total <= self.cap_bytes:
-                    break
-                if record.id in keep:
-                    continue
-                total -= sizes.get(record.id, 0)
-                self.delete(record.id)
-                removed.append(record.id)
+            total = sum(sizes.values()) + self._uploads_bytes()
+            records = self.list()
+            by_owner: dict[str, int] = {}
+            for r in records:
+                by_owner[r.owner] = by_owner.get(r.owner, 0) + sizes.get(r.id, 0)
+            candidates = sorted((r for r in records if r.id not in keep and not self._protected(r, now)),
+                                key=lambda r: r.finished or r.created)
+            while total > self.cap_bytes and candidates:
+                # the person over their share the most loses their oldest run first
+                heaviest = max({r.owner for r in candidates}, key=lambda o: by_owner.get(o, 0))
+                victim = next(r for r in candidates if r.owner == heaviest)
+                candidates.remove(victim)
+                size = sizes.get(victim.id, 0)
+                total -= size
+                by_owner[victim.owner] = by_owner.get(victim.owner, 0) - size
+                self.delete(victim.id)
+                self._add_note(victim, now)
+                removed.append(victim.id)
         return removed
+
+    # --- notes to a person ---------------------------------------------------------------
+    def _notes_path(self, owner: str) -> Path | None:
+        if not is_run_id(owner):
+            return None
+        return self.root.parent / "notes" / f"{owner}.json"
+
+    def _add_note(self, record: RunRecord, now: float) -> None:
+        path = self._notes_path(record.owner)
+        if path is None:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        notes = self.notes(record.owner)
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(record.created))
+        notes.append(f"Your run “{record.label or record.id}” from {when} was removed to keep the server's "
+                     "disk under its cap (the oldest runs of whoever uses the most space go first).")
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(notes))
+        os.replace(tmp, path)
+
+    def notes(self, owner: str) -> list[str]:
+        """What happened to this person's runs that they have not been told yet."""
+        path = self._notes_path(owner)
+        try:
+            return list(json.loads(path.read_text())) if path is not None else []
+        except (OSError, ValueError):
+            return []
+
+    def clear_notes(self, owner: str) -> None:
+        path = self._notes_path(owner)
+        if path is not None:
+            path.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def now() -> float:

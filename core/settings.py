@@ -39,6 +39,7 @@ class Settings:
     data_dir: Path
     max_concurrent_runs: int
     disk_cap_mb: int
+    max_queued_per_person: int = 2  # runs one person may have training or waiting at once
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -47,6 +48,8 @@ class Settings:
             data_dir=data_dir,
             max_concurrent_runs=_int_env("TRANSFER_LAB_MAX_CONCURRENT_RUNS", _default_slots(), 1),
             disk_cap_mb=_int_env("TRANSFER_LAB_DISK_CAP_MB", 2048, 10),
+            # one training and one waiting: a person's clicks cannot make the whole class wait
+            max_queued_per_person=_int_env("TRANSFER_LAB_MAX_QUEUED_PER_PERSON", 2, 1),
         )
 
 

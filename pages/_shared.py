@@ -13,7 +13,7 @@ import streamlit as st
 
 from core import backbones, data
 from core.devices import describe_device, pick_device
-from core.jobs import get_job
+from core.jobs import get_job, snapshot_of
 from core.runs import RunStore, is_run_id
 from core.settings import get_settings
 from core.training import TrainConfig
@@ -88,7 +88,10 @@ class ModelChoice:
 def run_store() -> RunStore:
     """The server's one run store (it holds no per-person state in memory)."""
     settings = get_settings()
-    return RunStore(settings.data_dir, cap_mb=settings.disk_cap_mb)
+    store = RunStore(settings.data_dir, cap_mb=settings.disk_cap_mb)
+    # Once per server start: runs a killed server left "running" say so, instead of forever.
+    store.mark_interrupted()
+    return store
 
 
 @st.cache_resource
@@ -246,9 +249,17 @@ def my_runs():
 
 
 def run_status(run_id: str):
-    """(snapshot or None, record or None): live state when the job is in this process."""
+    """(snapshot or None, record or None): live state while the run is queued here or a worker
+    trains it; a page showing a run keeps the disk cap away from it."""
+    store = run_store()
+    store.touch(run_id)
     job = get_job(run_id)
-    return (job.snapshot() if job else None), run_store().get(run_id)
+    if job is not None:
+        return job.snapshot(), store.get(run_id)
+    record = store.get(run_id)
+    if record is not None and not record.done and record.worker_pid:  # trained by another process
+        return snapshot_of(store, run_id), record
+    return None, record
 
 
 def sidebar(refresh: bool = False) -> None:
@@ -383,7 +394,8 @@ def run_option(record) -> str:
 
 def finished_runs():
     store = run_store()
-    return [r for r in my_runs() if r.status in ("finished", "cancelled", "diverged") and store.has_model(r.id)]
+    return [r for r in my_runs()
+            if r.status in ("finished", "cancelled", "diverged", "interrupted") and store.has_model(r.id)]
 
 
 @dataclass
@@ -406,6 +418,8 @@ def run_models(run_id: str | None, backbone: str = backbones.DEFAULT_BACKBONE) -
     """
     cache = st.session_state.setdefault("_models", {})
     key = run_id or f"pretrained:{backbone}"
+    if run_id:
+        run_store().touch(run_id)  # on screen: the disk cap leaves it alone
     if key not in cache:
         if len(cache) >= 3:
             cache.pop(next(iter(cache)))

@@ -117,9 +117,9 @@ def start_analysis(key, model_key, load, ds_a, ds_b, layer, groups, facts, size,
 @st.fragment(run_every=1.0)
 def analysis_progress(task: domain.Task) -> None:
     state = task.snapshot()
-    if state["done"]:
+    if state.done:
         st.rerun()  # finished: draw the results once, without the timer
-    st.progress(state["progress"], text=f"{state['text'] or 'Starting…'} ({state['seconds']:.0f} s)")
+    st.progress(state.progress, text=f"{state.phase or 'Starting…'} ({state.seconds:.0f} s)")
 
 
 def null_histogram(result) -> go.Figure:
@@ -282,18 +282,18 @@ def adaptation_ui(ds_a, ds_b, backbone: str, control: bool) -> None:
     if not run.task.done:
         adaptation_progress(run)
     else:
-        show_adaptation(run.snapshot())
+        show_adaptation(run)
 
 
 @st.fragment(run_every=1.0)
 def adaptation_progress(run) -> None:
     state = run.snapshot()
-    if state["done"]:
+    if state.done:
         st.rerun()
-    st.progress(state["progress"], text=f"{state['text'] or 'Starting…'} ({state['seconds']:.0f} s)")
+    st.progress(state.progress, text=f"{state.phase or 'Starting…'} ({state.seconds:.0f} s)")
     if st.button("Stop", icon=":material/stop:"):
         run.cancel()
-    epoch_charts(state["epochs"], run.lam)
+    epoch_charts(state.epochs, run.lam)
 
 
 def epoch_charts(epochs: dict, lam: float) -> None:
@@ -320,13 +320,14 @@ def percent(value: float) -> str:
     return "—" if value is None or math.isnan(value) else f"{value:.0%}"
 
 
-def show_adaptation(state: dict) -> None:
-    if state["status"] == "failed":
-        st.error(plain(state["message"]))
+def show_adaptation(run) -> None:
+    state = run.snapshot()
+    if state.status == "failed":
+        st.error(plain(state.message))
         return
-    result: adaptation.AdaptationComparison | None = state["result"]
+    result: adaptation.AdaptationComparison | None = run.result
     if result is None:
-        st.info(state["message"] or "The comparison was stopped.")
+        st.info(state.message or "The comparison was stopped.")
         return
     columns = st.columns(2)
     for column, arm in zip(columns, result.arms):
@@ -341,7 +342,7 @@ def show_adaptation(state: dict) -> None:
             m3.metric("MMD² at the head input", f"{arm.mmd_after:.4f}",
                       delta=f"{arm.mmd_after - arm.mmd_before:+.4f} vs before", delta_color="inverse")
             st.caption(f"MMD² before training {arm.mmd_before:.4f} → after {arm.mmd_after:.4f}; {arm.seconds:.0f} s.")
-    epoch_charts(state["epochs"], result.dan.lam)
+    epoch_charts(state.epochs, result.dan.lam)
     st.caption(f"Both arms started from the same pretrained weights and head (seed 0); "
                f"{result.seconds:.0f} s for both. MMD² in eval mode between all of set A and all of set B.")
 
@@ -380,12 +381,12 @@ if not task.done:
     analysis_progress(task)
 else:
     state = task.snapshot()
-    if state["status"] == "failed":
-        st.error(plain(state["message"]))
+    if state.status == "failed":
+        st.error(plain(state.message))
     elif task.result is not None:
         show_analysis(task.result, ds_a, ds_b, names, method, control)
         seconds = task.result.seconds
-        st.caption(f"Computed in {state['seconds']:.1f} s (features {seconds.get('features', 0):.1f} s; "
+        st.caption(f"Computed in {state.seconds:.1f} s (features {seconds.get('features', 0):.1f} s; "
                    "they are cached, so another layer, kernel or picture of these sets needs no new pass).")
 
 if not hidden("adaptation"):

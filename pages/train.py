@@ -9,8 +9,9 @@ from plotly.subplots import make_subplots
 
 from core.data import check_split
 from core.errors import UserInputError
-from core.jobs import get_job, start_run
+from core.jobs import get_job, start_run, cancel_waiting
 from core.progress import ProgressTracker, fit_phase_units
+from core.tasks import get_queue
 from core.training import TrainConfig
 from pages._links import locked
 from pages._shared import (bootstrap, current_split, describe_run, my_runs, owns, plain, plan_figure, run_option,
@@ -64,8 +65,12 @@ def start_ui(config: TrainConfig) -> None:
         f"{' pretrained' if mc.pretrained else ' from scratch'} · **{mc.strategy}** · "
         f"{config.epochs} epochs at {config.image_size} px"
     )
+    queue = get_queue()
+    room = queue.room_for(ss.owner)
     b1, b2 = st.columns([1, 4])
-    if b1.button("Train", type="primary", icon=":material/play_arrow:"):
+    if b1.button("Train", type="primary", icon=":material/play_arrow:", disabled=room == 0,
+                 help=f"Each person may have {queue.per_person} runs training or waiting at once."
+                 if queue.per_person else None):
         launch([(mc.pretrained, config, mc.strategy if mc.pretrained else f"{mc.strategy}, from scratch")])
     if b2.button("Pretrained vs from scratch", icon=":material/compare_arrows:",
                  help="Trains this architecture twice on the same split and seed: with your settings from "
@@ -73,10 +78,21 @@ def start_ui(config: TrainConfig) -> None:
         scratch = TrainConfig(**{**config.to_dict(), "freeze": [], "lr_multipliers": {}, "unfreeze_every": 0})
         launch([(True, config, f"{mc.strategy}, pretrained"),
                 (False, scratch, "Fine-tune all, from scratch")], compare=True)
+    if room == 0:
+        st.caption(f":material/hourglass_top: You have {queue.per_person} runs training or waiting, the most one "
+                   "person may queue at once so that everyone gets a turn. Train again when one ends.")
+    waiting = [t for t in queue.mine(ss.owner) if t.snapshot().status == "queued"]
+    if waiting and st.button(f"Cancel my waiting runs ({len(waiting)})", icon=":material/playlist_remove:"):
+        cancel_waiting(ss.owner)
+        st.rerun()
 
 
 def launch(variants, compare: bool = False) -> None:
     mc = ss.model_choice
+    room = get_queue().room_for(ss.owner)
+    if room is not None and room < len(variants):
+        st.error(get_queue().full_message())
+        return
     try:
         train_ds, val_ds = current_split()
         check_split(train_ds, val_ds)
@@ -173,7 +189,8 @@ def show_run(run_id: str) -> bool:
         else:
             st.progress(snap.progress, text=progress_text(snap, record))
         if mine and st.button("Stop", icon=":material/stop:"):
-            get_job(run_id).cancel()
+            job = get_job(run_id)
+            job.cancel() if job is not None else run_store().request_stop(run_id)
     info = (snap.info.__dict__ if snap and snap.info else record.info) or {}
     if info.get("cache") == "head" or (info.get("uses_feature_cache") and not info.get("cache")):
         st.caption(":material/bolt: Only the head trains: the frozen backbone's features were computed once and are "
@@ -192,6 +209,8 @@ def show_run(run_id: str) -> bool:
                    + ".")
     if status in ("failed", "diverged"):
         st.error(plain(message))
+    elif status == "interrupted":
+        st.warning(plain(message))
     elif message:
         st.info(plain(message))
     if epochs or batch_losses:
@@ -267,6 +286,10 @@ def compare_ui(runs) -> None:
 def live_compare() -> None:
     compare_ui(my_runs())
 
+
+for note in run_store().notes(ss.owner):
+    st.warning(note, icon=":material/delete_sweep:")
+run_store().clear_notes(ss.owner)
 
 config = settings_ui()
 start_ui(config)

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from core import backbones
 from core.distillation import VARIANTS, DistillationJob, distill, distillation_loss, soften
 from core.errors import ConfigError
-from core.jobs import TrainingQueue
+from core.tasks import TaskQueue
 from core.training import TrainConfig
 from test_training import Shapes
 
@@ -140,7 +140,7 @@ def test_the_job_trains_the_same_student_with_and_without_the_teacher(lite0, dat
         return student
 
     config = TrainConfig(epochs=1, batch_size=8, image_size=32, freeze=head_only(teacher))
-    job = DistillationJob(build, teacher, *data, config, temperature=2.0, alpha=0.5, queue=TrainingQueue(1)).start()
+    job = DistillationJob(build, teacher, *data, config, temperature=2.0, alpha=0.5, queue=TaskQueue(1)).start()
     assert job.join(120)
     snap = job.snapshot()
     assert snap.status == "finished", snap.message

@@ -234,7 +234,7 @@ def test_a_task_runs_in_the_background_and_keeps_its_result():
     release.set()
     assert task.join(5)
     state = task.snapshot()
-    assert state["status"] == "finished" and state["progress"] == 1.0 and task.result == 42
+    assert state.status == "finished" and state.progress == 1.0 and task.result == 42
 
 
 def test_a_task_shows_a_user_error_as_its_message():
@@ -243,4 +243,4 @@ def test_a_task_shows_a_user_error_as_its_message():
 
     task = domain.Task(work).start()
     assert task.join(5)
-    assert task.snapshot()["status"] == "failed" and task.snapshot()["message"] == "Pick another layer."
+    assert task.snapshot().status == "failed" and task.snapshot().message == "Pick another layer."

@@ -1,17 +1,33 @@
+import gc
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 
 import pytest
 import torch
 
-from core import backbones
-from core.jobs import TrainingQueue, get_job, start_run, submit
+from core import backbones, worker
+from core.backbones import Classifier
 from core.errors import CheckpointError
-from core.runs import RunRecord, RunStore, is_run_id, new_run_id
-from core.training import TrainConfig, predict_proba
+from core.jobs import cancel_waiting, create_run, get_job, start_run
+from core.runs import RunStore, is_run_id
+from core.tasks import QueueFullError, TaskQueue, WorkerPool
+from core.training import TrainConfig, encode_images, evaluate, labels_of
 from tests.test_training import Shapes
 
 FROZEN = ["stem", "stage1", "stage2", "stage3", "stage4", "stage5", "stage6", "stage7", "top"]
+ALICE, BOB = "a" * 16, "b" * 16
+
+
+@pytest.fixture(scope="module")
+def pool():
+    """Two warm workers shared by the whole module: starting one costs seconds (torch's import)."""
+    workers = WorkerPool(2, threads=1)
+    yield workers
+    workers.close()
 
 
 @pytest.fixture
@@ -23,91 +39,171 @@ def quick_config(**changes):
     return TrainConfig(**{"epochs": 2, "batch_size": 8, "freeze": FROZEN, "image_size": 32, **changes})
 
 
-def default_build():
-    return backbones.classifier(backbones.load(), 2, classes=["disc", "square"], image_size=32)
+def run(store, queue, config=None, n=8, owner="", **options):
+    options = {"backbone": "efficientnet_lite0", "pretrained": True, **options}
+    return start_run(store, Shapes(n, 0), Shapes(4, 1), config=config or quick_config(epochs=1), owner=owner,
+                     queue=queue, **options)
 
 
-def launch(store, queue, build=default_build, epochs=1):
-    """Submit a run with a model builder of the test's choosing (to hold or crash a slot)."""
-    record = RunRecord(id=new_run_id(), status="queued", created=time.time(), backbone="efficientnet_lite0",
-                       pretrained=True, classes=["disc", "square"], config={})
-    return submit(record, store, build, Shapes(8, 0), Shapes(4, 1), quick_config(epochs=epochs), queue)
-
-
-def wait(job, timeout=120):
+def wait(job, timeout=180):
     assert job.join(timeout), "the run did not finish in time"
     return job.snapshot()
 
 
-def test_a_run_trains_in_the_background_and_is_saved_with_its_model(store):
+def wait_for(condition, timeout=120):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def slow_config():
+    """Long enough to be caught mid-run: every layer trains, one image per step."""
+    return quick_config(freeze=[], epochs=40, batch_size=2)
+
+
+def test_a_run_trains_in_a_worker_process_and_is_saved_with_its_model(store, pool):
     train_ds, val_ds = Shapes(16, 0), Shapes(6, 1)
     job = start_run(store, train_ds, val_ds, backbone="efficientnet_lite0", pretrained=True,
-                    config=quick_config(), owner="aaaa", queue=TrainingQueue(1))
+                    config=quick_config(), owner=ALICE, queue=TaskQueue(1, pool=pool))
     assert is_run_id(job.run_id) and get_job(job.run_id) is job
     snap = wait(job)
     assert snap.status == "finished", snap.message
     assert [e.epoch for e in snap.epochs] == [1, 2]
     assert snap.first_point_after is not None and snap.progress == pytest.approx(1.0)
+    assert snap.batch_losses and snap.info.n_train == 16
     record = store.get(job.run_id)
-    assert record.status == "finished" and record.owner == "aaaa" and len(record.epochs) == 2
-    assert record.classes == ["disc", "square"]
+    assert record.status == "finished" and record.owner == ALICE and len(record.epochs) == 2
+    assert record.classes == ["disc", "square"] and record.worker_pid is None
+    assert record.worker_pid is None and job.worker_pid not in (None, os.getpid())
+    assert not (store.folder(job.run_id) / "inputs.safetensors").exists()  # no copy of the data stays
+    # the saved model is the one that was scored: it gets the recorded validation accuracy
     reloaded = store.load_model(job.run_id)
-    images = [train_ds[i][0] for i in range(4)]
-    assert torch.allclose(predict_proba(reloaded, images), predict_proba(job.model, images), atol=1e-6)
+    _, acc = evaluate(reloaded, encode_images(val_ds, 32), labels_of(val_ds),
+                      torch.tensor(reloaded.mean).view(1, 3, 1, 1), torch.tensor(reloaded.std).view(1, 3, 1, 1), "cpu")
+    assert acc == pytest.approx(record.epochs[-1]["val_acc"])
 
 
-def test_runs_wait_their_turn_in_the_server_queue(store):
-    queue = TrainingQueue(1)
-    gate = threading.Event()
+def test_the_server_keeps_no_model_in_memory_once_a_run_is_on_disk(store, pool):
+    def models():
+        gc.collect()
+        return {id(o) for o in gc.get_objects() if isinstance(o, Classifier)}
 
-    def slow_build():
-        gate.wait(30)
-        return default_build()
-
-    first = launch(store, queue, slow_build)
-    second = launch(store, queue)
-    deadline = time.time() + 10
-    while second.snapshot().queue_position != 1 and time.time() < deadline:
-        time.sleep(0.05)
-    assert second.snapshot().status == "queued" and second.snapshot().queue_position == 1
-    assert first.snapshot().status == "preparing"
-    gate.set()
-    assert wait(first).status == "finished"
-    assert wait(second).status == "finished"
+    before = models()
+    job = run(store, TaskQueue(1, pool=pool))
+    assert wait(job).status == "finished"
+    assert models() <= before
+    assert not any(isinstance(v, torch.nn.Module) for v in vars(job).values())
 
 
-def test_a_queued_run_can_be_cancelled_and_the_queue_goes_on(store):
-    queue = TrainingQueue(1)
-    gate = threading.Event()
-    blocker = launch(store, queue, lambda: (gate.wait(30), default_build())[1])
-    waiting = launch(store, queue)
+def test_two_runs_started_together_train_exactly_like_one_run_alone(store, pool):
+    """Each run has its own process, so neither draws from the other's random generator."""
+    config = quick_config(freeze=[], epochs=2, batch_size=4, augment=True)
+    queue = TaskQueue(2, pool=pool)
+
+    def history(job):
+        snap = wait(job)
+        assert snap.status == "finished", snap.message
+        return [(e.train_loss, e.train_acc, e.val_loss, e.val_acc) for e in snap.epochs], snap.batch_losses
+
+    alone = history(run(store, queue, config))
+    together = [run(store, queue, config), run(store, queue, config)]
+    assert history(together[0]) == alone
+    assert history(together[1]) == alone
+
+
+def test_runs_wait_their_turn_in_the_server_queue(store, pool):
+    queue = TaskQueue(1, pool=pool)
+    assert queue.acquire("someone-else", threading.Event())  # a run of another session holds the slot
+    waiting = run(store, queue)
+    wait_for(lambda: waiting.snapshot().queue_position == 1)
+    assert waiting.snapshot().status == "queued" and store.get(waiting.run_id).status == "queued"
+    queue.release("someone-else")
+    assert wait(waiting).status == "finished"
+
+
+def test_a_queued_run_can_be_cancelled_and_the_queue_goes_on(store, pool):
+    queue = TaskQueue(1, pool=pool)
+    assert queue.acquire("blocker", threading.Event())
+    waiting = run(store, queue)
     waiting.cancel()
     assert wait(waiting).status == "cancelled"
     assert store.get(waiting.run_id).status == "cancelled"
-    gate.set()
-    assert wait(blocker).status == "finished"
+    queue.release("blocker")
+    assert wait(run(store, queue)).status == "finished"
     assert queue.running == 0 and queue.waiting == 0
 
 
-def test_a_crash_inside_a_run_is_reported_and_the_queue_goes_on(store):
-    queue = TrainingQueue(1)
-    snap = wait(launch(store, queue, lambda: 1 / 0))
-    assert snap.status == "failed" and "ZeroDivisionError" in snap.message
+def test_stop_ends_a_training_run_within_a_second(store, pool):
+    job = run(store, TaskQueue(1, pool=pool), slow_config())
+    wait_for(lambda: len(job.snapshot().batch_losses) >= 2)
+    asked, asked_wall = time.monotonic(), time.time()
+    job.cancel()
+    assert job.join(10)
+    took = time.monotonic() - asked
+    events, _ = store.read_events(job.run_id)
+    stopped = next(e["t"] for e in events if e["event"] == "end") - asked_wall
+    # one batch to finish and the weights to save; a busy 2-core CI machine gets some slack
+    assert stopped < 1.0 and took < 1.5, (stopped, took)
+    assert job.snapshot().status == "cancelled" and store.get(job.run_id).status == "cancelled"
+
+
+def test_a_killed_worker_fails_its_run_clearly_and_the_server_goes_on(store, pool):
+    queue = TaskQueue(1, pool=pool)
+    earlier = run(store, queue)
+    assert wait(earlier).status == "finished"
+    job = run(store, queue, slow_config())
+    wait_for(lambda: len(job.snapshot().epochs) >= 1)  # an epoch ended: its weights are on disk
+    os.kill(job.worker_pid, signal.SIGKILL)
+    snap = wait(job, 30)
+    assert snap.status == "failed" and "SIGKILL" in snap.message and "start the run again" in snap.message
+    record = store.get(job.run_id)
+    assert record.status == "failed" and record.done and len(record.epochs) >= 1
+    store.load_model(job.run_id)  # it keeps the best weights it had
+    store.load_model(earlier.run_id)  # other runs are untouched
+    assert {r.id for r in store.list()} == {earlier.run_id, job.run_id}
+    assert wait(run(store, queue)).status == "finished"  # the pool replaced its worker
+    assert len(pool.pids()) == 2
+
+
+def test_a_crash_inside_a_run_is_reported_and_the_queue_goes_on(store, pool, tmp_path):
+    queue = TaskQueue(1, pool=pool)
+    broken = tmp_path / "weights.safetensors"
+    broken.write_bytes(b"not weights")
+    snap = wait(run(store, queue, weights_path=str(broken)))
+    assert snap.status == "failed" and snap.message
     assert store.get(snap.run_id).status == "failed"
-    assert wait(launch(store, queue)).status == "finished"
+    assert wait(run(store, queue)).status == "finished"
 
 
-def test_offline_torchvision_weights_fail_the_run_with_instructions(store, monkeypatch):
-    import urllib.error
+def test_one_person_cannot_fill_the_queue_and_can_clear_their_waiting_runs(store, pool):
+    queue = TaskQueue(1, per_person=2, pool=pool)
+    assert queue.acquire("another-class", threading.Event())
+    mine = [run(store, queue, owner=ALICE), run(store, queue, owner=ALICE)]
+    assert queue.room_for(ALICE) == 0
+    with pytest.raises(QueueFullError, match="cancel your waiting runs"):
+        run(store, queue, owner=ALICE)
+    assert len(store.list(owner=ALICE)) == 2  # the refused click left nothing behind
+    theirs = run(store, queue, owner=BOB)  # someone else still gets in line
+    assert cancel_waiting(ALICE, queue) == 2
+    assert [wait(j).status for j in mine] == ["cancelled", "cancelled"]
+    assert queue.room_for(ALICE) == 2
+    queue.release("another-class")
+    assert wait(theirs).status == "finished"
 
-    def no_network(*args, **kwargs):
-        raise urllib.error.URLError("no network")
 
-    monkeypatch.setattr("torchvision.models._api.load_state_dict_from_url", no_network)
-    job = start_run(store, Shapes(8, 0), Shapes(4, 1), backbone="resnet18", pretrained=True,
-                    config=quick_config(freeze=[]), queue=TrainingQueue(1))
-    snap = wait(job)
-    assert snap.status == "failed" and "TORCH_HOME" in snap.message
+def test_a_run_keeps_its_exact_starting_model(store, pool):
+    """The Feature maps page compares a run's "before" with its "after"."""
+    built = backbones.starting_model("resnet18", ["disc", "square"], pretrained=False, seed=7, image_size=32)
+    job = run(store, TaskQueue(1, pool=pool), quick_config(freeze=[], seed=7, epochs=1), backbone="resnet18",
+              pretrained=False)
+    assert wait(job).status == "finished"
+    again = store.load_starting_model(job.run_id)
+    assert set(again.state_dict()) == set(built.state_dict())
+    for name, tensor in again.state_dict().items():
+        assert torch.equal(tensor, built.state_dict()[name]), name
+    trained = store.load_model(job.run_id)
+    assert not torch.equal(trained.conv1.weight, again.conv1.weight)  # training moved it
 
 
 def test_run_ids_from_a_link_cannot_reach_outside_the_store(store):
@@ -116,57 +212,8 @@ def test_run_ids_from_a_link_cannot_reach_outside_the_store(store):
     assert not is_run_id("0123456789ABCDEF/..")
 
 
-def test_the_oldest_finished_runs_go_when_the_store_is_over_its_cap(tmp_path):
-    store = RunStore(tmp_path / "data", cap_mb=10)
-    jobs = []
-    for seed in range(3):
-        job = start_run(store, Shapes(8, seed), Shapes(4, 9), backbone="efficientnet_lite0", pretrained=True,
-                        config=quick_config(epochs=1), queue=TrainingQueue(1))
-        wait(job)
-        jobs.append(job)
-    # each Lite0 model is ~14 MB, so none fits under 10 MB, but the run that just finished stays
-    remaining = {r.id for r in store.list()}
-    assert remaining == {jobs[2].run_id}
-
-
-def test_a_runs_starting_model_is_kept_exactly_while_other_threads_draw_random_numbers(store):
-    """The Feature maps page compares a run's "before" with its "after": "before" must be the model
-    the run really started from, even when another session's training draws from torch's global
-    generator (dropout) while this one is built or rebuilt."""
-    built = {}
-
-    def build():
-        model = backbones.starting_model("resnet18", ["disc", "square"], pretrained=False, seed=7, image_size=32)
-        built.update({k: v.clone() for k, v in model.state_dict().items()})
-        return model
-
-    stop = threading.Event()
-
-    def another_sessions_dropout():
-        while not stop.is_set():
-            torch.rand(4096)
-
-    noise = threading.Thread(target=another_sessions_dropout, daemon=True)
-    noise.start()
-    try:
-        config = quick_config(freeze=[], seed=7, epochs=1)
-        record = RunRecord(id=new_run_id(), status="queued", created=time.time(), backbone="resnet18",
-                           pretrained=False, classes=["disc", "square"], config=config.to_dict())
-        job = submit(record, store, build, Shapes(8, 0), Shapes(4, 1), config, TrainingQueue(1))
-        wait(job)
-        again = store.load_starting_model(job.run_id)
-    finally:
-        stop.set()
-        noise.join()
-    assert set(again.state_dict()) == set(built)
-    for name, tensor in again.state_dict().items():
-        assert torch.equal(tensor, built[name]), name
-    trained = store.load_model(job.run_id)
-    assert not torch.equal(trained.conv1.weight, again.conv1.weight)  # training moved it
-
-
-def test_damaged_weights_files_of_a_run_are_a_clear_error(store):
-    job = launch(store, TrainingQueue(1))
+def test_damaged_weights_files_of_a_run_are_a_clear_error(store, pool):
+    job = run(store, TaskQueue(1, pool=pool))
     wait(job)
     store.load_starting_model(job.run_id), store.load_model(job.run_id)  # readable as saved
     for name in ("start.safetensors", "model.safetensors"):
@@ -178,9 +225,7 @@ def test_damaged_weights_files_of_a_run_are_a_clear_error(store):
 
 
 def test_out_of_gpu_memory_retries_once_with_half_the_batch_then_stops_with_a_message(store, monkeypatch):
-    import core.jobs as jobs
-
-    real_fit = jobs.fit
+    real_fit = worker.fit
     batch_sizes = []
 
     def fit_that_runs_out_once(model, train_ds, val_ds, config, *args, **kwargs):
@@ -189,15 +234,131 @@ def test_out_of_gpu_memory_retries_once_with_half_the_batch_then_stops_with_a_me
             raise torch.cuda.OutOfMemoryError("CUDA out of memory")
         return real_fit(model, train_ds, val_ds, config, *args, **kwargs)
 
-    monkeypatch.setattr(jobs, "fit", fit_that_runs_out_once)
-    snap = wait(launch(store, TrainingQueue(1)))
-    assert snap.status == "finished" and batch_sizes == [8, 4]
-    assert "retrying with batch size 4" in snap.message
-    assert store.get(snap.run_id).config["batch_size"] == 4
+    def new_run():
+        return create_run(store, Shapes(8, 0), Shapes(4, 1), backbone="efficientnet_lite0", pretrained=True,
+                          config=quick_config(epochs=1))
+
+    monkeypatch.setattr(worker, "fit", fit_that_runs_out_once)
+    record = new_run()
+    assert worker.train_run_folder(store.folder(record.id)) == "finished" and batch_sizes == [8, 4]
+    record = store.get(record.id)
+    assert "retrying with batch size 4" in record.message and record.config["batch_size"] == 4
 
     def always_out_of_memory(*args, **kwargs):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory")
 
-    monkeypatch.setattr(jobs, "fit", always_out_of_memory)
-    snap = wait(launch(store, TrainingQueue(1)))
-    assert snap.status == "failed" and "ran out of memory" in snap.message
+    monkeypatch.setattr(worker, "fit", always_out_of_memory)
+    record = new_run()
+    assert worker.train_run_folder(store.folder(record.id)) == "failed"
+    assert "ran out of memory" in store.get(record.id).message
+
+
+def test_a_run_left_running_by_a_killed_server_is_marked_interrupted_and_keeps_its_best_weights(store, monkeypatch):
+    """kill -9 of the server: its record says "running" and no process trains it any more."""
+    epochs_seen = []
+    real_fit = worker.fit
+
+    def fit_killed_after_the_first_epoch(model, train_ds, val_ds, config, callbacks, stop):
+        class Die(worker.Callback):
+            def on_epoch_end(self, metrics):
+                epochs_seen.append(metrics.epoch)
+                raise KeyboardInterrupt  # the process dies here, record and all
+
+        return real_fit(model, train_ds, val_ds, config, [*callbacks, Die()], stop)
+
+    monkeypatch.setattr(worker, "fit", fit_killed_after_the_first_epoch)
+    record = create_run(store, Shapes(8, 0), Shapes(4, 1), backbone="efficientnet_lite0", pretrained=True,
+                        config=quick_config(epochs=3), owner=ALICE)
+    with pytest.raises(KeyboardInterrupt):
+        worker.train_run_folder(store.folder(record.id))
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a process id that no longer runs: the dead worker's
+    left = store.get(record.id)
+    assert left.status == "running" and epochs_seen == [1]
+    store.save(type(left)(**{**left.__dict__, "worker_pid": gone.pid}))
+
+    assert store.mark_interrupted() == [record.id]
+    after = store.get(record.id)
+    assert after.status == "interrupted" and after.done and "best weights so far" in after.message
+    assert len(after.epochs) == 1
+    store.load_model(record.id)  # what it learned in epoch 1 is still there
+    assert store.mark_interrupted() == []
+
+
+def test_a_run_whose_worker_still_trains_is_not_marked_interrupted(store):
+    record = create_run(store, Shapes(8, 0), Shapes(4, 1), backbone="efficientnet_lite0", pretrained=True,
+                        config=quick_config(epochs=1))
+    store.save(type(record)(**{**record.__dict__, "status": "running", "worker_pid": os.getpid()}))
+    assert store.mark_interrupted() == []
+    assert store.get(record.id).status == "running"
+
+
+def fake_run(store, owner, *, hours_ago, mb=0.9, status="finished"):
+    """A finished run of ``mb`` megabytes that ended ``hours_ago`` (no training needed)."""
+    from core.runs import RunRecord, new_run_id
+
+    ended = time.time() - hours_ago * 3600
+    record = store.create(RunRecord(id=new_run_id(), status=status, created=ended - 60, backbone="efficientnet_lite0",
+                                    pretrained=True, classes=["a", "b"], config={}, owner=owner,
+                                    label=f"run {hours_ago} h", finished=ended))
+    (store.folder(record.id) / "model.safetensors").write_bytes(b"\0" * int(mb * 2**20))
+    return record.id
+
+
+def test_the_disk_cap_spares_recent_and_viewed_runs_and_prunes_the_heaviest_person_first(tmp_path):
+    store = RunStore(tmp_path / "data", cap_mb=4)
+    alice = [fake_run(store, ALICE, hours_ago=h) for h in (5, 4, 3)]
+    bob_old = fake_run(store, BOB, hours_ago=6)  # the oldest run of all, but Bob uses little space
+    just_finished = fake_run(store, ALICE, hours_ago=0.1)
+    store.touch(alice[0])  # a page shows Alice's oldest run right now
+    assert store.enforce_cap() == [alice[1]]  # 4.5 MB -> 3.6 MB: Alice's oldest run not on screen
+    assert {r.id for r in store.list()} == {alice[0], alice[2], bob_old, just_finished}
+    notes = store.notes(ALICE)
+    assert len(notes) == 1 and "run 4 h" in notes[0] and "removed" in notes[0]
+    assert store.notes(BOB) == []
+    store.clear_notes(ALICE)
+    assert store.notes(ALICE) == []
+
+
+def test_uploaded_weights_count_against_the_disk_cap(tmp_path):
+    store = RunStore(tmp_path / "data", cap_mb=2)
+    old = fake_run(store, ALICE, hours_ago=3)
+    assert store.enforce_cap() == []  # 0.9 MB of runs: under the cap
+    uploads = tmp_path / "data" / "uploads" / ALICE
+    uploads.mkdir(parents=True)
+    (uploads / "weights.safetensors").write_bytes(b"\0" * 2**21)
+    assert store.usage_bytes() > 2 * 2**20  # over the cap only with the upload
+    assert store.enforce_cap() == [old]
+
+
+def test_the_disk_cap_never_removes_a_run_that_just_finished(tmp_path, pool):
+    store = RunStore(tmp_path / "data", cap_mb=10)
+    queue = TaskQueue(1, pool=pool)
+    jobs = [run(store, queue) for _ in range(2)]
+    for job in jobs:
+        assert wait(job).status == "finished"
+    # each Lite0 model is ~14 MB, far over the cap, but both finished a moment ago
+    assert {r.id for r in store.list()} == {j.run_id for j in jobs}
+
+
+def test_offline_torchvision_weights_fail_the_run_with_instructions(store, monkeypatch):
+    import urllib.error
+
+    def no_network(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr("torchvision.models._api.load_state_dict_from_url", no_network)
+    record = create_run(store, Shapes(8, 0), Shapes(4, 1), backbone="resnet18", pretrained=True,
+                        config=quick_config(freeze=[]))
+    assert worker.train_run_folder(store.folder(record.id)) == "failed"
+    assert "TORCH_HOME" in store.get(record.id).message
+
+
+def test_a_worker_whose_server_is_gone_stops_and_marks_its_run_interrupted(store):
+    """After kill -9 of the server its workers are orphans: they must not train on unseen."""
+    record = create_run(store, Shapes(8, 0), Shapes(4, 1), backbone="efficientnet_lite0", pretrained=True,
+                        config=quick_config(epochs=5))
+    not_my_parent = os.getppid() + 1
+    assert worker.train_run_folder(store.folder(record.id), parent_pid=not_my_parent) == "interrupted"
+    after = store.get(record.id)
+    assert after.status == "interrupted" and "server stopped" in after.message and len(after.epochs) < 5

@@ -153,3 +153,31 @@ def test_saliency_explains_a_real_photo_with_the_pretrained_model(app):
     [b for b in app.button if b.label == "Run the sanity check"][0].click().run()
     assert not app.exception
     assert any("rank correlation" in c.proto.spec for c in app.get("plotly_chart"))
+
+
+def test_one_person_may_queue_only_their_share_and_can_cancel_their_waiting_runs(app, monkeypatch):
+    import threading
+
+    from core.jobs import get_job
+    from core.tasks import get_queue
+
+    queue = get_queue()
+    monkeypatch.setattr(queue, "per_person", 1)
+    others = [f"another-class-{i}" for i in range(queue.slots)]
+    for slot in others:  # the whole class is training: this person's run has to wait
+        assert queue.acquire(slot, threading.Event())
+    try:
+        open_page(app, "train")
+        [b for b in app.button if b.label == "Train"][0].click().run()
+        assert not app.error, texts(app.error)
+        run_id = app.session_state.current_run
+        assert [b for b in app.button if b.label == "Train"][0].disabled
+        assert any("the most one person may queue" in c for c in texts(app.caption))
+        [b for b in app.button if b.label.startswith("Cancel my waiting runs")][0].click().run()
+        assert get_job(run_id).join(30)
+        assert get_job(run_id).snapshot().status == "cancelled"
+        app.run()
+        assert not [b for b in app.button if b.label == "Train"][0].disabled
+    finally:
+        for slot in others:
+            queue.release(slot)

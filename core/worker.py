@@ -1,0 +1,236 @@
+"""What runs inside a worker process: train one run folder, reading and writing nothing else.
+
+The folder holds ``run.json`` (record and config) and ``inputs.safetensors`` (the training and
+validation images, uint8 at the run's size, and their labels). The worker builds the starting
+model, trains it with ``core.training.fit``, appends one JSON line per event to ``events.jsonl``
+(flushed at once, so a page can tail it), writes the best weights so far at every epoch end and
+the final ones at the end (each atomically), and the final record. A ``stop`` file in the folder
+ends the run after the current batch. ``train_run_folder`` also runs in-process (tests, a CLI).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import math
+import os
+import time
+import traceback
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from core import backbones
+from core.errors import UserInputError
+from core.runs import EVENTS, RunRecord, RunStore
+from core.training import Callback, TrainConfig, encode_images, fit
+
+__all__ = ["EncodedDataset", "EventLog", "StopSignal", "train_run_folder", "serve", "encode_inputs"]
+
+
+class EncodedDataset:
+    """Images already decoded to uint8 ``Tensor[N, 3, S, S]``, with the ``ImageDataset`` interface."""
+
+    def __init__(self, images: torch.Tensor, labels, classes: list[str]):
+        self.images = images
+        self.labels = [int(v) for v in labels]
+        self.classes = list(classes)
+
+    def encoded(self, size: int) -> torch.Tensor:
+        """The images as uint8 Tensor[N, 3, size, size] (resized only when the size differs)."""
+        if self.images.shape[-1] == size and self.images.shape[-2] == size:
+            return self.images
+        return encode_images(self, size)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        return Image.fromarray(self.images[i].permute(1, 2, 0).numpy(), "RGB"), self.labels[i]
+
+
+def encode_inputs(train_ds, val_ds, size: int) -> dict[str, torch.Tensor]:
+    """What a worker needs of the two splits, as tensors for the run folder."""
+    from core.training import labels_of
+
+    return {"train_images": encode_images(train_ds, size), "train_labels": labels_of(train_ds),
+            "val_images": encode_images(val_ds, size), "val_labels": labels_of(val_ds)}
+
+
+class EventLog(Callback):
+    """Appends one JSON line per event to the run's events.jsonl, flushed so a page sees it now."""
+
+    def __init__(self, path: Path):
+        self._fh = open(path, "a", buffering=1, encoding="utf-8")
+
+    def write(self, event: str, **fields) -> None:
+        self._fh.write(json.dumps({"event": event, "t": time.time(), **fields}, default=float) + "\n")
+        self._fh.flush()
+
+    def on_fit_start(self, info) -> None:
+        self.write("fit_start", info=asdict(info))
+
+    def on_batch_end(self, progress) -> None:
+        self.write("batch", **asdict(progress))
+
+    def on_epoch_end(self, metrics) -> None:
+        self.write("epoch", **asdict(metrics))
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+class StopSignal:
+    """``fit``'s stop flag: set by a ``stop`` file in the run folder, or when the server is gone."""
+
+    def __init__(self, folder: Path, parent_pid: int | None = None):
+        self._file = folder / "stop"
+        self._parent = parent_pid
+
+    @property
+    def orphaned(self) -> bool:
+        return self._parent is not None and os.getppid() != self._parent
+
+    def is_set(self) -> bool:
+        return self._file.exists() or self.orphaned
+
+
+class _BestWeights(Callback):
+    """Saves the model at every epoch end that is the best so far, so an interrupted run keeps it,
+    and the record's epochs with it."""
+
+    def __init__(self, store: RunStore, run_id: str, model, log_record):
+        self.store, self.run_id, self.model, self.log_record = store, run_id, model, log_record
+        self.best = -math.inf
+        self.epochs: list[dict] = []
+
+    def on_fit_start(self, info) -> None:
+        self.log_record(info=asdict(info))
+
+    def on_epoch_end(self, metrics) -> None:
+        self.epochs.append(asdict(metrics))
+        score = metrics.val_acc if math.isfinite(metrics.val_acc) else -metrics.train_loss
+        if math.isfinite(score) and score >= self.best:
+            self.best = score
+            self.store.save_model(self.run_id, self.model)
+        self.log_record(epochs=list(self.epochs))
+
+
+def _oom_message(batch_size: int) -> str:
+    return (f"The GPU ran out of memory even with batch size {batch_size}. "
+            "Choose a smaller input size, a smaller batch or freeze more layers.")
+
+
+def train_run_folder(folder: str | Path, parent_pid: int | None = None) -> str:
+    """Train the run in ``folder`` to its end; returns its final status."""
+    folder = Path(folder)
+    store = RunStore(folder.parent.parent)
+    run_id = folder.name
+    record = store.get(run_id)
+    if record is None:
+        return "failed"
+    stop = StopSignal(folder, parent_pid)
+    log = EventLog(folder / EVENTS)
+    state = {"record": replace(record, status="running", worker_pid=os.getpid())}
+
+    def save(**changes) -> None:
+        state["record"] = replace(state["record"], **changes)
+        store.save(state["record"])
+
+    save()
+    log.write("status", status="preparing")
+    try:
+        status, message, changes = _train(store, state["record"], stop, log, save)
+    except UserInputError as exc:
+        status, message, changes = "failed", str(exc), {}
+    except Exception as exc:  # the record must say what happened; the worker lives on
+        traceback.print_exc()
+        status, message, changes = "failed", f"The run crashed: {type(exc).__name__}: {exc}", {}
+    if status == "cancelled" and stop.orphaned:
+        status = "interrupted"
+        message = "The server stopped while this run was training; its best weights so far are kept."
+    save(status=status, message=message, finished=time.time(), worker_pid=None, **changes)
+    log.write("end", status=status, message=message)
+    log.close()
+    store.drop_inputs(run_id)
+    return status
+
+
+def _train(store: RunStore, record: RunRecord, stop: StopSignal, log: EventLog, save):
+    cfg = record.config
+    config = TrainConfig.from_dict(cfg)
+    inputs = store.load_inputs(record.id)
+    train_ds = EncodedDataset(inputs["train_images"], inputs["train_labels"].tolist(), record.classes)
+    val_ds = EncodedDataset(inputs["val_images"], inputs["val_labels"].tolist(), record.classes)
+    del inputs
+
+    def build():
+        return backbones.starting_model(record.backbone, record.classes, pretrained=record.pretrained,
+                                        seed=config.seed, image_size=config.image_size,
+                                        head=cfg.get("head", "linear"), weights_path=cfg.get("weights_file"))
+
+    message = ""
+    for attempt in range(2):
+        model = build()
+        if attempt == 0:
+            store.save_start(record.id, model, record.pretrained)
+        best = _BestWeights(store, record.id, model, lambda **c: save(message=message, **c))
+        try:
+            history = fit(model, train_ds, val_ds, config, [best, log], stop)  # weights first, then the news
+            break
+        except torch.cuda.OutOfMemoryError:
+            pass
+        # Out of memory: the traceback (and its frames' tensors) is gone once we are out of the
+        # except block, so the cache can really be emptied before the retry.
+        model = best = None  # nothing may keep the failed attempt's tensors alive
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        if attempt == 1 or config.batch_size == 1:
+            raise UserInputError(_oom_message(config.batch_size))
+        config = replace(config, batch_size=max(1, config.batch_size // 2))
+        message = f"The GPU ran out of memory; retrying with batch size {config.batch_size}."
+        log.write("retry", message=message, batch_size=config.batch_size)
+        save(epochs=[], message=message)
+    status = {"cancelled": "cancelled", "diverged": "diverged"}.get(history.stopped or "", "finished")
+    if history.epochs:
+        store.save_model(record.id, model)
+    return status, history.message or message, {
+        "epochs": [asdict(e) for e in history.epochs],
+        "info": _fit_info(store, record.id),
+        "config": {**cfg, "batch_size": config.batch_size, "used_feature_cache": history.used_feature_cache,
+                   "images_per_second": history.images_per_second},
+    }
+
+
+def _fit_info(store: RunStore, run_id: str) -> dict:
+    """What fit said about itself when it started (the last start, after an out-of-memory retry)."""
+    events, _ = store.read_events(run_id)
+    starts = [e["info"] for e in events if e.get("event") == "fit_start"]
+    return starts[-1] if starts else {}
+
+
+def serve(conn, threads: int) -> None:
+    """A worker process's main loop: train each folder sent through ``conn``, answer its status."""
+    torch.set_num_threads(max(1, int(threads)))
+    parent = os.getppid()
+    try:
+        # Warm up what the first run needs, so a click on Train shows its first point quickly.
+        backbones.load(backbones.DEFAULT_BACKBONE, pretrained=True)
+    except Exception:  # an unusable default backbone is reported by the run that uses it
+        pass
+    conn.send(("ready", os.getpid()))
+    while True:
+        try:
+            folder = conn.recv()
+        except (EOFError, OSError):
+            return
+        if folder is None:
+            return
+        status = train_run_folder(folder, parent)
+        try:
+            conn.send(("done", status))
+        except (BrokenPipeError, OSError):
+            return
