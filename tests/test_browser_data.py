@@ -69,3 +69,108 @@ def test_the_first_page_after_a_start_never_lists_the_raw_files_of_pages(server,
         assert {s.split("\n")[-1] for s in shown} <= PAGE_TITLES, shown
     finally:
         context.close()
+
+
+# --- bringing one's own images ----------------------------------------------------------------------
+
+
+def png(colour, variant: int, size: int = 40) -> bytes:
+    """A small PNG, different for every (colour, variant)."""
+    import io
+
+    from PIL import Image, ImageDraw
+
+    img = Image.new("RGB", (size, size), colour)
+    ImageDraw.Draw(img).rectangle((4 + variant, 6, 20 + 2 * variant, 30), fill=(255 - colour[0], 255, 255 - colour[2]))
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def data_heading(page):
+    return page.get_by_role("heading", name=re.compile(r": \d+ images in \d+ classes"))
+
+
+def choose_source(page, name: str):
+    page.get_by_test_id("stRadio").filter(has_text="Bring images from").get_by_text(name, exact=True).click()
+
+
+def set_text(page, label: str, value: str):
+    box = page.get_by_label(label, exact=True)
+    box.fill(value)
+    box.press("Enter")
+
+
+def add_single_images(page, class_name: str, files: dict[str, bytes], added: int | None = None):
+    set_text(page, "Class name", class_name)
+    page.locator("[data-testid=stFileUploader] input[type=file]").set_input_files(
+        [{"name": name, "mimeType": "image/png", "buffer": payload} for name, payload in files.items()])
+    n = len(files)
+    page.get_by_role("button", name=f"Add {n} image{'s' if n != 1 else ''} to '{class_name}'").click()
+    added = n if added is None else added
+    expect(page.get_by_text(re.compile(rf"Added {added} images? to '{re.escape(class_name)}'")).first).to_be_visible(
+        timeout=30_000)
+
+
+CAMERA_READY = """() => {
+  const v = document.querySelector('[data-testid=stCameraInput] video');
+  return v !== null && v.readyState >= 2 && v.videoWidth > 0 && v.getBoundingClientRect().height > 0
+         && !v.closest('[data-stale=true]');
+}"""
+
+
+def thumbnails(page):
+    return page.get_by_test_id("stImageCaption").filter(has_text=re.compile(r"^frame \d+$"))
+
+
+def record_burst(page, class_name: str, frames: int):
+    set_text(page, "Class name", class_name)
+    set_text(page, "Frames to record", str(frames))
+    counter = page.get_by_test_id("stProgress")
+    for k in range(1, frames + 1):
+        take = page.get_by_role("button", name="Take Photo")
+        expect(take).to_be_enabled(timeout=30_000)
+        # a fresh camera widget comes up for every frame: shoot once its video plays
+        page.wait_for_function(CAMERA_READY, timeout=30_000)
+        take.click()
+        expect(counter).to_contain_text(f"{k} / {frames} frames recorded", timeout=30_000)
+    expect(thumbnails(page)).to_have_count(frames)
+
+
+def preview_of(page, class_name: str):
+    """The file names shown under a class's preview thumbnails."""
+    heading = page.get_by_test_id("stMarkdown").filter(has_text=re.compile(rf"^{re.escape(class_name)} \(\d+\)$"))
+    row = heading.locator("xpath=ancestor::*[@data-testid='stElementContainer'][1]/following-sibling::*[1]")
+    return row.get_by_test_id("stImageCaption")
+
+
+def test_two_classes_of_single_images_in_a_row_each_hold_exactly_their_own_files(server, page):
+    open_app(page, server)
+    choose_source(page, "Single images")
+    apples = {f"apple-{i}.png": png((200, 30, 30), i) for i in range(3)}
+    berries = {f"berry-{i}.png": png((40, 40, 200), i) for i in range(2)}
+    add_single_images(page, "apple", apples)
+    add_single_images(page, "berry", berries)
+    expect(data_heading(page)).to_have_text("Your images (apple, berry): 5 images in 2 classes")
+    expect(preview_of(page, "apple")).to_have_text(sorted(apples))
+    expect(preview_of(page, "berry")).to_have_text(sorted(berries))
+    # the same photo offered for a third class is refused, with a warning that names its class
+    add_single_images(page, "cherry", {"apple-0.png": apples["apple-0.png"], "cherry.png": png((90, 0, 40), 1)}, added=1)
+    expect(page.get_by_text("'apple-0.png' is already in class 'apple'")).to_be_visible()
+    expect(data_heading(page)).to_have_text("Your images (apple, berry, cherry): 6 images in 3 classes")
+    assert_no_exception(page)
+
+
+def test_a_webcam_burst_fills_a_class_with_n_frames(server, page):
+    open_app(page, server)
+    choose_source(page, "Webcam")
+    record_burst(page, "wave", 4)
+    # one frame removed, then the rest added: the class holds exactly what the thumbnails showed
+    page.get_by_role("button", name="Remove").nth(1).click()  # frame 2 goes
+    expect(thumbnails(page)).to_have_text(["frame 1", "frame 2", "frame 3"])
+    add = page.get_by_role("button", name="Add 3 frames to 'wave'")
+    add.click()
+    expect(page.get_by_text("Added 3 images to 'wave': it now holds 3. (a new dataset)").first).to_be_visible(
+        timeout=30_000)
+    expect(data_heading(page)).to_have_text("Your images (wave): 3 images in 1 classes")
+    assert_no_exception(page)
