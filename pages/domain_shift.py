@@ -9,7 +9,7 @@ import streamlit as st
 
 from core import adaptation, backbones, data, domain
 from core.errors import UserInputError
-from pages._shared import DEMO_LABEL, demo, model_picker, run_store
+from pages._shared import DEMO_LABEL, demo, fit_title, model_picker, run_store
 
 ss = st.session_state
 st.title("Domain shift")
@@ -85,7 +85,7 @@ def model_ui():
 
 def layer_label(layer: str, groups) -> str:
     if layer == domain.HEAD_INPUT:
-        return "head input — the pooled features the classifier reads"
+        return "head input (pooled features)"
     return next(f"{g} · {modules[-1]}" for g, modules in groups if modules[-1] == layer)
 
 
@@ -127,6 +127,7 @@ def null_histogram(result) -> go.Figure:
     fig.update_layout(title=f"MMD² of {result.n_permutations:,} random relabellings vs the observed one",
                       height=320, margin=dict(l=0, r=0, t=40, b=0), xaxis_title="MMD²",
                       yaxis_title="permutations", showlegend=False)
+    fit_title(fig, 34)
     return fig
 
 

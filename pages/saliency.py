@@ -8,6 +8,12 @@ from core.errors import UserInputError
 from pages._shared import image_picker, model_picker, run_models
 
 ss = st.session_state
+
+
+def chip(method: str) -> str:
+    """A method's name without its gloss: a multiselect chip cuts anything longer."""
+    return saliency.METHOD_LABELS[method][0].split(" (")[0]
+
 st.title("Saliency")
 st.write(
     "Which pixels drive the score of a class? Compare the pretrained ImageNet model with the fine-tuned one "
@@ -49,7 +55,7 @@ if image is None:
 x = pair.preprocess(image)
 with right:
     methods = st.multiselect("Methods", list(saliency.METHODS), default=["gradient", "gradcam"],
-                             format_func=lambda m: saliency.METHOD_LABELS[m][0])
+                             format_func=chip)
     for m in methods:
         st.caption(f"**{saliency.METHOD_LABELS[m][0]}** — {saliency.METHOD_LABELS[m][1]}")
     c1, c2 = st.columns(2)
@@ -113,7 +119,7 @@ with st.expander("Sanity check: does the map depend on what the model learned? (
     )
     sanity_methods = st.multiselect("Methods to check", list(saliency.METHODS),
                                     default=[m for m in ("gradient", "gradcam", "smoothgrad") if m in saliency.METHODS],
-                                    format_func=lambda m: saliency.METHOD_LABELS[m][0], key="sanity-methods")
+                                    format_func=chip, key="sanity-methods")
     if st.button("Run the sanity check", disabled=not sanity_methods):
         model = pair.after
         target = saliency.predicted_class(model, x)

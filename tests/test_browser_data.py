@@ -210,3 +210,73 @@ def test_two_webcam_classes_and_one_of_single_images_train_on_a_new_dataset_with
     expect(page.get_by_text("Validation accuracy", exact=True)).to_be_visible(timeout=60_000)
     expect(page.get_by_test_id("stSidebar")).to_contain_text("Data: Your images (left, right, mug) — 15 images, 3 classes")
     assert_no_exception(page)
+
+
+# --- projector sizes ----------------------------------------------------------------------------
+
+# What does not fit: the page scrolling sideways, an element whose content runs past the window,
+# and metric values or widget labels cut short (their text wider than their box).
+OVERFLOW = """() => {
+  const width = window.innerWidth;
+  const problems = [];
+  const main = document.querySelector('[data-testid=stMain]');
+  if (main && main.scrollWidth > main.clientWidth + 1) problems.push(`main scrolls sideways: ${main.scrollWidth} > ${main.clientWidth}`);
+  const describe = el => `${el.dataset.testid || el.tagName}: "${(el.innerText || '').slice(0, 60)}"`;
+  for (const el of main.querySelectorAll('[data-testid]')) {
+    if (el.closest('[data-testid=stDataFrame], .js-plotly-plot, [data-testid=stExpanderDetails][hidden]')) continue;
+    const box = el.getBoundingClientRect();
+    if (box.width > 0 && box.right > width + 1) problems.push(`wider than the window (${Math.round(box.right)} > ${width}): ${describe(el)}`);
+  }
+  for (const el of main.querySelectorAll('*')) {
+    if (el.closest('[data-testid=stDataFrame], .js-plotly-plot') || !el.innerText) continue;
+    const style = getComputedStyle(el);
+    const clips = style.textOverflow === 'ellipsis' || style.overflowX === 'hidden' || style.overflowX === 'clip';
+    if (clips && el.clientWidth > 0 && el.scrollWidth > el.clientWidth + 1) problems.push(`cut short: ${describe(el)}`);
+  }
+  // a chart's title is SVG text: cut when it runs past the chart's own box
+  for (const plot of main.querySelectorAll('.js-plotly-plot')) {
+    const frame = plot.getBoundingClientRect();
+    for (const title of plot.querySelectorAll('.gtitle')) {
+      const box = title.getBoundingClientRect();
+      if (box.left < frame.left - 1 || box.right > frame.right + 1) problems.push(`chart title cut: "${title.textContent.slice(0, 60)}"`);
+    }
+  }
+  return problems;
+}"""
+
+
+def open_sidebar(page):
+    nav = page.get_by_test_id("stSidebarNav")
+    if not nav.is_visible():  # a narrow window folds the sidebar away; nothing to wait for here
+        page.get_by_test_id("stExpandSidebarButton").click()
+    expect(nav).to_be_visible()
+
+
+def close_sidebar(page):
+    page.get_by_test_id("stSidebar").hover()
+    page.get_by_test_id("stSidebarCollapseButton").locator("button").click()
+    expect(page.get_by_test_id("stSidebarNav")).not_to_be_visible()
+
+
+@pytest.mark.parametrize("size, sidebar", [((1024, 768), "open"), ((800, 600), "closed")])
+def test_every_page_fits_a_projector_after_a_demo_run(server, page, size, sidebar):
+    """Readable at 1024×768 beside the open sidebar; usable at 800×600 with the sidebar folded."""
+    open_app(page, server)
+    go_to(page, "Train")
+    set_epochs(page, 1)
+    page.get_by_role("button", name="Train", exact=True).click()
+    wait_for_status(page, "finished")
+    page.set_viewport_size({"width": size[0], "height": size[1]})
+    problems = {}
+    for name in ["Data", "Model", "Train", "Feature maps", "Saliency", "Domain shift", "Evaluate", "Use the model"]:
+        open_sidebar(page)
+        go_to(page, name)
+        if sidebar == "closed":
+            close_sidebar(page)
+        wait_until_idle(page)
+        page.wait_for_timeout(500)  # plotly lays its charts out after the script run
+        found = page.evaluate(OVERFLOW)
+        if found:
+            problems[name] = found
+        assert_no_exception(page)
+    assert not problems, "\n".join(f"{name}: {p}" for name, found in problems.items() for p in found)
