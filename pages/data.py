@@ -159,7 +159,7 @@ def webcam_ui() -> None:
             col.button("Remove", key=f"drop-{frame['digest'][:16]}", on_click=drop_frame,
                        args=(frame["digest"],), icon=":material/close:", help=f"Remove frame {i}")
     a, b = st.columns(2)
-    if a.button(f"Add {len(burst)} frame{'s' if len(burst) != 1 else ''} to {class_name!r}" if class_name
+    if a.button(f"Add {len(burst)} frame{'s' if len(burst) != 1 else ''} to {class_name!r}" if burst and class_name
                 else "Add the frames", type="primary", disabled=not (burst and class_name), key="cam-add"):
         start = ss.dataset.counts().get(class_name, 0) if ss.get("own_target") == CURRENT else 0
         files = [(f"webcam-{start + i + 1}.jpg", frame["bytes"]) for i, frame in enumerate(burst)]
