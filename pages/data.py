@@ -87,14 +87,19 @@ def add_own(files: list[tuple[str, bytes]], class_name: str) -> bool:
 
 
 def show_notice() -> None:
-    """The outcome of the last add, right where the click was (and as a toast)."""
-    notice = ss.pop("data_notice", None)
+    """The outcome of the last add, right where the click was; a toast too, once.
+
+    It stays until the next add: a rerun from any other widget must not wipe the confirmation.
+    """
+    notice = ss.get("data_notice")
     if notice is None:
         return
     kind, text, warnings = notice
     if kind == "success":
         st.success(text, icon=":material/check_circle:")
-        st.toast(text, icon=":material/check_circle:")
+        if not ss.get("_toasted") == text:
+            st.toast(text, icon=":material/check_circle:")
+            ss._toasted = text
     else:
         st.error(text)
     for warning in warnings:

@@ -92,7 +92,10 @@ def data_heading(page):
 
 
 def choose_source(page, name: str):
-    page.get_by_test_id("stRadio").filter(has_text="Bring images from").get_by_text(name, exact=True).click()
+    # the page's first run on a busy machine can take a while after its title shows
+    option = page.get_by_test_id("stRadio").filter(has_text="Bring images from").get_by_text(name, exact=True)
+    option.click(timeout=90_000)
+    wait_until_idle(page)
 
 
 def set_text(page, label: str, value: str):
@@ -262,6 +265,7 @@ def close_sidebar(page):
 def test_every_page_fits_a_projector_after_a_demo_run(server, page, size, sidebar):
     """Readable at 1024×768 beside the open sidebar; usable at 800×600 with the sidebar folded."""
     open_app(page, server)
+    wait_until_idle(page)
     go_to(page, "Train")
     set_epochs(page, 1)
     page.get_by_role("button", name="Train", exact=True).click()
