@@ -42,6 +42,9 @@ pages = {
         st.Page("pages/use_model.py", title="Use the model", icon=":material/rocket_launch:"),
     ],
 }
+# config.toml hides the menu for the first paint after a start (it would list pages/ raw files);
+# st.navigation draws the real one only while this option is on.
+st.set_option("client.showSidebarNavigation", True)
 navigation = st.navigation(pages)
 sidebar()
 with st.sidebar:

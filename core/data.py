@@ -50,6 +50,9 @@ __all__ = [
     "LoadReport",
     "open_image",
     "load_images",
+    "add_images",
+    "image_digest",
+    "dataset_name",
     "load_zip",
     "demo_dataset",
     "split",
@@ -480,6 +483,93 @@ def load_images(
     if files and not images:
         report.warnings.append(f"None of the {len(files)} files could be used for {class_name!r}.")
     return images, report
+
+
+def image_digest(img: Image.Image) -> str:
+    """A hash of an image's pixels: the same file decoded twice, or one webcam frame sent twice, share it."""
+    img = _normalise(img)
+    h = hashlib.blake2b(digest_size=16)
+    h.update(struct.pack("<II", *img.size))
+    h.update(img.tobytes())
+    return h.hexdigest()
+
+
+def add_images(
+    ds: ImageDataset, files: list[tuple[str, bytes]], class_name: str
+) -> tuple[ImageDataset, LoadReport]:
+    """``ds`` with exactly these files added to ``class_name``, each image at most once.
+
+    A file that is already in the dataset (the same pixels) is not added again: in another class
+    it gets a warning, since one image cannot be two things; unreadable files are skipped. The
+    images keep their file names. Nothing usable raises `DataError`, and ``ds`` is never changed.
+    """
+    class_name = _clean_class_name(class_name)
+    files = list(files)
+    if len(files) > MAX_ENTRIES:
+        raise DataError(f"Upload at most {MAX_ENTRIES} images at a time.")
+    held = {}
+    for img, label in ds:
+        held.setdefault(image_digest(img), ds.classes[label])
+    budget = _PixelBudget(MAX_TOTAL_PIXELS)
+    report = LoadReport()
+    images, names, seen = [], [], set()
+    for name, payload in files:
+        try:
+            img = _decode(payload, name, budget)
+        except _BudgetExceeded:
+            raise
+        except DataError as e:
+            report.skipped.append((name, _reason(e, name)))
+            continue
+        digest = image_digest(img)
+        if digest in seen:
+            report.skipped.append((name, "the same image is already in this upload"))
+        elif held.get(digest) == class_name:
+            report.skipped.append((name, f"already in {class_name!r}"))
+        elif digest in held:
+            report.skipped.append((name, f"already in class {held[digest]!r}"))
+            report.warnings.append(
+                f"{name!r} is already in class {held[digest]!r}, so it was not added to "
+                f"{class_name!r}: an image can belong to one class only. Remove it there first "
+                "if it was put in the wrong class."
+            )
+        else:
+            seen.add(digest)
+            images.append(img)
+            names.append(name)
+    report.loaded = len(images)
+    if not images:
+        reasons = "; ".join(f"{n}: {r}" for n, r in report.skipped[:3]) or "no files were given"
+        raise DataError(f"Nothing was added to {class_name!r} ({reasons}).")
+    return ds.with_images(images, class_name, names), report
+
+
+def _listed(names: Sequence[str], most: int = 3) -> str:
+    """A dataset name's list of classes: the first few, unquoted, and how many more."""
+    names = list(names)
+    if len(names) <= most:
+        return ", ".join(names)
+    return f"{', '.join(names[:most])} and {len(names) - most} more"
+
+
+def dataset_name(classes: Sequence[str], base: str = "", base_classes: Sequence[str] = ()) -> str:
+    """A dataset's name that says what it holds.
+
+    ``base`` names the set it started from (the demo set, a ZIP) and ``base_classes`` are that set's
+    classes; a dataset of one's own images alone is "Your images (mug, cup)".
+    """
+    classes = list(classes)
+    kept = [c for c in classes if c in set(base_classes)]
+    removed = [c for c in base_classes if c not in set(classes)]
+    own = [c for c in classes if c not in set(base_classes)]
+    part = ""
+    if base and kept:
+        part = base
+        if removed:
+            part += f" without {_listed(removed)}" if len(removed) <= len(kept) else f", only {_listed(kept)}"
+    if not own:
+        return part or "An empty dataset"
+    return f"{part} + {_listed(own)}" if part else f"Your images ({_listed(own)})"
 
 
 def load_zip(source: bytes | str | Path) -> tuple[ImageDataset, LoadReport]:

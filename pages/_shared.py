@@ -143,6 +143,51 @@ def preset_freeze(strategy: str, groups: list[str]) -> list[str]:
     return []
 
 
+# --- charts that fit a projector and follow the theme ---------------------------------------------
+
+# A plot area and empty cells in a colour that reads on Streamlit's light and dark themes alike.
+NEUTRAL_PLOT = "rgba(128, 128, 128, 0.12)"
+
+
+def fading_scale(rgb: tuple[int, int, int]) -> list:
+    """A colour scale from transparent (zero: the page's own background shows) to ``rgb``."""
+    r, g, b = rgb
+    return [[0.0, f"rgba({r},{g},{b},0)"], [1.0, f"rgba({r},{g},{b},1)"]]
+
+
+def diverging_scale(low=(33, 102, 172), high=(178, 24, 43)) -> list:
+    """Blue below zero, red above, transparent at zero: an all-zero map is the page's background."""
+    return [[0.0, "rgba({},{},{},1)".format(*low)], [0.5, "rgba({},{},{},0)".format(*low)],
+            [0.5, "rgba({},{},{},0)".format(*high)], [1.0, "rgba({},{},{},1)".format(*high)]]
+
+
+def wrap_title(text: str, width: int = 34) -> tuple[str, int]:
+    """A chart title broken into lines of at most ``width`` characters, and how many lines.
+
+    Plotly never wraps a title: in a column of a 1024 px projector a long one is simply cut.
+    """
+    lines, line = [], ""
+    for word in text.split():
+        if line and len(line) + 1 + len(word) > width:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}".strip()
+    lines.append(line)
+    return "<br>".join(lines), len(lines)
+
+
+def fit_title(fig, width: int = 34):
+    """Wrap ``fig``'s title to ``width`` characters a line and make room above the plot for it."""
+    text = fig.layout.title.text
+    if text:
+        wrapped, n = wrap_title(text, width)
+        top = (fig.layout.margin.t or 40) + 20 * (n - 1)
+        fig.update_layout(title=dict(text=wrapped), margin=dict(t=top),
+                          height=(fig.layout.height or 0) + 20 * (n - 1) or None)
+    return fig
+
+
 def plan_figure(plan: list[dict], title: str = "Which groups train in which epoch"):
     """A timeline: layer groups (rows, input at the bottom) by epoch, coloured by learning rate."""
     import plotly.graph_objects as go
@@ -151,13 +196,13 @@ def plan_figure(plan: list[dict], title: str = "Which groups train in which epoc
     z = [[epoch[g] if epoch[g] > 0 else None for epoch in plan] for g in groups]
     text = [[f"lr × {epoch[g]:.3g}" if epoch[g] > 0 else "frozen" for epoch in plan] for g in groups]
     fig = go.Figure(go.Heatmap(
-        z=z, x=list(range(1, len(plan) + 1)), y=groups, text=text, colorscale="Reds", zmin=0,
+        z=z, x=list(range(1, len(plan) + 1)), y=groups, text=text, colorscale=fading_scale((203, 24, 29)), zmin=0,
         hovertemplate="epoch %{x} · %{y}: %{text}<extra></extra>", xgap=2, ygap=2,
         colorbar=dict(title="lr ×"),
     ))
     fig.update_layout(title=title, height=120 + 22 * len(groups), margin=dict(l=0, r=0, t=40, b=0),
-                      xaxis=dict(title="epoch", dtick=1), plot_bgcolor="#eef0f3")
-    return fig
+                      xaxis=dict(title="epoch", dtick=1), plot_bgcolor=NEUTRAL_PLOT)
+    return fit_title(fig, 60)
 
 
 OWNER_COOKIE = "transfer_lab_owner"

@@ -1,5 +1,7 @@
 """Data: pick the demo set or bring images (a ZIP of class folders, single files, the webcam)."""
 
+import hashlib
+
 import plotly.graph_objects as go
 import streamlit as st
 
@@ -14,9 +16,18 @@ ss = st.session_state
 st.title("Data")
 st.write("Pick the built-in demo set or bring your own images, one class per folder.")
 
+# What the current dataset started from (the demo set, a ZIP), so its name can say what it holds;
+# None for a dataset of one's own images only.
+if "dataset_base" not in ss:
+    ss.dataset_base = (ss.dataset_label, tuple(ss.dataset.classes))
 
-def use_dataset(ds, label: str, report=None) -> None:
-    ss.dataset, ss.dataset_label, ss.load_report = ds, label, report
+
+def use_dataset(ds, base: tuple | None, report=None) -> None:
+    """Make ``ds`` the session's dataset; ``base`` is (name, classes) of the set it started from."""
+    ss.dataset_base = base
+    name, classes = base or ("", ())
+    ss.dataset, ss.load_report = ds, report
+    ss.dataset_label = data.dataset_name(ds.classes, name, classes)
 
 
 def demo_ui() -> None:
@@ -25,7 +36,8 @@ def demo_ui() -> None:
                       help="The same shape classes drawn in two styles: a domain shift.")
     per_class = col2.slider("Images per class", 5, 60, 20, step=5)
     if st.button("Use the demo set", type="primary"):
-        use_dataset(demo(look, per_class), f"{DEMO_LABEL} ({look} look)")
+        ds = demo(look, per_class)
+        use_dataset(ds, (f"{DEMO_LABEL} ({look} look)", tuple(ds.classes)))
         st.rerun()
 
 
@@ -37,37 +49,135 @@ def zip_ui() -> None:
         except UserInputError as exc:
             st.error(f"{plain(upload.name)}: {plain(exc)} Your current dataset is unchanged.")
             return
-        use_dataset(ds, upload.name, report)
+        use_dataset(ds, (upload.name, tuple(ds.classes)), report)
         st.rerun()
 
 
-def add_images_ui(files, class_name: str) -> None:
+# --- your own images: single files and the webcam -----------------------------------------------
+
+NEW, CURRENT = "new", "current"
+
+
+def target_ui() -> None:
+    """Where one's own images go: a new dataset unless the current one is already one's own."""
+    if ss.pop("_target_reset", False):
+        ss.pop("own_target", None)
+    if "own_target" not in ss:
+        ss.own_target = CURRENT if ss.dataset_base is None else NEW
+    st.radio("Put them in", [NEW, CURRENT], key="own_target", horizontal=True,
+             format_func=lambda t: "a new dataset" if t == NEW else f"the current dataset ({ss.dataset_label})",
+             help="A new dataset holds only your images; the current one keeps what it has and gains a class.")
+
+
+def add_own(files: list[tuple[str, bytes]], class_name: str) -> bool:
+    """Add exactly ``files`` to ``class_name``; says what happened next to the button. True when added."""
+    start_new = ss.get("own_target", NEW) == NEW
+    base_ds = data.ImageDataset() if start_new else ss.dataset
     try:
-        images, report = data.load_images(files, class_name)
-        if not images:
-            raise UserInputError("None of these files could be used as an image.")
-        ds = ss.dataset.with_images(images, class_name)
+        ds, report = data.add_images(base_ds, files, class_name)
     except UserInputError as exc:
-        st.error(f"{plain(exc)} Your current dataset is unchanged.")
+        ss.data_notice = ("error", f"{plain(exc)} Your current dataset is unchanged.", [])
+        return False
+    # the warnings go next to the button (below), the skipped files stay listed under the dataset
+    use_dataset(ds, None if start_new else ss.dataset_base, data.LoadReport(report.loaded, report.skipped))
+    if start_new:
+        ss._target_reset = True  # the next class goes into the dataset just made, not another new one
+    count = ds.counts()[class_name.strip()]
+    added = f"Added {report.loaded} image{'s' if report.loaded != 1 else ''} to {class_name.strip()!r}"
+    ss.data_notice = ("success", f"{added}: it now holds {count}." + (" (a new dataset)" if start_new else ""),
+                      report.warnings)
+    return True
+
+
+def show_notice() -> None:
+    """The outcome of the last add, right where the click was; a toast too, once.
+
+    It stays until the next add: a rerun from any other widget must not wipe the confirmation.
+    """
+    notice = ss.get("data_notice")
+    if notice is None:
         return
-    label = ss.dataset_label if ss.dataset_label.endswith("+ your images") else f"{ss.dataset_label} + your images"
-    use_dataset(ds, label, report)
-    st.rerun()
+    kind, text, warnings = notice
+    if kind == "success":
+        st.success(text, icon=":material/check_circle:")
+        if not ss.get("_toasted") == text:
+            st.toast(text, icon=":material/check_circle:")
+            ss._toasted = text
+    else:
+        st.error(text)
+    for warning in warnings:
+        st.warning(warning)
 
 
 def files_ui() -> None:
-    class_name = st.text_input("Class name", placeholder="e.g. mug", key="files_class").strip()
-    files = st.file_uploader("Images", type=sorted(data.IMAGE_EXTENSIONS), accept_multiple_files=True)
-    if files and st.button("Add to class", type="primary", disabled=not class_name):
-        add_images_ui([(f.name, f.getvalue()) for f in files], class_name)
+    target_ui()
+    # A fresh key after each add empties the uploader and the class name, so the next class starts
+    # from nothing and never gets the previous class's files.
+    n = ss.setdefault("files_round", 0)
+    class_name = st.text_input("Class name", placeholder="e.g. mug", key=f"files_class-{n}").strip()
+    files = st.file_uploader("Images", type=sorted(data.IMAGE_EXTENSIONS), accept_multiple_files=True,
+                             key=f"files-{n}")
+    label = f"Add {len(files)} image{'s' if len(files) != 1 else ''} to {class_name!r}" if files and class_name \
+        else "Add to class"
+    if st.button(label, type="primary", disabled=not (files and class_name), key="files-add"):
+        if add_own([(f.name, f.getvalue()) for f in files], class_name):
+            ss.files_round = n + 1
+        st.rerun()
+    show_notice()
+
+
+def keep_frame(key: str) -> None:
+    """Each new camera shot goes into the burst at once, once; a new camera key readies the next."""
+    shot = ss.get(key)
+    if shot is None:
+        return
+    payload = shot.getvalue()
+    digest = hashlib.sha256(payload).hexdigest()
+    burst = ss.setdefault("burst", [])
+    if all(frame["digest"] != digest for frame in burst):
+        burst.append({"digest": digest, "bytes": payload})
+    ss.cam_round = ss.get("cam_round", 0) + 1
+
+
+def drop_frame(digest: str) -> None:
+    ss.burst = [frame for frame in ss.get("burst", []) if frame["digest"] != digest]
 
 
 def webcam_ui() -> None:
-    class_name = st.text_input("Class name", placeholder="e.g. thumbs up", key="cam_class").strip()
-    shot = st.camera_input("Take a picture", disabled=not class_name)
-    if shot is not None and st.button("Add this shot", type="primary", disabled=not class_name):
-        n = ss.dataset.counts().get(class_name, 0)
-        add_images_ui([(f"webcam-{n + 1}.jpg", shot.getvalue())], class_name)
+    target_ui()
+    c1, c2 = st.columns([3, 2])
+    class_name = c1.text_input("Class name", placeholder="e.g. thumbs up", key="cam_class").strip()
+    goal = c2.number_input("Frames to record", 1, 60, 10, key="cam_goal",
+                           help="Every click on the camera's button records one frame; vary the pose a little.")
+    burst = ss.setdefault("burst", [])
+    recording = bool(class_name) and len(burst) < goal
+    key = f"cam-{ss.setdefault('cam_round', 0)}"
+    camera, frames = st.columns([3, 2])
+    camera.camera_input("Record a frame (one click each)", key=key, on_change=keep_frame, args=(key,),
+                        disabled=not recording)
+    # the count and the new thumbnail appear right beside the camera's button
+    frames.progress(min(len(burst) / goal, 1.0),
+                    text=f"{len(burst)} / {goal} frames recorded" + (f" for {class_name!r}" if class_name else
+                                                                     ": name the class first"))
+    per_row = 3
+    for start in range(0, len(burst), per_row):
+        cols = frames.columns(per_row)
+        for col, (i, frame) in zip(cols, enumerate(burst[start:start + per_row], start=start + 1)):
+            col.image(frame["bytes"], caption=f"frame {i}", width="stretch")
+            col.button("Remove", key=f"drop-{frame['digest'][:16]}", on_click=drop_frame,
+                       args=(frame["digest"],), icon=":material/close:", help=f"Remove frame {i}")
+    a, b = st.columns(2)
+    if a.button(f"Add {len(burst)} frame{'s' if len(burst) != 1 else ''} to {class_name!r}" if burst and class_name
+                else "Add the frames", type="primary", disabled=not (burst and class_name), key="cam-add"):
+        start = ss.dataset.counts().get(class_name, 0) if ss.get("own_target") == CURRENT else 0
+        files = [(f"webcam-{start + i + 1}.jpg", frame["bytes"]) for i, frame in enumerate(burst)]
+        if add_own(files, class_name):
+            ss.burst = []
+        st.rerun()
+    if burst and b.button("Discard these frames", key="cam-discard"):
+        ss.burst = []
+        st.rerun()
+    show_notice()
 
 
 sources = {"Demo set": demo_ui, "ZIP of class folders": zip_ui, "Single images": files_ui, "Webcam": webcam_ui}
@@ -117,19 +227,26 @@ with right:
     except UserInputError as exc:
         st.error(plain(exc))
 
+
+def short(name: str, most: int = 18) -> str:
+    """A file name cut in the middle, so both its start and its extension stay readable."""
+    name = name.rsplit("/", 1)[-1]
+    return name if len(name) <= most else f"{name[:most // 2 - 1]}…{name[-(most // 2):]}"
+
+
 st.subheader("Preview")
 for class_name in ds.classes:
     indices = [i for i, label in enumerate(ds.labels) if ds.classes[label] == class_name][:8]
     st.markdown(f"**{plain(class_name)}** ({counts.get(class_name, 0)})")
     cols = st.columns(8)
     for col, i in zip(cols, indices):
-        col.image(ds[i][0], caption=plain(ds.names[i][-24:]), width="stretch")
+        col.image(ds[i][0], caption=plain(short(ds.names[i])), width="stretch")
 if len(ds.classes) > 0 and not locked("data"):
     with st.expander("Remove a class"):
         doomed = st.selectbox("Class", ds.classes)
         if st.button("Remove it"):
             try:
-                use_dataset(ds.without_class(doomed), ss.dataset_label, report)
+                use_dataset(ds.without_class(doomed), ss.dataset_base, report)
             except UserInputError as exc:
                 st.error(plain(exc))
             else:

@@ -10,7 +10,8 @@ import streamlit as st
 from core import adaptation, backbones, data, domain
 from core.errors import UserInputError
 from pages._links import hidden, locked, page_choice, remember_choice
-from pages._shared import bootstrap, DEMO_LABEL, demo, model_picker, run_store, plain, stored_result, store_result
+from pages._shared import (DEMO_LABEL, bootstrap, demo, fit_title, model_picker, plain, run_store, store_result,
+                           stored_result)
 
 bootstrap()  # first, before the session is read: see bootstrap's docstring
 
@@ -88,7 +89,7 @@ def model_ui():
 
 def layer_label(layer: str, groups) -> str:
     if layer == domain.HEAD_INPUT:
-        return "head input — the pooled features the classifier reads"
+        return "head input (pooled features)"
     return next(f"{g} · {modules[-1]}" for g, modules in groups if modules[-1] == layer)
 
 
@@ -130,6 +131,7 @@ def null_histogram(result) -> go.Figure:
     fig.update_layout(title=f"MMD² of {result.n_permutations:,} random relabellings vs the observed one",
                       height=320, margin=dict(l=0, r=0, t=40, b=0), xaxis_title="MMD²",
                       yaxis_title="permutations", showlegend=False)
+    fit_title(fig, 34)
     return fig
 
 

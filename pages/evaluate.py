@@ -14,8 +14,9 @@ from core.errors import UserInputError
 from core.evaluation import evaluate_dataset
 from core.lr_finder import find_lr
 from core.training import TrainConfig
-from pages._shared import (bootstrap, backbone_catalogue, current_split, finished_runs, model_picker, run_models,
-                           run_store, category_axes, plain, run_option, store_result, stored_result)
+from pages._shared import (backbone_catalogue, bootstrap, category_axes, current_split, fading_scale, finished_runs,
+                           fit_title, model_picker, plain, run_models, run_option, run_store, store_result,
+                           stored_result)
 
 bootstrap()  # first, before the session is read: see bootstrap's docstring
 
@@ -38,13 +39,13 @@ def split_key() -> tuple:
 
 def heatmap(z, classes, title: str, fmt: str):
     fig = go.Figure(go.Heatmap(
-        z=z, x=classes, y=classes, colorscale="Blues", zmin=0, texttemplate=fmt, showscale=False,
+        z=z, x=classes, y=classes, colorscale=fading_scale((8, 81, 156)), zmin=0, texttemplate=fmt, showscale=False,
         hovertemplate="true %{y} · predicted %{x}: %{z}<extra></extra>",
     ))
     fig.update_layout(title=title, height=140 + 40 * len(classes), margin=dict(l=0, r=0, t=40, b=0),
                       xaxis=dict(title="predicted", side="bottom", type="category"),
                       yaxis=dict(title="true", autorange="reversed", type="category"))
-    return fig
+    return fit_title(fig, 30)
 
 
 def evaluation(run_id: str):

@@ -7,7 +7,8 @@ import torch
 
 from core import features
 from core.errors import UserInputError
-from pages._shared import bootstrap, image_picker, model_picker, run_models, first_trained_epoch, plain
+from pages._shared import (bootstrap, diverging_scale, first_trained_epoch, fit_title, image_picker, model_picker, plain,
+                           run_models)
 
 bootstrap()  # first, before the session is read: see bootstrap's docstring
 
@@ -83,7 +84,7 @@ def heatmap(values, title, zmin, zmax, scale):
     fig.update_yaxes(autorange="reversed", showticklabels=False, scaleanchor="x")
     fig.update_xaxes(showticklabels=False)
     fig.update_layout(title=title, height=380, margin=dict(l=0, r=0, t=40, b=0))
-    return fig
+    return fit_title(fig, 20)
 
 
 st.subheader(f"{layer} — {before.shape[0]} channels of {before.shape[1]}×{before.shape[2]}")
@@ -92,7 +93,7 @@ c0.image(image, caption=plain(caption), width="stretch")
 c1.plotly_chart(heatmap(vb, "before fine-tuning", lo, hi, "Viridis"), width="stretch", key="fm-before")
 if pair.compared:
     c2.plotly_chart(heatmap(va, "after fine-tuning", lo, hi, "Viridis"), width="stretch", key="fm-after")
-    c3.plotly_chart(heatmap(diff, "after − before", -bound, bound, "RdBu_r"), width="stretch", key="fm-diff")
+    c3.plotly_chart(heatmap(diff, "after − before", -bound, bound, diverging_scale()), width="stretch", key="fm-diff")
     if float(np.nanmax(np.abs(diff))) == 0.0:
         st.success("Identical maps: this layer was frozen, so fine-tuning did not change what it computes.")
 st.caption("Before and after share one colour scale; hover a pixel for its channel and value.")
@@ -113,11 +114,13 @@ if pair.compared:
     fig.update_layout(title="Relative weight change ‖W_after − W_before‖ / ‖W_before‖", height=330,
                       margin=dict(l=0, r=0, t=40, b=0), yaxis_type="log" if any(
                           p["weight_change"] > 0 for p in profile) else "linear")
+    fit_title(fig, 30)
     d1.plotly_chart(fig, width="stretch", key="depth-change")
     fig = go.Figure(go.Bar(x=names, y=[p["cka"] for p in profile], marker_color=colours,
                            hovertemplate="%{x}: CKA %{y:.3f}<extra></extra>"))
     fig.update_layout(title="Representation similarity before vs after (linear CKA)", height=330,
                       margin=dict(l=0, r=0, t=40, b=0), yaxis_range=[0, 1.05])
+    fit_title(fig, 30)
     d2.plotly_chart(fig, width="stretch", key="depth-cka")
     st.caption(f"Grey: frozen groups (change 0, CKA 1). Red: trained groups. CKA over {len(batch)} images of the "
                "current dataset; the head is new, so it always changes most.")

@@ -26,9 +26,9 @@ catalogue = {info["name"]: info for info in backbone_catalogue()}
 
 
 def label(name: str) -> str:
+    # Short enough for a 1024 px projector; the parameter count, from the real model, sits below.
     info = catalogue[name]
-    status = "works offline" if info["offline"] else "weights not on this server"
-    return f"{info['title']} · {info['params_millions']:.1f} M params · {status}"
+    return info["title"] if info["offline"] else f"{info['title']} · weights not on this server"
 
 
 STRATEGIES = {
@@ -48,6 +48,9 @@ with col1:
     names = list(catalogue)
     name = st.selectbox("Backbone", names, index=names.index(choice.backbone), format_func=label,
                         disabled=locked("backbone"))
+    n_classes = len(ss.dataset.classes)
+    st.caption(f"{sum(r['params'] for r in group_table(name, n_classes)):,} parameters with a new head for "
+               f"{max(2, n_classes)} classes (ImageNet's 1,000-class head is not kept).")
     pretrained = st.checkbox("Start from ImageNet weights (pretrained)", value=choice.pretrained,
                              help="Untick to start from random weights: the 'from scratch' baseline.",
                              disabled=locked("pretrained"))
@@ -87,6 +90,11 @@ with col1:
                 if st.button("Stop using my weights file"):
                     choice.weights_path = choice.weights_name = None
                     st.rerun()
+    choice.train_bn = st.checkbox(
+        "Frozen groups: update BatchNorm statistics", value=choice.train_bn,
+        help="Off (the default): frozen layers compute exactly what they computed before. On: their weights stay, "
+             "but BatchNorm's running mean and variance adapt to your images — cheap domain adaptation, "
+             "at the price of features that drift and no feature cache.")
 
 with col2:
     strategy = st.radio("Strategy", list(STRATEGIES), index=list(STRATEGIES).index(choice.strategy),
@@ -98,11 +106,6 @@ with col2:
                                   value=0.01, disabled=locked("strategy"))
     choice.unfreeze_every = (st.slider("Unfreeze one more group every … epochs", 1, 5, max(1, choice.unfreeze_every))
                              if strategy == "Progressive unfreezing" else 0)
-    choice.train_bn = st.checkbox(
-        "Let frozen groups' BatchNorm update its statistics", value=choice.train_bn,
-        help="Off (the default): frozen layers compute exactly what they computed before. On: their weights stay, "
-             "but BatchNorm's running mean and variance adapt to your images — cheap domain adaptation, "
-             "at the price of features that drift and no feature cache.")
 
 table = group_table(name, len(ss.dataset.classes))
 groups = [row["group"] for row in table]
@@ -132,7 +135,7 @@ edited = st.data_editor(
         "train": st.column_config.CheckboxColumn("train", help="Unticked groups stay frozen, BatchNorm statistics too."),
         "lr ×": st.column_config.NumberColumn("lr ×", min_value=0.0, max_value=100.0, step=0.1, format="%.2f",
                                               help="This group's learning rate = base rate × this."),
-        "parameters": st.column_config.NumberColumn(format="%d"),
+        "parameters": st.column_config.NumberColumn(format="localized"),  # 3,384,612, not 3384612
     },
     hide_index=True,
     width="stretch",

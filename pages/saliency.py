@@ -12,6 +12,12 @@ from pages._shared import (bootstrap, image_picker, model_picker, run_models, ca
 bootstrap()  # first, before the session is read: see bootstrap's docstring
 
 ss = st.session_state
+
+
+def chip(method: str) -> str:
+    """A method's name without its gloss: a multiselect chip cuts anything longer."""
+    return saliency.METHOD_LABELS[method][0].split(" (")[0]
+
 st.title("Saliency")
 st.write(
     "Which pixels drive the score of a class? Compare the pretrained ImageNet model with the fine-tuned one "
@@ -54,7 +60,7 @@ x = pair.preprocess(image)
 with right:
     methods = st.multiselect("Methods", list(saliency.METHODS),
                              default=[m for m in page_choice("sal_methods") if m in saliency.METHODS],
-                             format_func=lambda m: saliency.METHOD_LABELS[m][0], disabled=locked("sal_methods"))
+                             format_func=chip, disabled=locked("sal_methods"))
     remember_choice("sal_methods", methods)
     for m in methods:
         st.caption(f"**{saliency.METHOD_LABELS[m][0]}** — {saliency.METHOD_LABELS[m][1]}")
@@ -126,7 +132,7 @@ with st.expander("Sanity check: does the map depend on what the model learned? (
     )
     sanity_methods = st.multiselect("Methods to check", list(saliency.METHODS),
                                     default=[m for m in ("gradient", "gradcam", "smoothgrad") if m in saliency.METHODS],
-                                    format_func=lambda m: saliency.METHOD_LABELS[m][0], key="sanity-methods")
+                                    format_func=chip, key="sanity-methods")
     sanity_inputs = (run_id, image_key, tuple(sanity_methods), gradcam_layer)
     if st.button("Run the sanity check", disabled=not sanity_methods):
         model = pair.after

@@ -20,7 +20,7 @@ st.write(
 
 MAX_UPLOADS = 12
 FORMATS = {
-    "safetensors": ("safetensors + JSON", "The weights, safe to load (no code inside), and a JSON file with the "
+    "safetensors": ("safetensors", "The weights, safe to load (no code inside), and a JSON file with the "
                                           "class names and preprocessing. Rebuild the architecture to use them."),
     "torchscript": ("TorchScript", "The whole model as a program that PyTorch alone runs (`torch.jit.load`, no "
                                    "Transfer Lab code). PyTorch has deprecated TorchScript and warns when loading "
@@ -125,7 +125,8 @@ def export_ui(run_id: str, model) -> None:
                 st.caption("onnxruntime is not installed on this server: the file is written but not checked.")
             bundle = exports.get((run_id, kind))
             slot = st.empty()
-            if bundle is None and slot.button(f"Export as {title}", key=f"export-{kind}", icon=":material/output:"):
+            if bundle is None and slot.button(f"Export as {title}", key=f"export-{kind}", icon=":material/output:",
+                                                       width="stretch"):
                 slot.empty()  # the button has done its job; the check and the download take its place
                 try:
                     with st.spinner(f"Writing and checking the {title} file…"):
@@ -136,11 +137,12 @@ def export_ui(run_id: str, model) -> None:
                     exports[(run_id, kind)] = bundle
             if bundle is not None:
                 check_line(bundle.check)
-                st.download_button(f"Download {bundle.filename}", bundle.data, file_name=bundle.filename,
+                # the three bundles share a file name stem: the button says which format it holds
+                st.download_button(f"Download the {title} ZIP", bundle.data, file_name=bundle.filename,
                                    mime="application/zip", key=f"download-{kind}", on_click="ignore",
                                    icon=":material/download:")
-                st.caption(f"{len(bundle.data) / 2**20:.1f} MB: the model file, model.json (classes, preprocessing) "
-                           "and a README.")
+                st.caption(f"{bundle.filename}, {len(bundle.data) / 2**20:.1f} MB: the model file, model.json "
+                           "(classes, preprocessing) and a README.")
 
 
 runs = finished_runs()

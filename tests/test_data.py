@@ -669,3 +669,54 @@ def test_demo_source_and_target_look_clearly_different():
 def test_demo_dataset_rejects_unknown_domains_listing_the_valid_ones():
     with pytest.raises(ConfigError, match="source, target"):
         demo_dataset("cartoon")
+
+
+# --- adding one's own images ---------------------------------------------------------------
+
+
+def test_each_add_takes_exactly_the_files_given_for_its_class():
+    ds, _ = data.add_images(ImageDataset(), [("a1.png", png((200, 0, 0))), ("a2.png", png((190, 0, 0)))], "apple")
+    ds, _ = data.add_images(ds, [("b1.png", png((0, 0, 200)))], "berry")
+    assert ds.counts() == {"apple": 2, "berry": 1}
+    assert ds.names == ["a1.png", "a2.png", "b1.png"]
+
+
+def test_a_file_already_in_another_class_is_not_added_and_gets_a_warning():
+    ds, _ = data.add_images(ImageDataset(), [("astronaut.png", png((1, 2, 3)))], "coffee")
+    ds2, report = data.add_images(ds, [("astronaut.png", png((1, 2, 3))), ("cat.png", png((9, 9, 9)))], "cat")
+    assert ds2.counts() == {"coffee": 1, "cat": 1}
+    assert report.loaded == 1
+    assert any("already in class 'coffee'" in w for w in report.warnings)
+
+
+def test_the_same_frame_added_twice_is_kept_once():
+    frame = encode(Image.new("RGB", (32, 24), (40, 90, 10)), "JPEG")
+    ds, _ = data.add_images(ImageDataset(), [("webcam-1.jpg", frame), ("webcam-2.jpg", frame)], "thumbs up")
+    assert len(ds) == 1
+    with pytest.raises(DataError, match="Nothing was added to 'thumbs up'"):
+        data.add_images(ds, [("webcam-3.jpg", frame)], "thumbs up")
+
+
+def test_adding_images_never_changes_the_dataset_it_was_given():
+    ds = demo_dataset(per_class=5)
+    before = ds.fingerprint
+    data.add_images(ds, [("x.png", png())], "mug")
+    assert ds.fingerprint == before and len(ds) == 20
+
+
+def test_unreadable_files_are_skipped_with_a_reason():
+    ds, report = data.add_images(ImageDataset(), [("ok.png", png()), ("bad.png", b"not an image")], "mug")
+    assert len(ds) == 1 and [name for name, _ in report.skipped] == ["bad.png"]
+
+
+@pytest.mark.parametrize("classes, expected", [
+    (["circle", "square", "star", "triangle"], "Demo shapes (source look)"),
+    (["circle", "square", "star", "triangle", "mug"], "Demo shapes (source look) + mug"),
+    (["circle", "square", "star"], "Demo shapes (source look) without triangle"),
+    (["circle", "mug"], "Demo shapes (source look), only circle + mug"),
+    (["mug", "cup"], "Your images (mug, cup)"),
+    (["a", "b", "c", "d", "e"], "Your images (a, b, c and 2 more)"),
+    ([], "An empty dataset"),
+])
+def test_a_dataset_is_named_by_what_it_holds(classes, expected):
+    assert data.dataset_name(classes, "Demo shapes (source look)", data.DEMO_CLASSES) == expected

@@ -1,0 +1,286 @@
+"""Bringing images the way a class does, in a real browser: webcam bursts, single-image classes,
+a new dataset of one's own, and every page at projector sizes.
+
+Chromium's fake camera (`--use-fake-device-for-media-stream`) stands in for a webcam and its fake
+permission prompt (`--use-fake-ui-for-media-stream`) says yes, so st.camera_input gets frames.
+"""
+
+import re
+
+import pytest
+
+pytestmark = pytest.mark.browser
+
+# The server, go_to and friends are test_browser's; importing them also brings its Chromium check.
+try:  # `python -m pytest` puts the repository on sys.path; plain `pytest` puts tests/ there
+    from tests.test_browser import (CHROMIUM, assert_no_exception, go_to, open_app, server,  # noqa: F401
+                                    set_epochs, sync_api, wait_for_status)
+except ImportError:
+    from test_browser import (CHROMIUM, assert_no_exception, go_to, open_app, server,  # noqa: F401
+                              set_epochs, sync_api, wait_for_status)
+
+expect = sync_api.expect
+PAGE_TITLES = {"Data", "Model", "Train", "Feature maps", "Saliency", "Domain shift", "Evaluate", "Use the model"}
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """test_browser's Chromium, with a fake webcam that needs no permission click."""
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--no-first-run",
+                  "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"],
+        )
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1400, "height": 1000}, permissions=["camera"])
+    page = context.new_page()
+    yield page
+    context.close()
+
+
+# Records the text of every link the sidebar menu ever shows, from the first paint on.
+RECORD_MENU = """
+window.__menu = new Set();
+new MutationObserver(() => {
+  document.querySelectorAll('[data-testid=stSidebarNav] a').forEach(a => window.__menu.add(a.innerText.trim()));
+}).observe(document, {subtree: true, childList: true, characterData: true});
+"""
+
+
+def test_the_first_page_after_a_start_never_lists_the_raw_files_of_pages(server, browser):
+    """Runs first in this module, on a server nobody has opened yet."""
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        page.add_init_script(RECORD_MENU)
+        open_app(page, server)
+        nav = page.get_by_test_id("stSidebarNav")
+        expect(nav.get_by_text("Domain shift", exact=True)).to_be_visible(timeout=30_000)
+        shown = set(page.evaluate("[...window.__menu]"))
+        assert shown, "the menu was never drawn"
+        # a link's text is its icon's name, then its title
+        assert {s.split("\n")[-1] for s in shown} <= PAGE_TITLES, shown
+    finally:
+        context.close()
+
+
+# --- bringing one's own images ----------------------------------------------------------------------
+
+
+def png(colour, variant: int, size: int = 40) -> bytes:
+    """A small PNG, different for every (colour, variant)."""
+    import io
+
+    from PIL import Image, ImageDraw
+
+    img = Image.new("RGB", (size, size), colour)
+    ImageDraw.Draw(img).rectangle((4 + variant, 6, 20 + 2 * variant, 30), fill=(255 - colour[0], 255, 255 - colour[2]))
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def data_heading(page):
+    return page.get_by_role("heading", name=re.compile(r": \d+ images in \d+ classes"))
+
+
+def choose_source(page, name: str):
+    # the page's first run on a busy machine can take a while after its title shows
+    option = page.get_by_test_id("stRadio").filter(has_text="Bring images from").get_by_text(name, exact=True)
+    option.click(timeout=90_000)
+    wait_until_idle(page)
+
+
+def set_text(page, label: str, value: str):
+    box = page.get_by_label(label, exact=True)
+    box.fill(value)
+    box.press("Enter")
+
+
+def add_single_images(page, class_name: str, files: dict[str, bytes], added: int | None = None):
+    set_text(page, "Class name", class_name)
+    page.locator("[data-testid=stFileUploader] input[type=file]").set_input_files(
+        [{"name": name, "mimeType": "image/png", "buffer": payload} for name, payload in files.items()])
+    n = len(files)
+    page.get_by_role("button", name=f"Add {n} image{'s' if n != 1 else ''} to '{class_name}'").click()
+    added = n if added is None else added
+    expect(page.get_by_text(re.compile(rf"Added {added} images? to '{re.escape(class_name)}'")).first).to_be_visible(
+        timeout=30_000)
+
+
+CAMERA_READY = """() => {
+  const v = document.querySelector('[data-testid=stCameraInput] video');
+  return v !== null && v.readyState >= 2 && v.videoWidth > 0 && v.getBoundingClientRect().height > 0
+         && !v.closest('[data-stale=true]');
+}"""
+
+
+def wait_until_idle(page):
+    """Until the app's script run is over: a click in the middle of a rerun may be lost."""
+    page.wait_for_function(
+        "() => document.querySelector('[data-testid=stApp]')?.dataset.testScriptState === 'notRunning'",
+        timeout=60_000)
+
+
+def thumbnails(page):
+    return page.get_by_test_id("stImageCaption").filter(has_text=re.compile(r"^frame \d+$"))
+
+
+def record_burst(page, class_name: str, frames: int):
+    set_text(page, "Class name", class_name)
+    set_text(page, "Frames to record", str(frames))
+    counter = page.get_by_test_id("stProgress")
+    for k in range(1, frames + 1):
+        for attempt in range(3):
+            take = page.get_by_role("button", name="Take Photo")
+            expect(take).to_be_enabled(timeout=30_000)
+            # a fresh camera widget comes up for every frame: shoot once its video plays
+            wait_until_idle(page)
+            page.wait_for_function(CAMERA_READY, timeout=30_000)
+            take.click()
+            try:
+                expect(counter).to_contain_text(f"{k} / {frames} frames recorded", timeout=10_000)
+                break
+            except AssertionError:
+                # Streamlit's camera sometimes ignores a click on a just-mounted camera (its
+                # screenshot is null); a person clicks again, and so does this test
+                if attempt == 2:
+                    raise
+    expect(thumbnails(page)).to_have_count(frames)
+    wait_until_idle(page)
+
+
+def preview_of(page, class_name: str):
+    """The file names shown under a class's preview thumbnails."""
+    heading = page.get_by_test_id("stMarkdown").filter(has_text=re.compile(rf"^{re.escape(class_name)} \(\d+\)$"))
+    row = heading.locator("xpath=ancestor::*[@data-testid='stElementContainer'][1]/following-sibling::*[1]")
+    return row.get_by_test_id("stImageCaption")
+
+
+def test_two_classes_of_single_images_in_a_row_each_hold_exactly_their_own_files(server, page):
+    open_app(page, server)
+    choose_source(page, "Single images")
+    apples = {f"apple-{i}.png": png((200, 30, 30), i) for i in range(3)}
+    berries = {f"berry-{i}.png": png((40, 40, 200), i) for i in range(2)}
+    add_single_images(page, "apple", apples)
+    add_single_images(page, "berry", berries)
+    expect(data_heading(page)).to_have_text("Your images (apple, berry): 5 images in 2 classes")
+    expect(preview_of(page, "apple")).to_have_text(sorted(apples))
+    expect(preview_of(page, "berry")).to_have_text(sorted(berries))
+    # the same photo offered for a third class is refused, with a warning that names its class
+    add_single_images(page, "cherry", {"apple-0.png": apples["apple-0.png"], "cherry.png": png((90, 0, 40), 1)}, added=1)
+    expect(page.get_by_text("'apple-0.png' is already in class 'apple'")).to_be_visible()
+    expect(data_heading(page)).to_have_text("Your images (apple, berry, cherry): 6 images in 3 classes")
+    assert_no_exception(page)
+
+
+def test_a_webcam_burst_fills_a_class_with_n_frames(server, page):
+    open_app(page, server)
+    choose_source(page, "Webcam")
+    record_burst(page, "wave", 4)
+    # one frame removed, then the rest added: the class holds exactly what the thumbnails showed
+    page.get_by_role("button", name="Remove").nth(1).click()  # frame 2 goes
+    expect(thumbnails(page)).to_have_text(["frame 1", "frame 2", "frame 3"])
+    add = page.get_by_role("button", name="Add 3 frames to 'wave'")
+    add.click()
+    expect(page.get_by_text("Added 3 images to 'wave': it now holds 3. (a new dataset)").first).to_be_visible(
+        timeout=30_000)
+    expect(data_heading(page)).to_have_text("Your images (wave): 3 images in 1 classes")
+    assert_no_exception(page)
+
+
+def test_two_webcam_classes_and_one_of_single_images_train_on_a_new_dataset_without_the_demo(server, page):
+    open_app(page, server)
+    choose_source(page, "Webcam")
+    for class_name in ("left", "right"):
+        record_burst(page, class_name, 5)
+        page.get_by_role("button", name=f"Add 5 frames to '{class_name}'").click()
+        expect(page.get_by_text(re.compile(rf"Added 5 images to '{class_name}'")).first).to_be_visible(timeout=30_000)
+    choose_source(page, "Single images")
+    add_single_images(page, "mug", {f"mug-{i}.png": png((120, 80, 20), i) for i in range(5)})
+    expect(data_heading(page)).to_have_text("Your images (left, right, mug): 15 images in 3 classes")
+    go_to(page, "Train")
+    set_epochs(page, 1)
+    page.get_by_role("button", name="Train", exact=True).click()
+    wait_for_status(page, "finished")
+    expect(page.get_by_text("Validation accuracy", exact=True)).to_be_visible(timeout=60_000)
+    expect(page.get_by_test_id("stSidebar")).to_contain_text("Data: Your images (left, right, mug) — 15 images, 3 classes")
+    assert_no_exception(page)
+
+
+# --- projector sizes ----------------------------------------------------------------------------
+
+# What does not fit: the page scrolling sideways, an element whose content runs past the window,
+# and metric values or widget labels cut short (their text wider than their box).
+OVERFLOW = """() => {
+  const width = window.innerWidth;
+  const problems = [];
+  const main = document.querySelector('[data-testid=stMain]');
+  if (main && main.scrollWidth > main.clientWidth + 1) problems.push(`main scrolls sideways: ${main.scrollWidth} > ${main.clientWidth}`);
+  const describe = el => `${el.dataset.testid || el.tagName}: "${(el.innerText || '').slice(0, 60)}"`;
+  for (const el of main.querySelectorAll('[data-testid]')) {
+    if (el.closest('[data-testid=stDataFrame], .js-plotly-plot, [data-testid=stExpanderDetails][hidden]')) continue;
+    const box = el.getBoundingClientRect();
+    if (box.width > 0 && box.right > width + 1) problems.push(`wider than the window (${Math.round(box.right)} > ${width}): ${describe(el)}`);
+  }
+  for (const el of main.querySelectorAll('*')) {
+    if (el.closest('[data-testid=stDataFrame], .js-plotly-plot') || !el.innerText) continue;
+    const style = getComputedStyle(el);
+    const clips = style.textOverflow === 'ellipsis' || style.overflowX === 'hidden' || style.overflowX === 'clip';
+    if (clips && el.clientWidth > 0 && el.scrollWidth > el.clientWidth + 1) problems.push(`cut short: ${describe(el)}`);
+  }
+  // a chart's title is SVG text: cut when it runs past the chart's own box
+  for (const plot of main.querySelectorAll('.js-plotly-plot')) {
+    const frame = plot.getBoundingClientRect();
+    for (const title of plot.querySelectorAll('.gtitle')) {
+      const box = title.getBoundingClientRect();
+      if (box.left < frame.left - 1 || box.right > frame.right + 1) problems.push(`chart title cut: "${title.textContent.slice(0, 60)}"`);
+    }
+  }
+  return problems;
+}"""
+
+
+def open_sidebar(page):
+    nav = page.get_by_test_id("stSidebarNav")
+    if not nav.is_visible():  # a narrow window folds the sidebar away; nothing to wait for here
+        page.get_by_test_id("stExpandSidebarButton").click()
+    expect(nav).to_be_visible()
+
+
+def close_sidebar(page):
+    page.get_by_test_id("stSidebar").hover()
+    page.get_by_test_id("stSidebarCollapseButton").locator("button").click()
+    expect(page.get_by_test_id("stSidebarNav")).not_to_be_visible()
+
+
+@pytest.mark.parametrize("size, sidebar", [((1024, 768), "open"), ((800, 600), "closed")])
+def test_every_page_fits_a_projector_after_a_demo_run(server, page, size, sidebar):
+    """Readable at 1024×768 beside the open sidebar; usable at 800×600 with the sidebar folded."""
+    open_app(page, server)
+    wait_until_idle(page)
+    go_to(page, "Train")
+    set_epochs(page, 1)
+    page.get_by_role("button", name="Train", exact=True).click()
+    wait_for_status(page, "finished")
+    page.set_viewport_size({"width": size[0], "height": size[1]})
+    problems = {}
+    for name in ["Data", "Model", "Train", "Feature maps", "Saliency", "Domain shift", "Evaluate", "Use the model"]:
+        open_sidebar(page)
+        go_to(page, name)
+        if sidebar == "closed":
+            close_sidebar(page)
+        wait_until_idle(page)
+        page.wait_for_timeout(500)  # plotly lays its charts out after the script run
+        found = page.evaluate(OVERFLOW)
+        if found:
+            problems[name] = found
+        assert_no_exception(page)
+    assert not problems, "\n".join(f"{name}: {p}" for name, found in problems.items() for p in found)
