@@ -151,7 +151,7 @@ def _progress_callback(total_epochs: int):
         def on_fit_start(self, info) -> None:
             self.bar = tqdm(total=1000, file=sys.stderr, unit="‰", dynamic_ncols=True,
                             bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}",
-                            disable=None)  # no bar when stderr is not a terminal... unless forced
+                            disable=None)  # a log file gets the per-epoch lines, not a bar
             self.bar.set_description("training")
 
         def on_batch_end(self, progress) -> None:

@@ -1,5 +1,6 @@
 """Train: start a run, watch its curves grow, reopen finished runs."""
 
+import json
 import math
 from datetime import datetime
 
@@ -7,6 +8,7 @@ import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 
+from core.cli import command_for, config_for
 from core.errors import UserInputError
 from core.jobs import get_job, start_run
 from core.training import TrainConfig
@@ -104,6 +106,16 @@ def curves(epochs: list[dict], batch_losses) -> go.Figure:
     return fig
 
 
+def command_line_ui(record) -> None:
+    """The run's settings file and the command that trains it again without the browser."""
+    with st.expander("Run it from the command line"):
+        st.code(command_for(record), language="bash")
+        st.download_button("CONFIG.json", json.dumps(config_for(record), indent=1), file_name="CONFIG.json",
+                           mime="application/json", key=f"config-{record.id}", icon=":material/download:")
+        st.caption("Run it from the app's folder; under `torchrun --nproc-per-node=N` the same command trains "
+                   "on N processes (the batch size is the global batch). The README's 'Beyond one machine' says more.")
+
+
 def show_run(run_id: str) -> bool:
     """Draw the run; True while it is still going."""
     snap, record = run_status(run_id)
@@ -150,6 +162,7 @@ def show_run(run_id: str) -> bool:
         st.info(message)
     if epochs or batch_losses:
         st.plotly_chart(curves(epochs, batch_losses), width="stretch", key=f"curves-{run_id}")
+    command_line_ui(record)
     plan = record.config.get("plan")
     if plan:
         with st.expander("Strategy timeline: which groups trained in which epoch"):
