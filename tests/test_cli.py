@@ -198,7 +198,8 @@ def test_two_processes_finish_a_run_that_equals_one_process_with_the_same_global
 def test_fine_tuning_on_two_ranks_equals_one_rank_with_the_same_global_batch(tmp_path):
     """Every layer trains after a warm-up epoch of the head alone (DDP is rebuilt when the trainable
     set grows); BatchNorm uses its running statistics on every rank."""
-    config = write_config(tmp_path, **EXACT, warmup_epochs=1, cache_features=False, lr_multipliers={})
+    config = write_config(tmp_path, **{**EXACT, "lr": 3e-3}, warmup_epochs=1, cache_features=False,
+                          lr_multipliers={})
     data_dir = tmp_path / "data"
     results = []
     for procs in (1, 2):

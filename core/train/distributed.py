@@ -43,7 +43,7 @@ class _Dispatch(nn.Module):
         self.model = model
 
     def forward(self, method: str, x):
-        return getattr(self.model, method)(x)
+        return self.model(x) if method == "forward" else getattr(self.model, method)(x)  # __call__ runs hooks
 
 
 @dataclass

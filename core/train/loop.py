@@ -235,7 +235,7 @@ class Trainer:
         # under DDP, a pass that will be back-propagated goes through the wrapper (its gradient hooks)
         if self._ddp is not None and torch.is_grad_enabled():
             return self._ddp[1](method, x)
-        return getattr(self.model, method)(x)
+        return self.model(x) if method == "forward" else getattr(self.model, method)(x)  # __call__ runs hooks
 
     def logits(self, x: torch.Tensor):
         """The model's output for an input from ``inputs`` / ``eval_inputs``."""
