@@ -240,7 +240,8 @@ def _rank_of(pid: int) -> int | None:
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the ranks through /proc")
 def test_a_killed_rank_fails_the_run_with_a_clear_message_and_the_store_stays_readable(tmp_path):
-    config = write_config(tmp_path, **{**EXACT, "epochs": 200, "cache_features": False, "warmup_epochs": 0})
+    config = write_config(tmp_path, **{**EXACT, "epochs": 200, "lr": 0.005, "cache_features": False,
+                                       "warmup_epochs": 0})
     data_dir = tmp_path / "data"
     proc = subprocess.Popen(command(*train_args(data_dir, config, "--strategy", "full"), procs=2), cwd=ROOT,
                             env=env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
