@@ -1,5 +1,6 @@
 """Train: start a run, watch its curves grow, reopen finished runs."""
 
+import json
 import math
 import time
 
@@ -7,6 +8,7 @@ import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 
+from core.cli import command_for, config_for
 from core.data import check_split
 from core.errors import UserInputError
 from core.jobs import get_job, start_run, cancel_waiting
@@ -132,6 +134,14 @@ def curves(epochs: list[dict], batch_losses) -> go.Figure:
     return fig
 
 
+def command_line_ui(record) -> None:
+    """The run's settings file and the command that trains it again without the browser."""
+    with st.expander("Run it from the command line"):
+        st.code(command_for(record), language="bash")
+        st.download_button("CONFIG.json", json.dumps(config_for(record), indent=1), file_name="CONFIG.json",
+                           mime="application/json", key=f"config-{record.id}", icon=":material/download:")
+        st.caption("Run it from the app's folder; under `torchrun --nproc-per-node=N` the same command trains "
+                   "on N processes (the batch size is the global batch). The README's 'Beyond one machine' says more.")
 def progress_text(snap, record) -> str:
     """The progress bar's words: the phase, and time left and speed measured in that phase only."""
     phase = {"preparing": "Loading the model…", "cache": "Computing the frozen backbone's features once…"}.get(
@@ -220,6 +230,7 @@ def show_run(run_id: str) -> bool:
         st.info(plain(message))
     if epochs or batch_losses:
         st.plotly_chart(curves(epochs, batch_losses), width="stretch", key=f"curves-{run_id}")
+    command_line_ui(record)
     plan = record.config.get("plan")
     if plan:
         with st.expander("Strategy timeline: which groups trained in which epoch"):

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# On a machine with a CUDA GPU: show the GPU, run the GPU tests, then every benchmark on the GPU.
+# On a machine with a CUDA GPU: show the GPU, run the GPU tests, a command-line run on one GPU (and on
+# every GPU through torchrun when there are several), then every benchmark on the GPU.
 # Usage: bash scripts/gpu-check.sh [extra run_all options, e.g. --quick]
-# Exits non-zero when the GPU is missing, a GPU test fails, or a benchmark fails.
+# Exits non-zero when the GPU is missing, a GPU test, a command-line run or a benchmark fails.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-.venv/bin/python}"
@@ -23,6 +24,36 @@ echo "== GPU tests =="
 "$PYTHON" -m pytest -m gpu tests/test_gpu.py -q
 tests=$?
 
+# The command line on one GPU, then data parallel on every GPU of the machine (when it has several).
+cli_run() {  # cli_run LABEL COMMAND...: train into a scratch store, print the result and images/s
+    local label=$1; shift
+    local out
+    out=$("$@" train --data demo:source --per-class 60 --backbone efficientnet_lite0 --strategy last_stage \
+          --config "$scratch/CONFIG.json" --data-dir "$scratch/data" | tail -n 1)
+    local status=$?
+    echo "$label: $out"
+    "$PYTHON" - "$scratch/data" "$out" <<'PY' 2>/dev/null
+import json, sys
+from core.runs import RunStore
+r = RunStore(sys.argv[1]).get(json.loads(sys.argv[2])["run_id"])
+print(f"  {r.config.get('images_per_second', 0):.0f} images/s on {r.info.get('device')}, "
+      f"world size {r.info.get('world_size')}")
+PY
+    [ "$status" -eq 0 ] && echo "$out" | grep -q '"status": "finished"'
+}
+scratch=$(mktemp -d)
+trap 'rm -rf "$scratch"' EXIT
+echo '{"epochs": 3, "image_size": 128, "batch_size": 32, "warmup_epochs": 1, "early_stopping": 0}' > "$scratch/CONFIG.json"
+echo
+echo "== command line, one GPU =="
+cli_run "1 GPU" "$PYTHON" -m core.cli
+cli=$?
+gpus=$(nvidia-smi -L | grep -c '^GPU')
+echo
+echo "== command line, torchrun on $gpus GPU(s) (DDP, NCCL) =="
+cli_run "$gpus GPU(s), DDP" "$PYTHON" -m torch.distributed.run --standalone --nproc-per-node="$gpus" -m core.cli
+cli=$(( cli || $? ))
+
 echo
 echo "== benchmarks on cuda =="
 "$PYTHON" bench/run_all.py --device cuda "$@"
@@ -31,6 +62,10 @@ bench=$?
 echo
 if [ "$tests" -ne 0 ]; then
     echo "gpu-check: FAILED: GPU tests (pytest exit status $tests)"
+    exit 1
+fi
+if [ "$cli" -ne 0 ]; then
+    echo "gpu-check: FAILED: a command-line training run"
     exit 1
 fi
 if [ "$bench" -ne 0 ]; then

@@ -13,6 +13,12 @@ view) before the first epoch when ``config.cache_features`` allows: with only th
 longer frozen prefix (``"prefix"``) it holds the prefix's output and each step runs the rest.
 Objectives see the same methods either way (:meth:`Trainer.inputs`, :meth:`Trainer.logits`,
 :meth:`Trainer.features`, :meth:`Trainer.head`), so a cache never changes what is trained.
+
+Data parallel. With ``distributed=`` a :class:`~core.train.distributed.Distributed` context (one
+rank of a ``torchrun`` job), :meth:`Trainer.shuffled` hands each rank its share of every global
+batch, the model's entry points run through DistributedDataParallel, BatchNorm keeps its running
+statistics, caches are computed in shares, and losses, sums and cancellation are agreed across
+ranks; see that module. Without it, none of this runs.
 """
 
 from __future__ import annotations
@@ -146,8 +152,10 @@ class Trainer:
     """Trains ``model`` in place with ``objective``; see the module docstring."""
 
     def __init__(self, model: nn.Module, objective, config: TrainConfig, callbacks: Sequence[Callback] = (),
-                 stop=None, *, validate: bool = True, guard: bool = True, shared_cache: dict | None = None):
+                 stop=None, *, validate: bool = True, guard: bool = True, shared_cache: dict | None = None,
+                 distributed=None):
         self.model = model
+        self.dist, self._ddp, self._all_cancelled = distributed, None, False
         self.objective = objective
         self.config = config
         self.validate = validate
@@ -166,19 +174,24 @@ class Trainer:
             self.stop_reason, self.stop_message = reason, message or self.stop_message
 
     def cancelled(self) -> bool:
+        if self.dist is not None:  # what every rank agreed at the last step: they stop together
+            return self._all_cancelled
         return self.stop_event is not None and self.stop_event.is_set()
 
     def batches_for(self, source: str, batch_size: int | None = None) -> int:
         """Steps in one pass over ``source``; a last batch of one image is dropped (it breaks BatchNorm)."""
         n, bs = len(self.images[source]), batch_size or self.config.batch_size
-        return n // bs if n % bs == 1 and n > 1 else math.ceil(n / bs)
+        # under DDP every rank needs at least one image of the last batch
+        smallest = max(2, self.dist.world_size) if self.dist is not None else 2
+        return n // bs if 0 < n % bs < smallest and n > 1 else math.ceil(n / bs)
 
     def shuffled(self, source: str) -> Iterator[torch.Tensor]:
         """One epoch of shuffled index batches over ``source``."""
         bs = self.config.batch_size
         order = torch.randperm(len(self.images[source]), generator=self.generator)
         for b in range(self.batches_for(source)):
-            yield order[b * bs:(b + 1) * bs]
+            idx = order[b * bs:(b + 1) * bs]
+            yield idx if self.dist is None else self.dist.shard(idx)
 
     def inputs(self, source: str, idx: torch.Tensor, seed: int) -> torch.Tensor:
         """The model's input for images ``idx`` of ``source``: one of each image's cached augmented
@@ -190,13 +203,18 @@ class Trainer:
         the cached view of each image or None)."""
         bank = self.banks.get(source)
         if bank is not None:
+            if len(bank) > 1 and self.dist is not None:
+                # drawn per image from the batch's seed: ranks' generators stay in step
+                views = torch.randint(len(bank), (len(self.images[source]),),
+                                      generator=torch.Generator().manual_seed(seed))[idx]
+                return bank[views.to(self.device), idx.to(self.device)], None, views
             if len(bank) > 1:
                 views = torch.randint(len(bank), (len(idx),), generator=self.generator)
                 return bank[views.to(self.device), idx.to(self.device)], None, views
             return bank[0, idx.to(self.device)], None, torch.zeros(len(idx), dtype=torch.long)
         raw = self.images[source][idx]
         if self.augmenter is not None:
-            raw = augment_batch(raw, self.augmenter, seed)
+            raw = augment_batch(raw, self.augmenter, seed if self.dist is None else self.dist.seed(seed))
         raw = raw.to(self.device, non_blocking=True)
         x = normalise(raw, self.mean, self.std)
         if self.device.type == "cuda":
@@ -213,13 +231,19 @@ class Trainer:
             else:
                 yield start, normalise(images[start:start + batch_size].to(self.device), self.mean, self.std)
 
+    def _call(self, method: str, x: torch.Tensor):
+        # under DDP, a pass that will be back-propagated goes through the wrapper (its gradient hooks)
+        if self._ddp is not None and torch.is_grad_enabled():
+            return self._ddp[1](method, x)
+        return self.model(x) if method == "forward" else getattr(self.model, method)(x)  # __call__ runs hooks
+
     def logits(self, x: torch.Tensor):
         """The model's output for an input from ``inputs`` / ``eval_inputs``."""
         if self.cache_mode == "head":
-            return self.model.forward_head(x)
+            return self._call("forward_head", x)
         if self.cache_mode == "prefix":
-            return self.model(self._stand_in(x))
-        return self.model(x)
+            return self._call("forward", self._stand_in(x))
+        return self._call("forward", x)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The pooled features the head reads, for an input from ``inputs`` / ``eval_inputs``."""
@@ -227,10 +251,10 @@ class Trainer:
             return x
         if self.cache_mode == "prefix":
             x = self._stand_in(x)
-        return self.model.forward_features(x)
+        return self._call("forward_features", x)
 
     def head(self, features: torch.Tensor):
-        return self.model.forward_head(features)
+        return self._call("forward_head", features)
 
     def autocast(self):
         return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
@@ -263,6 +287,7 @@ class Trainer:
         raise AssertionError("unreachable")
 
     def _release(self) -> None:
+        self._ddp = None
         for name in ("banks", "plain_banks", "images", "optimizer", "scaler"):
             self.__dict__.pop(name, None)
 
@@ -274,6 +299,8 @@ class Trainer:
     def _setup(self, data: dict) -> None:
         config, model = self.config, self.model
         self.device = pick_device(config.device)
+        if self.dist is not None:
+            self.dist.check(config.batch_size)
         self.amp_dtype = autocast_dtype(self.device) if config.mixed_precision else None
         reseed(config.seed)
         self.generator = torch.Generator().manual_seed(config.seed)
@@ -350,15 +377,23 @@ class Trainer:
             self._tick(0, 0, math.nan, "cache", math.ceil(len(images) / self.config.batch_size))
             return self.shared_cache[key]
         model, bs, out = self.model, self.config.batch_size, []
+        lo, hi = (0, len(chosen)) if self.dist is None else self.dist.rows(len(chosen))
         with torch.inference_mode():
-            for start in range(0, len(chosen), bs):
+            for start in range(lo, hi, bs):
                 if self.cancelled():
                     raise _Cancelled
-                x = normalise(chosen[start:start + bs].to(self.device, non_blocking=True), self.mean, self.std)
+                x = normalise(chosen[start:min(start + bs, hi)].to(self.device, non_blocking=True), self.mean, self.std)
                 with self.autocast():
                     out.append(capture(model, self.boundary, x, self.where).float())
                 self._tick(0, 0, math.nan, "cache")
+        if self.dist is not None and not out and len(chosen):  # an empty share still needs the shape
+            with torch.inference_mode():
+                x = normalise(chosen[:1].to(self.device), self.mean, self.std)
+                out.append(capture(model, self.boundary, x, self.where).float()[:0])
         bank = torch.cat(out) if out else torch.empty(0)
+        if self.dist is not None:  # each rank computed its share: put the whole cache together
+            with torch.inference_mode():
+                bank = self.dist.gather_rows(bank, len(chosen))
         self.shared_cache[key] = bank
         return bank
 
@@ -425,6 +460,9 @@ class Trainer:
                             break
                         started = time.perf_counter()
                         apply_epoch_plan(model, self.by_group, self.plan[epoch - 1], config.train_bn)
+                        if self.dist is not None:
+                            self.dist.freeze_batchnorm(model)
+                            self._ddp = self.dist.wrap(model, self._ddp)
                         objective.on_epoch_start(self, epoch)
                         for cb in self.callbacks:
                             cb.on_epoch_start(epoch)
@@ -439,11 +477,16 @@ class Trainer:
                             with self.autocast():
                                 loss, stats = objective.loss(self, batch)
                             value = loss.item()  # one sync per step: the live curve and the guard need it
+                            step_loss = loss
+                            if self.dist is not None:  # every rank sees the global batch's loss
+                                cancelled = self.stop_event is not None and self.stop_event.is_set()
+                                step_loss, value, self._all_cancelled = self.dist.sync_step(
+                                    loss, stats.get("n", 0), cancelled)
                             if not math.isfinite(value):
                                 self.request_stop("diverged")
                                 break
                             self.optimizer.zero_grad(set_to_none=True)
-                            self.scaler.scale(loss).backward()
+                            self.scaler.scale(step_loss).backward()
                             self.scaler.step(self.optimizer)
                             self.scaler.update()
                             if self.scheduler is not None:
@@ -455,6 +498,8 @@ class Trainer:
                             step += 1
                             self._tick(epoch, b + 1, value)
                         train_seconds += time.perf_counter() - started
+                        if self.dist is not None:
+                            sums = self.dist.reduce_sums(sums)
                         count = int(sums.get("n", 0))
                         seen += count * objective.images_per_item
                         for cb in self.callbacks:

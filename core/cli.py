@@ -1,0 +1,372 @@
+"""The command line over the same engine and run store as the app: ``python -m core.cli``.
+
+    python -m core.cli train --data demo:source --backbone efficientnet_lite0 --config CONFIG.json
+    torchrun --standalone --nproc-per-node=2 -m core.cli train ...   # the same run, data parallel
+    python -m core.cli export RUN_ID --format onnx --out model.onnx
+    python -m core.cli list
+
+``train`` creates a run in the store the app reads (``TRANSFER_LAB_DATA_DIR`` unless ``--data-dir``
+says otherwise) with owner "command line", shows a progress bar on stderr, and prints one JSON line
+last: ``{"run_id", "status", "val_acc", "world_size"}``. Exit status: 0 when the run finished, 2
+for input a person can fix (the app's own messages), 1 otherwise. Under ``torchrun`` every rank
+trains its share of each global batch (see ``core.train.distributed``); rank 0 alone writes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shlex
+import signal
+import sys
+import time
+from dataclasses import fields
+from pathlib import Path
+
+from core.errors import ConfigError, DataError, UserInputError
+
+__all__ = ["main", "config_for", "command_for", "OWNER", "load_data", "read_config"]
+
+OWNER = "command line"
+DEMO_LABEL = "Demo shapes"  # the app's name for the demo set (pages/_shared.py), so runs read alike
+DEFAULT_VAL_FRACTION = 0.25  # the app's defaults for the split
+DEFAULT_PER_CLASS = 20
+
+
+class _Stopped(Exception):
+    """The process was told to stop (SIGTERM: torchrun ends every rank when one of them fails)."""
+
+
+# --- data and settings --------------------------------------------------------------------
+
+
+def load_data(spec: str, per_class: int = DEFAULT_PER_CLASS):
+    """(dataset, label) for ``demo:source``, ``demo:target`` or the path of a ZIP of class folders."""
+    from core import data
+
+    if spec.startswith("demo:"):
+        look = spec.split(":", 1)[1]
+        if look not in ("source", "target"):
+            raise DataError(f"Unknown demo set {spec!r}: use demo:source or demo:target.")
+        return data.demo_dataset(look, per_class=per_class), f"{DEMO_LABEL} ({look} look)"
+    path = Path(spec).expanduser()
+    if not path.is_file():
+        raise DataError(f"No file at {spec}: give demo:source, demo:target or the path of a ZIP of class folders.")
+    ds, report = data.load_zip(path)
+    if report.skipped:
+        print(f"Skipped {len(report.skipped)} file(s) of {path.name}, e.g. {report.skipped[0][0]}: "
+              f"{report.skipped[0][1]}", file=sys.stderr)
+    return ds, path.name
+
+
+def read_config(path: str | None, group_names: list[str], strategy: str | None = None):
+    """A TrainConfig from CONFIG.json's fields, on top of ``strategy``'s preset when one is given."""
+    from core.training import TrainConfig, strategy_config
+
+    values = {}
+    if path:
+        try:
+            values = json.loads(Path(path).expanduser().read_text())
+        except OSError as exc:
+            raise ConfigError(f"The settings file {path} could not be read ({exc.strerror}).") from None
+        except ValueError as exc:
+            raise ConfigError(f"The settings file {path} is not valid JSON: {exc}.") from None
+        if not isinstance(values, dict):
+            raise ConfigError(f"The settings file {path} must hold one JSON object of training settings.")
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"Unknown settings in {path}: {', '.join(unknown)}. The settings are: {', '.join(sorted(known))}.")
+    try:
+        config = strategy_config(strategy, group_names, **values) if strategy else TrainConfig(**values)
+    except TypeError as exc:
+        raise ConfigError(f"The settings in {path} do not fit: {exc}.") from None
+    config.validate(group_names)
+    return config
+
+
+# --- a run as a command ----------------------------------------------------------------------
+
+
+def config_for(record) -> dict:
+    """The CONFIG.json that reproduces ``record``: its TrainConfig fields, nothing derived."""
+    from core.training import TrainConfig
+
+    names = [f.name for f in fields(TrainConfig)]
+    return {k: record.config[k] for k in names if k in record.config}
+
+
+def _data_spec(record) -> str:
+    given = record.config.get("data")
+    if given:
+        return given
+    for look in ("source", "target"):
+        if record.dataset == f"{DEMO_LABEL} ({look} look)":
+            return f"demo:{look}"
+    # an uploaded ZIP is named as it was uploaded; anything else has to be exported from the Data page
+    return record.dataset if record.dataset.lower().endswith(".zip") else "YOUR_IMAGES.zip"
+
+
+def command_for(record, config_path: str = "CONFIG.json") -> str:
+    """The shell command that trains ``record`` again (with ``config_for(record)`` in ``config_path``)."""
+    cfg = record.config
+    spec = _data_spec(record)
+    parts = ["python", "-m", "core.cli", "train", "--data", spec, "--backbone", record.backbone,
+             "--config", config_path]
+    if spec.startswith("demo:"):
+        n = int(cfg.get("n_train", 0)) + int(cfg.get("n_val", 0))
+        per_class = cfg.get("per_class") or (n // len(record.classes) if n and record.classes else DEFAULT_PER_CLASS)
+        if per_class != DEFAULT_PER_CLASS:
+            parts += ["--per-class", str(per_class)]
+    fraction = cfg.get("val_fraction")
+    if fraction is None and cfg.get("n_val") and cfg.get("n_train"):
+        # the app does not record its split: its validation share is a slider in steps of 0.05
+        fraction = round(cfg["n_val"] / (cfg["n_val"] + cfg["n_train"]) / 0.05) * 0.05
+    if fraction is not None and not math.isclose(fraction, DEFAULT_VAL_FRACTION):
+        parts += ["--val-fraction", f"{fraction:g}"]
+    if cfg.get("split_seed"):
+        parts += ["--split-seed", str(cfg["split_seed"])]
+    if cfg.get("weights_file"):
+        parts += ["--weights", cfg["weights_file"]]
+    elif not record.pretrained:
+        parts.append("--scratch")
+    if cfg.get("head", "linear") != "linear":
+        parts += ["--head", cfg["head"]]
+    return shlex.join(parts)
+
+
+# --- training ------------------------------------------------------------------------------
+
+
+def _progress_callback(total_epochs: int):
+    from tqdm import tqdm
+
+    from core.training import Callback
+
+    class Progress(Callback):
+        """A progress bar on stderr: the caches first, then the steps, with the last loss."""
+
+        def on_fit_start(self, info) -> None:
+            self.bar = tqdm(total=1000, file=sys.stderr, unit="‰", dynamic_ncols=True,
+                            bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}",
+                            disable=None)  # a log file gets the per-epoch lines, not a bar
+            self.bar.set_description("training")
+
+        def on_batch_end(self, progress) -> None:
+            self.bar.set_description("features" if progress.phase == "cache" else f"epoch {progress.epoch}/{total_epochs}")
+            if progress.phase == "train":
+                self.bar.set_postfix_str(f"loss {progress.loss:.3f}")
+            self.bar.n = int(progress.fraction * 1000)
+            self.bar.refresh()
+
+        def on_epoch_end(self, metrics) -> None:
+            self.bar.write(f"epoch {metrics.epoch}: train loss {metrics.train_loss:.4f}, "
+                           f"val loss {metrics.val_loss:.4f}, val acc {metrics.val_acc:.1%}", file=sys.stderr)
+
+        def on_fit_end(self, history) -> None:
+            self.bar.close()
+
+    return Progress()
+
+
+def _recorder(store, record, world_size: int):
+    from core.training import Callback
+
+    class Recorder(Callback):
+        """Writes the run's record after every epoch, as the app's workers do."""
+
+        def on_fit_start(self, info) -> None:
+            record.info = {**info.__dict__, "world_size": world_size}
+            store.save(record)
+
+        def on_epoch_end(self, metrics) -> None:
+            record.epochs.append(metrics.__dict__.copy())
+            store.save(record)
+
+    return Recorder()
+
+
+def _on_sigterm(signum, frame):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one is enough: the failure is being written
+    raise _Stopped()
+
+
+def train(args) -> int:
+    import torch
+
+    from core import backbones, data
+    from core.runs import RunRecord, RunStore, new_run_id
+    from core.settings import get_settings
+    from core.train.distributed import Distributed, launched_by_torchrun
+    from core.train.objectives import Classification
+    from core.training import Trainer, training_plan
+
+    settings = get_settings()
+    group_names = backbones.group_names(args.backbone)
+    config = read_config(args.config, group_names, args.strategy)
+    ds, label = load_data(args.data, args.per_class)
+    train_ds, val_ds = data.split(ds, args.val_fraction, args.split_seed)
+    classes = list(train_ds.classes)
+    if len(classes) < 2:
+        raise DataError("Training needs at least two classes.")
+
+    distributed = None
+    if launched_by_torchrun():
+        from core.devices import pick_device
+
+        distributed = Distributed.from_env(pick_device(config.device).type)
+        distributed.check(config.batch_size)
+    world = distributed.world_size if distributed else 1
+    main_rank = distributed is None or distributed.main
+
+    pretrained = not args.scratch and args.weights is None
+    model = backbones.starting_model(args.backbone, classes, pretrained=pretrained, seed=config.seed,
+                                     image_size=config.image_size, head=args.head, weights_path=args.weights)
+    store = record = None
+    callbacks = []
+    if main_rank:
+        store = RunStore(Path(args.data_dir).expanduser() if args.data_dir else settings.data_dir,
+                         cap_mb=settings.disk_cap_mb)
+        record = RunRecord(
+            id=new_run_id(), status="running", created=time.time(), backbone=args.backbone,
+            pretrained=bool(pretrained or args.weights), classes=classes,
+            config={**config.to_dict(), "head": args.head, "n_train": len(train_ds), "n_val": len(val_ds),
+                    "weights_file": str(args.weights) if args.weights else None,
+                    "plan": training_plan(group_names, config), "data": args.data, "per_class": args.per_class,
+                    "val_fraction": args.val_fraction, "split_seed": args.split_seed, "world_size": world},
+            owner=OWNER, label=args.label or f"{args.backbone} {'pretrained' if pretrained else 'scratch'}",
+            dataset=label, info={"world_size": world},
+        )
+        store.create(record)
+        store.save_start(record.id, model, record.pretrained)
+        callbacks = [_recorder(store, record, world), _progress_callback(config.epochs)]
+
+    def finish(status: str, message: str, history=None) -> int:
+        if main_rank:
+            record.status, record.finished = status, time.time()
+            record.message = message
+            if history is not None:
+                record.config.update(batch_size=config.batch_size, used_feature_cache=history.used_feature_cache,
+                                     images_per_second=history.images_per_second)
+            store.save(record)
+            if status == "finished":
+                store.enforce_cap(keep=frozenset({record.id}))
+            val = record.final()
+            print(json.dumps({"run_id": record.id, "status": status,
+                              "val_acc": None if val is None or math.isnan(val) else val, "world_size": world}),
+                  flush=True)
+        return 0 if status == "finished" else 1
+
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        trainer = Trainer(model, Classification(), config, callbacks, distributed=distributed)
+        history = trainer.fit({"train": train_ds, "val": val_ds})
+    except UserInputError as exc:
+        finish("failed", str(exc))
+        return 2
+    except (_Stopped, KeyboardInterrupt):
+        why = ("A process of this distributed run stopped (it was killed or crashed), so torchrun ended "
+               "the others; the run has no saved model. Train it again." if world > 1 else
+               "The run was stopped before it finished; it has no saved model.")
+        return finish("failed" if world > 1 else "cancelled", why)
+    except Exception as exc:  # noqa: BLE001 - a lost peer is a RuntimeError from the process group
+        if world > 1 and isinstance(exc, (RuntimeError, torch.distributed.DistError)):
+            return finish("failed", f"A process of this distributed run stopped or lost contact with the "
+                                    f"others ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+                                    "the run has no saved model. Train it again.")
+        finish("failed", f"The run crashed: {type(exc).__name__}: {exc}")
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    status = {"cancelled": "cancelled", "diverged": "diverged"}.get(history.stopped or "", "finished")
+    if main_rank and history.epochs:
+        store.save_model(record.id, model)
+    code = finish(status, history.message, history)
+    if distributed is not None:
+        torch.distributed.destroy_process_group()
+    return code
+
+
+# --- the other commands ----------------------------------------------------------------------
+
+
+def _store(args):
+    from core.runs import RunStore
+    from core.settings import get_settings
+
+    return RunStore(Path(args.data_dir).expanduser() if args.data_dir else get_settings().data_dir)
+
+
+def export(args) -> int:
+    from core import export as exporting
+
+    store = _store(args)
+    if store.get(args.run_id) is None:
+        raise UserInputError(f"No run {args.run_id!r} in {store.root}: `python -m core.cli list` shows the runs.")
+    model = store.load_model(args.run_id)
+    out = Path(args.out).expanduser()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    exporter = {"safetensors": exporting.export_safetensors, "torchscript": exporting.export_torchscript,
+                "onnx": exporting.export_onnx}[args.format]
+    path = exporter(model, out)
+    print(json.dumps({"run_id": args.run_id, "format": args.format, "path": str(path)}), flush=True)
+    return 0
+
+
+def list_runs(args) -> int:
+    runs = _store(args).list()
+    if args.json:
+        print(json.dumps([{"run_id": r.id, "status": r.status, "owner": r.owner, "backbone": r.backbone,
+                           "dataset": r.dataset, "val_acc": r.final(), "created": r.created,
+                           "world_size": r.info.get("world_size", 1)} for r in runs]), flush=True)
+        return 0
+    for r in runs:
+        val = r.final()
+        acc = "-" if val is None or math.isnan(val) else f"{val:.1%}"
+        print(f"{r.id}  {time.strftime('%Y-%m-%d %H:%M', time.localtime(r.created))}  {r.status:<9}  "
+              f"{acc:>6}  {r.backbone}  {r.dataset}  ({r.owner or 'app'})")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m core.cli", description="Transfer Lab without the browser.")
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="train a run into the run store the app reads")
+    t.add_argument("--data", required=True, help="demo:source, demo:target or PATH.zip (one folder per class)")
+    t.add_argument("--backbone", required=True, help="e.g. efficientnet_lite0 (bundled, works offline)")
+    t.add_argument("--config", help="CONFIG.json: TrainConfig fields, which override the strategy's")
+    t.add_argument("--strategy", help="feature_extraction, last_stage, progressive or full")
+    t.add_argument("--data-dir", help="the app's data folder (default: $TRANSFER_LAB_DATA_DIR)")
+    t.add_argument("--per-class", type=int, default=DEFAULT_PER_CLASS, help="images per class of a demo set")
+    t.add_argument("--val-fraction", type=float, default=DEFAULT_VAL_FRACTION)
+    t.add_argument("--split-seed", type=int, default=0)
+    t.add_argument("--head", default="linear", choices=["linear", "mlp"])
+    t.add_argument("--scratch", action="store_true", help="start from random weights, not ImageNet's")
+    t.add_argument("--weights", help="start from this state_dict file (.pt, .pth, .safetensors)")
+    t.add_argument("--label", default="", help="the run's name in the app")
+    e = sub.add_parser("export", help="write a finished run's model to a file")
+    e.add_argument("run_id")
+    e.add_argument("--format", required=True, choices=["safetensors", "torchscript", "onnx"])
+    e.add_argument("--out", required=True)
+    e.add_argument("--data-dir")
+    ls = sub.add_parser("list", help="the runs in the store, newest first")
+    ls.add_argument("--json", action="store_true")
+    ls.add_argument("--data-dir")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    command = {"train": train, "export": export, "list": list_runs}[args.command]
+    try:
+        return command(args)
+    except UserInputError as exc:
+        if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every rank meets it: say it once
+            print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
