@@ -755,7 +755,7 @@ def gradient_conflict(trainer, objective: MultiTask, batches: int = 4, seed: int
                 cos = (stacked @ stacked.T).clamp(-1, 1).cpu().numpy()
                 for a, i in enumerate(present):
                     for b, j in enumerate(present):
-                        value = 1.0 if i == j else float(cos[a, b])
+                        value = float(cos[a, b])
                         cos_sum[i, j] += value
                         cos_n[i, j] += 1
                         neg[i, j] += value < 0
