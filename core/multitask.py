@@ -43,6 +43,7 @@ from core.train.objectives import Objective
 __all__ = [
     "MultiTaskDataset",
     "demo_multitask",
+    "digits_multitask",
     "DEMO_TASKS",
     "LABELS_CSV",
     "is_labelled_archive",
@@ -181,6 +182,17 @@ class MultiTaskDataset:
                                 {t: [v[i] for i in idx] for t, v in self._labels.items()},
                                 [self._names[i] for i in idx])
 
+    def as_single_task(self, task: str):
+        """The images labelled for ``task`` as an ``ImageDataset`` with that task's classes (what the
+        single-task pages train on)."""
+        from core.data import ImageDataset
+
+        if task not in self._tasks:
+            raise DataError(f"Unknown task {task!r}; the tasks are {', '.join(self._tasks)}.")
+        keep = [i for i, v in enumerate(self._labels[task]) if v != MISSING]
+        return ImageDataset([self._images[i] for i in keep], [self._labels[task][i] for i in keep],
+                            self._tasks[task], [self._names[i] for i in keep])
+
     def only_tasks(self, tasks: Sequence[str]) -> "MultiTaskDataset":
         """These tasks alone, without the images labelled for none of them."""
         unknown = [t for t in tasks if t not in self._tasks]
@@ -248,6 +260,18 @@ def _draw(rng: np.random.Generator, shape: str, colour: str, size_class: str, si
     fill = _hsv(hue, rng.uniform(0.8, 1.0), rng.uniform(0.65, 0.95))
     ImageDraw.Draw(bg).polygon(_outline(shape, cx, cy, r, rng.uniform(0, 2 * math.pi)), fill=fill)
     return bg.resize((size, size), Image.Resampling.LANCZOS)
+
+
+def digits_multitask(per_class: int = 30, seed: int = 0, size: int = 64) -> MultiTaskDataset:
+    """Real handwriting (scikit-learn's digits, no download) labelled for three tasks: the digit,
+    its parity, and whether it is below five; a related-tasks set where sharing could help."""
+    from core.samples import sample_dataset
+
+    ds = sample_dataset("digits", per_class=per_class, seed=seed, size=size)
+    digits = [int(ds.classes[y]) for y in ds.labels]
+    tasks = {"digit": [str(d) for d in range(10)], "parity": ["even", "odd"], "magnitude": ["0-4", "5-9"]}
+    labels = {"digit": digits, "parity": [d % 2 for d in digits], "magnitude": [int(d >= 5) for d in digits]}
+    return MultiTaskDataset(ds.images, tasks, labels, ds.names)
 
 
 # --- labels.csv archives -----------------------------------------------------------------------

@@ -12,8 +12,28 @@ st.title("Data")
 st.write("Pick the built-in demo set or bring your own images, one class per folder.")
 
 
-def use_dataset(ds, label: str, report=None) -> None:
+def use_dataset(ds, label: str, report=None, keep_tasks: bool = False) -> None:
     ss.dataset, ss.dataset_label, ss.load_report = ds, label, report
+    if not keep_tasks:
+        ss.pop("multitask", None)
+
+
+def use_multitask(ds, label: str, report=None) -> None:
+    """Keep every task's labels; the other pages train one task at a time, the first to begin with."""
+    task = ds.task_names[0]
+    use_dataset(ds.as_single_task(task), f"{label} · {task}", report)
+    ss.multitask = {"dataset": ds, "label": label, "report": report}
+
+
+def multitask_ui(mt: dict) -> None:
+    ds = mt["dataset"]
+    st.subheader(f"{mt['label']}: {len(ds)} images labelled for {len(ds.tasks)} tasks")
+    rows = [{"task": t, "class": c, "images": n} for t, counts in ds.counts().items() for c, n in counts.items()]
+    st.dataframe(rows, hide_index=True)
+    task = st.selectbox("Task the other pages train", ds.task_names, key="multitask_task")
+    if st.button("Train on this task"):
+        use_dataset(ds.as_single_task(task), f"{mt['label']} · {task}", mt["report"], keep_tasks=True)
+        st.rerun()
 
 
 def demo_ui() -> None:
@@ -23,6 +43,9 @@ def demo_ui() -> None:
     per_class = col2.slider("Images per class", 5, 60, 20, step=5)
     if st.button("Use the demo set", type="primary"):
         use_dataset(demo(look, per_class), f"{DEMO_LABEL} ({look} look)")
+        st.rerun()
+    if st.button("Use the multi-task demo (shape, colour, size)"):
+        use_multitask(data.demo_multitask(per_class=per_class), "Multi-task demo")
         st.rerun()
 
 
@@ -34,7 +57,10 @@ def zip_ui() -> None:
         except UserInputError as exc:
             st.error(f"{upload.name}: {exc} Your current dataset is unchanged.")
             return
-        use_dataset(ds, upload.name, report)
+        if isinstance(ds, data.MultiTaskDataset):  # a ZIP with labels.csv: one label per task
+            use_multitask(ds, upload.name, report)
+        else:
+            use_dataset(ds, upload.name, report)
         st.rerun()
 
 
@@ -71,6 +97,9 @@ sources = {"Demo set": demo_ui, "ZIP of class folders": zip_ui, "Single images":
 with st.container(border=True):
     choice = st.radio("Bring images from", list(sources), horizontal=True)
     sources[choice]()
+
+if ss.get("multitask") is not None:
+    multitask_ui(ss.multitask)
 
 ds = ss.dataset
 report = ss.get("load_report")
