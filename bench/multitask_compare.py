@@ -40,10 +40,9 @@ def main(quick: bool = False) -> None:
     }
     for set_name, (ds, size) in sets.items():
         train, val = data.split(ds, 0.2, seed=0)
-        cache: dict = {}
         for setting, config in settings.items():
             config.image_size = size
-            result = compare_shared_separate(backbone, train, val, config, shared_cache=cache)
+            result = compare_shared_separate(backbone, train, val, config)
             print(table(f"{set_name}: {setting}", result), flush=True)
             print(flush=True)
 

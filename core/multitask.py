@@ -573,19 +573,21 @@ class MultiTask(Objective):
     ``weighting``: "equal" (sum of the losses), "manual" (``weights[task]`` × loss) or
     "uncertainty" (Kendall et al. 2018: ``exp(-s_t) · L_t + s_t`` with a learned log-variance
     ``s_t`` per task, trained by the same optimizer). ``conflict_batches`` batches are used after
-    each epoch to measure gradient conflict (0: off).
+    each epoch to measure gradient conflict (0: off). ``pcgrad`` (Yu et al. 2020) projects each
+    task's gradient on the shared parameters off the others' where they conflict (negative dot).
     """
 
     title = "Multi-task training"
 
     def __init__(self, weighting: str = "equal", weights: Mapping[str, float] | None = None,
-                 conflict_batches: int = 4, weights_lr_multiplier: float = 10.0):
+                 conflict_batches: int = 4, weights_lr_multiplier: float = 10.0, pcgrad: bool = False):
         if weighting not in WEIGHTINGS:
             raise ConfigError(f"Unknown loss weighting {weighting!r}; choose one of: {', '.join(WEIGHTINGS)}.")
         self.weighting = weighting
         self.manual = dict(weights or {})
         self.conflict_batches = int(conflict_batches)
         self.weights_lr_multiplier = float(weights_lr_multiplier)
+        self.pcgrad = bool(pcgrad)
         self.tasks: list[str] = []
         self.log_vars: nn.Parameter | None = None
 
@@ -649,20 +651,52 @@ class MultiTask(Objective):
             result[t] = (loss, count, (logits.detach().argmax(1) == target).sum())
         return result
 
-    def combine(self, losses: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        total = None
+    def terms(self, losses: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Each labelled task's weighted loss term."""
+        result = {}
         for k, t in enumerate(self.tasks):
             if t not in losses:
                 continue
             if self.weighting == "uncertainty":
                 s = self.log_vars[k]
-                term = torch.exp(-s) * losses[t] + s
+                result[t] = torch.exp(-s) * losses[t] + s
             elif self.weighting == "manual":
-                term = self.manual.get(t, 1.0) * losses[t]
+                result[t] = self.manual.get(t, 1.0) * losses[t]
             else:
-                term = losses[t]
-            total = term if total is None else total + term
-        return total
+                result[t] = losses[t]
+        return result
+
+    def combine(self, losses: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
+        terms = list(self.terms(losses).values())
+        return sum(terms[1:], terms[0]) if terms else None
+
+    def projected(self, terms: Mapping[str, torch.Tensor], shared: list[nn.Parameter], seed: int) -> torch.Tensor:
+        """The summed loss whose gradient on ``shared`` is PCGrad's (the heads' stay their own): the
+        loop's one ``backward()`` then applies the projection, with no second backward pass."""
+        total = sum(list(terms.values())[1:], next(iter(terms.values())))
+        if len(terms) < 2 or not shared:
+            return total
+        grads = [torch.autograd.grad(term, shared, retain_graph=True, allow_unused=True) for term in terms.values()]
+        flat = [torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1).float()
+                           for g, p in zip(gs, shared)]) for gs in grads]
+        order = torch.Generator().manual_seed(seed)
+        combined = torch.zeros_like(flat[0])
+        for i, g in enumerate(flat):
+            g = g.clone()
+            for j in torch.randperm(len(flat), generator=order).tolist():
+                dot = g @ flat[j]
+                if j != i and dot < 0:
+                    g -= dot / flat[j].norm().pow(2).clamp_min(1e-20) * flat[j]
+            combined += g
+        correction, start = 0.0, 0
+        plain = torch.stack(flat).sum(0)
+        for p in shared:
+            n = p.numel()
+            delta = (combined[start:start + n] - plain[start:start + n]).view_as(p).to(p.dtype)
+            correction = correction + (delta.detach() * p).sum()
+            start += n
+        # same value as the plain sum; its gradient on the shared part is the projected one
+        return total + correction - correction.detach()
 
     def loss(self, trainer, batch):
         idx, seed = batch
@@ -670,7 +704,11 @@ class MultiTask(Objective):
         y = trainer.labels["train"][idx].to(trainer.device, non_blocking=True)
         outputs = trainer.logits(x)
         per_task = self.task_losses(outputs, y, trainer.config.label_smoothing)
-        total = self.combine({t: v[0] for t, v in per_task.items()})
+        terms = self.terms({t: v[0] for t, v in per_task.items()})
+        if self.pcgrad and terms:
+            total = self.projected(terms, _shared_parameters(trainer), seed)
+        else:
+            total = self.combine({t: v[0] for t, v in per_task.items()})
         if total is None:  # no label at all in this batch: a zero that leaves every weight alone
             total = sum(o.float().sum() for o in outputs.values()) * 0.0
         stats = {"n": len(idx)}
@@ -728,6 +766,12 @@ def _nanmean(values) -> float:
     return sum(values) / len(values) if values else math.nan
 
 
+def _shared_parameters(trainer) -> list[nn.Parameter]:
+    """The trainable parameters every task's loss reaches: all but the task heads'."""
+    heads = {id(p) for ps in trainer.model.task_head_parameters().values() for p in ps}
+    return [p for g in trainer.param_groups for p in g["params"] if id(p) not in heads and p.requires_grad]
+
+
 def gradient_conflict(trainer, objective: MultiTask, batches: int = 4, seed: int = 0) -> dict | None:
     """Cosine similarity between the tasks' loss gradients on the shared part of the model.
 
@@ -742,8 +786,7 @@ def gradient_conflict(trainer, objective: MultiTask, batches: int = 4, seed: int
     if len(tasks) < 2 or batches <= 0:
         return None
     model = trainer.model
-    heads = {id(p) for ps in model.task_head_parameters().values() for p in ps}
-    shared = [p for g in trainer.param_groups for p in g["params"] if id(p) not in heads and p.requires_grad]
+    shared = _shared_parameters(trainer)
     on = "parameters" if shared else "features"
     labels = trainer.labels["train"]
     gen = torch.Generator().manual_seed(int(trainer.config.seed) * 7919 + int(seed))
@@ -844,7 +887,6 @@ def compare_shared_separate(backbone, train_ds: MultiTaskDataset, val_ds: MultiT
     from core.train.loop import Trainer
 
     tasks = train_ds.tasks
-    cache = shared_cache if shared_cache is not None else {}
 
     def run(task_subset: dict[str, list[str]]):
         with seeded(config.seed):
@@ -853,8 +895,10 @@ def compare_shared_separate(backbone, train_ds: MultiTaskDataset, val_ds: MultiT
         train = train_ds.only_tasks(names) if len(names) < len(tasks) else train_ds
         val = val_ds.only_tasks(names) if len(names) < len(tasks) else val_ds
         started = time.perf_counter()
+        # each model computes its own feature cache (unless asked to share one): separate models
+        # each run their own backbone, and that cost belongs in the comparison
         history = Trainer(model, MultiTask(weighting if len(names) > 1 else "equal", conflict_batches=0), config,
-                          shared_cache=cache).fit({"train": train, "val": val})
+                          shared_cache=shared_cache).fit({"train": train, "val": val})
         seconds = time.perf_counter() - started
         if history.stopped == "diverged":
             raise ConfigError(history.message)

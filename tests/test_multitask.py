@@ -181,7 +181,7 @@ def test_missing_labels_are_left_out_of_the_loss_not_counted_as_a_class():
 
 def test_training_records_per_task_figures_and_gradient_conflict_is_a_cosine_matrix():
     model = multitask_classifier(tiny_backbone(), TASKS)
-    history = fit_multitask(model, toy(24, 0, missing=0.2), toy(8, 1), config(), MultiTask(conflict_batches=3))
+    history = fit_multitask(model, toy(24, 0, missing=0.2), toy(8, 1), config(), MultiTask(conflict_batches=3, pcgrad=True))
     for e in history.epochs:
         assert set(e.val_acc_by_task) == set(e.train_loss_by_task) == set(TASKS)
         assert e.val_acc == pytest.approx(np.mean(list(e.val_acc_by_task.values())))
@@ -241,3 +241,30 @@ def test_shared_versus_separate_compares_each_task_on_the_same_split():
     assert result.separate_params - result.shared_params == body  # one more copy of the body
     assert result.shared_seconds > 0 and result.separate_seconds > 0
     assert [r["task"] for r in result.rows()] == list(TASKS)
+
+
+def test_pcgrad_gives_the_shared_body_a_gradient_that_conflicts_with_no_task():
+    x = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    for seed in range(30):  # find a model and labels whose two tasks' gradients on the body conflict
+        model = multitask_classifier(tiny_backbone(seed), TASKS)  # eval mode: no dropout noise
+        labels = torch.randint(0, 2, (8, 2), generator=torch.Generator().manual_seed(seed))
+        body = [p for n, p in model.named_parameters() if not n.startswith("fc.")]
+        out = model(x)
+        per_task = [torch.cat([g.reshape(-1) for g in torch.autograd.grad(
+            nn.functional.cross_entropy(out[t], labels[:, k]), body, retain_graph=True)]) for k, t in enumerate(TASKS)]
+        if per_task[0] @ per_task[1] < 0:
+            break
+    else:
+        pytest.fail("no conflicting pair found")
+    objective = MultiTask(pcgrad=True)
+    objective.tasks = list(TASKS)
+    trainer = SimpleNamespace(inputs=lambda source, idx, seed: x, logits=model, labels={"train": labels},
+                              device=torch.device("cpu"), config=config(), model=model,
+                              param_groups=[{"params": list(model.parameters())}])
+    loss, _ = objective.loss(trainer, (torch.arange(8), 0))
+    plain = sum(nn.functional.cross_entropy(out[t], labels[:, k]) for k, t in enumerate(TASKS))
+    assert loss.item() == pytest.approx(plain.item())
+    loss.backward()
+    g = torch.cat([p.grad.reshape(-1) for p in body])
+    assert (g - (per_task[0] + per_task[1])).abs().max() > 1e-6  # projected, not the plain sum
+    assert g @ per_task[0] >= -1e-6 and g @ per_task[1] >= -1e-6
