@@ -51,6 +51,8 @@ def demo_ui() -> None:
 
 def zip_ui() -> None:
     upload = st.file_uploader("A ZIP with one folder per class (e.g. cats/…, dogs/…)", type=["zip"])
+    st.caption("Several labels per image: add a labels.csv to the ZIP (image path, then one column per "
+               "task; an empty cell means not labelled for that task).")
     if upload is not None and st.button("Load this ZIP", type="primary"):
         try:
             ds, report = data.load_zip(upload.getvalue())
