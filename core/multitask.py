@@ -57,6 +57,8 @@ __all__ = [
     "WEIGHTINGS",
     "gradient_conflict",
     "fit_multitask",
+    "predict_tasks",
+    "confusion_by_task",
     "TaskComparison",
     "compare_shared_separate",
 ]
@@ -842,6 +844,46 @@ def fit_multitask(model, train_ds, val_ds, config, objective: MultiTask | None =
 
     objective = objective or MultiTask()
     return Trainer(model, objective, config, callbacks, stop).fit({"train": train_ds, "val": val_ds})
+
+
+@torch.inference_mode()
+def predict_tasks(model, images, device: str | torch.device = "cpu", batch_size: int = 64) -> dict[str, torch.Tensor]:
+    """Every task's class probabilities for a list of PIL images (or a dataset): {task: Tensor[N, C]}."""
+    from torchvision.transforms import v2 as T
+
+    from core.train.base import normalise
+
+    device = torch.device(device)
+    images = [img[0] if isinstance(img, tuple) else img for img in images]
+    resize = T.Compose([T.ToImage(), T.Resize(model.image_size, antialias=True), T.CenterCrop(model.image_size)])
+    mean = torch.tensor(model.mean, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(model.std, device=device).view(1, 3, 1, 1)
+    was_training = model.training
+    model.eval()
+    out: dict[str, list[torch.Tensor]] = {t: [] for t in model.tasks}
+    try:
+        for start in range(0, len(images), batch_size):
+            batch = torch.stack([resize(img.convert("RGB")) for img in images[start:start + batch_size]])
+            for t, logits in model(normalise(batch.to(device), mean, std)).items():
+                out[t].append(logits.float().softmax(1).cpu())
+    finally:
+        model.train(was_training)
+    return {t: torch.cat(v) if v else torch.empty(0, len(model.tasks[t])) for t, v in out.items()}
+
+
+def confusion_by_task(model, ds: MultiTaskDataset, device: str | torch.device = "cpu") -> dict[str, np.ndarray]:
+    """Per task, the confusion matrix (rows: true class, columns: predicted) over the images
+    labelled for that task."""
+    from sklearn.metrics import confusion_matrix
+
+    probs = predict_tasks(model, ds.images, device)
+    result = {}
+    for t, classes in model.tasks.items():
+        y = np.array(ds.task_labels(t))
+        keep = y != MISSING
+        predicted = probs[t].argmax(1).numpy()
+        result[t] = confusion_matrix(y[keep], predicted[keep], labels=list(range(len(classes))))
+    return result
 
 
 # --- shared vs separate -------------------------------------------------------------------------

@@ -278,3 +278,18 @@ def test_saliency_explains_each_head_on_its_own():
     maps = {t: saliency.attribute(task_view(model, t), image, 1, "gradient") for t in TASKS}
     assert all(m.shape == (32, 32) and np.all(m >= 0) for m in maps.values())
     assert not np.allclose(maps["shade"], maps["tint"])  # two heads, two different explanations
+
+
+def test_every_task_is_predicted_at_once_and_confusion_counts_only_labelled_images():
+    from core.multitask import confusion_by_task, predict_tasks
+
+    model = multitask_classifier(tiny_backbone(), TASKS)
+    val = toy(12, 1, missing=0.3)
+    probs = predict_tasks(model, val.images[:5])
+    assert {t: tuple(p.shape) for t, p in probs.items()} == {"shade": (5, 2), "tint": (5, 2)}
+    assert torch.allclose(probs["tint"].sum(1), torch.ones(5))
+    confusion = confusion_by_task(model, val)
+    for t in TASKS:
+        assert confusion[t].shape == (2, 2)
+        assert confusion[t].sum() == sum(v != -1 for v in val.task_labels(t))
+    assert confusion["shade"].sum() < len(val)  # some labels were dropped, and not counted
