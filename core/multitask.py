@@ -904,7 +904,7 @@ class TaskComparison:
     separate_seconds: float
 
     def rows(self) -> list[dict]:
-        """A table: one row per task, then the parameter counts and times."""
+        """A table: one row per task with both accuracies and their difference."""
         rows = [{"task": t, "shared": self.shared_acc[t], "separate": self.separate_acc[t],
                  "difference": self.shared_acc[t] - self.separate_acc[t]} for t in self.tasks]
         return rows

@@ -2,7 +2,6 @@
 through the one loop (missing labels masked), and what the tasks' gradients do to each other."""
 
 import io
-import math
 import zipfile
 from types import SimpleNamespace
 
@@ -12,11 +11,11 @@ import torch
 from PIL import Image
 from torch import nn
 
-from core import backbones, data
+from core import data
 from core.backbones import Backbone, LayerGroup
 from core.errors import ConfigError, DataError
 from core.multitask import (MultiTask, MultiTaskDataset, compare_shared_separate, fit_multitask,
-                            gradient_conflict, multitask_classifier, task_view)
+                            multitask_classifier, task_view)
 from core.training import TrainConfig
 
 
