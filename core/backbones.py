@@ -605,3 +605,16 @@ def group_parameters(model: nn.Module, groups: list[LayerGroup]) -> dict[str, li
 
 
 __all__ += ["group_parameters", "starting_model", "group_names", "display_crop", "imagenet_categories"]
+
+
+def __getattr__(name: str):
+    # Multi-task models live in core.multitask, which subclasses Classifier: re-exported lazily so
+    # that either module can be imported first.
+    if name in ("multitask_classifier", "MultiTaskClassifier", "TaskHeads"):
+        import core.multitask
+
+        return getattr(core.multitask, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ += ["multitask_classifier", "MultiTaskClassifier"]

@@ -656,6 +656,10 @@ def _load_archive(zf: zipfile.ZipFile) -> tuple[ImageDataset, LoadReport]:
     infos = zf.infolist()
     if len(infos) > MAX_ENTRIES:
         raise _too_many_entries(len(infos))
+    from core.multitask import is_labelled_archive, load_labelled_archive
+
+    if is_labelled_archive(zf):  # several labels per image, from labels.csv
+        return load_labelled_archive(zf)
     report = LoadReport()
     files: list[_Entry] = []
     folders: list[list[str]] = []
@@ -1109,3 +1113,9 @@ def dataset_warnings(ds: ImageDataset) -> list[str]:
                 "or remove some from the big ones."
             )
     return result
+
+
+# Several labels per image (core.multitask); load_zip hands ZIPs with a labels.csv over to it.
+from core.multitask import LABELS_CSV, MultiTaskDataset, demo_multitask  # noqa: E402
+
+__all__ += ["MultiTaskDataset", "demo_multitask", "LABELS_CSV"]

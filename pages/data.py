@@ -22,12 +22,35 @@ if "dataset_base" not in ss:
     ss.dataset_base = (ss.dataset_label, tuple(ss.dataset.classes))
 
 
-def use_dataset(ds, base: tuple | None, report=None) -> None:
+def use_dataset(ds, base: tuple | None, report=None, label: str | None = None, keep_tasks: bool = False) -> None:
     """Make ``ds`` the session's dataset; ``base`` is (name, classes) of the set it started from."""
     ss.dataset_base = base
     name, classes = base or ("", ())
     ss.dataset, ss.load_report = ds, report
-    ss.dataset_label = data.dataset_name(ds.classes, name, classes)
+    ss.dataset_label = label or data.dataset_name(ds.classes, name, classes)
+    if not keep_tasks:
+        ss.pop("multitask", None)
+
+
+def use_multitask(ds, label: str, report=None) -> None:
+    """Keep every task's labels; the other pages train one task at a time, the first to begin with."""
+    task = ds.task_names[0]
+    single = ds.as_single_task(task)
+    use_dataset(single, (label, tuple(single.classes)), report, label=f"{label} · {task}")
+    ss.multitask = {"dataset": ds, "label": label, "report": report}
+
+
+def multitask_ui(mt: dict) -> None:
+    ds = mt["dataset"]
+    st.subheader(f"{plain(mt['label'])}: {len(ds)} images labelled for {len(ds.tasks)} tasks")
+    rows = [{"task": t, "class": c, "images": n} for t, counts in ds.counts().items() for c, n in counts.items()]
+    st.dataframe(rows, hide_index=True)
+    task = st.selectbox("Task the other pages train", ds.task_names, key="multitask_task")
+    if st.button("Train on this task"):
+        single = ds.as_single_task(task)
+        use_dataset(single, (mt["label"], tuple(single.classes)), mt["report"], label=f"{mt['label']} · {task}",
+                    keep_tasks=True)
+        st.rerun()
 
 
 def demo_ui() -> None:
@@ -39,17 +62,25 @@ def demo_ui() -> None:
         ds = demo(look, per_class)
         use_dataset(ds, (f"{DEMO_LABEL} ({look} look)", tuple(ds.classes)))
         st.rerun()
+    if st.button("Use the multi-task demo (shape, colour, size)"):
+        use_multitask(data.demo_multitask(per_class=per_class), "Multi-task demo")
+        st.rerun()
 
 
 def zip_ui() -> None:
     upload = st.file_uploader("A ZIP with one folder per class (e.g. cats/…, dogs/…)", type=["zip"])
+    st.caption("Several labels per image: add a labels.csv to the ZIP (image path, then one column per "
+               "task; an empty cell means not labelled for that task).")
     if upload is not None and st.button("Load this ZIP", type="primary"):
         try:
             ds, report = data.load_zip(upload.getvalue())
         except UserInputError as exc:
             st.error(f"{plain(upload.name)}: {plain(exc)} Your current dataset is unchanged.")
             return
-        use_dataset(ds, (upload.name, tuple(ds.classes)), report)
+        if isinstance(ds, data.MultiTaskDataset):  # a ZIP with labels.csv: one label per task
+            use_multitask(ds, upload.name, report)
+        else:
+            use_dataset(ds, (upload.name, tuple(ds.classes)), report)
         st.rerun()
 
 
@@ -189,6 +220,9 @@ else:
     with st.container(border=True):
         choice = st.radio("Bring images from", list(sources), horizontal=True) if len(sources) > 1 else "Demo set"
         sources[choice]()
+
+if ss.get("multitask") is not None:
+    multitask_ui(ss.multitask)
 
 ds = ss.dataset
 report = ss.get("load_report")

@@ -237,6 +237,13 @@ class Trainer:
             return self._ddp[1](method, x)
         return self.model(x) if method == "forward" else getattr(self.model, method)(x)  # __call__ runs hooks
 
+    def plain_inputs(self, source: str, idx: torch.Tensor) -> torch.Tensor:
+        """The model's input for images ``idx`` of ``source`` without augmentation (cached when possible)."""
+        plain = self._plain_bank(source)
+        if plain is not None:
+            return plain[idx.to(plain.device)]
+        return normalise(self.images[source][idx].to(self.device), self.mean, self.std)
+
     def logits(self, x: torch.Tensor):
         """The model's output for an input from ``inputs`` / ``eval_inputs``."""
         if self.cache_mode == "head":
@@ -422,7 +429,8 @@ class Trainer:
         with preserved(model):
             self._setup(data)
             self.steps = objective.steps_per_epoch(self)
-            self.optimizer = make_optimizer(config, self.param_groups)
+            # the objective's own parameters go first: the last group's lr is the one reported
+            self.optimizer = make_optimizer(config, list(objective.param_groups(self)) + self.param_groups)
             self.scheduler = make_scheduler(config, self.optimizer, self.steps * config.epochs)
             self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype is torch.float16)
             cache_units = 0

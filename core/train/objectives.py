@@ -38,6 +38,11 @@ class Objective:
         objective's loss the same; a loss that reads a layer inside the cached part says no."""
         return True
 
+    def param_groups(self, trainer) -> list[dict]:
+        """Optimizer param groups of the objective's own parameters (e.g. learned loss weights),
+        trained beside the model's; called once the device is known, before the optimizer is built."""
+        return []
+
     def new_history(self, **fields) -> History:
         return History(**fields)
 
