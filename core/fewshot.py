@@ -400,14 +400,17 @@ def pooled_features(model: Classifier, ds, indices: Sequence[int], image_size: i
     """The pooled features the head reads, for images ``indices`` of ``ds``, in eval mode (memoised)."""
     indices = np.asarray(indices)
     key = (prefix_key([model]), getattr(ds, "fingerprint", id(ds)), int(image_size), indices.tobytes())
+    return _memo(key, lambda: _activations(model, _encoded(ds, indices, image_size), model.head_path[0], "input"))
+
+
+def _memo(key, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
     if key in _FEATURES:
         _FEATURES.move_to_end(key)
         return _FEATURES[key]
-    feats = _activations(model, _encoded(ds, indices, image_size), model.head_path[0], "input")
-    _FEATURES[key] = feats
+    _FEATURES[key] = value = compute()
     while len(_FEATURES) > 8:
         _FEATURES.popitem(last=False)
-    return feats
+    return value
 
 
 def _prototypes(fs, ys, fq, n_way) -> np.ndarray:
@@ -431,7 +434,7 @@ class _Adapter:
         self.model, self.config = model, config
         frozen = _frozen_groups(model, config)
         self.positions = {int(i): k for k, i in enumerate(indices)}
-        images = _encoded(ds, indices, config.image_size)
+        images = lambda: _encoded(ds, indices, config.image_size)  # noqa: E731
         self.stash: dict = {}
         adapted = [g for g in model.layer_groups if g.name not in frozen]
         if config.inner == "head":
@@ -441,14 +444,17 @@ class _Adapter:
         if frozen:
             prefix = [g for g in model.layer_groups if g.name in frozen]
             boundary = prefix[-1].modules[-1]
-            self.inputs = _activations(model, images, boundary, "output")
+            modules = [model.get_submodule(m) for g in prefix for m in g.modules]
+            key = (prefix_key(modules), boundary, getattr(ds, "fingerprint", id(ds)), config.image_size,
+                   indices.tobytes())
+            self.inputs = _memo(key, lambda: _activations(model, images(), boundary, "output"))
             self.skip = lambda: skip_prefix([model.get_submodule(m) for g in prefix for m in g.modules
                                              if m != boundary], model.get_submodule(boundary), self.stash)
             self.call = self._through_cache
         else:
             mean = torch.tensor(model.mean).view(1, 3, 1, 1)
             std = torch.tensor(model.std).view(1, 3, 1, 1)
-            self.inputs = normalise(images, mean, std)
+            self.inputs = normalise(images(), mean, std)
             self.skip, self.call = nullcontext, None
 
     def _through_cache(self, x: torch.Tensor) -> torch.Tensor:
