@@ -1,7 +1,8 @@
 """Few-shot transfer: the cost of one ANIL meta-training epoch, and the methods side by side.
 
 Run from the repository root: ``python bench/bench_fewshot.py [--quick] [--table]`` (on the CPU:
-the figures are about what a laptop without a GPU can do).
+the figures are about what a laptop without a GPU can do). On a loaded machine, run it with
+``OMP_NUM_THREADS=1``: tiny inner-loop matrices on two contended threads ran 25x slower than on one.
 
 1. One meta-training epoch of ANIL over 100 episodes (5-way 5-shot, body frozen, its features
    cached by the loop) on the pretrained default backbone; the target is under 10 s on 2 cores.

@@ -504,7 +504,8 @@ def evaluate(backbone_or_model, dataset, method: str, n_way: int, k_shot: int, n
     novel_ids = [classes.index(c) for c in split.novel]
     labels = np.asarray(dataset.labels)
     tasks = sample_episodes(labels, novel_ids, n_way, k_shot, n_query, episodes, seed, names=classes)
-    used = np.unique(np.concatenate([np.concatenate([t.support, t.query]) for t in tasks]))
+    # every image of the novel classes, not only those drawn: other episode counts share the features
+    used = np.flatnonzero(np.isin(labels, novel_ids))
     position = {int(i): k for k, i in enumerate(used)}
     rows = lambda idx: [position[int(i)] for i in idx]  # noqa: E731
     accs, curves = [], []
