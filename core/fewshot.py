@@ -41,7 +41,7 @@ from core.backbones import Classifier
 from core.errors import ConfigError, DataError
 from core.hooks import capture, preserved
 from core.seeding import seeded
-from core.train.base import EpochMetrics, TrainConfig, encode_images, normalise
+from core.train.base import TrainConfig, encode_images, normalise
 from core.train.loop import Trainer, prefix_key, skip_prefix
 from core.train.objectives import Objective
 
@@ -396,7 +396,8 @@ def _activations(model: Classifier, images: torch.Tensor, module: str, where: st
                           for s in range(0, len(images), batch_size)])
 
 
-def pooled_features(model: Classifier, ds, indices: Sequence[int], image_size: int = DEFAULT_IMAGE_SIZE) -> torch.Tensor:
+def pooled_features(model: Classifier, ds, indices: Sequence[int],
+                    image_size: int = DEFAULT_IMAGE_SIZE) -> torch.Tensor:
     """The pooled features the head reads, for images ``indices`` of ``ds``, in eval mode (memoised)."""
     indices = np.asarray(indices)
     key = (prefix_key([model]), getattr(ds, "fingerprint", id(ds)), int(image_size), indices.tobytes())
