@@ -36,6 +36,7 @@ pages = {
         st.Page("pages/features.py", title="Feature maps", icon=":material/grid_view:"),
         st.Page("pages/saliency.py", title="Saliency", icon=":material/visibility:"),
         st.Page("pages/domain_shift.py", title="Domain shift", icon=":material/swap_horiz:"),
+        st.Page("pages/fewshot.py", title="Few-shot", icon=":material/filter_5:"),
     ],
     "Use": [
         st.Page("pages/evaluate.py", title="Evaluate", icon=":material/fact_check:"),

@@ -1115,6 +1115,16 @@ def dataset_warnings(ds: ImageDataset) -> list[str]:
     return result
 
 
+def demo_fewshot(n_classes: int = 20, per_class: int = 20, seed: int = 0, size: int = 64) -> ImageDataset:
+    """Generated shapes in many classes (colour × shape) for few-shot learning; see ``core.fewshot_data``."""
+    from core.fewshot_data import demo_fewshot as generate  # here lazily: that module draws with this one's helpers
+
+    return generate(n_classes, per_class, seed, size)
+
+
+__all__.append("demo_fewshot")
+
+
 # Several labels per image (core.multitask); load_zip hands ZIPs with a labels.csv over to it.
 from core.multitask import LABELS_CSV, MultiTaskDataset, demo_multitask  # noqa: E402
 
