@@ -108,10 +108,6 @@ def evaluation_ui() -> None:
 # --- learning-rate finder ------------------------------------------------------------------
 
 
-def nearest_choice(lr: float) -> float:
-    return min(LR_CHOICES, key=lambda c: abs(math.log(c) - math.log(lr)))
-
-
 def suggested_rate(lr: float) -> float:
     """The suggestion at two significant digits: the Train page keeps it as it is."""
     return float(f"{lr:.2g}")
