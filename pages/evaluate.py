@@ -24,7 +24,7 @@ st.write(
     "rate, and distilling a trained model into a fresh student."
 )
 
-# The Train page's learning-rate choices: a suggestion is snapped to one of them.
+# Learning-rate choices for the distillation student.
 LR_CHOICES = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 COLOURS = {VARIANTS[0]: "#d62728", VARIANTS[1]: "#1f77b4"}
 
