@@ -58,6 +58,8 @@ __all__ = [
     "split",
     "check_split",
     "dataset_warnings",
+    "grayscale_share",
+    "augmentation_note",
 ]
 
 # --- limits --------------------------------------------------------------------------------
@@ -1113,6 +1115,33 @@ def dataset_warnings(ds: ImageDataset) -> list[str]:
                 "or remove some from the big ones."
             )
     return result
+
+
+def grayscale_share(ds: ImageDataset, limit: int = 200, tolerance: int = 3) -> float:
+    """The share of images whose red, green and blue channels are equal (within ``tolerance``
+    levels, for JPEG noise), looking at up to ``limit`` images spread over the dataset."""
+    n = len(ds)
+    if n == 0:
+        return 0.0
+    picked = np.unique(np.linspace(0, n - 1, min(n, limit)).round().astype(int))
+    gray = 0
+    for i in picked:
+        # a thumbnail is enough to tell colour from gray, and keeps a big upload fast
+        img = ds[int(i)][0].convert("RGB")
+        img.thumbnail((64, 64))
+        px = np.asarray(img, dtype=np.int16)
+        gray += int(np.abs(px - px[..., :1]).max() <= tolerance)
+    return gray / len(picked)
+
+
+def augmentation_note(ds: ImageDataset) -> str:
+    """A plain-words note on which augmentation suits these images ("" when nothing to say)."""
+    share = grayscale_share(ds)
+    if share >= 0.5:
+        return (f"{share:.0%} of these images are grayscale: leave colour jitter off (it has no colour to "
+                "vary), and flips too if a mirror image changes the meaning (digits, letters, text).")
+    return ""
+
 
 
 def demo_fewshot(n_classes: int = 20, per_class: int = 20, seed: int = 0, size: int = 64) -> ImageDataset:

@@ -7,7 +7,8 @@ moving average, corrected for its start at zero (as Adam does):
     avg_i = (1 - smoothing) * avg_(i-1) + smoothing * loss_i,    smoothed_i = avg_i / (1 - (1 - smoothing)^(i+1))
 
 The sweep stops early once the smoothed loss exceeds 4× the best seen (or a loss is NaN).
-The suggestion is the learning rate where the smoothed loss falls fastest against log(lr),
+The suggestion is the learning rate where the smoothed loss falls fastest against log(lr)
+(measured across a window of a twentieth of the sweep, so one noisy dip does not count),
 looking only before its minimum: a value where training still makes quick progress, well
 below the point where it blows up. When the curve is too short to have such a point (it
 diverges at once or never falls), the suggestion is one tenth of the learning rate at the
@@ -68,10 +69,16 @@ def suggest_lr(lrs, smoothed) -> tuple[float, str]:
         raise ConfigError("The learning-rate sweep recorded no loss.")
     i_min = int(np.nanargmin(s))
     if i_min >= 2:
-        slope = np.gradient(s[:i_min + 1], np.log(lrs[:i_min + 1]))
-        # the first point's one-sided slope is the noisiest: look from the second point on
-        j = 1 + int(np.argmin(slope[1:i_min]))
-        if slope[j] < 0:
+        # The slope across a window of a twentieth of the sweep (at least one point each side): one
+        # noisy dip on the flat start must not outrank the real descent. From the second point on,
+        # as the first point's one-sided slope is the noisiest.
+        w = max(1, len(s) // 20)
+        log_lr = np.log(lrs)
+        js = np.arange(1, i_min)
+        lo, hi = np.maximum(0, js - w), np.minimum(i_min, js + w)
+        slope = (s[hi] - s[lo]) / (log_lr[hi] - log_lr[lo])
+        j = int(js[int(np.argmin(slope))])
+        if slope.min() < 0:
             return float(lrs[j]), "steepest"
     return float(max(lrs[0], lrs[i_min] / 10)), "minimum / 10"
 

@@ -16,7 +16,7 @@ from core.devices import describe_device, pick_device
 from core.jobs import get_job, snapshot_of
 from core.runs import RunStore, is_run_id
 from core.settings import get_settings
-from core.training import TrainConfig
+from core.training import TrainConfig, strategy_config
 from core.uploads import UploadStore
 
 DEMO_LABEL = "Demo shapes"
@@ -133,14 +133,28 @@ def demo(domain: str = "source", per_class: int = 20, seed: int = 0) -> data.Ima
     return _demo(domain, per_class, seed)
 
 
+# The Model page's strategies and the core preset each starts from ("Custom" keeps what is set).
+PRESETS = {
+    "Feature extraction": "feature_extraction",
+    "Fine-tune the last stage": "last_stage",
+    "Fine-tune all": "full",
+    "Discriminative learning rates": "full",
+    "Progressive unfreezing": "progressive",
+}
+
+# Settings of the person's that a change of strategy keeps (they describe the data, not the strategy).
+KEPT_SETTINGS = ("seed", "image_size", "flip", "color_jitter", "device")
+
+
+def preset_config(strategy: str, groups: list[str], current: TrainConfig | None = None) -> TrainConfig:
+    """The core preset's TrainConfig for a Model-page strategy, keeping ``current``'s data settings."""
+    kept = {k: getattr(current, k) for k in KEPT_SETTINGS} if current is not None else {}
+    return strategy_config(PRESETS.get(strategy, "feature_extraction"), groups, **kept)
+
+
 def preset_freeze(strategy: str, groups: list[str]) -> list[str]:
     """Which groups a preset strategy keeps frozen (the head always trains)."""
-    body = [g for g in groups if g != "head"]
-    if strategy == "Feature extraction":
-        return body
-    if strategy == "Fine-tune the last stage":
-        return body[:-2] if len(body) > 2 else body[:-1]
-    return []
+    return list(preset_config(strategy, groups).freeze)
 
 
 # --- charts that fit a projector and follow the theme ---------------------------------------------
@@ -252,7 +266,8 @@ def init_session() -> None:
     ss.setdefault("split_seed", 0)
     if "model_choice" not in ss:
         groups = [g["group"] for g in group_table(backbones.DEFAULT_BACKBONE)]
-        ss.model_choice = ModelChoice(freeze=preset_freeze("Feature extraction", groups))
+        preset = preset_config("Feature extraction", groups)
+        ss.model_choice = ModelChoice(freeze=list(preset.freeze), lr_multipliers=dict(preset.lr_multipliers))
     ss.setdefault("train_config", TrainConfig())
     if "current_run" not in ss:
         run_id = st.query_params.get("run", "")

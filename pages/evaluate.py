@@ -28,7 +28,7 @@ st.write(
     "rate, and distilling a trained model into a fresh student."
 )
 
-# The Train page's learning-rate choices: a suggestion is snapped to one of them.
+# Learning-rate choices for the distillation student.
 LR_CHOICES = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 COLOURS = {VARIANTS[0]: "#d62728", VARIANTS[1]: "#1f77b4"}
 
@@ -113,8 +113,9 @@ def evaluation_ui() -> None:
 # --- learning-rate finder ------------------------------------------------------------------
 
 
-def nearest_choice(lr: float) -> float:
-    return min(LR_CHOICES, key=lambda c: abs(math.log(c) - math.log(lr)))
+def suggested_rate(lr: float) -> float:
+    """The suggestion at two significant digits: the Train page keeps it as it is."""
+    return float(f"{lr:.2g}")
 
 
 def lr_figure(result) -> go.Figure:
@@ -149,8 +150,10 @@ def lr_finder_ui() -> None:
     if st.button("Find a learning rate", icon=":material/search:"):
         try:
             train_ds, _ = current_split()
-            config = TrainConfig(**{**cfg.to_dict(), "freeze": list(mc.freeze),
-                                    "lr_multipliers": dict(mc.lr_multipliers), "unfreeze_every": 0})
+            # the strategy's own settings (the preset the Model page chose, as the Train page shows them),
+            # every group that will train trained at once: the sweep is too short for a schedule
+            config = replace(cfg, freeze=list(mc.freeze), lr_multipliers=dict(mc.lr_multipliers),
+                             unfreeze_every=0, warmup_epochs=0, early_stopping=0)
             with st.spinner("Sweeping the learning rate…"):
                 model = backbones.starting_model(mc.backbone, list(train_ds.classes), pretrained=mc.pretrained,
                                                  seed=cfg.seed, image_size=cfg.image_size,
@@ -160,7 +163,8 @@ def lr_finder_ui() -> None:
             st.error(plain(exc))
         else:
             store_result("lr_finder", inputs, {"result": result,
-                                               "about": f"{mc.backbone} · {mc.strategy} · {cfg.optimizer}"})
+                                               "about": f"{mc.backbone} · {mc.strategy} · {cfg.optimizer}",
+                                               "strategy": mc.strategy})
     found, _ = stored_result("lr_finder", inputs)
     if not found:
         return
@@ -171,10 +175,18 @@ def lr_finder_ui() -> None:
     st.markdown(f"Suggested learning rate for {found['about']}: **{result.suggestion:.1e}**, {how}. "
                 f"The loss was lowest at {result.min_lr:.1e}"
                 + (" and the sweep stopped early, when the loss blew up." if result.stopped_early else "."))
-    choice = nearest_choice(result.suggestion)
-    if st.button(f"Train with lr = {choice:g}", help="Sets the Train page's learning rate to the nearest choice."):
+    if found.get("strategy", mc.strategy) != mc.strategy:
+        st.warning(f"This sweep was for {found['strategy']}; the Model page now says {mc.strategy}. "
+                   "Sweep again: each strategy has its own best rate.")
+        return
+    choice = suggested_rate(result.suggestion)
+    if st.button(f"Use lr = {choice:.2g} on the Train page", key="lr-apply",
+                 help="Sets the Train page's learning rate; every other setting stays."):
         ss.train_config = replace(ss.train_config, lr=choice)
-        st.success(f"The Train page now uses a learning rate of {choice:g}.")
+        ss.lr_applied = choice
+    if ss.get("lr_applied") is not None and math.isclose(ss.train_config.lr, ss.lr_applied):
+        st.success(f"Applied: the Train page's learning rate is now {ss.lr_applied:.2g} for {mc.strategy} "
+                   f"(the other settings are unchanged). Train there to use it.")
 
 
 # --- knowledge distillation ----------------------------------------------------------------

@@ -1,16 +1,17 @@
 """Model: a pretrained backbone, which layer groups stay frozen, and their learning rates."""
 
+from dataclasses import replace
 from pathlib import Path
 
 import streamlit as st
 
 from core import backbones
 from core.errors import UserInputError
-from core.training import TrainConfig, discriminative_multipliers, training_plan
+from core.training import discriminative_multipliers, training_plan
 from pages._choose_backbone import choose_backbone_ui
 from pages._links import hidden, locked
-from pages._shared import (ModelChoice, backbone_catalogue, bootstrap, group_table, plain, plan_figure, preset_freeze,
-                           run_store, sidebar, upload_store)
+from pages._shared import (PRESETS, ModelChoice, backbone_catalogue, bootstrap, group_table, plain, plan_figure,
+                           preset_config, run_store, sidebar, upload_store)
 
 bootstrap()  # first, before the session is read: see bootstrap's docstring
 
@@ -33,9 +34,12 @@ def label(name: str) -> str:
 
 STRATEGIES = {
     "Feature extraction": "Freeze the whole backbone and train only the new head. Fast: the backbone's "
-                          "features are computed once and cached.",
-    "Fine-tune the last stage": "Train the head and the last stages; earlier layers keep their general features.",
-    "Fine-tune all": "Train every layer at one learning rate. Slowest, and early layers may forget.",
+                          "features are computed once and cached, and the head trains until the validation "
+                          "loss stops improving.",
+    "Fine-tune the last stage": "The head warms up alone, then trains with the last stages at lower rates; "
+                                "earlier layers keep their general features.",
+    "Fine-tune all": "The head warms up alone, then every layer trains, early layers at smaller rates so "
+                     "they do not forget. Slowest.",
     "Discriminative learning rates": "Train every layer, with learning rates spread geometrically from "
                                      "the stem (smallest) to the head (largest), as fastai's slice(lo, hi).",
     "Progressive unfreezing": "Start with the head alone, then unfreeze one more group from the top every "
@@ -104,19 +108,27 @@ with col2:
     if strategy == "Discriminative learning rates":
         lowest = st.select_slider("Stem's learning rate, relative to the head's", [0.001, 0.003, 0.01, 0.03, 0.1, 0.3],
                                   value=0.01, disabled=locked("strategy"))
-    choice.unfreeze_every = (st.slider("Unfreeze one more group every … epochs", 1, 5, max(1, choice.unfreeze_every))
-                             if strategy == "Progressive unfreezing" else 0)
+    if strategy == "Progressive unfreezing":
+        choice.unfreeze_every = st.slider("Unfreeze one more group every … epochs", 1, 5, max(1, choice.unfreeze_every),
+                                          disabled=locked("strategy"))
+    elif strategy != "Custom":
+        choice.unfreeze_every = 0
 
 table = group_table(name, len(ss.dataset.classes))
 groups = [row["group"] for row in table]
 if name != choice.backbone or strategy != choice.strategy:
     if name != choice.backbone:
         choice.weights_path = choice.weights_name = None
-    freeze = preset_freeze(strategy, groups) if strategy != "Custom" else [g for g in choice.freeze if g in groups]
-    choice.backbone, choice.strategy, choice.freeze = name, strategy, freeze
-    choice.lr_multipliers = {g: m for g, m in choice.lr_multipliers.items() if g in groups}
-    if strategy in STRATEGIES and strategy != "Custom":
-        choice.lr_multipliers = {}
+    choice.backbone, choice.strategy = name, strategy
+    if strategy in PRESETS:
+        # the preset carries its own epochs, rates, warm-up and early stopping to the Train page
+        preset = preset_config(strategy, groups, ss.train_config)
+        ss.train_config = preset
+        choice.freeze, choice.lr_multipliers = list(preset.freeze), dict(preset.lr_multipliers)
+        choice.unfreeze_every = preset.unfreeze_every
+    else:
+        choice.freeze = [g for g in choice.freeze if g in groups]
+        choice.lr_multipliers = {g: m for g, m in choice.lr_multipliers.items() if g in groups}
 if strategy == "Discriminative learning rates":
     choice.lr_multipliers = {g: round(m, 4) for g, m in discriminative_multipliers(groups, lowest).items()}
 choice.pretrained = pretrained
@@ -143,12 +155,12 @@ edited = st.data_editor(
 new_freeze = [row["group"] for row in edited if not row["train"]]
 if new_freeze != choice.freeze:
     choice.freeze = new_freeze
-    if strategy != "Custom" and new_freeze != preset_freeze(strategy, groups):
+    if strategy != "Custom" and new_freeze != list(preset_config(strategy, groups).freeze):
         choice.strategy = "Custom"
 choice.lr_multipliers = {row["group"]: float(row["lr ×"]) for row in edited if float(row["lr ×"]) != 1.0}
 
-preview = TrainConfig(epochs=ss.train_config.epochs, freeze=choice.freeze, lr_multipliers=choice.lr_multipliers,
-                      unfreeze_every=choice.unfreeze_every)
+preview = replace(ss.train_config, freeze=list(choice.freeze), lr_multipliers=dict(choice.lr_multipliers),
+                  unfreeze_every=choice.unfreeze_every)
 plan = training_plan(groups, preview)
 # What trains is what the plan trains: progressive unfreezing keeps groups frozen for some epochs,
 # and a group that the plan never reaches within these epochs never trains at all.
@@ -172,7 +184,9 @@ elif set(groups) - {"head"} <= set(choice.freeze):
     st.info("Only the head trains: the backbone's features will be computed once and cached, so epochs are fast.")
 st.caption("The head is always new (one output per class of your data), so it is trained from scratch.")
 
-st.plotly_chart(plan_figure(plan, f"The plan for {preview.epochs} epochs (set epochs on the Train page)"),
+st.plotly_chart(plan_figure(plan,
+                            f"The plan for {preview.epochs} epochs (set epochs on the Train page)"
+                            + (", stopping early once validation stops improving" if preview.early_stopping else "")),
                 width="stretch", key="plan-preview")
 
 if not hidden("ranking"):

@@ -3,6 +3,7 @@
 import json
 import math
 import time
+from dataclasses import replace
 
 import plotly.graph_objects as go
 import streamlit as st
@@ -11,10 +12,12 @@ from plotly.subplots import make_subplots
 from core.cli import command_for, config_for
 from core.data import check_split
 from core.errors import UserInputError
-from core.jobs import get_job, start_run, cancel_waiting
+from core.data import augmentation_note
+from core.diagnosis import diagnose
+from core.jobs import cancel_waiting, get_job, start_run
 from core.progress import ProgressTracker, fit_phase_units
 from core.tasks import get_queue
-from core.training import TrainConfig
+from core.training import TrainConfig, augment_batch, config_augmenter, encode_images
 from pages._links import locked
 from pages._shared import (bootstrap, current_split, describe_run, my_runs, owns, plain, plan_figure, run_option,
                            run_status, run_store, select_run)
@@ -37,16 +40,23 @@ SIZE_HELP = "Compute per image, relative to 128 px: " + ", ".join(f"{s} px {(s /
 
 
 
+LRS = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 2e-3, 3e-3, 1e-2, 3e-2, 1e-1)
+
+
 def settings_ui() -> TrainConfig:
+    """The preset's settings (from the Model page's strategy), shown and editable; nothing is rebuilt
+    from scratch, so fields not shown here (weight decay, cached views, ...) keep the preset's values."""
     cfg: TrainConfig = ss.train_config
-    with st.expander("Training settings", expanded=False):
+    mc = ss.model_choice
+    with st.expander(f"Training settings — {mc.strategy}", expanded=False):
         c1, c2, c3, c4 = st.columns(4)
-        epochs = c1.number_input("Epochs", 1, 100, cfg.epochs, disabled=locked("epochs"))
+        epochs = c1.number_input("Epochs (at most)", 1, 500, cfg.epochs, disabled=locked("epochs"),
+                                 help="With early stopping the run ends sooner, once validation stops improving.")
         batch = c2.selectbox("Batch size", [4, 8, 16, 32, 64], index=[4, 8, 16, 32, 64].index(cfg.batch_size)
                              if cfg.batch_size in (4, 8, 16, 32, 64) else 2)
-        lr = c3.select_slider("Learning rate", [1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1],
-                              value=cfg.lr if cfg.lr in (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1) else 3e-3,
-                              format_func=lambda v: f"{v:g}", disabled=locked("lr"))
+        lrs = sorted({*LRS, float(cfg.lr)})  # a rate from the LR finder or a preset is kept as it is
+        lr = c3.select_slider("Learning rate", lrs, value=float(cfg.lr), format_func=lambda v: f"{v:.2g}",
+                              disabled=locked("lr"))
         size = c4.selectbox("Input size (px)", list(SIZES), index=list(SIZES).index(cfg.image_size)
                             if cfg.image_size in SIZES else 1, format_func=size_label, disabled=locked("size"),
                             help=SIZE_HELP)
@@ -54,15 +64,58 @@ def settings_ui() -> TrainConfig:
         optimizer = c5.selectbox("Optimizer", ["adamw", "sgd"], index=["adamw", "sgd"].index(cfg.optimizer))
         schedule = c6.selectbox("Schedule", ["cosine", "onecycle", "constant"],
                                 index=["cosine", "onecycle", "constant"].index(cfg.schedule))
-        augment = c7.checkbox("Augmentation", cfg.augment, help="Random crops, flips and colour jitter.")
-        seed = c8.number_input("Seed", 0, 10_000, cfg.seed, disabled=locked("seed"))
-    mc = ss.model_choice
-    ss.train_config = TrainConfig(
-        epochs=int(epochs), batch_size=int(batch), lr=float(lr), freeze=list(mc.freeze),
+        patience = c7.number_input("Early-stopping patience (0: off)", 0, 100, cfg.early_stopping,
+                                   help="Stop after this many epochs without a lower validation loss; "
+                                        "the best epoch's weights are kept.")
+        warmup = c8.number_input("Head warm-up epochs", 0, 20, cfg.warmup_epochs,
+                                 help="Epochs that train the new head alone before any backbone layer trains.")
+        c9, c10, c11, c12 = st.columns(4)
+        augment = c9.checkbox("Augmentation (random crops)", cfg.augment)
+        flip = c10.checkbox("Horizontal flips", cfg.flip, disabled=not augment,
+                            help="Off by default: a mirror image changes what digits, letters and text mean.")
+        jitter = c11.checkbox("Colour jitter", cfg.color_jitter, disabled=not augment,
+                              help="Off by default: meaningless on grayscale images.")
+        seed = c12.number_input("Seed", 0, 10_000, cfg.seed, disabled=locked("seed"))
+        note = augmentation_advice()
+        if note:
+            st.caption(f":material/info: {note}")
+        if augment and st.toggle("Preview augmented images", key="aug-preview"):
+            preview_augmentation(replace(cfg, image_size=int(size), flip=flip, color_jitter=jitter), int(seed))
+    ss.train_config = replace(
+        cfg, epochs=int(epochs), batch_size=int(batch), lr=float(lr), freeze=list(mc.freeze),
         lr_multipliers=dict(mc.lr_multipliers), seed=int(seed), optimizer=optimizer, schedule=schedule,
-        augment=augment, image_size=int(size), unfreeze_every=mc.unfreeze_every, train_bn=mc.train_bn,
+        augment=augment, flip=bool(flip), color_jitter=bool(jitter), image_size=int(size),
+        unfreeze_every=mc.unfreeze_every, train_bn=mc.train_bn, early_stopping=int(patience),
+        warmup_epochs=min(int(warmup), max(0, int(epochs) - 1)),
     )
     return ss.train_config
+
+
+def augmentation_advice() -> str:
+    """The data's augmentation note, computed once per dataset."""
+    key = ss.dataset.fingerprint
+    cached = ss.get("_aug_note")
+    if not cached or cached[0] != key:
+        ss._aug_note = (key, augmentation_note(ss.dataset))
+    return ss._aug_note[1]
+
+
+def preview_augmentation(config: TrainConfig, seed: int) -> None:
+    """Four training images and three augmented views of each, as the model would see them."""
+    train_ds, _ = current_split()
+    if len(train_ds) == 0:
+        return
+    picks = train_ds.subset(list(range(0, len(train_ds), max(1, len(train_ds) // 4)))[:4])
+    images = encode_images(picks, config.image_size)
+    augmenter = config_augmenter(config)
+    columns = st.columns(4)
+    for view in range(3):
+        batch = augment_batch(images, augmenter, seed * 1000 + view)
+        for column, img in zip(columns, batch):
+            column.image(img.permute(1, 2, 0).numpy(), width="stretch")
+    st.caption("Each column: one training image, three random views (crops"
+               + (", flips" if config.flip else "") + (", colour jitter" if config.color_jitter else "")
+               + "). Change the toggles above to see their effect.")
 
 
 def start_ui(config: TrainConfig) -> None:
@@ -82,7 +135,7 @@ def start_ui(config: TrainConfig) -> None:
     if b2.button("Pretrained vs from scratch", icon=":material/compare_arrows:",
                  help="Trains this architecture twice on the same split and seed: with your settings from "
                       "ImageNet weights, and from random weights with every layer trained. The curves are overlaid."):
-        scratch = TrainConfig(**{**config.to_dict(), "freeze": [], "lr_multipliers": {}, "unfreeze_every": 0})
+        scratch = replace(config, freeze=[], lr_multipliers={}, unfreeze_every=0, warmup_epochs=0)
         launch([(True, config, f"{mc.strategy}, pretrained"),
                 (False, scratch, "Fine-tune all, from scratch")], compare=True)
     if room == 0:
@@ -230,6 +283,8 @@ def show_run(run_id: str) -> bool:
         st.info(plain(message))
     if epochs or batch_losses:
         st.plotly_chart(curves(epochs, batch_losses), width="stretch", key=f"curves-{run_id}")
+    if epochs and not running:
+        hints_ui(epochs, status, message)
     command_line_ui(record)
     plan = record.config.get("plan")
     if plan:
@@ -248,6 +303,14 @@ def show_run(run_id: str) -> bool:
                        "only image goes to training), so nothing measured how well it does. Add more images "
                        "per class on the Data page and train again.")
     return running
+
+
+def hints_ui(epochs: list[dict], status: str, message: str) -> None:
+    """What the curves say went wrong, next to them, each with the one setting to change."""
+    # the record keeps the status, not History.stopped: an early stop is told by core's message
+    stopped = status if status in ("diverged", "cancelled") else ("early" if "Stopped early" in (message or "") else None)
+    for hint in diagnose(epochs, stopped):
+        st.warning(f"**Change: {hint.setting}.** {hint.message}", icon=":material/lightbulb:")
 
 
 @st.fragment(run_every=1.0)

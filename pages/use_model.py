@@ -6,8 +6,10 @@ import streamlit as st
 from core import data as core_data
 from core.errors import UserInputError
 from core.export import KINDS, build_bundle, onnx_available, onnx_export_available
+from core.ood import fit_ood
 from core.training import predict_proba
-from pages._shared import bootstrap, current_split, finished_runs, model_picker, run_models, category_axes, plain
+from pages._shared import (bootstrap, category_axes, current_split, finished_runs, model_picker, plain, run_models,
+                           sample_photos)
 
 bootstrap()  # first, before the session is read: see bootstrap's docstring
 
@@ -41,7 +43,13 @@ def top5_figure(probs, classes) -> go.Figure:
 
 def pick_images(run_classes: list[str]) -> list:
     """(PIL image, caption) pairs from uploads, the webcam or the validation split."""
-    source = st.radio("Images", ["Upload", "Webcam", "A validation image"], horizontal=True, key="use-source")
+    source = st.radio("Images", ["Upload", "Webcam", "A validation image", "A sample photo"], horizontal=True,
+                      key="use-source")
+    if source == "A sample photo":
+        # real photos that ship with scikit-image: a quick way to see what a model does far from its data
+        photos = sample_photos()
+        name = st.selectbox("Photo (from scikit-image)", list(photos), key="use-photo")
+        return [(photos[name], name)]
     if source == "Upload":
         uploads = st.file_uploader("Photos", type=sorted(e.lstrip(".") for e in core_data.IMAGE_EXTENSIONS),
                                    accept_multiple_files=True, key="use-uploads")
@@ -78,16 +86,44 @@ def pick_images(run_classes: list[str]) -> list:
     return [(image, f"{val_ds.names[i]} (labelled {val_ds.classes[label]})")]
 
 
-def predictions_ui(model) -> None:
+def ood_detector(run_id: str, model):
+    """The run's detector of unusual images, fitted once per run and split in this session (None
+    when it cannot be: no validation split, or a dataset that is not the run's)."""
+    train_ds, val_ds = current_split()
+    key = (run_id, train_ds.fingerprint, val_ds.fingerprint)
+    cache = ss.setdefault("_ood", {})
+    if key not in cache:
+        cache.clear()  # one detector at a time: it holds a covariance of the features
+        if list(train_ds.classes) != list(model.classes):
+            cache[key] = None
+        else:
+            try:
+                with st.spinner("Measuring how the training images look to the model…"):
+                    cache[key] = fit_ood(model, train_ds.images, val_ds.images)
+            except UserInputError as exc:
+                st.caption(plain(exc))
+                cache[key] = None
+    return cache[key]
+
+
+def predictions_ui(run_id: str, model) -> None:
     images = pick_images(list(model.classes))
     if not images:
         st.caption("No image yet.")
         return
     probs = predict_proba(model, [img for img, _ in images])
+    detector = ood_detector(run_id, model)
+    scores = detector.score_images(model, [img for img, _ in images]) if detector is not None else None
     for n, ((image, caption), p) in enumerate(zip(images, probs)):
         left, right = st.columns([1, 3])
         left.image(image, caption=plain(caption), width="stretch")
         best = int(p.argmax())
+        if scores is not None and detector.unusual(scores[n]):
+            right.warning(
+                f"**Unlike anything it was trained on**: this image's features are {scores[n]:.0f} spreads from "
+                f"the training images' (95 % of validation images are within {detector.threshold:.0f}). The model "
+                f"can only answer with one of its classes, so the answer below is likely meaningless.",
+                icon=":material/help:")
         right.markdown(f"**{plain(model.classes[best])}** — {float(p[best]):.1%}")
         right.plotly_chart(top5_figure(p, model.classes), width="stretch", key=f"top5-{n}")
 
@@ -162,6 +198,6 @@ st.caption(f"{record.backbone} · classes: {plain(', '.join(model.classes))} · 
 if list(model.classes) != list(ss.dataset.classes):
     st.warning(f"This run knows the classes {plain(', '.join(model.classes))}, not the current dataset's "
                f"({plain(', '.join(ss.dataset.classes))}): it can only name one of its own classes.")
-predictions_ui(model)
+predictions_ui(run_id, model)
 st.divider()
 export_ui(run_id, model)

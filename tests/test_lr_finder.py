@@ -72,6 +72,15 @@ def test_the_suggestion_is_the_steepest_descent_before_the_minimum():
     assert method == "steepest" and lr == pytest.approx(1e-3, rel=0.15)
 
 
+def test_one_noisy_dip_on_the_flat_start_does_not_outrank_the_real_descent():
+    lrs = np.logspace(-6, 0, 60)
+    x = np.log10(lrs)
+    loss = 2 - np.tanh((x + 3) * 1.5) + np.where(x > -1, (x + 1) ** 2 * 20, 0)  # falls fastest at 1e-3
+    loss[8] -= 0.3  # a lucky batch at 5e-6
+    lr, method = suggest_lr(lrs, loss)
+    assert method == "steepest" and lr == pytest.approx(1e-3, rel=0.3)
+
+
 def test_a_curve_that_only_rises_falls_back_to_a_tenth_of_its_minimum():
     lrs = np.logspace(-4, 0, 9)
     lr, method = suggest_lr(lrs, np.linspace(1, 5, 9))

@@ -66,9 +66,13 @@ def test_without_a_run_both_pages_ask_for_one_and_the_lr_finder_still_works():
     assert not at.exception and not at.error, texts(at.error)
     assert any("Learning-rate range test" in spec for spec in charts(at))
     assert any("Suggested learning rate" in m for m in texts(at.markdown))
-    lr_button = button(at, "Train with lr = ")
+    lr_button = button(at, "Use lr = ")
+    rate = float(lr_button.label.split("= ")[1].split()[0])
     lr_button.click().run()
-    assert at.session_state.train_config.lr == float(lr_button.label.split("= ")[1])
+    assert at.session_state.train_config.lr == rate
+    assert any(f"learning rate is now {rate:.2g}" in s for s in texts(at.success))  # it says so
+    open_page(at, "train")
+    assert [s.value for s in at.select_slider if s.label == "Learning rate"] == [rate]  # and Train shows it
     open_page(at, "use_model")
     assert any("Train a run first" in s for s in texts(at.info))
 

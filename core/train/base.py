@@ -49,8 +49,10 @@ SCHEDULES = ("cosine", "onecycle", "constant")
 class TrainConfig:
     """Everything ``fit`` needs to know; every field but the first few has a default."""
 
-    epochs: int = 5
-    batch_size: int = 16
+    # The defaults are the feature-extraction preset's (core/train/strategies.py): a frozen backbone
+    # with a head trained on cached features until the validation loss stops improving.
+    epochs: int = 60
+    batch_size: int = 32
     lr: float = 3e-3
     freeze: list[str] = field(default_factory=list)
     lr_multipliers: dict[str, float] = field(default_factory=dict)
@@ -69,7 +71,7 @@ class TrainConfig:
     cached_views: int = 3  # augmented views per image cached for a frozen backbone
     unfreeze_every: int = 0  # progressive unfreezing: one more group, from the top, every k epochs
     warmup_epochs: int = 0  # epochs that train the head alone before any backbone group (fastai's fine_tune)
-    early_stopping: int = 0  # stop after this many epochs without a better validation loss, keep the best; 0: off
+    early_stopping: int = 8  # stop after this many epochs without a better validation loss, keep the best; 0: off
     label_smoothing: float = 0.0
     mixed_precision: bool = True  # on CUDA only
 

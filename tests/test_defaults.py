@@ -1,0 +1,91 @@
+"""Defaults that work on people's own images: TrainConfig() is the feature-extraction preset, and the
+augmentation toggles (flips, colour jitter) reach the training batches only when switched on."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from torch import nn
+
+from core import backbones
+from core.backbones import Classifier, LayerGroup
+from core.data import ImageDataset, grayscale_share
+from core.train import Classification, Trainer
+from core.training import TrainConfig, strategy_config
+
+
+def test_train_config_defaults_are_the_feature_extraction_preset():
+    groups = backbones.group_names(backbones.DEFAULT_BACKBONE)
+    preset = strategy_config("feature_extraction", groups).to_dict()
+    default = TrainConfig().to_dict()
+    for settings in (preset, default):
+        settings.pop("freeze")
+    assert default == preset
+    assert not TrainConfig().flip and not TrainConfig().color_jitter  # never silently on
+
+
+def halves(n=4, size=32, left=220, right=30):
+    """Images bright on the left and dark on the right: a horizontal flip swaps the sides."""
+    pixels = np.zeros((size, size, 3), np.uint8)
+    pixels[:, : size // 2] = left
+    pixels[:, size // 2:] = right
+    images = [Image.fromarray(pixels) for _ in range(n)]
+    return ImageDataset(images, [i % 2 for i in range(n)], ["a", "b"], [f"{i}.png" for i in range(n)])
+
+
+class Views(Classification):
+    """Records every augmented view the trainer caches for the training images."""
+
+    def __init__(self):
+        super().__init__()
+        self.views = []
+
+    def on_cache_view(self, trainer, source, view, images_uint8):
+        if source == "train" and view is not None:
+            self.views.append(images_uint8.clone())
+
+
+def tiny() -> Classifier:
+    torch.manual_seed(0)
+    net = nn.Sequential()
+    net.add_module("stem", nn.Conv2d(3, 4, 3, padding=1))
+    net.add_module("pool", nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()))
+    net.add_module("fc", nn.Linear(4, 2))
+    groups = [LayerGroup("stem", ["stem"]), LayerGroup("head", ["fc"])]
+    return Classifier(net, backbone_name="tiny", layer_groups=groups, head_module="fc", classes=["a", "b"],
+                      mean=(0.5,) * 3, std=(0.25,) * 3, image_size=32, pretrained=False).eval()
+
+
+def seen_views(images, **settings):
+    config = TrainConfig(epochs=1, batch_size=4, image_size=32, freeze=["stem"], cached_views=6,
+                         early_stopping=0, **settings)
+    objective = Views()
+    Trainer(tiny(), objective, config).fit({"train": images, "val": halves(2)})
+    return torch.cat(objective.views).float()
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_flips_reach_the_training_views_only_when_switched_on(flip):
+    views = seen_views(halves(), flip=flip)
+    assert len(views) > 0
+    left, right = views[..., :, :8].mean(dim=(1, 2, 3)), views[..., :, -8:].mean(dim=(1, 2, 3))
+    flipped = (right > left).sum().item()
+    assert (flipped > 0) == flip
+
+
+def test_colour_jitter_reaches_the_training_views_only_when_switched_on():
+    def brightness_spread(views):
+        return views.mean(dim=(1, 2, 3)).std().item()
+
+    flat = halves(left=128, right=128)  # every crop of a flat grey image is the same grey
+    assert brightness_spread(seen_views(flat)) < 0.5
+    assert brightness_spread(seen_views(flat, color_jitter=True)) > 2
+
+
+def test_grayscale_share_counts_images_whose_channels_are_equal():
+    gray = halves(3)
+    colour = Image.fromarray(np.dstack([np.full((8, 8), v, np.uint8) for v in (200, 40, 40)]))
+    mixed = ImageDataset(list(gray.images) + [colour], [0, 1, 0, 1], ["a", "b"], list("abcd"))
+    assert grayscale_share(gray) == 1.0
+    assert grayscale_share(mixed) == pytest.approx(0.75)
