@@ -10,7 +10,6 @@ ends the run after the current batch. ``train_run_folder`` also runs in-process 
 
 from __future__ import annotations
 
-import gc
 import json
 import math
 import os
@@ -64,12 +63,16 @@ class EventLog(Callback):
 
     def __init__(self, path: Path):
         self._fh = open(path, "a", buffering=1, encoding="utf-8")
+        self._started = False
 
     def write(self, event: str, **fields) -> None:
         self._fh.write(json.dumps({"event": event, "t": time.time(), **fields}, default=float) + "\n")
         self._fh.flush()
 
     def on_fit_start(self, info) -> None:
+        if self._started:  # the loop starts over at half the batch after running out of GPU memory
+            self.write("retry", message=self.trainer.retry_message, batch_size=self.trainer.config.batch_size)
+        self._started = True
         self.write("fit_start", info=asdict(info))
 
     def on_batch_end(self, progress) -> None:
@@ -107,6 +110,7 @@ class _BestWeights(Callback):
         self.epochs: list[dict] = []
 
     def on_fit_start(self, info) -> None:
+        self.best, self.epochs = -math.inf, []  # a retry starts over from the starting weights
         self.log_record(info=asdict(info))
 
     def on_epoch_end(self, metrics) -> None:
@@ -116,11 +120,6 @@ class _BestWeights(Callback):
             self.best = score
             self.store.save_model(self.run_id, self.model)
         self.log_record(epochs=list(self.epochs))
-
-
-def _oom_message(batch_size: int) -> str:
-    return (f"The GPU ran out of memory even with batch size {batch_size}. "
-            "Choose a smaller input size, a smaller batch or freeze more layers.")
 
 
 def train_run_folder(folder: str | Path, parent_pid: int | None = None) -> str:
@@ -171,36 +170,19 @@ def _train(store: RunStore, record: RunRecord, stop: StopSignal, log: EventLog, 
                                         seed=config.seed, image_size=config.image_size,
                                         head=cfg.get("head", "linear"), weights_path=cfg.get("weights_file"))
 
-    message = ""
-    for attempt in range(2):
-        model = build()
-        if attempt == 0:
-            store.save_start(record.id, model, record.pretrained)
-        best = _BestWeights(store, record.id, model, lambda **c: save(message=message, **c))
-        try:
-            history = fit(model, train_ds, val_ds, config, [best, log], stop)  # weights first, then the news
-            break
-        except torch.cuda.OutOfMemoryError:
-            pass
-        # Out of memory: the traceback (and its frames' tensors) is gone once we are out of the
-        # except block, so the cache can really be emptied before the retry.
-        model = best = None  # nothing may keep the failed attempt's tensors alive
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        if attempt == 1 or config.batch_size == 1:
-            raise UserInputError(_oom_message(config.batch_size))
-        config = replace(config, batch_size=max(1, config.batch_size // 2))
-        message = f"The GPU ran out of memory; retrying with batch size {config.batch_size}."
-        log.write("retry", message=message, batch_size=config.batch_size)
-        save(epochs=[], message=message)
+    model = build()
+    store.save_start(record.id, model, record.pretrained)
+    best = _BestWeights(store, record.id, model, lambda **c: save(**c))
+    # the loop retries once at half the batch after running out of GPU memory (EventLog says so)
+    history = fit(model, train_ds, val_ds, config, [best, log], stop)  # weights first, then the news
     status = {"cancelled": "cancelled", "diverged": "diverged"}.get(history.stopped or "", "finished")
     if history.epochs:
         store.save_model(record.id, model)
-    return status, history.message or message, {
+    return status, history.message, {
         "epochs": [asdict(e) for e in history.epochs],
         "info": _fit_info(store, record.id),
-        "config": {**cfg, "batch_size": config.batch_size, "used_feature_cache": history.used_feature_cache,
+        "config": {**cfg, "batch_size": history.batch_size or config.batch_size,
+                   "used_feature_cache": history.used_feature_cache,
                    "images_per_second": history.images_per_second},
     }
 

@@ -228,31 +228,39 @@ def test_damaged_weights_files_of_a_run_are_a_clear_error(store, pool):
 
 
 def test_out_of_gpu_memory_retries_once_with_half_the_batch_then_stops_with_a_message(store, monkeypatch):
+    """The loop retries at half the batch; the worker's record and events say so."""
     real_fit = worker.fit
     batch_sizes = []
 
-    def fit_that_runs_out_once(model, train_ds, val_ds, config, *args, **kwargs):
-        batch_sizes.append(config.batch_size)
-        if len(batch_sizes) == 1:
-            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
-        return real_fit(model, train_ds, val_ds, config, *args, **kwargs)
+    def fit_that_runs_out(times: int):
+        def fit(model, train_ds, val_ds, config, callbacks, stop):
+            class OutOfMemory(worker.Callback):
+                def on_fit_start(self, info):
+                    batch_sizes.append(self.trainer.config.batch_size)
+
+                def on_batch_end(self, progress):
+                    if len(batch_sizes) <= times and progress.phase == "train":
+                        raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+
+            return real_fit(model, train_ds, val_ds, config, [*callbacks, OutOfMemory()], stop)
+        return fit
 
     def new_run():
         return create_run(store, Shapes(8, 0), Shapes(4, 1), backbone="efficientnet_lite0", pretrained=True,
                           config=quick_config(epochs=1))
 
-    monkeypatch.setattr(worker, "fit", fit_that_runs_out_once)
+    monkeypatch.setattr(worker, "fit", fit_that_runs_out(1))
     record = new_run()
     assert worker.train_run_folder(store.folder(record.id)) == "finished" and batch_sizes == [8, 4]
     record = store.get(record.id)
-    assert "retrying with batch size 4" in record.message and record.config["batch_size"] == 4
+    assert "retried with batch size 4" in record.message and record.config["batch_size"] == 4
+    events, _ = store.read_events(record.id)
+    assert [e["batch_size"] for e in events if e["event"] == "retry"] == [4]
 
-    def always_out_of_memory(*args, **kwargs):
-        raise torch.cuda.OutOfMemoryError("CUDA out of memory")
-
-    monkeypatch.setattr(worker, "fit", always_out_of_memory)
+    batch_sizes.clear()
+    monkeypatch.setattr(worker, "fit", fit_that_runs_out(2))
     record = new_run()
-    assert worker.train_run_folder(store.folder(record.id)) == "failed"
+    assert worker.train_run_folder(store.folder(record.id)) == "failed" and batch_sizes == [8, 4]
     assert "ran out of memory" in store.get(record.id).message
 
 

@@ -146,6 +146,7 @@ class History:
     cache: str = ""  # "head", "prefix" or "" (no cache)
     plan: list[dict[str, float]] = field(default_factory=list)  # per epoch, group -> lr multiplier
     best_epoch: int | None = None  # with early stopping: the epoch whose weights the model kept
+    batch_size: int = 0  # the batch size the run ended with (halved after running out of GPU memory)
 
     def best_val_acc(self) -> float:
         accs = [e.val_acc for e in self.epochs if not math.isnan(e.val_acc)]

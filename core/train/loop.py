@@ -534,6 +534,7 @@ class Trainer:
             if self.retry_message:
                 history.message = (self.retry_message + " " + history.message).strip()
             history.images_per_second = seen / train_seconds if train_seconds > 0 else 0.0
+            history.batch_size = config.batch_size
             objective.on_fit_end(self, history)
         for cb in self.callbacks:
             cb.on_fit_end(history)
