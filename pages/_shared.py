@@ -418,7 +418,10 @@ def describe_run(record) -> str:
     if record.backbone != backbones.DEFAULT_BACKBONE:
         strategy = f"{record.backbone} · {strategy}"
     started = time.strftime("%H:%M:%S", time.localtime(record.created))
-    return " · ".join(part for part in (strategy, record.dataset, started) if part)
+    from core.cli import OWNER
+
+    source = "command line" if record.owner == OWNER else ""
+    return " · ".join(part for part in (source, strategy, record.dataset, started) if part)
 
 
 def category_axes(fig, *axes: str):
@@ -453,8 +456,12 @@ def run_option(record) -> str:
 
 
 def finished_runs():
+    """This browser's runs with a model, and every run trained from the command line (read-only here)."""
+    from core.cli import OWNER
+
     store = run_store()
-    return [r for r in my_runs()
+    runs = sorted(my_runs() + store.list(owner=OWNER), key=lambda r: r.created, reverse=True)
+    return [r for r in runs
             if r.status in ("finished", "cancelled", "diverged", "interrupted") and store.has_model(r.id)]
 
 

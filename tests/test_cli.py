@@ -287,3 +287,9 @@ def test_a_command_line_run_opens_on_the_train_page_with_its_command(tmp_path, c
     assert "Run it from the command line" in [e.label for e in at.expander]
     shown = [c.value for c in at.code if "core.cli train" in c.value]
     assert shown and "--data demo:source" in shown[0] and "--per-class 8" in shown[0]
+    # like any other run, it opens on the pages that look inside a model
+    at.switch_page("pages/features.py")
+    at.run()
+    assert not at.exception, at.exception
+    picker = next(s for s in at.selectbox if s.label == "Run")
+    assert any(option.startswith("command line") for option in picker.options), picker.options
