@@ -292,6 +292,33 @@ def train(args) -> int:
 # --- the other commands ----------------------------------------------------------------------
 
 
+def train_folder(args) -> int:
+    """Train a run folder the app made (``torchrun`` ranks share it; rank 0 alone writes)."""
+    import torch
+
+    from core import worker
+    from core.devices import pick_device
+    from core.runs import RunStore
+    from core.train.distributed import Distributed, launched_by_torchrun
+    from core.training import TrainConfig
+
+    folder = Path(args.folder)
+    record = RunStore(folder.parent.parent).get(folder.name)
+    if record is None:
+        raise UserInputError(f"There is no run in {folder}.")
+    distributed = None
+    if launched_by_torchrun():
+        config = TrainConfig.from_dict(record.config)
+        distributed = Distributed.from_env(pick_device(config.device).type)
+        distributed.check(config.batch_size)
+    try:
+        status = worker.train_run_folder(folder, distributed=distributed)
+    finally:
+        if distributed is not None:
+            torch.distributed.destroy_process_group()
+    return 0 if status == "finished" else 1
+
+
 def _store(args):
     from core.runs import RunStore
     from core.settings import get_settings
@@ -351,6 +378,8 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--format", required=True, choices=["safetensors", "torchscript", "onnx"])
     e.add_argument("--out", required=True)
     e.add_argument("--data-dir")
+    f = sub.add_parser("train-folder", help="train a run folder the app prepared (the app runs this under torchrun)")
+    f.add_argument("folder")
     ls = sub.add_parser("list", help="the runs in the store, newest first")
     ls.add_argument("--json", action="store_true")
     ls.add_argument("--data-dir")
@@ -359,7 +388,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    command = {"train": train, "export": export, "list": list_runs}[args.command]
+    command = {"train": train, "train-folder": train_folder, "export": export, "list": list_runs}[args.command]
     try:
         return command(args)
     except UserInputError as exc:

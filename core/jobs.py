@@ -12,9 +12,11 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import fields
+from pathlib import Path
 
 from core.errors import UserInputError
 from core.runs import RunRecord, RunStore
+from core.settings import get_settings
 from core.tasks import Snapshot, Task, TaskQueue, get_queue
 from core.training import EpochMetrics, FitInfo, TrainConfig
 
@@ -137,18 +139,40 @@ class TrainingRun(Task):
             return
         with self._lock:
             self._status = "preparing"
-        pool = self._queue.worker_pool()
-
         def started(pid: int) -> None:
             self.worker_pid = pid
 
-        status, why = pool.run(self.store.folder(self.run_id), on_start=started)
+        processes = get_settings().processes_per_run
+        if processes > 1:
+            status, why = run_under_torchrun(self.store.folder(self.run_id), processes, started)
+        else:
+            status, why = self._queue.worker_pool().run(self.store.folder(self.run_id), on_start=started)
         if status is None:
             self._finish("failed", f"The training process stopped unexpectedly ({why}), so this run failed. "
                                    "The server is fine: start the run again.")
         else:
             self._finish(status)
         self.store.enforce_cap(keep=frozenset({self.run_id}))
+
+
+def run_under_torchrun(folder, processes: int, on_start=None) -> tuple[str | None, str]:
+    """Train a run folder with ``torchrun`` and ``processes`` data-parallel processes (one per GPU
+    on a multi-GPU server; gloo on the CPU). Returns (final status, "") or (None, why it died)."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent  # where ``python -m core.cli`` is found
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
+               "-m", "core.cli", "train-folder", str(folder)]
+    process = subprocess.Popen(command, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if on_start is not None:
+        on_start(process.pid)
+    _, err = process.communicate()
+    record = RunStore(Path(folder).parent.parent).get(Path(folder).name)
+    if record is not None and record.done:
+        return record.status, ""
+    last = next((line for line in reversed(err.splitlines()) if line.strip()), "")
+    return None, f"torchrun exited with code {process.returncode}{': ' + last[-300:] if last else ''}"
 
 
 _registry_lock = threading.Lock()

@@ -40,6 +40,7 @@ class Settings:
     max_concurrent_runs: int
     disk_cap_mb: int
     max_queued_per_person: int = 2  # runs one person may have training or waiting at once
+    processes_per_run: int = 1  # above 1, a run trains under torchrun with this many processes (one per GPU)
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -50,6 +51,7 @@ class Settings:
             disk_cap_mb=_int_env("TRANSFER_LAB_DISK_CAP_MB", 2048, 10),
             # one training and one waiting: a person's clicks cannot make the whole class wait
             max_queued_per_person=_int_env("TRANSFER_LAB_MAX_QUEUED_PER_PERSON", 2, 1),
+            processes_per_run=_int_env("TRANSFER_LAB_PROCESSES_PER_RUN", 1, 1),
         )
 
 

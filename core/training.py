@@ -25,16 +25,18 @@ __all__ = [*_base_names, "fit", "clone_model", "Trainer", "skip_prefix", "prefix
 
 
 def fit(model: Classifier, train_ds, val_ds, config: TrainConfig, callbacks: Sequence[Callback] = (),
-        stop=None) -> History:
+        stop=None, *, distributed=None) -> History:
     """Train ``model`` in place on ``train_ds``, evaluating on ``val_ds`` after every epoch.
 
     Setting ``stop`` (a ``threading.Event``) ends the run within one batch. A loss that becomes
     NaN or infinite, or grows far past where it started, ends the run with a message, and the
     weights of the last good epoch are put back. Layer groups that never train are computed once
     per image (and per cached augmented view) when ``config.cache_features`` allows, and only the
-    rest of the network runs.
+    rest of the network runs. ``distributed``: this process's share of a ``torchrun`` job
+    (``core.train.distributed.Distributed``).
     """
-    return Trainer(model, Classification(), config, callbacks, stop).fit({"train": train_ds, "val": val_ds})
+    return Trainer(model, Classification(), config, callbacks, stop,
+                   distributed=distributed).fit({"train": train_ds, "val": val_ds})
 
 
 def clone_model(model: Classifier) -> Classifier:

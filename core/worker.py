@@ -85,6 +85,19 @@ class EventLog(Callback):
         self._fh.close()
 
 
+class _Silent(EventLog):
+    """The event log of a rank that is not rank 0: it writes nothing."""
+
+    def __init__(self):
+        self._started = False
+
+    def write(self, event: str, **fields) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 class StopSignal:
     """``fit``'s stop flag: set by a ``stop`` file in the run folder, or when the server is gone."""
 
@@ -122,8 +135,11 @@ class _BestWeights(Callback):
         self.log_record(epochs=list(self.epochs))
 
 
-def train_run_folder(folder: str | Path, parent_pid: int | None = None) -> str:
-    """Train the run in ``folder`` to its end; returns its final status."""
+def train_run_folder(folder: str | Path, parent_pid: int | None = None, distributed=None) -> str:
+    """Train the run in ``folder`` to its end; returns its final status.
+
+    Under ``torchrun`` (a ``core.train.distributed.Distributed`` context) every rank trains its
+    share of each batch from the same folder, and rank 0 alone writes to it."""
     folder = Path(folder)
     store = RunStore(folder.parent.parent)
     run_id = folder.name
@@ -131,17 +147,20 @@ def train_run_folder(folder: str | Path, parent_pid: int | None = None) -> str:
     if record is None:
         return "failed"
     stop = StopSignal(folder, parent_pid)
-    log = EventLog(folder / EVENTS)
-    state = {"record": replace(record, status="running", worker_pid=os.getpid())}
+    main = distributed is None or distributed.main
+    log = EventLog(folder / EVENTS) if main else _Silent()
+    world = {"world_size": distributed.world_size} if distributed is not None else {}
+    state = {"record": replace(record, status="running", worker_pid=os.getpid(), info={**record.info, **world})}
 
     def save(**changes) -> None:
         state["record"] = replace(state["record"], **changes)
-        store.save(state["record"])
+        if main:
+            store.save(state["record"])
 
     save()
     log.write("status", status="preparing")
     try:
-        status, message, changes = _train(store, state["record"], stop, log, save)
+        status, message, changes = _train(store, state["record"], stop, log, save, distributed)
     except UserInputError as exc:
         status, message, changes = "failed", str(exc), {}
     except Exception as exc:  # the record must say what happened; the worker lives on
@@ -153,11 +172,12 @@ def train_run_folder(folder: str | Path, parent_pid: int | None = None) -> str:
     save(status=status, message=message, finished=time.time(), worker_pid=None, **changes)
     log.write("end", status=status, message=message)
     log.close()
-    store.drop_inputs(run_id)
+    if main:
+        store.drop_inputs(run_id)
     return status
 
 
-def _train(store: RunStore, record: RunRecord, stop: StopSignal, log: EventLog, save):
+def _train(store: RunStore, record: RunRecord, stop: StopSignal, log: EventLog, save, distributed=None):
     cfg = record.config
     config = TrainConfig.from_dict(cfg)
     inputs = store.load_inputs(record.id)
@@ -171,16 +191,19 @@ def _train(store: RunStore, record: RunRecord, stop: StopSignal, log: EventLog, 
                                         head=cfg.get("head", "linear"), weights_path=cfg.get("weights_file"))
 
     model = build()
-    store.save_start(record.id, model, record.pretrained)
-    best = _BestWeights(store, record.id, model, lambda **c: save(**c))
+    main = distributed is None or distributed.main
+    callbacks = [log]
+    if main:
+        store.save_start(record.id, model, record.pretrained)
+        callbacks = [_BestWeights(store, record.id, model, lambda **c: save(**c)), log]  # weights first, then news
     # the loop retries once at half the batch after running out of GPU memory (EventLog says so)
-    history = fit(model, train_ds, val_ds, config, [best, log], stop)  # weights first, then the news
+    history = fit(model, train_ds, val_ds, config, callbacks, stop, distributed=distributed)
     status = {"cancelled": "cancelled", "diverged": "diverged"}.get(history.stopped or "", "finished")
-    if history.epochs:
+    if history.epochs and main:
         store.save_model(record.id, model)
     return status, history.message, {
         "epochs": [asdict(e) for e in history.epochs],
-        "info": _fit_info(store, record.id),
+        "info": {**_fit_info(store, record.id), **record.info},
         "config": {**cfg, "batch_size": history.batch_size or config.batch_size,
                    "used_feature_cache": history.used_feature_cache,
                    "images_per_second": history.images_per_second},

@@ -293,3 +293,29 @@ def test_a_command_line_run_opens_on_the_train_page_with_its_command(tmp_path, c
     assert not at.exception, at.exception
     picker = next(s for s in at.selectbox if s.label == "Run")
     assert any(option.startswith("command line") for option in picker.options), picker.options
+
+
+@pytest.mark.slow
+def test_the_app_trains_a_run_under_torchrun_when_a_run_may_use_several_processes(tmp_path, monkeypatch):
+    """TRANSFER_LAB_PROCESSES_PER_RUN=2 (a two-GPU server; gloo on this CPU): the app's run folder is
+    trained by two data-parallel processes, and the run opens like any other."""
+    from core.data import demo_dataset, split
+    from core.jobs import start_run
+    from core.tasks import TaskQueue
+    from core.training import TrainConfig
+
+    monkeypatch.setenv("TRANSFER_LAB_PROCESSES_PER_RUN", "2")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    store = RunStore(tmp_path / "data")
+    train_ds, val_ds = split(demo_dataset(per_class=6), 0.25)
+    from core.backbones import group_names
+
+    config = TrainConfig(**{**EXACT, "freeze": group_names("efficientnet_lite0")[:-1]})
+    job = start_run(store, train_ds, val_ds, backbone="efficientnet_lite0", pretrained=True, config=config,
+                    owner="someone", queue=TaskQueue(1))
+    assert job.join(600)
+    record = store.get(job.run_id)
+    assert record.status == "finished", record.message
+    assert record.info["world_size"] == 2 and len(record.epochs) == 2
+    store.load_model(job.run_id)
+    assert not (store.folder(job.run_id) / "inputs.safetensors").exists()  # rank 0 tidied up
