@@ -50,7 +50,7 @@ def settings_ui() -> TrainConfig:
     mc = ss.model_choice
     with st.expander(f"Training settings — {mc.strategy}", expanded=False):
         c1, c2, c3, c4 = st.columns(4)
-        epochs = c1.number_input("Epochs (at most)", 1, 500, cfg.epochs, disabled=locked("epochs"),
+        epochs = c1.number_input("Epochs", 1, 500, cfg.epochs, disabled=locked("epochs"),
                                  help="With early stopping the run ends sooner, once validation stops improving.")
         batch = c2.selectbox("Batch size", [4, 8, 16, 32, 64], index=[4, 8, 16, 32, 64].index(cfg.batch_size)
                              if cfg.batch_size in (4, 8, 16, 32, 64) else 2)

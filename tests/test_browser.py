@@ -104,7 +104,7 @@ def assert_no_exception(page):
 
 def set_epochs(page, epochs: int):
     page.get_by_text("Training settings").click()
-    box = page.get_by_label("Epochs")
+    box = page.get_by_label("Epochs", exact=True)
     box.fill(str(epochs))
     box.press("Enter")
     page.wait_for_timeout(500)

@@ -46,7 +46,7 @@ def test_a_link_with_settings_opens_the_page_with_them_applied(server, page):
     sync_api.expect(summary).to_contain_text("Fine-tune all")
     sync_api.expect(summary).to_contain_text("3 epochs")
     page.get_by_text("Training settings").click()
-    epochs = page.get_by_label("Epochs")
+    epochs = page.get_by_label("Epochs", exact=True)
     sync_api.expect(epochs).to_have_value("3")
     sync_api.expect(epochs).to_be_disabled()  # the link locked it
     sync_api.expect(page.get_by_text("Set by your teacher's link: Epochs.")).to_be_visible()
