@@ -103,7 +103,7 @@ _SPECS: dict[str, _Spec] = {
     for spec in [
         _Spec(
             "efficientnet_lite0",
-            "EfficientNet-Lite0 (bundled, offline)",
+            "EfficientNet-Lite0 (bundled)",
             4.7,
             [
                 ("stem", ["_conv_stem", "_bn0"]),

@@ -103,12 +103,13 @@ def choose_backbone_ui() -> None:
     )
     catalogue = {info["name"]: info for info in backbone_catalogue()}
     offline = [n for n, info in catalogue.items() if info["offline"]]
-    c1, c2, c3 = st.columns([3, 2, 1])
+    c1, c3 = st.columns([4, 1])
     names = c1.multiselect("Backbones to score", list(catalogue), default=offline,
                            format_func=lambda n: catalogue[n]["title"], key="rank-names")
-    scratch = c2.checkbox("Also score each from random weights", value=len(offline) < 2, key="rank-scratch",
-                          help="The from-scratch baseline: works offline for every architecture.")
     max_images = c3.selectbox("Images used", [50, 100, 200, 400], index=2, key="rank-images")
+    # a row of its own: beside the picker it was cut short on a 1024 px projector
+    scratch = st.checkbox("Also score each from random weights", value=len(offline) < 2, key="rank-scratch",
+                          help="The from-scratch baseline: works offline for every architecture.")
     missing = [info["title"] for n, info in catalogue.items() if not info["offline"]]
     if missing:
         st.caption("ImageNet weights not on this server, so not scored pretrained: " + ", ".join(missing)
