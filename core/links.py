@@ -16,6 +16,8 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 
+from core.training import TrainConfig
+
 __all__ = ["DEFAULTS", "IMAGE_SIZES", "LEARNING_RATES", "LOCKABLE", "SECTIONS", "STRATEGIES", "FOREIGN", "KEYS",
            "encode", "decode"]
 
@@ -49,6 +51,8 @@ SECTIONS = {
 }
 FOREIGN = ("u", "run", "t", "token")
 
+_PRESET = TrainConfig()  # the feature-extraction preset: what a new session starts with
+
 DEFAULTS: dict = {
     "data": "source",
     "per_class": 20,
@@ -58,10 +62,10 @@ DEFAULTS: dict = {
     "freeze": None,  # None: the strategy's preset decides
     "lr_mult": {},
     "unfreeze_every": 0,
-    "epochs": 5,
-    "lr": 3e-3,
-    "seed": 0,
-    "size": 128,
+    "epochs": _PRESET.epochs,
+    "lr": _PRESET.lr,
+    "seed": _PRESET.seed,
+    "size": _PRESET.image_size,
     "sal_methods": ["gradient", "gradcam"],
     "kernel": "median",
     "picture": "pca",
