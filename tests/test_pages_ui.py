@@ -118,10 +118,14 @@ def test_the_sidebar_shows_the_strategy_picked_in_the_same_click():
 
 
 def test_the_model_page_counts_groups_that_progressive_unfreezing_never_reaches_as_frozen():
+    from dataclasses import replace
+
     at = app_with()
-    at.session_state["train_config"] = at.session_state.train_config.__class__(epochs=2)
     open_page(at, "model")
     [r for r in at.radio if r.label == "Strategy"][0].set_value("Progressive unfreezing").run()
+    # the preset's own epochs reach every group; two epochs (set on the Train page) do not
+    at.session_state["train_config"] = replace(at.session_state.train_config, epochs=2, warmup_epochs=0)
+    at.run()
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Frozen parameters"] != "0" and metrics["Share trained"] != "100.0%"
     assert any("never reaches" in c for c in texts(at.caption))
