@@ -233,7 +233,7 @@ def test_out_of_gpu_memory_retries_once_with_half_the_batch_then_stops_with_a_me
     batch_sizes = []
 
     def fit_that_runs_out(times: int):
-        def fit(model, train_ds, val_ds, config, callbacks, stop):
+        def fit(model, train_ds, val_ds, config, callbacks, stop, **kwargs):
             class OutOfMemory(worker.Callback):
                 def on_fit_start(self, info):
                     batch_sizes.append(self.trainer.config.batch_size)
@@ -242,7 +242,7 @@ def test_out_of_gpu_memory_retries_once_with_half_the_batch_then_stops_with_a_me
                     if len(batch_sizes) <= times and progress.phase == "train":
                         raise torch.cuda.OutOfMemoryError("CUDA out of memory")
 
-            return real_fit(model, train_ds, val_ds, config, [*callbacks, OutOfMemory()], stop)
+            return real_fit(model, train_ds, val_ds, config, [*callbacks, OutOfMemory()], stop, **kwargs)
         return fit
 
     def new_run():
@@ -269,13 +269,13 @@ def test_a_run_left_running_by_a_killed_server_is_marked_interrupted_and_keeps_i
     epochs_seen = []
     real_fit = worker.fit
 
-    def fit_killed_after_the_first_epoch(model, train_ds, val_ds, config, callbacks, stop):
+    def fit_killed_after_the_first_epoch(model, train_ds, val_ds, config, callbacks, stop, **kwargs):
         class Die(worker.Callback):
             def on_epoch_end(self, metrics):
                 epochs_seen.append(metrics.epoch)
                 raise KeyboardInterrupt  # the process dies here, record and all
 
-        return real_fit(model, train_ds, val_ds, config, [*callbacks, Die()], stop)
+        return real_fit(model, train_ds, val_ds, config, [*callbacks, Die()], stop, **kwargs)
 
     monkeypatch.setattr(worker, "fit", fit_killed_after_the_first_epoch)
     record = create_run(store, Shapes(8, 0), Shapes(4, 1), backbone="efficientnet_lite0", pretrained=True,
