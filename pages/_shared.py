@@ -84,11 +84,16 @@ class ModelChoice:
     train_bn: bool = False
 
 
-@st.cache_resource
 def run_store() -> RunStore:
-    """The server's one run store (it holds no per-person state in memory)."""
+    """The server's one run store (it holds no per-person state in memory), for the data folder
+    the settings name now."""
     settings = get_settings()
-    store = RunStore(settings.data_dir, cap_mb=settings.disk_cap_mb)
+    return _run_store(str(settings.data_dir), settings.disk_cap_mb)
+
+
+@st.cache_resource
+def _run_store(data_dir: str, cap_mb: int) -> RunStore:
+    store = RunStore(data_dir, cap_mb=cap_mb)
     # Once per server start: runs a killed server left "running" say so, instead of forever.
     store.mark_interrupted()
     return store
