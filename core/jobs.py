@@ -20,7 +20,7 @@ from core.settings import get_settings
 from core.tasks import Snapshot, Task, TaskQueue, get_queue
 from core.training import EpochMetrics, FitInfo, TrainConfig
 
-__all__ = ["TrainingRun", "JobSnapshot", "start_run", "new_record", "create_run", "get_job", "get_queue", "snapshot_of", "cancel_waiting",
+__all__ = ["TrainingRun", "JobSnapshot", "start_run", "start_folder_run", "new_record", "create_run", "get_job", "get_queue", "snapshot_of", "cancel_waiting",
            "RunView"]
 
 JobSnapshot = Snapshot  # the name pages and scripts know
@@ -240,9 +240,16 @@ def start_run(store: RunStore, train_ds, val_ds, *, backbone: str, pretrained: b
 
     record = new_record(train_ds, val_ds, backbone=backbone, pretrained=pretrained, config=config,
                         weights_path=weights_path, head=head, owner=owner, label=label, dataset=dataset)
-    queue = queue or get_queue()
     size = int(config.image_size)
-    job = TrainingRun(store, record, queue, lambda: encode_inputs(train_ds, val_ds, size))
+    return start_folder_run(store, record, lambda: encode_inputs(train_ds, val_ds, size), queue=queue)
+
+
+def start_folder_run(store: RunStore, record: RunRecord, inputs, queue: TaskQueue | None = None) -> TrainingRun:
+    """Queue any kind of run (``record.config["kind"]``, see ``core.worker.KINDS``): ``inputs()``
+    returns the tensors its worker reads from ``inputs.safetensors``, called once a slot is free.
+    Raises ``QueueFullError`` when ``record.owner`` already has their share queued."""
+    queue = queue or get_queue()
+    job = TrainingRun(store, record, queue, inputs)
     queue.admit(job)
     try:
         store.create(record)

@@ -160,7 +160,7 @@ def train_run_folder(folder: str | Path, parent_pid: int | None = None, distribu
     save()
     log.write("status", status="preparing")
     try:
-        status, message, changes = _train(store, state["record"], stop, log, save, distributed)
+        status, message, changes = kind_function(state["record"])(store, state["record"], stop, log, save, distributed)
     except UserInputError as exc:
         status, message, changes = "failed", str(exc), {}
     except Exception as exc:  # the record must say what happened; the worker lives on
@@ -177,7 +177,36 @@ def train_run_folder(folder: str | Path, parent_pid: int | None = None, distribu
     return status
 
 
-def _train(store: RunStore, record: RunRecord, stop: StopSignal, log: EventLog, save, distributed=None):
+# What a run folder holds decides what trains it: ``run.json``'s ``config["kind"]`` names one of
+# these (module:function), imported when first needed so the worker loads only what it runs. Each
+# takes (store, record, stop, log, save, distributed) and returns (status, message, record changes);
+# every one of them trains through the one loop (``core.train.Trainer``).
+KINDS = {
+    "train": "core.worker:train_classifier",
+    "dan": "core.adaptation:train_folder",
+    "distill": "core.distillation:train_folder",
+    "multitask": "core.multitask:train_folder",
+    "meta": "core.fewshot:train_folder",
+}
+
+
+def kind_function(record: RunRecord):
+    """The function that trains this record's kind of run (UserInputError for one it cannot)."""
+    import importlib
+
+    kind = str(record.config.get("kind", "train"))
+    target = KINDS.get(kind)
+    if target is None:
+        raise UserInputError(f"This run folder asks for a kind of training ({kind!r}) this version cannot do; "
+                             f"known kinds: {', '.join(sorted(KINDS))}.")
+    module, name = target.split(":")
+    function = getattr(importlib.import_module(module), name, None)
+    if function is None:
+        raise UserInputError(f"This version cannot train {kind!r} runs yet ({target} is missing).")
+    return function
+
+
+def train_classifier(store: RunStore, record: RunRecord, stop: StopSignal, log: EventLog, save, distributed=None):
     cfg = record.config
     config = TrainConfig.from_dict(cfg)
     inputs = store.load_inputs(record.id)

@@ -373,3 +373,14 @@ def test_a_worker_whose_server_is_gone_stops_and_marks_its_run_interrupted(store
     assert worker.train_run_folder(store.folder(record.id), parent_pid=not_my_parent) == "interrupted"
     after = store.get(record.id)
     assert after.status == "interrupted" and "server stopped" in after.message and len(after.epochs) < 5
+
+
+def test_a_run_folder_of_an_unknown_kind_fails_with_a_message_naming_the_known_kinds(store):
+    from dataclasses import replace
+
+    record = create_run(store, Shapes(8, 0), Shapes(4, 1), backbone="efficientnet_lite0", pretrained=True,
+                        config=TrainConfig(epochs=1, batch_size=4, image_size=32, freeze=["stem"]))
+    store.save(replace(record, config={**record.config, "kind": "telepathy"}))
+    assert worker.train_run_folder(store.folder(record.id)) == "failed"
+    after = store.get(record.id)
+    assert "telepathy" in after.message and "train" in after.message and after.done
