@@ -199,6 +199,7 @@ def train(args) -> int:
     from core import backbones, data
     from core.runs import RunRecord, RunStore, new_run_id
     from core.settings import get_settings
+    from core.worker import ending
     from core.train.distributed import Distributed, launched_by_torchrun
     from core.train.objectives import Classification
     from core.training import Trainer, training_plan
@@ -250,6 +251,7 @@ def train(args) -> int:
             if history is not None:
                 record.config.update(batch_size=config.batch_size, used_feature_cache=history.used_feature_cache,
                                      images_per_second=history.images_per_second)
+                record.info = {**record.info, **ending(history)}
             store.save(record)
             if status == "finished":
                 store.enforce_cap(keep=frozenset({record.id}))

@@ -44,9 +44,6 @@ def diagnose(history, stopped: str | None = None) -> list[Hint]:
     """
     epochs: Sequence = getattr(history, "epochs", history)
     stopped = getattr(history, "stopped", None) or stopped
-    # the loop records only cancelled/diverged in History.stopped; an early stop shows in its message
-    if stopped is None and "Stopped early" in (getattr(history, "message", "") or ""):
-        stopped = "early"
     if not epochs and stopped != "diverged":
         return []
     train_loss = [_value(e, "train_loss") for e in epochs]

@@ -232,11 +232,20 @@ def train_classifier(store: RunStore, record: RunRecord, stop: StopSignal, log: 
         store.save_model(record.id, model)
     return status, history.message, {
         "epochs": [asdict(e) for e in history.epochs],
-        "info": {**_fit_info(store, record.id), **record.info},
+        "info": {**_fit_info(store, record.id), **record.info, **ending(history)},
         "config": {**cfg, "batch_size": history.batch_size or config.batch_size,
                    "used_feature_cache": history.used_feature_cache,
                    "images_per_second": history.images_per_second},
     }
+
+
+def ending(history) -> dict:
+    """How the fit ended, for the record: ``stopped`` ("early", "cancelled", "diverged") and, with
+    early stopping, ``best_epoch`` (the epoch whose weights the saved model has)."""
+    out = {"stopped": history.stopped} if history.stopped else {}
+    if history.best_epoch is not None:
+        out["best_epoch"] = history.best_epoch
+    return out
 
 
 def _fit_info(store: RunStore, run_id: str) -> dict:

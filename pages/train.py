@@ -284,7 +284,7 @@ def show_run(run_id: str) -> bool:
     if epochs or batch_losses:
         st.plotly_chart(curves(epochs, batch_losses), width="stretch", key=f"curves-{run_id}")
     if epochs and not running:
-        hints_ui(epochs, status, message)
+        hints_ui(epochs, status, message, record.info or {})
     command_line_ui(record)
     plan = record.config.get("plan")
     if plan:
@@ -305,10 +305,11 @@ def show_run(run_id: str) -> bool:
     return running
 
 
-def hints_ui(epochs: list[dict], status: str, message: str) -> None:
+def hints_ui(epochs: list[dict], status: str, message: str, info: dict) -> None:
     """What the curves say went wrong, next to them, each with the one setting to change."""
-    # the record keeps the status, not History.stopped: an early stop is told by core's message
-    stopped = status if status in ("diverged", "cancelled") else ("early" if "Stopped early" in (message or "") else None)
+    # the record's info keeps how the fit ended; records written before it did tell it in the message
+    stopped = status if status in ("diverged", "cancelled") else (
+        info.get("stopped") or ("early" if "Stopped early" in (message or "") else None))
     for hint in diagnose(epochs, stopped):
         st.warning(f"**Change: {hint.setting}.** {hint.message}", icon=":material/lightbulb:")
 

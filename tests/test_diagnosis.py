@@ -30,10 +30,10 @@ def test_a_run_that_stopped_early_is_not_told_to_train_longer():
     assert diagnose(history) == []
 
 
-def test_an_early_stop_told_by_the_history_message_is_not_told_to_train_longer():
+def test_an_early_stop_told_by_the_history_is_not_told_to_train_longer():
     history = run([2.0, 1.6, 1.3], [0.2, 0.3, 0.4], [2.0, 1.7, 1.5])
     assert kinds(diagnose(history)) == [("underfitting", "epochs")]
-    history.message = "Stopped early after epoch 3: the validation loss had not improved for 8 epochs."
+    history.stopped = "early"
     assert diagnose(history) == []
 
 

@@ -179,6 +179,41 @@ def test_stop_is_honoured_while_features_are_cached():
     assert history.epochs == []
 
 
+class Phases(Callback):
+    """The phase of every progress tick, and the cached views the trainer has at each epoch start."""
+
+    def __init__(self):
+        self.phases, self.views_at_epoch = [], []
+
+    def on_batch_end(self, progress):
+        self.phases.append(progress.phase)
+
+    def on_epoch_start(self, epoch):
+        self.views_at_epoch.append(self.trainer.filled_views["train"])
+
+
+def test_the_first_point_comes_after_one_cached_view_and_the_others_join_one_per_epoch():
+    watcher = Phases()
+    history = fit(tiny(), Toy(32), VAL, config(freeze=["stem", "block"], batch_size=8, augment=True, cached_views=3,
+                                               epochs=4, early_stopping=0), callbacks=[watcher])
+    assert history.cache == "head" and len(history.epochs) == 4
+    # one pass over the 32 training images (4 batches) before the first training batch, not 3 views + plain banks
+    assert watcher.phases.index("train") == 4 and set(watcher.phases[:4]) == {"cache"}
+    assert "cache" not in watcher.phases[4:]
+    assert watcher.views_at_epoch == [1, 2, 3, 3]
+    # the later views are real augmented views, and evaluating on the plain images still works
+    again = fit(tiny(), Toy(32), VAL, config(freeze=["stem", "block"], batch_size=8, augment=True, cached_views=3,
+                                             epochs=4, early_stopping=0))
+    assert [e.train_loss for e in again.epochs] == [e.train_loss for e in history.epochs]
+    assert all(math.isfinite(e.val_loss) for e in history.epochs)
+
+
+def test_an_early_stop_is_recorded_in_the_history_with_the_epoch_it_kept():
+    history = fit(tiny(), TRAIN, VAL, config(freeze=["stem", "block"], epochs=60, lr=0.05, early_stopping=1))
+    assert history.stopped == "early" and len(history.epochs) < 60
+    assert history.best_epoch is not None and history.best_epoch < len(history.epochs)
+
+
 class RunsOutOfMemoryOnce(Callback):
     def __init__(self):
         self.starts = []

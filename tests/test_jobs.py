@@ -384,3 +384,14 @@ def test_a_run_folder_of_an_unknown_kind_fails_with_a_message_naming_the_known_k
     assert worker.train_run_folder(store.folder(record.id)) == "failed"
     after = store.get(record.id)
     assert "telepathy" in after.message and "train" in after.message and after.done
+
+
+def test_an_early_stop_and_the_epoch_kept_are_in_the_run_record(store):
+    record = create_run(store, Shapes(8, 0), Shapes(4, 1), backbone="efficientnet_lite0", pretrained=True,
+                        config=TrainConfig(epochs=40, batch_size=4, image_size=32, lr=0.05, early_stopping=1,
+                                           freeze=[g for g in backbones.group_names("efficientnet_lite0")
+                                                   if g != "head"]))
+    assert worker.train_run_folder(store.folder(record.id)) == "finished"
+    after = store.get(record.id)
+    assert after.info["stopped"] == "early" and len(after.epochs) < 40
+    assert 1 <= after.info["best_epoch"] < len(after.epochs) and "Stopped early" in after.message

@@ -139,7 +139,7 @@ class EpochMetrics:
 @dataclass
 class History:
     epochs: list[EpochMetrics] = field(default_factory=list)
-    stopped: str | None = None  # None (ran to the end), "cancelled" or "diverged"
+    stopped: str | None = None  # None (ran to the end), "early" (early stopping), "cancelled" or "diverged"
     message: str = ""
     used_feature_cache: bool = False
     images_per_second: float = 0.0  # training throughput over the whole run

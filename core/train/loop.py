@@ -203,13 +203,14 @@ class Trainer:
         the cached view of each image or None)."""
         bank = self.banks.get(source)
         if bank is not None:
-            if len(bank) > 1 and self.dist is not None:
+            filled = self.filled_views[source]  # views cached so far (they arrive one per epoch)
+            if filled > 1 and self.dist is not None:
                 # drawn per image from the batch's seed: ranks' generators stay in step
-                views = torch.randint(len(bank), (len(self.images[source]),),
+                views = torch.randint(filled, (len(self.images[source]),),
                                       generator=torch.Generator().manual_seed(seed))[idx]
                 return bank[views.to(self.device), idx.to(self.device)], None, views
-            if len(bank) > 1:
-                views = torch.randint(len(bank), (len(idx),), generator=self.generator)
+            if filled > 1:
+                views = torch.randint(filled, (len(idx),), generator=self.generator)
                 return bank[views.to(self.device), idx.to(self.device)], None, views
             return bank[0, idx.to(self.device)], None, torch.zeros(len(idx), dtype=torch.long)
         raw = self.images[source][idx]
@@ -295,7 +296,7 @@ class Trainer:
 
     def _release(self) -> None:
         self._ddp = None
-        for name in ("banks", "plain_banks", "images", "optimizer", "scaler"):
+        for name in ("banks", "plain_banks", "filled_views", "view_seeds", "images", "optimizer", "scaler"):
             self.__dict__.pop(name, None)
 
     def _stand_in(self, x: torch.Tensor) -> torch.Tensor:
@@ -341,7 +342,8 @@ class Trainer:
         """Decide what the cache skips: the longest run of never-trained groups from the input on."""
         config, model = self.config, self.model
         self.cache_mode, self.boundary, self.prefix_modules, self.stash = None, None, [], {}
-        self.banks, self.plain_banks = {}, {}
+        self.banks, self.plain_banks, self.filled_views, self.view_seeds = {}, {}, {}, {}
+        self.lazy_cache = False
         prefix = []
         for g in model.layer_groups:
             if g not in never_trained:
@@ -368,20 +370,26 @@ class Trainer:
             return
         self.cache_mode, self.boundary_name, self.boundary, self.where = mode, boundary_name, boundary, where
         self.views = views
+        # the head cache can grow between epochs (see _build_caches); so can nothing under DDP,
+        # whose ranks must reach every collective together: there all views come first
+        self.lazy_cache = mode == "head" and self.dist is None
         if mode == "prefix":
             self.prefix_modules = [model.get_submodule(m) for g in prefix for m in g.modules if m != boundary_name]
         self.prefix_digest = prefix_key([model.get_submodule(m) for g in prefix for m in g.modules])
 
-    def _collect(self, images: torch.Tensor, seed: int | None, source: str, view: int | None = None) -> torch.Tensor:
+    def _collect(self, images: torch.Tensor, seed: int | None, source: str, view: int | None = None,
+                 tick: bool = True) -> torch.Tensor:
         """The cached activation at the boundary for every image (augmented with ``seed`` when given);
-        a training view (``view`` given) is shown to the objective too."""
+        a training view (``view`` given) is shown to the objective too. ``tick``: report each batch
+        as progress of the "cache" phase (not for what is cached later, between epochs)."""
         key = (self.cache_mode, self.boundary_name, self.prefix_digest, int(self.config.image_size),
                str(self.device), tensor_key(images), seed)
         chosen = augment_batch(images, self.augmenter, seed) if seed is not None else images
         if view is not None:
             self.objective.on_cache_view(self, source, view, chosen)
         if key in self.shared_cache:
-            self._tick(0, 0, math.nan, "cache", math.ceil(len(images) / self.config.batch_size))
+            if tick:
+                self._tick(0, 0, math.nan, "cache", math.ceil(len(images) / self.config.batch_size))
             return self.shared_cache[key]
         model, bs, out = self.model, self.config.batch_size, []
         lo, hi = (0, len(chosen)) if self.dist is None else self.dist.rows(len(chosen))
@@ -392,7 +400,8 @@ class Trainer:
                 x = normalise(chosen[start:min(start + bs, hi)].to(self.device, non_blocking=True), self.mean, self.std)
                 with self.autocast():
                     out.append(capture(model, self.boundary, x, self.where).float())
-                self._tick(0, 0, math.nan, "cache")
+                if tick:
+                    self._tick(0, 0, math.nan, "cache")
         if self.dist is not None and not out and len(chosen):  # an empty share still needs the shape
             with torch.inference_mode():
                 x = normalise(chosen[:1].to(self.device), self.mean, self.std)
@@ -405,17 +414,48 @@ class Trainer:
         return bank
 
     def _plain_bank(self, source: str) -> torch.Tensor | None:
+        if self.lazy_cache and self.cache_mode and source not in self.plain_banks and source in self.images:
+            with preserved(self.model):  # BatchNorm reads its running statistics, as in the first pass
+                self.model.eval()
+                self.plain_banks[source] = self._collect(self.images[source], None, source, tick=False)
         return self.plain_banks.get(source)
 
     def _build_caches(self) -> None:
-        """Before the first epoch: each training source's augmented views, and every source plain."""
+        """Before the first epoch: each training source's augmented views, and every source plain.
+
+        With a frozen body (the "head" cache) only the first view is computed now, so the curve's
+        first point comes after one pass over the training images instead of ``views + 2``: one more
+        view joins before each later epoch (``_grow_caches``), and a plain bank is computed when
+        first read. The prefix cache cannot wait: its stand-in replaces the prefix during the fit."""
         seed0 = self.config.seed * 1000
         for i, source in enumerate(self.objective.sources):
             images = self.images[source]
             seeds = [None] if self.augmenter is None else [seed0 + 500 * i + v for v in range(self.views)]
-            self.banks[source] = torch.stack([self._collect(images, s, source, v) for v, s in enumerate(seeds)])
-        for source, images in self.images.items():
-            self.plain_banks[source] = self._collect(images, None, source)
+            self.view_seeds[source] = seeds
+            first = self._collect(images, seeds[0], source, 0)
+            self.banks[source] = bank = first.new_empty((len(seeds), *first.shape))
+            bank[0] = first
+            self.filled_views[source] = 1
+            if not self.lazy_cache:
+                self._grow_caches(every=True)
+        if not self.lazy_cache:
+            for source, images in self.images.items():
+                self.plain_banks[source] = self._collect(images, None, source)
+
+    def _grow_caches(self, every: bool = False) -> None:
+        """Cache the next augmented view of each training source (``every``: all that are missing)."""
+        for source, seeds in self.view_seeds.items():
+            while self.filled_views[source] < len(seeds):
+                v = self.filled_views[source]
+                if self.lazy_cache:
+                    with preserved(self.model):
+                        self.model.eval()
+                        self.banks[source][v] = self._collect(self.images[source], seeds[v], source, v, tick=False)
+                else:
+                    self.banks[source][v] = self._collect(self.images[source], seeds[v], source, v)
+                self.filled_views[source] = v + 1
+                if not every:
+                    break
 
     def _tick(self, epoch: int, batch: int, loss: float, phase: str = "train", count: int = 1) -> None:
         self.done_units += count
@@ -436,8 +476,8 @@ class Trainer:
             cache_units = 0
             if self.cache_mode:
                 per_view = sum(self.batches_for(s) for s in objective.sources)
-                cache_units = per_view * self.views + sum(math.ceil(len(v) / config.batch_size)
-                                                          for v in self.images.values())
+                cache_units = per_view if self.lazy_cache else per_view * self.views + sum(
+                    math.ceil(len(v) / config.batch_size) for v in self.images.values())
             self.total_units, self.done_units = cache_units + self.steps * config.epochs, 0
             history = objective.new_history(plan=self.plan, used_feature_cache=self.cache_mode is not None,
                                             cache=self.cache_mode or "")
@@ -466,6 +506,8 @@ class Trainer:
                         if self.cancelled():
                             self.request_stop("cancelled")
                             break
+                        if epoch > 1 and self.lazy_cache:
+                            self._grow_caches()
                         started = time.perf_counter()
                         apply_epoch_plan(model, self.by_group, self.plan[epoch - 1], config.train_bn)
                         if self.dist is not None:
@@ -526,7 +568,7 @@ class Trainer:
                             break
             except _Cancelled:
                 self.request_stop("cancelled")
-            if self.stop_reason in ("cancelled", "diverged"):
+            if self.stop_reason in ("cancelled", "diverged", "early"):
                 history.stopped = self.stop_reason
             history.message = self.stop_message or (
                 f"{objective.title} was stopped after {len(history.epochs)} epoch(s)."
