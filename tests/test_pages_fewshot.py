@@ -3,6 +3,7 @@
 import time
 from pathlib import Path
 
+import pytest
 from streamlit.testing.v1 import AppTest
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
@@ -47,6 +48,9 @@ def test_an_episode_of_novel_classes_shows_each_query_with_every_method_s_predic
     other = open_fewshot()
     other.number_input(key="fs_seed").set_value(7).run()
     assert support_classes(other) == seventh
+    [b for b in at.button if b.label == "Another episode"][0].click().run()
+    assert not at.exception, at.exception
+    assert at.number_input(key="fs_seed").value == 8 and support_classes(at) != seventh
 
     at.slider[0].set_value(3).run()
     assert "An episode: 3-way 1-shot" in [s.value for s in at.subheader]
@@ -64,6 +68,7 @@ def test_scoring_prototypes_gives_one_and_five_shot_accuracies_with_intervals():
     assert "±" in table.iloc[0]["1-shot"] and "±" in table.iloc[0]["5-shot"]
 
 
+@pytest.mark.slow
 def test_meta_training_runs_as_a_task_with_curves_and_then_predicts_in_the_episode():
     at = open_fewshot()
     at.slider[0].set_value(3).run()
