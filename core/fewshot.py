@@ -28,7 +28,7 @@ import math
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
@@ -41,7 +41,7 @@ from core.backbones import Classifier
 from core.errors import ConfigError, DataError
 from core.hooks import capture, preserved
 from core.seeding import seeded
-from core.train.base import TrainConfig, encode_images, normalise
+from core.train.base import Callback, TrainConfig, encode_images, normalise
 from core.train.loop import Trainer, prefix_key, skip_prefix
 from core.train.objectives import Objective
 
@@ -61,6 +61,10 @@ __all__ = [
     "meta_train",
     "pooled_features",
     "evaluate",
+    "predict_episode",
+    "meta_run",
+    "load_meta_run",
+    "train_folder",
 ]
 
 METHODS = ("prototypes", "linear", "maml", "fomaml", "anil", "scratch")
@@ -226,6 +230,7 @@ class MetaConfig:
     inner: str = "all"  # "all": the inner loop adapts every trainable group; "head": the head alone (ANIL)
     image_size: int = DEFAULT_IMAGE_SIZE
     seed: int = 0
+    val_episodes: int = 20  # novel-class episodes scored after each epoch, when novel images are given
 
 
 def meta_config(method: str, **overrides) -> MetaConfig:
@@ -266,6 +271,10 @@ class Episodic(Objective):
         # fails now, with a message, rather than in the first batch
         sample_episodes(labels, sorted(set(labels)), self.n_way, self.k_shot, self.meta.n_query, 1,
                         names=getattr(data["train"], "classes", None))
+        if data.get("val") is not None and self.meta.val_episodes:
+            novel = data["val"].labels if hasattr(data["val"], "labels") else [y for _, y in data["val"]]
+            sample_episodes(novel, sorted(set(novel)), self.n_way, self.k_shot, self.meta.n_query, 1,
+                            names=getattr(data["val"], "classes", None))
 
     def steps_per_epoch(self, trainer) -> int:
         return math.ceil(self.meta.episodes / self.meta.episodes_per_batch)
@@ -310,7 +319,31 @@ class Episodic(Objective):
         return total / len(episodes), {"n": count, "correct": correct}
 
     def evaluate(self, trainer) -> dict:
-        return {"val_loss": math.nan, "val_acc": math.nan}
+        """Mean query loss and accuracy on the same ``val_episodes`` episodes of the "val" dataset
+        (novel classes) after ``test_steps`` inner steps, as when the model is scored later."""
+        meta = self.meta
+        if "val" not in trainer.images or not meta.val_episodes:
+            return {"val_loss": math.nan, "val_acc": math.nan}
+        model, device = trainer.model, trainer.device
+        labels = trainer.labels["val"].numpy()
+        episodes = sample_episodes(labels, sorted(set(labels.tolist())), self.n_way, self.k_shot, meta.n_query,
+                                   meta.val_episodes, seed=trainer.config.seed + 1)
+        start = {n: p.detach() for n, p in self.inner_params(model).items()}
+        losses, accs = [], []
+        with preserved(model):
+            model.eval()
+            for ep in episodes:
+                xs = trainer.plain_inputs("val", torch.as_tensor(ep.support))
+                xq = trainer.plain_inputs("val", torch.as_tensor(ep.query))
+                ys = torch.as_tensor(ep.support_y, device=device)
+                yq = torch.as_tensor(ep.query_y, device=device)
+                adapted = adapt(model, xs, ys, meta.inner_lr, meta.test_steps, True, start, call=trainer.logits)
+                with torch.no_grad():
+                    logits = forward_with(model, {n: p.detach() for n, p in adapted.items()}, xq,
+                                          call=trainer.logits).float()
+                losses.append(float(F.cross_entropy(logits, yq)))
+                accs.append(float((logits.argmax(1) == yq).float().mean()))
+        return {"val_loss": float(np.mean(losses)), "val_acc": float(np.mean(accs))}
 
 
 def few_shot_model(backbone_or_model, n_way: int, image_size: int = DEFAULT_IMAGE_SIZE, *, pretrained: bool = True,
@@ -336,7 +369,10 @@ def few_shot_model(backbone_or_model, n_way: int, image_size: int = DEFAULT_IMAG
 
 
 def _frozen_groups(model: Classifier, config: MetaConfig) -> list[str]:
-    names = [g.name for g in model.layer_groups]
+    return _frozen_names([g.name for g in model.layer_groups], config)
+
+
+def _frozen_names(names: list[str], config: MetaConfig) -> list[str]:
     if config.adapt_groups is None:
         return []
     if not 1 <= config.adapt_groups <= len(names):
@@ -344,14 +380,23 @@ def _frozen_groups(model: Classifier, config: MetaConfig) -> list[str]:
     return names[:len(names) - config.adapt_groups]
 
 
-def meta_train(model: Classifier, base_ds, n_way: int, k_shot: int, config: MetaConfig, callbacks=(), stop=None):
+def _train_config(group_names: list[str], config: MetaConfig) -> TrainConfig:
+    # early_stopping=0: it would keep the weights with the best novel-class loss, choosing the
+    # model on the very classes it is scored on
+    return TrainConfig(epochs=config.epochs, batch_size=64, lr=config.meta_lr, freeze=_frozen_names(group_names, config),
+                       seed=config.seed, optimizer="adamw", weight_decay=0.0, schedule="constant", augment=False,
+                       image_size=config.image_size, cached_views=1, early_stopping=0)
+
+
+def meta_train(model: Classifier, base_ds, n_way: int, k_shot: int, config: MetaConfig, callbacks=(), stop=None,
+               novel_ds=None):
     """Meta-train ``model`` (its head has ``n_way`` outputs) in place on episodes of ``base_ds``;
-    returns the loop's History (train_acc: query accuracy after adaptation)."""
-    train = TrainConfig(epochs=config.epochs, batch_size=64, lr=config.meta_lr, freeze=_frozen_groups(model, config),
-                        seed=config.seed, optimizer="adamw", weight_decay=0.0, schedule="constant", augment=False,
-                        image_size=config.image_size, cached_views=1)
-    return Trainer(model, Episodic(n_way, k_shot, config), train, callbacks, stop, validate=False).fit(
-        {"train": base_ds})
+    returns the loop's History (train_acc: query accuracy after adaptation; with ``novel_ds``,
+    val_acc: accuracy on ``config.val_episodes`` episodes of its classes after each epoch)."""
+    train = _train_config([g.name for g in model.layer_groups], config)
+    data = {"train": base_ds} if novel_ds is None else {"train": base_ds, "val": novel_ds}
+    return Trainer(model, Episodic(n_way, k_shot, config), train, callbacks, stop,
+                   validate=novel_ds is not None).fit(data)
 
 
 # --- evaluation ------------------------------------------------------------------------------
@@ -427,6 +472,9 @@ def _linear(fs, ys, fq, n_way) -> np.ndarray:
     return LogisticRegression(max_iter=1000).fit(fs, ys.numpy()).predict(fq)
 
 
+_CLASSIFIERS = {"prototypes": _prototypes, "linear": _linear, "scratch": _linear}
+
+
 class _Adapter:
     """A meta-trained model ready to adapt to novel episodes: the frozen part below the adapted
     groups is computed once per image, and each episode runs only the rest."""
@@ -462,15 +510,15 @@ class _Adapter:
         self.stash["x"] = x
         return self.model(torch.zeros(len(x), 3, 8, 8))
 
-    def curve(self, ep: Episode, steps: int) -> list[float]:
-        """Query accuracy after 0, 1, …, ``steps`` inner steps from the meta-learned start."""
+    def predictions(self, ep: Episode, steps: int) -> list[torch.Tensor]:
+        """The queries' predicted ways after 0, 1, …, ``steps`` inner steps from the meta-learned start."""
         model, cfg = self.model, self.config
         rows = lambda idx: self.inputs[[self.positions[int(i)] for i in idx]]  # noqa: E731
         xs, xq = rows(ep.support), rows(ep.query)
-        ys, yq = torch.as_tensor(ep.support_y), torch.as_tensor(ep.query_y)
+        ys = torch.as_tensor(ep.support_y)
         own = dict(model.named_parameters())
         params = {n: own[n].detach() for n in self.names}
-        accs = []
+        out = []
         with preserved(model), self.skip():
             model.eval()
             for step in range(steps + 1):
@@ -478,9 +526,13 @@ class _Adapter:
                     params = {n: p.detach() for n, p in adapt(model, xs, ys, cfg.inner_lr, 1, True, params,
                                                                call=self.call).items()}
                 with torch.no_grad():
-                    logits = forward_with(model, params, xq, call=self.call)
-                accs.append(float((logits.argmax(1) == yq).float().mean()))
-        return accs
+                    out.append(forward_with(model, params, xq, call=self.call).argmax(1))
+        return out
+
+    def curve(self, ep: Episode, steps: int) -> list[float]:
+        """Query accuracy after 0, 1, …, ``steps`` inner steps from the meta-learned start."""
+        yq = torch.as_tensor(ep.query_y)
+        return [float((pred == yq).float().mean()) for pred in self.predictions(ep, steps)]
 
 
 def evaluate(backbone_or_model, dataset, method: str, n_way: int, k_shot: int, n_query: int = 15,
@@ -513,7 +565,7 @@ def evaluate(backbone_or_model, dataset, method: str, n_way: int, k_shot: int, n
     if method in ("prototypes", "linear", "scratch"):
         model = few_shot_model(backbone_or_model, n_way, image_size, pretrained=method != "scratch", seed=seed)
         feats = pooled_features(model, dataset, used, image_size)
-        classify = _prototypes if method == "prototypes" else _linear
+        classify = _CLASSIFIERS[method]
         for t in tasks:
             pred = classify(feats[rows(t.support)], torch.as_tensor(t.support_y), feats[rows(t.query)], n_way)
             accs.append(float((np.asarray(pred) == t.query_y).mean()))
@@ -531,3 +583,155 @@ def evaluate(backbone_or_model, dataset, method: str, n_way: int, k_shot: int, n
     result = _summary(method, n_way, k_shot, accs, np.mean(curves, axis=0).tolist() if curves else ())
     result.seconds = time.perf_counter() - started
     return result
+
+
+def predict_episode(backbone_or_model, dataset, episode: Episode, method: str, *,
+                    image_size: int = DEFAULT_IMAGE_SIZE, meta: MetaConfig | None = None,
+                    meta_model: Classifier | None = None, seed: int = 0) -> np.ndarray:
+    """Each query image's predicted way (0..N-1, as in ``episode.query_y``) by ``method``, on one episode.
+
+    Works like :func:`evaluate` on that episode alone; a meta-learned method needs its
+    ``meta_model`` (meta-trained with ``meta``, default ``meta_config(method)``): adapting starts there.
+    """
+    if method not in METHODS:
+        raise ConfigError(f"Unknown few-shot method {method!r}: use one of {', '.join(METHODS)}.")
+    n_way = len(episode.classes)
+    used = np.unique(np.concatenate([episode.support, episode.query]))
+    if method in META_METHODS:
+        if meta_model is None:
+            raise ConfigError(f"{method} predicts only once it is meta-trained: meta-train it on the base classes first.")
+        config = meta or meta_config(method)
+        return _Adapter(meta_model, config, dataset, used).predictions(episode, config.test_steps)[-1].numpy()
+    model = few_shot_model(backbone_or_model, n_way, image_size, pretrained=method != "scratch", seed=seed)
+    feats = pooled_features(model, dataset, used, image_size)
+    position = {int(i): k for k, i in enumerate(used)}
+    rows = lambda idx: [position[int(i)] for i in idx]  # noqa: E731
+    pred = _CLASSIFIERS[method](feats[rows(episode.support)], torch.as_tensor(episode.support_y),
+                                feats[rows(episode.query)], n_way)
+    return np.asarray(pred)
+
+
+# --- meta-training as a run: a run folder a worker process trains ------------------------------------
+
+
+def meta_run(dataset, split: ClassSplit, method: str = "anil", n_way: int = 5, k_shot: int = 5,
+             config: MetaConfig | None = None, *, backbone: str = backbones.DEFAULT_BACKBONE, owner: str = "",
+             dataset_label: str = "", eval_episodes: int = 100):
+    """A queued meta-training run's record and its inputs, for ``core.jobs.start_folder_run``.
+
+    The record's classes are the head's ways ("way 1" … "way N"), so ``RunStore.load_model``
+    rebuilds the meta-trained model; the base and novel class names go into its config. The
+    inputs are the base-class images (trained on) and the novel-class ones (scored after each epoch,
+    and on ``eval_episodes`` episodes with 1 and 5 shots at the end).
+    """
+    import time
+
+    from core.runs import RunRecord, new_run_id
+    from core.train.base import training_plan
+
+    if method not in META_METHODS:
+        raise ConfigError(f"{method!r} is not meta-learned; choose one of {', '.join(META_METHODS)}.")
+    config = config or meta_config(method)
+    classes = list(dataset.classes)
+    labels = np.asarray(dataset.labels)
+    base_ids = [classes.index(c) for c in split.base]
+    novel_ids = [classes.index(c) for c in split.novel]
+    # the worker would fail on these: say so now, on the page
+    sample_episodes(labels, base_ids, n_way, k_shot, config.n_query, 1, names=classes)
+    sample_episodes(labels, novel_ids, n_way, k_shot, config.n_query, 1, names=classes)
+    base_idx = np.flatnonzero(np.isin(labels, base_ids))
+    novel_idx = np.flatnonzero(np.isin(labels, novel_ids))
+    train = _train_config(backbones.group_names(backbone), config)
+    ways = [f"way {i + 1}" for i in range(n_way)]
+    names = {"anil": "ANIL", "maml": "MAML", "fomaml": "First-order MAML"}
+    record = RunRecord(
+        id=new_run_id(), status="queued", created=time.time(), backbone=backbone, pretrained=True, classes=ways,
+        config={**train.to_dict(), "kind": "meta", "method": method, "n_way": n_way, "k_shot": k_shot,
+                "meta": asdict(config), "base_classes": list(split.base), "novel_classes": list(split.novel),
+                "n_train": len(base_idx), "n_val": len(novel_idx), "eval_episodes": int(eval_episodes),
+                "head": "linear", "weights_file": None,
+                "plan": training_plan(backbones.group_names(backbone), train)},
+        owner=owner, label=f"{names[method]} meta-training, {n_way}-way {k_shot}-shot", dataset=dataset_label)
+
+    def inputs() -> dict[str, torch.Tensor]:
+        # labels renumbered within each part, in the order of the record's class lists
+        remap = lambda ids, idx: torch.as_tensor([ids.index(int(y)) for y in labels[idx]])  # noqa: E731
+        return {"train_images": _encoded(dataset, base_idx, config.image_size),
+                "train_labels": remap(base_ids, base_idx),
+                "val_images": _encoded(dataset, novel_idx, config.image_size),
+                "val_labels": remap(novel_ids, novel_idx)}
+
+    return record, inputs
+
+
+def load_meta_run(store, run_id: str) -> tuple[Classifier, MetaConfig, dict]:
+    """A finished meta-training run's model, its MetaConfig and its config (method, n_way, classes …)."""
+    record = store.get(run_id)
+    if record is None or record.config.get("kind") != "meta":
+        raise ConfigError("This run is not a meta-training run.")
+    known = MetaConfig.__dataclass_fields__
+    return store.load_model(run_id), MetaConfig(**{k: v for k, v in record.config["meta"].items() if k in known}), \
+        record.config
+
+
+class _EpochRecord(Callback):
+    """Keeps the run's record and weights current at each epoch end, so an interrupted run keeps them.
+    The latest weights, not the best: "best" could only be judged on the novel classes, which are
+    for scoring, not for choosing the model."""
+
+    def __init__(self, store, run_id: str, model: Classifier, save):
+        self.store, self.run_id, self.model, self.save = store, run_id, model, save
+        self.epochs: list[dict] = []
+
+    def on_fit_start(self, info) -> None:
+        self.epochs = []  # a retry after running out of GPU memory starts over
+        self.save(info=asdict(info))
+
+    def on_epoch_end(self, metrics) -> None:
+        self.epochs.append(asdict(metrics))
+        self.store.save_model(self.run_id, self.model)
+        self.save(epochs=list(self.epochs))
+
+
+def train_folder(store, record, stop, log, save, distributed=None):
+    """Meta-train the run folder's model (``core.worker.KINDS["meta"]``); returns (status, message,
+    record changes) like ``core.worker.train_classifier``. After the last epoch the model is scored
+    on novel-class episodes with 1 and 5 shots (``info["novel"]``)."""
+    from core.worker import EncodedDataset, _fit_info
+
+    if distributed is not None and not distributed.main:
+        # episodes are not split between processes: rank 0 meta-trains alone, the others wait
+        return "finished", "", {}
+    cfg = record.config
+    known = MetaConfig.__dataclass_fields__
+    meta = MetaConfig(**{k: v for k, v in cfg["meta"].items() if k in known})
+    n_way, k_shot = int(cfg["n_way"]), int(cfg["k_shot"])
+    inputs = store.load_inputs(record.id)
+    base = EncodedDataset(inputs["train_images"], inputs["train_labels"].tolist(), cfg["base_classes"])
+    novel = None
+    if "val_images" in inputs and len(inputs["val_labels"]):
+        novel = EncodedDataset(inputs["val_images"], inputs["val_labels"].tolist(), cfg["novel_classes"])
+    del inputs
+    model = few_shot_model(backbones.load(record.backbone, pretrained=record.pretrained), n_way, meta.image_size,
+                           seed=meta.seed)
+    store.save_start(record.id, model, record.pretrained)
+    callbacks = [_EpochRecord(store, record.id, model, save), log]  # weights first, then news
+    history = meta_train(model, base, n_way, k_shot, meta, callbacks, stop, novel_ds=novel)
+    status = {"cancelled": "cancelled", "diverged": "diverged"}.get(history.stopped or "", "finished")
+    info = {**_fit_info(store, record.id), **record.info}
+    if history.epochs:
+        store.save_model(record.id, model)
+    if status == "finished" and novel is not None:
+        model.cpu()
+        scores = {}
+        split = ClassSplit((), tuple(novel.classes))
+        for k in (1, 5):
+            try:
+                r = evaluate(model, novel, cfg["method"], n_way, k, n_query=meta.n_query,
+                             episodes=int(cfg.get("eval_episodes", 100)), seed=meta.seed, split=split, meta=meta,
+                             meta_model=model)
+            except DataError:  # too few novel images for this many shots: that figure is left out
+                continue
+            scores[str(k)] = {"mean": r.mean, "ci95": r.ci95, "curve": r.curve, "episodes": len(r.per_episode)}
+        info["novel"] = scores
+    return status, history.message, {"epochs": [asdict(e) for e in history.epochs], "info": info}

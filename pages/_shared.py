@@ -466,8 +466,11 @@ def finished_runs():
 
     store = run_store()
     runs = sorted(my_runs() + store.list(owner=OWNER), key=lambda r: r.created, reverse=True)
+    # a meta-training run's head names episode ways ("way 1" …), not classes of any data set: the
+    # Few-shot page uses it, the pages that classify a data set cannot
     return [r for r in runs
-            if r.status in ("finished", "cancelled", "diverged", "interrupted") and store.has_model(r.id)]
+            if r.status in ("finished", "cancelled", "diverged", "interrupted") and store.has_model(r.id)
+            and r.config.get("kind") != "meta"]
 
 
 @dataclass

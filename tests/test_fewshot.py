@@ -275,3 +275,98 @@ def test_on_the_demo_prototypes_reach_ninety_percent_and_five_shots_beat_one(lit
     assert results["prototypes", 5].mean >= 0.9
     for method in fewshot.METHODS:
         assert results[method, 5].mean > results[method, 1].mean, method
+
+
+# --- one episode's predictions --------------------------------------------------------------------
+
+
+class MeanColour(nn.Module):
+    """Pooled features = the image's mean colour (a 1x1 convolution set to the identity)."""
+
+    def __init__(self, ways=3):
+        super().__init__()
+        self.body = nn.Conv2d(3, 3, 1)
+        with torch.no_grad():
+            self.body.weight.copy_(torch.eye(3).view(3, 3, 1, 1))
+            self.body.bias.zero_()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(3, ways)
+
+    def forward(self, x):
+        return self.fc(self.pool(self.body(x)).flatten(1))
+
+
+def mean_colour(ways=3):
+    torch.manual_seed(0)
+    groups = [LayerGroup("body", ["body"]), LayerGroup("head", ["fc"])]
+    return Classifier(MeanColour(ways), backbone_name="mean colour", layer_groups=groups, head_module="fc",
+                      classes=[f"way {i}" for i in range(ways)], mean=(0.5,) * 3, std=(0.25,) * 3, image_size=32,
+                      pretrained=True).eval()
+
+
+def test_prototypes_name_every_query_of_a_trivially_separable_episode_right(colours):
+    # flat colours far apart, and features that are the mean colour: nearest class mean cannot miss
+    episode = fewshot.sample_episodes(colours.labels, range(6), 4, 2, 3, 1, seed=3)[0]
+    pred = fewshot.predict_episode(mean_colour(), colours, episode, "prototypes", image_size=32)
+    assert pred.shape == (12,)
+    assert pred.tolist() == episode.query_y.tolist()
+
+
+def test_every_method_predicts_one_way_per_query_image(colours):
+    base_classes = [0, 1, 2]
+    episode = fewshot.sample_episodes(colours.labels, [3, 4, 5], 3, 1, 2, 1, seed=0)[0]
+    for method in fewshot.METHODS:
+        meta, trained = None, None
+        if method in fewshot.META_METHODS:
+            meta = fewshot.meta_config(method, episodes=2, episodes_per_batch=2, n_query=2, image_size=32,
+                                       test_steps=2)
+            trained = tiny()
+            fewshot.meta_train(trained, colours.subset([i for i, y in enumerate(colours.labels) if y in base_classes]),
+                               3, 1, meta)
+        pred = fewshot.predict_episode(tiny(), colours, episode, method, image_size=32, meta=meta, meta_model=trained)
+        assert len(pred) == len(episode.query) == 6, method
+        assert set(pred.tolist()) <= {0, 1, 2}, method
+    with pytest.raises(ConfigError, match="meta-train"):
+        fewshot.predict_episode(tiny(), colours, episode, "anil", image_size=32)
+
+
+def test_meta_training_scores_novel_episodes_after_each_epoch(colours):
+    base = colours.subset([i for i, y in enumerate(colours.labels) if y < 3])
+    novel = colours.subset([i for i, y in enumerate(colours.labels) if y >= 3])
+    config = fewshot.MetaConfig(epochs=2, episodes=4, episodes_per_batch=2, n_query=2, inner="head", adapt_groups=1,
+                                image_size=32, inner_lr=0.5, meta_lr=0.05, test_steps=3, val_episodes=4)
+    history = fewshot.meta_train(tiny(), base, 3, 2, config, novel_ds=novel)
+    assert [e.epoch for e in history.epochs] == [1, 2]
+    assert all(0 <= e.val_acc <= 1 and e.val_loss > 0 for e in history.epochs)
+    assert np.isnan(fewshot.meta_train(tiny(), base, 3, 2, config).epochs[0].val_acc)  # nothing to score
+
+
+# --- meta-training as a run in a worker process -------------------------------------------------------
+
+
+def test_a_meta_training_run_finishes_in_a_worker_and_its_record_carries_the_epochs(tmp_path):
+    from core.jobs import start_folder_run
+    from core.runs import RunStore
+    from core.tasks import TaskQueue, WorkerPool
+
+    ds = demo_fewshot(n_classes=6, per_class=6, size=32)
+    split = fewshot.split_classes(ds.classes, seed=0)
+    config = fewshot.meta_config("anil", epochs=2, episodes=4, episodes_per_batch=2, n_query=2, image_size=32,
+                                 test_steps=2, val_episodes=3)
+    store = RunStore(tmp_path / "data")
+    record, inputs = fewshot.meta_run(ds, split, "anil", 3, 1, config, owner="a" * 16, eval_episodes=5)
+    pool = WorkerPool(1, threads=1)
+    try:
+        job = start_folder_run(store, record, inputs, queue=TaskQueue(1, pool=pool))
+        assert job.join(300), "the meta-training run did not finish in time"
+        snap = job.snapshot()
+    finally:
+        pool.close()
+    after = store.get(record.id)
+    assert after.status == "finished", after.message
+    assert [e["epoch"] for e in after.epochs] == [1, 2] and [e.epoch for e in snap.epochs] == [1, 2]
+    assert all(0 <= e["train_acc"] <= 1 and 0 <= e["val_acc"] <= 1 for e in after.epochs)
+    assert after.info["cache"] == "head"  # ANIL: the body frozen, its features computed once
+    assert set(after.info["novel"]) == {"1"} and len(after.info["novel"]["1"]["curve"]) == 3  # 5 shots: too few images
+    model, meta, cfg = fewshot.load_meta_run(store, record.id)
+    assert model.classes == ["way 1", "way 2", "way 3"] and meta == config and cfg["novel_classes"] == list(split.novel)

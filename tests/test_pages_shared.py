@@ -72,3 +72,23 @@ def test_the_sanity_chart_fits_points_below_zero():
     low, high = fig.layout.yaxis.range
     assert low < -0.7 and high >= 1.0
     assert fig.layout.xaxis.type == "category"
+
+
+def test_meta_training_runs_are_not_offered_as_models_of_a_data_set(monkeypatch):
+    import streamlit as st
+
+    from core.runs import new_run_id
+    from pages._shared import finished_runs, run_store
+
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(st, "session_state", SimpleNamespace(owner="a" * 16))
+    store = run_store()
+    kinds = {}
+    for kind in ("train", "meta"):
+        run = RunRecord(id=new_run_id(), status="finished", created=time.time(), backbone="efficientnet_lite0",
+                        pretrained=True, classes=["a", "b"], config={"kind": kind}, owner="a" * 16)
+        store.create(run)
+        (store.folder(run.id) / "model.safetensors").write_bytes(b"")  # has_model looks for the file only
+        kinds[run.id] = kind
+    assert [kinds[r.id] for r in finished_runs()] == ["train"]
