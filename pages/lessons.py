@@ -241,11 +241,11 @@ with main:
     st.markdown(lesson.body)
     experiment = lesson.experiment
     if lesson.compare:
-        st.caption(f":material/science: {plain(lesson.compare)}")
+        st.caption(f":material/science: {lesson.compare}")
     left, right = st.columns(2)
     with left:
         st.markdown("**Expected** (written before the run)")
-        st.info(plain(lesson.expected), icon=":material/lightbulb:")
+        st.info(lesson.expected, icon=":material/lightbulb:")
     with right:
         st.markdown("**What happened**")
         entry = state.get(slug)

@@ -8,11 +8,16 @@ from core import lessons
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "app.py")
-PAGE = str(ROOT / "pages" / "lessons.py")
+
+
+def open_lessons():
+    at = AppTest.from_file(APP, default_timeout=120).run()
+    at.switch_page("pages/lessons.py").run()
+    return at
 
 
 def test_the_lessons_page_lists_every_lesson_of_assets_lessons_in_order():
-    at = AppTest.from_file(PAGE, default_timeout=120).run()  # opened directly, as a deep link
+    at = open_lessons()
     assert not at.exception, at.exception
     assert [t.value for t in at.title] == ["Lessons"]
     found, _ = lessons.load_lessons()
@@ -30,7 +35,7 @@ def test_a_broken_lesson_file_shows_a_note_and_the_others_still_show(tmp_path, m
     (tmp_path / "01-good.md").write_text(good)
     (tmp_path / "02-broken.md").write_text(good.replace('kind = "runs"', 'kind = "magic"'))
     monkeypatch.setattr(lessons, "LESSON_DIR", tmp_path)
-    at = AppTest.from_file(PAGE, default_timeout=120).run()
+    at = open_lessons()
     assert not at.exception, at.exception
     assert len(at.radio(key="lesson-pick").options) == 1
     notes = " ".join(w.value for w in at.warning)
@@ -46,8 +51,7 @@ def test_lessons_come_first_in_the_menu_and_the_app_still_opens_on_data():
 
 
 def test_a_next_step_link_applies_its_settings_and_opens_its_page():
-    at = AppTest.from_file(APP, default_timeout=120).run()
-    at.switch_page("pages/lessons.py").run()
+    at = open_lessons()
     assert [t.value for t in at.title] == ["Lessons"]
     step = [b for b in at.button if "→ Train" in b.label][0]
     step.click().run()

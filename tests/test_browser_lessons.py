@@ -1,0 +1,41 @@
+"""Each lesson in a real browser: open it, click Run this experiment, see its outcome in the time a class waits."""
+
+import re
+import time
+
+import pytest
+
+pytestmark = pytest.mark.browser
+
+try:  # `python -m pytest` puts the repository on sys.path; plain `pytest` puts tests/ there
+    from tests.test_browser import assert_no_exception, browser, go_to, open_app, page, server, sync_api  # noqa: F401
+except ImportError:
+    from test_browser import assert_no_exception, browser, go_to, open_app, page, server, sync_api  # noqa: F401
+
+from core.lessons import load_lessons
+
+expect = sync_api.expect
+LESSONS, _ = load_lessons()
+
+
+def test_lessons_are_first_in_the_menu(server, page):
+    open_app(page, server)
+    links = page.get_by_test_id("stSidebarNav").locator("a")
+    expect(links.first).to_contain_text("Lessons")
+    assert_no_exception(page)
+
+
+@pytest.mark.parametrize("number, lesson", list(enumerate(LESSONS, start=1)), ids=[x.slug for x in LESSONS])
+def test_a_lesson_runs_and_shows_its_outcome_beside_the_expected_one(server, page, number, lesson):
+    open_app(page, server)
+    go_to(page, "Lessons")
+    page.get_by_test_id("stRadio").get_by_text(f"{number}. {lesson.title}", exact=True).click()
+    expect(page.get_by_role("heading", name=f"{number}. {lesson.title}")).to_be_visible(timeout=30_000)
+    expect(page.get_by_text(lesson.expected)).to_be_visible()
+    clicked = time.perf_counter()
+    page.get_by_role("button", name="Run this experiment").click()
+    outcome = page.get_by_text(re.compile(r"^Outcome: (as expected|not as expected)\.$"))
+    expect(outcome).to_be_visible(timeout=120_000)
+    seconds = time.perf_counter() - clicked
+    print(f"\nlesson {number} ({lesson.slug}): click to outcome {seconds:.1f} s — {outcome.inner_text()}")
+    assert_no_exception(page)
