@@ -18,8 +18,10 @@ expect = sync_api.expect
 LESSONS, _ = load_lessons()
 
 
-def test_lessons_are_first_in_the_menu(server, page):
-    open_app(page, server)
+def test_the_lessons_page_opens_as_a_deep_link_and_is_first_in_the_menu(server, page):
+    page.goto(f"{server}/lessons")
+    expect(page.get_by_role("heading", name="Lessons").first).to_be_visible(timeout=60_000)
+    expect(page.get_by_role("heading", name=f"1. {LESSONS[0].title}")).to_be_visible()
     links = page.get_by_test_id("stSidebarNav").locator("a")
     expect(links.first).to_contain_text("Lessons")
     assert_no_exception(page)
