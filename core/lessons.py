@@ -463,7 +463,8 @@ def _saliency(experiment: Experiment, report) -> tuple[dict, list[dict]]:
 
     ds, _ = lesson_dataset(experiment)
     bb = backbones.load(experiment.backbone)
-    x = bb.preprocess(ds[int(experiment.options.get("image", 0))][0])
+    # at the lesson's size, not the backbone's 224 px: each randomised group costs a pass per method
+    x = bb.transform(experiment.size)(ds[int(experiment.options.get("image", 0))][0])
     methods = list(experiment.options.get("methods", ["gradient", "gradcam"]))
     target = saliency.predicted_class(bb.model, x)
     result = saliency.sanity_check(bb.model, x, target, methods, layers=bb.layer_groups[:-1], seed=experiment.seed,
