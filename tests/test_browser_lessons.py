@@ -8,9 +8,9 @@ import pytest
 pytestmark = pytest.mark.browser
 
 try:  # `python -m pytest` puts the repository on sys.path; plain `pytest` puts tests/ there
-    from tests.test_browser import assert_no_exception, browser, go_to, open_app, page, server, sync_api  # noqa: F401
+    from tests.test_browser import assert_no_exception, browser, page, server, sync_api  # noqa: F401
 except ImportError:
-    from test_browser import assert_no_exception, browser, go_to, open_app, page, server, sync_api  # noqa: F401
+    from test_browser import assert_no_exception, browser, page, server, sync_api  # noqa: F401
 
 from core.lessons import load_lessons
 
@@ -20,7 +20,7 @@ LESSONS, _ = load_lessons()
 
 def test_the_lessons_page_opens_as_a_deep_link_and_is_first_in_the_menu(server, page):
     page.goto(f"{server}/lessons")
-    expect(page.get_by_role("heading", name="Lessons").first).to_be_visible(timeout=60_000)
+    expect(page.get_by_role("heading", name="Lessons").first).to_be_visible(timeout=120_000)
     expect(page.get_by_role("heading", name=f"1. {LESSONS[0].title}")).to_be_visible()
     links = page.get_by_test_id("stSidebarNav").locator("a")
     expect(links.first).to_contain_text("Lessons")
@@ -29,8 +29,8 @@ def test_the_lessons_page_opens_as_a_deep_link_and_is_first_in_the_menu(server, 
 
 @pytest.mark.parametrize("number, lesson", list(enumerate(LESSONS, start=1)), ids=[x.slug for x in LESSONS])
 def test_a_lesson_runs_and_shows_its_outcome_beside_the_expected_one(server, page, number, lesson):
-    open_app(page, server)
-    go_to(page, "Lessons")
+    page.goto(f"{server}/lessons")
+    expect(page.get_by_role("heading", name="Lessons").first).to_be_visible(timeout=120_000)
     page.get_by_test_id("stRadio").get_by_text(f"{number}. {lesson.title}", exact=True).click()
     expect(page.get_by_role("heading", name=f"{number}. {lesson.title}")).to_be_visible(timeout=30_000)
     expect(page.get_by_text(lesson.expected)).to_be_visible()
