@@ -451,7 +451,7 @@ def _inside(experiment: Experiment, report) -> tuple[dict, list[dict]]:
     first, last = rows[0], rows[-1]
     results = {"first": {"change": first["weight_change"], "cka": first["cka"]},
                "last": {"change": last["weight_change"], "cka": last["cka"]},
-               "model": {"val_acc": history.best_val_acc}}
+               "model": {"val_acc": history.best_val_acc()}}
     return results, [{"group": r["group"], "weight change": r["weight_change"], "CKA before/after": r["cka"]}
                      for r in rows]
 
@@ -535,7 +535,7 @@ def _distill(experiment: Experiment, report) -> tuple[dict, list[dict]]:
     teacher = backbones.starting_model(experiment.backbone, classes, seed=experiment.seed, image_size=experiment.size)
     teacher_cfg = arm_config(experiment, Arm("teacher", opts.get("teacher_strategy", "feature_extraction"),
                                              epochs=int(opts.get("teacher_epochs", experiment.epochs))))
-    teacher_acc = fit(teacher, train, val, teacher_cfg).best_val_acc
+    teacher_acc = fit(teacher, train, val, teacher_cfg).best_val_acc()
     student_size = int(opts.get("student_size", 32))
     student_cfg = replace(arm_config(experiment, Arm("student", opts.get("student_strategy", "feature_extraction"))),
                           image_size=student_size, early_stopping=0)
@@ -546,7 +546,7 @@ def _distill(experiment: Experiment, report) -> tuple[dict, list[dict]]:
                                            pretrained=bool(opts.get("student_pretrained", True)),
                                            image_size=student_size)
         history = distill(student, teacher, train, val, student_cfg, float(opts.get("temperature", 4.0)), alpha)
-        results[key] = {"val_acc": history.best_val_acc}
+        results[key] = {"val_acc": history.best_val_acc()}
     rows = [{"model": f"teacher ({experiment.size} px)", "validation accuracy": teacher_acc},
             {"model": f"student ({student_size} px) with the teacher", "validation accuracy": results["with_teacher"]["val_acc"]},
             {"model": f"student ({student_size} px), labels only", "validation accuracy": results["without_teacher"]["val_acc"]}]
@@ -598,4 +598,6 @@ def run_analysis(experiment: Experiment, report=lambda fraction, text: None) -> 
     from core.seeding import seeded
 
     with seeded(experiment.seed):
-        return ANALYSES[experiment.kind](experiment, report)
+        results, rows = ANALYSES[experiment.kind](experiment, report)
+    # plain numbers only: the page shows them and the rule compares them
+    return {name: {k: float(v) for k, v in metrics.items()} for name, metrics in results.items()}, rows
