@@ -114,7 +114,10 @@ def poll(lesson, entry) -> bool:
             if run_id is None:
                 continue
             snap, record = run_status(run_id)
-            if record is not None and record.done:
+            if record is None:  # removed (the disk cap, or by hand): it will never finish
+                records[arm.name] = None
+                failed.append(f"{arm.name}: the run is gone")
+            elif record.done:
                 records[arm.name] = record
                 if record.status not in ("finished", "cancelled"):
                     failed.append(f"{arm.name}: {record.status}{' — ' + record.message if record.message else ''}")
@@ -126,7 +129,7 @@ def poll(lesson, entry) -> bool:
                     entry["result"] = {"error": str(exc)}
                     return False
             return True
-        finished = max((r.finished or time.time()) for r in records.values())
+        finished = max((r.finished or time.time()) if r is not None else time.time() for r in records.values())
         entry["result"] = {"results": core_lessons.run_results(records), "rows": None,
                            "seconds": finished - entry["started"], "error": "; ".join(failed)}
         return False
