@@ -428,7 +428,7 @@ def _split(experiment: Experiment):
 
 
 def _inside(experiment: Experiment, report) -> tuple[dict, list[dict]]:
-    """Fine-tune the last stage, then how much each layer group moved (weight change) and how
+    """Fine-tune (every group, discriminative rates: the lesson's strategy), then how much each group moved (weight change) and how
     similar its output stayed (linear CKA)."""
     import torch
 
