@@ -428,8 +428,8 @@ def _split(experiment: Experiment):
 
 
 def _inside(experiment: Experiment, report) -> tuple[dict, list[dict]]:
-    """Fine-tune (every group, discriminative rates: the lesson's strategy), then how much each group moved (weight change) and how
-    similar its output stayed (linear CKA)."""
+    """Fine-tune (by default every group, with discriminative rates), then how much each group
+    moved (weight change) and how similar its output stayed (linear CKA)."""
     import torch
 
     from core import backbones
