@@ -27,6 +27,10 @@ link_notes()
 get_pool()
 
 pages = {
+    # First in the menu: a class starts from a lesson; a bare visit still opens on the Data page.
+    "Learn": [
+        st.Page("pages/lessons.py", title="Lessons", icon=":material/school:"),
+    ],
     "Build": [
         st.Page("pages/data.py", title="Data", icon=":material/photo_library:", default=True),
         st.Page("pages/model.py", title="Model", icon=":material/account_tree:"),

@@ -53,6 +53,21 @@ def apply_link() -> None:
         return
     ss._link_applied = True
     settings, notes = links.decode(st.query_params.to_dict())
+    apply_settings(settings)
+    ss.link_lock = settings.get("lock", [])
+    ss.link_hide = settings.get("hide", [])
+    ss._link_notes = notes
+
+
+def apply_settings(settings: dict) -> None:
+    """Make ``settings`` (as core.links.decode gives them) this session's: the data, the model
+    choice, the training settings and the pages' method choices. Settings the session's link
+    locks are left as they are (a lesson's "try next" link never unlocks a teacher's choice)."""
+    ss = st.session_state
+    locks = set(ss.get("link_lock", ()))
+    settings = {k: v for k, v in settings.items()
+                if k not in locks and not (k in ("lr_mult", "unfreeze_every") and "freeze" in locks)
+                and not (k == "per_class" and "data" in locks)}
     if "data" in settings or "per_class" in settings:
         look = settings.get("data", links.DEFAULTS["data"])
         ss.dataset = demo(look, settings.get("per_class", links.DEFAULTS["per_class"]))
@@ -79,9 +94,6 @@ def apply_link() -> None:
     for key in PAGE_CHOICES:
         if key in settings:
             remember_choice(key, settings[key])
-    ss.link_lock = settings.get("lock", [])
-    ss.link_hide = settings.get("hide", [])
-    ss._link_notes = notes
 
 
 def show_link_notes() -> None:

@@ -117,7 +117,7 @@ def wait_for_status(page, status: str, timeout_s: float = 240):
 def test_every_page_opens_without_an_exception(server, page):
     open_app(page, server)
     sync_api.expect(page.get_by_text("Demo shapes (source look): 80 images in 4 classes")).to_be_visible(timeout=60_000)
-    for name in ["Model", "Train", "Feature maps", "Saliency", "Domain shift", "Evaluate", "Use the model", "Data"]:
+    for name in ["Lessons", "Model", "Train", "Feature maps", "Saliency", "Domain shift", "Evaluate", "Use the model", "Data"]:
         go_to(page, name)
         page.wait_for_timeout(300)
         assert_no_exception(page)

@@ -20,7 +20,7 @@ except ImportError:
                               set_epochs, sync_api, wait_for_status)
 
 expect = sync_api.expect
-PAGE_TITLES = {"Data", "Model", "Train", "Feature maps", "Saliency", "Domain shift", "Few-shot", "Evaluate",
+PAGE_TITLES = {"Lessons", "Data", "Model", "Train", "Feature maps", "Saliency", "Domain shift", "Few-shot", "Evaluate",
                "Use the model"}
 
 

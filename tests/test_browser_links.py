@@ -16,7 +16,7 @@ except ImportError:
                               set_epochs, sync_api, wait_for_status)
 
 expect = sync_api.expect
-PAGES = ["Data", "Model", "Train", "Feature maps", "Saliency", "Domain shift", "Evaluate", "Use the model"]
+PAGES = ["Lessons", "Data", "Model", "Train", "Feature maps", "Saliency", "Domain shift", "Evaluate", "Use the model"]
 
 
 def finished_run(data_dir) -> str:

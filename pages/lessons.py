@@ -1,0 +1,269 @@
+"""Lessons: one idea of transfer learning at a time, each with an experiment that runs itself."""
+
+import time
+
+import streamlit as st
+
+from core import lessons as core_lessons
+from core.data import split
+from core.errors import UserInputError
+from core.jobs import start_run
+from core.tasks import Task, get_queue
+from pages._links import STRATEGY_LABELS, apply_settings
+from pages._shared import (ModelChoice, bootstrap, demo, plain, preset_freeze, run_status, run_store, select_run)
+
+bootstrap()  # first, before the session is read: see bootstrap's docstring
+
+ss = st.session_state
+st.title("Lessons")
+st.caption("Each lesson says what should happen before it runs; then run it and see whether it does. "
+           "Lesson texts are Markdown files in assets/lessons/: edit them or add your own.")
+
+found, problems = core_lessons.load_lessons(core_lessons.LESSON_DIR)
+for problem in problems:
+    st.warning(f"A lesson could not be shown. {plain(problem.message)}", icon=":material/edit_note:")
+if not found:
+    st.info("There are no lessons to show: add Markdown files to assets/lessons/.")
+    st.stop()
+
+by_slug = {lesson.slug: lesson for lesson in found}
+state = ss.setdefault("lesson_state", {})  # slug -> the experiment started from this browser
+
+
+def lesson_name(slug: str) -> str:
+    index = list(by_slug).index(slug) + 1
+    return f"{index}. {by_slug[slug].title}"
+
+
+# --- starting an experiment --------------------------------------------------------------------------------
+
+
+def lesson_split(experiment):
+    source, _, name = experiment.data.partition(":")
+    if source == "demo":  # the app's own cached demo set: the sidebar and the Data page show the same images
+        ds, label = demo(name, experiment.per_class, experiment.seed), f"Demo shapes ({name} look)"
+    else:
+        ds, label = core_lessons.lesson_dataset(experiment)
+    return ds, label, split(ds, 0.25, experiment.seed)
+
+
+def use_setup(lesson) -> None:
+    """The lesson's data and model become this session's, so the other pages continue from them."""
+    experiment = lesson.experiment
+    ds, label, _ = lesson_split(experiment)
+    ss.dataset, ss.dataset_label, ss.load_report = ds, label, None
+    if experiment.arms:
+        arm = experiment.arms[0]
+        strategy = STRATEGY_LABELS[arm.strategy]
+        ss.model_choice = ModelChoice(backbone=experiment.backbone, pretrained=arm.pretrained, strategy=strategy,
+                                      freeze=preset_freeze(strategy, _groups(experiment.backbone)),
+                                      unfreeze_every=1 if arm.strategy == "progressive" else 0)
+
+
+def _groups(backbone: str) -> list[str]:
+    from core import backbones
+
+    return backbones.group_names(backbone)
+
+
+def start_pending_runs(lesson, entry) -> None:
+    """Queue the arms not started yet, as far as this person's share of the queue allows: the rest
+    start from the polling below once an earlier one has finished."""
+    experiment = lesson.experiment
+    _, label, (train_ds, val_ds) = lesson_split(experiment)
+    for arm in experiment.arms:
+        if entry["runs"].get(arm.name):
+            continue
+        room = get_queue().room_for(ss.owner)
+        if room is not None and room <= 0:
+            return
+        job = start_run(run_store(), train_ds, val_ds, backbone=experiment.backbone, pretrained=arm.pretrained,
+                        config=core_lessons.arm_config(experiment, arm), owner=ss.owner, dataset=label,
+                        label=arm.label or f"Lesson: {arm.name}")
+        entry["runs"][arm.name] = job.run_id
+        if len(entry["runs"]) == 1:
+            select_run(job.run_id)  # the Train page opens on the lesson's first run
+
+
+def start(lesson) -> None:
+    experiment = lesson.experiment
+    entry = {"started": time.time(), "result": None}
+    if experiment.kind == "runs":
+        use_setup(lesson)
+        entry["runs"] = {}
+        start_pending_runs(lesson, entry)
+        if not entry["runs"]:
+            raise UserInputError(get_queue().full_message())
+    else:
+        entry["task"] = Task(lambda task: core_lessons.run_analysis(experiment, task.report),
+                             name=f"lesson-{lesson.slug}", queue=get_queue(), owner=ss.owner).start()
+    state[lesson.slug] = entry
+
+
+# --- following it -------------------------------------------------------------------------------------------
+
+
+def poll(lesson, entry) -> bool:
+    """Bring ``entry`` up to date; True while the experiment is still going."""
+    if entry.get("result") is not None:
+        return False
+    if lesson.experiment.kind == "runs":
+        records, failed = {}, []
+        for arm in lesson.experiment.arms:
+            run_id = entry["runs"].get(arm.name)
+            if run_id is None:
+                continue
+            snap, record = run_status(run_id)
+            if record is None:  # removed (the disk cap, or by hand): it will never finish
+                records[arm.name] = None
+                failed.append(f"{arm.name}: the run is gone")
+            elif record.done:
+                records[arm.name] = record
+                if record.status not in ("finished", "cancelled"):
+                    failed.append(f"{arm.name}: {record.status}{' — ' + record.message if record.message else ''}")
+        if len(records) < len(lesson.experiment.arms):
+            if len(entry["runs"]) < len(lesson.experiment.arms):
+                try:
+                    start_pending_runs(lesson, entry)
+                except UserInputError as exc:
+                    entry["result"] = {"error": str(exc)}
+                    return False
+            return True
+        finished = max((r.finished or time.time()) if r is not None else time.time() for r in records.values())
+        entry["result"] = {"results": core_lessons.run_results(records), "rows": None,
+                           "seconds": finished - entry["started"], "error": "; ".join(failed)}
+        return False
+    snap = entry["task"].snapshot()
+    if not snap.done:
+        return True
+    if snap.status != "finished":
+        entry["result"] = {"error": snap.message or snap.status}
+    else:
+        results, rows = entry["task"].result
+        entry["result"] = {"results": results, "rows": rows, "seconds": snap.seconds, "error": ""}
+    entry.pop("task")  # the task holds the datasets and models no more than needed
+    return False
+
+
+def progress_ui(lesson, entry) -> None:
+    if lesson.experiment.kind == "runs":
+        parts = []
+        for arm in lesson.experiment.arms:
+            run_id = entry["runs"].get(arm.name)
+            snap, record = run_status(run_id) if run_id else (None, None)
+            status = record.status if record is not None and record.done else (snap.status if snap else "waiting")
+            progress = f" {snap.progress:.0%}" if snap is not None and status == "running" else ""
+            parts.append(f"{arm.name}: {status}{progress}")
+        st.progress(0.0, text="Running… " + " · ".join(parts))
+        return
+    snap = entry["task"].snapshot()
+    text = "Waiting for a free slot…" if snap.status == "queued" else (snap.phase or "Running…")
+    st.progress(snap.progress, text=f"{text} {snap.progress:.0%}")
+
+
+def fmt(value: float) -> str:
+    if value != value:
+        return "—"
+    return f"{value:.3g}" if abs(value) < 0.001 or abs(value) >= 1 else f"{value:.2f}"
+
+
+def outcome_ui(lesson, result) -> None:
+    if result.get("error") and "results" not in result:
+        st.error(f"The experiment did not finish: {plain(result['error'])}")
+        return
+    outcome = core_lessons.check_outcome(lesson, result["results"])
+    values = ", ".join(f"{name} = {fmt(v)}" for name, v in outcome.values.items())
+    took = f"Ran in {result['seconds']:.0f} s."
+    if outcome.matched:
+        st.success(f"**Outcome: as expected.** {values}. {took}", icon=":material/check_circle:")
+    else:
+        st.warning(f"**Outcome: not as expected.** {values} (the rule: `{lesson.rule}`). {took} "
+                   "A small experiment can land either way: try another seed or more epochs from the links below, "
+                   "and ask why.", icon=":material/help:")
+    if result.get("error"):
+        st.caption(f"Some runs did not finish normally: {plain(result['error'])}")
+    if result.get("rows"):
+        st.dataframe(result["rows"], hide_index=True)
+    elif lesson.experiment.kind == "runs":
+        st.dataframe([{"run": name, **{k: v for k, v in metrics.items()}}
+                      for name, metrics in result["results"].items()], hide_index=True)
+
+
+def results_ui(lesson) -> None:
+    entry = state.get(lesson.slug)
+    if entry is None:
+        st.caption("Not run yet in this browser.")
+        return
+    running = poll(lesson, entry)
+    if running:
+        progress_ui(lesson, entry)
+    else:
+        outcome_ui(lesson, entry["result"])
+
+
+def live_results(slug: str) -> None:
+    lesson = by_slug[slug]
+    results_ui(lesson)
+    entry = state.get(slug)
+    if entry is not None and entry.get("result") is None:
+        return
+    if entry is not None and ss.get("_lesson_polling") == slug:
+        ss.pop("_lesson_polling")
+        st.rerun()  # the whole page: the polling fragment stops once the outcome is in
+
+
+@st.fragment(run_every=1.0)
+def polled_results(slug: str) -> None:
+    live_results(slug)
+
+
+# --- what to try next ----------------------------------------------------------------------------------------
+
+
+def next_steps_ui(lesson) -> None:
+    if not lesson.next_steps:
+        return
+    st.markdown("**What to try next**")
+    for i, step in enumerate(lesson.next_steps):
+        query = "&".join(f"{k}={v}" for k, v in step.params.items())
+        if st.button(f"{step.label} → {core_lessons.PAGES[step.page]}", key=f"next-{lesson.slug}-{i}",
+                     icon=":material/arrow_forward:", help=f"Opens {core_lessons.PAGES[step.page]} with "
+                                                           f"{query or 'the default settings'}."):
+            apply_settings(step.settings)
+            st.switch_page(f"pages/{step.page}.py")
+
+
+# --- the page -------------------------------------------------------------------------------------------------
+
+pick, main = st.columns([1, 3], gap="large")
+with pick:
+    slug = st.radio("Lesson", list(by_slug), format_func=lesson_name, key="lesson-pick")
+lesson = by_slug[slug]
+with main:
+    st.header(lesson_name(slug))
+    st.markdown(lesson.body)
+    experiment = lesson.experiment
+    if lesson.compare:
+        st.caption(f":material/science: {lesson.compare}")
+    left, right = st.columns(2)
+    with left:
+        st.markdown("**Expected** (written before the run)")
+        st.info(lesson.expected, icon=":material/lightbulb:")
+    with right:
+        st.markdown("**What happened**")
+        entry = state.get(slug)
+        going = entry is not None and entry.get("result") is None
+        if going:
+            ss["_lesson_polling"] = slug
+            polled_results(slug)
+        else:
+            results_ui(lesson)
+    if st.button("Run this experiment", type="primary", icon=":material/play_arrow:", key=f"run-{slug}",
+                 disabled=going, help=f"{experiment.data}, {experiment.size} px, seed {experiment.seed}"):
+        try:
+            start(lesson)
+        except UserInputError as exc:
+            st.error(plain(exc))
+        else:
+            st.rerun()
+    next_steps_ui(lesson)

@@ -1,0 +1,63 @@
+"""The Lessons page, driven through Streamlit's AppTest (no browser)."""
+
+from pathlib import Path
+
+from streamlit.testing.v1 import AppTest
+
+from core import lessons
+
+ROOT = Path(__file__).resolve().parent.parent
+APP = str(ROOT / "app.py")
+
+
+def open_lessons():
+    at = AppTest.from_file(APP, default_timeout=120).run()
+    at.switch_page("pages/lessons.py").run()
+    return at
+
+
+def test_the_lessons_page_lists_every_lesson_of_assets_lessons_in_order():
+    at = open_lessons()
+    assert not at.exception, at.exception
+    assert [t.value for t in at.title] == ["Lessons"]
+    found, _ = lessons.load_lessons()
+    pick = at.radio(key="lesson-pick")
+    assert [option.split(". ", 1)[1] for option in pick.options] == [lesson.title for lesson in found]
+    assert at.header[0].value == f"1. {found[0].title}"
+    assert any(found[0].expected in info.value for info in at.info)
+    pick.set_value(found[1].slug).run()
+    assert at.header[0].value == f"2. {found[1].title}"
+    assert [b.label for b in at.button if b.label == "Run this experiment"]
+
+
+def test_a_broken_lesson_file_shows_a_note_and_the_others_still_show(tmp_path, monkeypatch):
+    good = (lessons.LESSON_DIR / "01-why-pretrained.md").read_text()
+    (tmp_path / "01-good.md").write_text(good)
+    (tmp_path / "02-broken.md").write_text(good.replace('kind = "runs"', 'kind = "magic"'))
+    monkeypatch.setattr(lessons, "LESSON_DIR", tmp_path)
+    at = open_lessons()
+    assert not at.exception, at.exception
+    assert len(at.radio(key="lesson-pick").options) == 1
+    notes = " ".join(w.value for w in at.warning)
+    assert "02-broken.md" in notes and "kind 'magic' is unknown" in notes
+
+
+def test_lessons_come_first_in_the_menu_and_the_app_still_opens_on_data():
+    source = Path(APP).read_text()
+    assert source.index('"pages/lessons.py"') < source.index('"pages/data.py"')
+    at = AppTest.from_file(APP, default_timeout=120).run()
+    assert not at.exception, at.exception
+    assert [t.value for t in at.title] == ["Data"]
+
+
+def test_a_next_step_link_applies_its_settings_and_opens_its_page():
+    at = open_lessons()
+    assert [t.value for t in at.title] == ["Lessons"]
+    step = [b for b in at.button if "→ Train" in b.label][0]
+    step.click().run()
+    assert not at.exception, at.exception
+    assert [t.value for t in at.title] == ["Train"]
+    found, _ = lessons.load_lessons()
+    settings = next(s for s in found[0].next_steps if s.page == "train").settings
+    assert at.session_state.train_config.epochs == settings["epochs"]
+    assert at.session_state.model_choice.strategy == "Fine-tune all"
