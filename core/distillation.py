@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -19,8 +20,7 @@ import torch.nn.functional as F
 from core.backbones import Classifier
 from core.errors import ConfigError
 from core.devices import pick_device
-from core.train.base import (BatchProgress, Callback, EpochMetrics, History, TrainConfig, encode_images, evaluate,
-                              labels_of, normalise)
+from core.train.base import Callback, History, TrainConfig, encode_images, evaluate, normalise
 from core.train.loop import Trainer
 from core.train.objectives import Classification, Objective
 
@@ -29,9 +29,12 @@ __all__ = [
     "soften",
     "distill",
     "check_settings",
-    "DistillationJob",
     "DistillSnapshot",
     "VARIANTS",
+    "start_distillation",
+    "train_folder",
+    "students_of",
+    "teacher_accuracy",
 ]
 
 
@@ -159,83 +162,116 @@ def distill(student: Classifier, teacher: Classifier, train_ds, val_ds, config: 
     return Trainer(student, objective, config, callbacks, stop).fit({"train": train_ds, "val": val_ds})
 
 
-# --- a background job: the same student with and without the teacher --------------------------
+# --- in a worker process: the same student with and without the teacher ------------------
 
 VARIANTS = ("with teacher", "without teacher")
 
+from core.tasks import Snapshot  # noqa: E402
 
-from core.tasks import Snapshot, Task  # noqa: E402  (the background part builds on the engine above)
-
-DistillSnapshot = Snapshot  # ``epochs`` per variant; ``teacher_val_acc``, ``temperature``, ``alpha`` in ``extra``
-
-
-class _Recorder(Callback):
-    def __init__(self, job: "DistillationJob", variant: str, index: int):
-        self.job, self.variant, self.index = job, variant, index
-
-    def on_batch_end(self, progress: BatchProgress) -> None:
-        self.job.report((self.index + progress.fraction) / len(VARIANTS), self.variant)
-
-    def on_epoch_end(self, metrics: EpochMetrics) -> None:
-        self.job.add_epoch(metrics, self.variant)
+DistillSnapshot = Snapshot  # ``epochs`` per variant (dicts); ``teacher_val_acc``, ``temperature``, ``alpha`` in ``extra``
 
 
-class DistillationJob(Task):
-    """Trains one student with the teacher (``alpha``) and one without it (``alpha = 0``), as a task.
+def teacher_accuracy(teacher: Classifier, images: torch.Tensor, labels: torch.Tensor, device) -> float | None:
+    """The teacher's accuracy on uint8 images at its own input size (None without images)."""
+    if len(images) == 0:
+        return None
+    device = torch.device(device)
+    mean = torch.tensor(teacher.mean, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(teacher.std, device=device).view(1, 3, 1, 1)
+    home = next(teacher.parameters()).device
+    try:
+        teacher.to(device)
+        _, acc = evaluate(teacher, images, labels, mean, std, device)
+    finally:
+        teacher.to(home)
+    return acc
 
-    Both students come from ``build_student`` (call it twice: the same seed gives the same start),
-    so the teacher is the only difference. The job waits for a slot of the server's training queue.
+
+def start_distillation(store, teacher_id: str, train_ds, val_ds, config: TrainConfig, temperature: float = 4.0,
+                       alpha: float = 0.5, *, backbone: str, pretrained: bool = True, owner: str = "",
+                       label: str = "", dataset: str = "", queue=None):
+    """Queue a run that trains the student ``backbone`` twice from the same start, with the finished
+    run ``teacher_id`` as its teacher (``alpha``) and without it (``alpha = 0``), in a worker process.
+
+    Checks the settings and the teacher now, so a page can show what is wrong at once. Returns the
+    ``core.jobs.TrainingRun``; the record's ``info["arms"]`` holds both students' epochs, and the
+    run's model is the student taught by the teacher.
     """
+    from core.errors import CheckpointError
+    from core.jobs import new_record, start_folder_run
+    from core.worker import encode_inputs
 
-    kind = "distillation"
+    check_settings(temperature, alpha)
+    teacher = store.get(teacher_id)
+    if teacher is None or not store.has_model(teacher_id):
+        raise CheckpointError("The teacher run has no saved model (it may have been removed): pick another one.")
+    if list(teacher.classes) != list(train_ds.classes):
+        raise ConfigError(
+            f"The teacher knows the classes {', '.join(teacher.classes)}, the student "
+            f"{', '.join(train_ds.classes)}: they must be the same, in the same order. Distil on the "
+            "dataset the teacher was trained on.")
+    record = new_record(train_ds, val_ds, backbone=backbone, pretrained=pretrained, config=config, owner=owner,
+                        label=label or f"{backbone} student of {teacher.label or teacher_id}", dataset=dataset)
+    record = replace(record, config={**record.config, "kind": "distill", "teacher": teacher_id,
+                                     "temperature": float(temperature), "alpha": float(alpha)})
+    size, teacher_size = int(config.image_size), int(teacher.config.get("image_size", config.image_size))
 
-    def __init__(self, build_student: Callable[[], Classifier], teacher: Classifier, train_ds, val_ds,
-                 config: TrainConfig, temperature: float, alpha: float, queue=None):
-        from core.tasks import get_queue
+    def inputs() -> dict:
+        tensors = encode_inputs(train_ds, val_ds, size)
+        # the teacher's own score is measured at the size it was trained at, as before training
+        tensors["teacher_val_images"] = encode_images(val_ds, teacher_size)
+        return tensors
 
-        check_settings(temperature, alpha)
-        config.validate()
-        super().__init__(name="distill", queue=queue or get_queue(), arms=VARIANTS)
-        self.config, self.temperature, self.alpha = config, float(temperature), float(alpha)
-        self._build_student, self._teacher = build_student, teacher
-        self._train_ds, self._val_ds = train_ds, val_ds
-        self.students: dict[str, Classifier] = {}
-        self.update(teacher_val_acc=None, temperature=self.temperature, alpha=self.alpha, stopped={})
+    return start_folder_run(store, record, inputs, queue=queue)
 
-    def _body(self) -> None:
-        try:
-            self.report(0.0, "")
-            self.update(teacher_val_acc=self._teacher_accuracy())
-            stopped = {}
-            for index, variant in enumerate(VARIANTS):
-                if self.stop.is_set():
-                    break
-                self.report(index / len(VARIANTS), variant)
-                student = self._build_student()
-                alpha = self.alpha if variant == VARIANTS[0] else 0.0
-                history = distill(student, self._teacher, self._train_ds, self._val_ds, self.config,
-                                  self.temperature, alpha, [_Recorder(self, variant, index)], self.stop)
-                stopped[variant] = history.stopped
-                self.students[variant] = student
-                self.update(stopped=dict(stopped))
-                if history.message:
-                    with self._lock:
-                        self._message = history.message
-        finally:
-            self._train_ds = self._val_ds = None
 
-    def _teacher_accuracy(self) -> float | None:
-        if len(self._val_ds) == 0:
-            return None
-        device = pick_device(self.config.device)
-        size = int(getattr(self._teacher, "image_size", self.config.image_size))
-        images = encode_images(self._val_ds, size)
-        mean = torch.tensor(self._teacher.mean, device=device).view(1, 3, 1, 1)
-        std = torch.tensor(self._teacher.std, device=device).view(1, 3, 1, 1)
-        home = next(self._teacher.parameters()).device
-        try:
-            self._teacher.to(device)
-            _, acc = evaluate(self._teacher, images, labels_of(self._val_ds), mean, std, device)
-        finally:
-            self._teacher.to(home)
-        return acc
+def train_folder(store, record, stop, log, save, distributed=None):
+    """A worker's body for a ``"distill"`` run folder: the student with the teacher, then without."""
+    from core import backbones
+    from core.worker import ArmRecorder, EncodedDataset
+
+    if distributed is not None and not distributed.main:
+        return "finished", "", {}  # a distillation trains in one process: rank 0 alone
+    cfg = record.config
+    config = TrainConfig.from_dict(cfg)
+    temperature, alpha = float(cfg["temperature"]), float(cfg["alpha"])
+    check_settings(temperature, alpha)
+    inputs = store.load_inputs(record.id)
+    train = EncodedDataset(inputs["train_images"], inputs["train_labels"].tolist(), record.classes)
+    val = EncodedDataset(inputs["val_images"], inputs["val_labels"].tolist(), record.classes)
+    teacher = store.load_model(cfg["teacher"])
+    teacher_acc = teacher_accuracy(teacher, inputs["teacher_val_images"], inputs["val_labels"],
+                                   pick_device(config.device))
+    del inputs
+    about = {"teacher_val_acc": teacher_acc, "temperature": temperature, "alpha": alpha}
+    log.write("update", **about)
+    arms: dict = {}
+
+    def changed() -> None:
+        save(info={**record.info, **about, "arms": arms})
+
+    message = ""
+    for index, variant in enumerate(VARIANTS):
+        if stop.is_set():
+            break
+        log.arm(variant, index, len(VARIANTS))
+        student = backbones.starting_model(record.backbone, record.classes, pretrained=record.pretrained,
+                                           seed=config.seed, image_size=config.image_size,
+                                           head=cfg.get("head", "linear"))
+        first = index == 0  # the taught student is the run's model
+        recorder = ArmRecorder(arms, variant, changed, store if first else None, record.id)
+        history = distill(student, teacher, train, val, config, temperature, alpha if first else 0.0,
+                          [recorder, log], stop)
+        arms[variant].update(stopped=history.stopped, message=history.message)
+        message = history.message or message
+        if first and history.epochs:
+            store.save_model(record.id, student)
+    status = "cancelled" if stop.is_set() else "finished"
+    epochs = arms.get(VARIANTS[0], {}).get("epochs", [])
+    return status, message, {"epochs": epochs, "info": {**record.info, **about, "arms": arms}}
+
+
+def students_of(record) -> dict[str, list[dict]]:
+    """Each variant's epochs (dicts of ``EpochMetrics`` fields) a ``"distill"`` run's record holds."""
+    arms = (record.info or {}).get("arms", {}) if record is not None else {}
+    return {variant: list(arms.get(variant, {}).get("epochs", [])) for variant in VARIANTS}

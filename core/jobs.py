@@ -32,7 +32,11 @@ def _known(cls, data: dict) -> dict:
 
 
 class RunView:
-    """A run's live state, read from its folder's events.jsonl a little more at each refresh."""
+    """A run's live state, read from its folder's events.jsonl a little more at each refresh.
+
+    For a run that trains several models in turn (``EventLog.arm``), the snapshot's ``epochs``
+    is {arm: tuple of dicts of that arm's epoch metrics}, ``progress`` is over all arms, and
+    ``extra`` holds the arm training now (``arm``, ``epoch``) and what ``update`` events said."""
 
     def __init__(self, store: RunStore, run_id: str):
         self.store, self.run_id = store, run_id
@@ -45,6 +49,13 @@ class RunView:
         self.info: FitInfo | None = None
         self.started: float | None = None
         self.first_point: float | None = None
+        # a run that trains several models in turn (see EventLog.arm): epochs per arm, as dicts
+        # of the arm's own metrics (a DAN epoch has more fields than EpochMetrics)
+        self.arms: dict[str, list[dict]] = {}
+        self.arm: str | None = None
+        self._arm_at = (0, 1)  # (index, of): where the arm's progress sits in the whole run
+        self.epoch = 0  # the epoch the last batch was in
+        self.extra: dict = {}  # what a kind of run adds with "update" events (a teacher's accuracy, ...)
 
     def refresh(self, created: float) -> None:
         events, self._offset = self.store.read_events(self.run_id, self._offset)
@@ -54,21 +65,34 @@ class RunView:
                 self.phase = e.get("status", self.phase)
             elif kind == "fit_start":
                 self.info = FitInfo(**_known(FitInfo, e["info"]))
-                self.started = e["t"]
+                if self.started is None or self.arm is None:  # time left counts from the first arm's start
+                    self.started = e["t"]
                 self.phase = "train"
+            elif kind == "arm":
+                self.arm, self._arm_at = e["arm"], (e.get("index", 0), max(1, e.get("of", 1)))
+                self.arms[self.arm] = []
+                self.progress = self._arm_at[0] / self._arm_at[1]
+            elif kind == "update":
+                self.extra.update({k: v for k, v in e.items() if k not in ("event", "t")})
             elif kind == "batch":
-                self.progress, self.phase = e["fraction"], e.get("phase", "train")
+                index, of = self._arm_at
+                self.progress, self.phase = (index + e["fraction"]) / of, e.get("phase", "train")
+                self.epoch = e.get("epoch", self.epoch)
                 if self.phase == "train":
                     self.batch_losses.append((e["epoch"] - 1 + e["batch"] / e["batches"], e["loss"]))
                     if self.first_point is None:
                         self.first_point = e["t"] - created
             elif kind == "epoch":
                 self.epochs.append(EpochMetrics(**_known(EpochMetrics, e)))
+                if self.arm is not None:
+                    self.arms[self.arm].append({k: v for k, v in e.items() if k not in ("event", "t")})
                 if self.first_point is None:
                     self.first_point = e["t"] - created
             elif kind == "retry":
                 self.epochs.clear()
                 self.batch_losses.clear()
+                if self.arm is not None:
+                    self.arms[self.arm] = []
                 self.message = e.get("message", "")
 
     def snapshot(self, record: RunRecord, status: str | None = None, queue_position: int | None = None) -> Snapshot:
@@ -86,9 +110,11 @@ class RunView:
             id=record.id, status=status, progress=1.0 if status == "finished" else self.progress,
             phase=self.phase if status != "queued" else "queued",
             message=record.message or self.message, seconds=now - record.created,
-            queue_position=queue_position if status == "queued" else None, epochs=tuple(self.epochs),
+            queue_position=queue_position if status == "queued" else None,
+            epochs={arm: tuple(rows) for arm, rows in self.arms.items()} if self.arms else tuple(self.epochs),
             batch_losses=tuple(self.batch_losses), seconds_left=seconds_left, info=self.info,
             started=self.started, first_point_after=self.first_point,
+            extra={**self.extra, "arm": self.arm, "epoch": self.epoch} if self.arms else dict(self.extra),
         )
 
 

@@ -26,7 +26,7 @@ from core.errors import UserInputError
 from core.runs import EVENTS, RunRecord, RunStore
 from core.training import Callback, TrainConfig, encode_images, fit
 
-__all__ = ["EncodedDataset", "EventLog", "StopSignal", "train_run_folder", "serve", "encode_inputs"]
+__all__ = ["EncodedDataset", "EventLog", "StopSignal", "ArmRecorder", "train_run_folder", "serve", "encode_inputs"]
 
 
 class EncodedDataset:
@@ -68,6 +68,12 @@ class EventLog(Callback):
     def write(self, event: str, **fields) -> None:
         self._fh.write(json.dumps({"event": event, "t": time.time(), **fields}, default=float) + "\n")
         self._fh.flush()
+
+    def arm(self, name: str, index: int, of: int) -> None:
+        """A run that trains several models in turn (a comparison's arms): the next fit is ``name``'s,
+        a new start rather than a retry."""
+        self._started = False
+        self.write("arm", arm=name, index=index, of=of)
 
     def on_fit_start(self, info) -> None:
         if self._started:  # the loop starts over at half the batch after running out of GPU memory
@@ -133,6 +139,30 @@ class _BestWeights(Callback):
             self.best = score
             self.store.save_model(self.run_id, self.model)
         self.log_record(epochs=list(self.epochs))
+
+
+class ArmRecorder(Callback):
+    """One arm of a run that trains several models in turn (a comparison's arms): puts its epochs
+    in ``arms[name]["epochs"]`` as they end and calls ``changed()`` (which saves the record), and
+    with ``store`` saves its model at every best epoch so far, so an interrupted run keeps it."""
+
+    def __init__(self, arms: dict, name: str, changed, store: RunStore | None = None, run_id: str = ""):
+        self.arms, self.name, self.changed = arms, name, changed
+        self.store, self.run_id = store, run_id
+        self.best = -math.inf
+
+    def on_fit_start(self, info) -> None:
+        self.best = -math.inf  # a retry at half the batch starts over from the starting weights
+        self.arms[self.name] = {**self.arms.get(self.name, {}), "epochs": []}
+        self.changed()
+
+    def on_epoch_end(self, metrics) -> None:
+        self.arms[self.name]["epochs"].append(asdict(metrics))
+        score = metrics.val_acc if math.isfinite(metrics.val_acc) else -metrics.train_loss
+        if self.store is not None and math.isfinite(score) and score >= self.best:
+            self.best = score
+            self.store.save_model(self.run_id, self.trainer.model)
+        self.changed()
 
 
 def train_run_folder(folder: str | Path, parent_pid: int | None = None, distributed=None) -> str:

@@ -308,9 +308,10 @@ def select_run(run_id: str | None) -> None:
         del st.query_params["run"]
 
 
-def my_runs():
-    """This browser's runs (by its owner secret), newest first."""
-    return run_store().list(owner=st.session_state.owner)
+def my_runs(kinds=("train",)):
+    """This browser's runs of these kinds (by its owner secret), newest first. A DAN comparison or
+    a distillation is a run too (``config["kind"]``), shown on its own page, not among these."""
+    return [r for r in run_store().list(owner=st.session_state.owner) if r.config.get("kind", "train") in kinds]
 
 
 def run_status(run_id: str):

@@ -10,8 +10,10 @@ import streamlit as st
 from core import adaptation, backbones, data, domain
 from core.errors import UserInputError
 from pages._links import hidden, locked, page_choice, remember_choice
-from pages._shared import (DEMO_LABEL, bootstrap, demo, fit_title, model_picker, plain, run_store, store_result,
-                           stored_result)
+from core.jobs import get_job
+from core.tasks import Snapshot
+from pages._shared import (DEMO_LABEL, bootstrap, demo, fit_title, model_picker, plain, run_status, run_store,
+                           store_result, stored_result)
 
 bootstrap()  # first, before the session is read: see bootstrap's docstring
 
@@ -262,43 +264,72 @@ def adaptation_ui(ds_a, ds_b, backbone: str, control: bool) -> None:
     )
     # The comparison belongs to the sets, backbone and settings it trained with.
     inputs = (ds_a.fingerprint, ds_b.fingerprint, backbone, lam, int(epochs), int(size))
-    run, stale = stored_result("_domain_adapt", inputs, running=lambda r: not r.task.done)
+    run_id, stale = stored_result("_domain_adapt", inputs, running=lambda r: not comparison_state(r)[0].done)
     if st.button("Train plain and DAN", type="primary", icon=":material/compare_arrows:"):
         config = adaptation.adaptation_config(backbone, epochs=int(epochs), image_size=int(size))
         try:
             train, val = data.split(ds_a, 0.25, 0)
-            old = run if stale else None
-            run = adaptation.start_comparison(
-                train, val, ds_b, config, lam, backbone=backbone, target_eval=ds_b if labelled else None)
-            store_result("_domain_adapt", inputs, run)
+            old = run_id if stale else None
+            job = adaptation.start_comparison(
+                train, val, ds_b, config, lam, store=run_store(), backbone=backbone,
+                target_eval=ds_b if labelled else None, owner=ss.owner, dataset=ss.dataset_label)
+            run_id = job.run_id
+            store_result("_domain_adapt", inputs, run_id)
             stale = False
             if old is not None:
-                old.cancel()  # the previous selection's comparison is no longer wanted
+                stop_run(old)  # the previous selection's comparison is no longer wanted
         except UserInputError as exc:
             st.error(plain(exc))
-    if run is None:
+    if run_id is None:
         return
     if stale:
         st.warning("Still training for the previous selection (other sets or settings): the figures below "
                    "are not for the choices above.")
-    if not run.task.done:
-        adaptation_progress(run)
+    if not comparison_state(run_id)[0].done:
+        adaptation_progress(run_id)
     else:
-        show_adaptation(run)
+        show_adaptation(run_id)
+
+
+def comparison_state(run_id: str):
+    """(snapshot, record) of a comparison run, read from its folder (a done snapshot once it has ended)."""
+    snap, record = run_status(run_id)
+    if snap is None:  # not going on here any more: what its folder says is all there is
+        status = record.status if record is not None and record.done else "interrupted"
+        message = record.message if record is not None else "This comparison is no longer on the server."
+        snap = Snapshot(run_id, status, 1.0, message=message)
+    return snap, record
+
+
+def stop_run(run_id: str) -> None:
+    job = get_job(run_id)
+    job.cancel() if job is not None else run_store().request_stop(run_id)
+
+
+def progress_text(state) -> str:
+    if state.status == "queued":
+        return f"Waiting for a free training slot (number {state.queue_position or 1} in the queue)…"
+    arm = state.extra.get("arm")
+    if arm is None:
+        return f"Loading the model and measuring the MMD before training… ({state.seconds:.0f} s)"
+    doing = "caching the frozen layers' output" if state.phase == "cache" else f"epoch {state.extra.get('epoch') or 1}"
+    return f"{arm}: {doing}… ({state.seconds:.0f} s)"
 
 
 @st.fragment(run_every=1.0)
-def adaptation_progress(run) -> None:
-    state = run.snapshot()
+def adaptation_progress(run_id: str) -> None:
+    state, record = comparison_state(run_id)
     if state.done:
         st.rerun()
-    st.progress(state.progress, text=f"{state.phase or 'Starting…'} ({state.seconds:.0f} s)")
+    st.progress(state.progress, text=progress_text(state))
     if st.button("Stop", icon=":material/stop:"):
-        run.cancel()
-    epoch_charts(state.epochs, run.lam)
+        stop_run(run_id)
+    if isinstance(state.epochs, dict):
+        epoch_charts(state.epochs, (record.config if record else {}).get("lam", adaptation.DEFAULT_LAMBDA))
 
 
 def epoch_charts(epochs: dict, lam: float) -> None:
+    """Each arm's target accuracy and MMD per epoch; ``epochs``: {arm: list of dicts of DANEpoch fields}."""
     from plotly.subplots import make_subplots
 
     if not any(epochs.values()):
@@ -306,11 +337,11 @@ def epoch_charts(epochs: dict, lam: float) -> None:
     fig = make_subplots(rows=1, cols=2, subplot_titles=("Target accuracy", "MMD² at the head input (eval)"))
     for arm, colour in (("plain", "#9aa5b1"), ("DAN", "#d62728")):
         rows = epochs.get(arm, [])
-        x = [e.epoch for e in rows]
+        x = [e["epoch"] for e in rows]
         name = "plain (λ = 0)" if arm == "plain" else f"DAN (λ = {lam:g})"
-        fig.add_trace(go.Scatter(x=x, y=[e.target_acc for e in rows], name=name, legendgroup=arm,
+        fig.add_trace(go.Scatter(x=x, y=[e["target_acc"] for e in rows], name=name, legendgroup=arm,
                                  mode="lines+markers", line=dict(color=colour)), 1, 1)
-        fig.add_trace(go.Scatter(x=x, y=[e.layer_mmd for e in rows], name=name, legendgroup=arm, showlegend=False,
+        fig.add_trace(go.Scatter(x=x, y=[e["layer_mmd"] for e in rows], name=name, legendgroup=arm, showlegend=False,
                                  mode="lines+markers", line=dict(color=colour)), 1, 2)
     fig.update_yaxes(range=[0, 1.02], row=1, col=1)
     fig.update_xaxes(title_text="epoch")
@@ -322,14 +353,14 @@ def percent(value: float) -> str:
     return "—" if value is None or math.isnan(value) else f"{value:.0%}"
 
 
-def show_adaptation(run) -> None:
-    state = run.snapshot()
+def show_adaptation(run_id: str) -> None:
+    state, record = comparison_state(run_id)
     if state.status == "failed":
         st.error(plain(state.message))
         return
-    result: adaptation.AdaptationComparison | None = run.result
+    result = adaptation.comparison_of(record)
     if result is None:
-        st.info(state.message or "The comparison was stopped.")
+        st.info(plain(state.message) or "The comparison was stopped.")
         return
     columns = st.columns(2)
     for column, arm in zip(columns, result.arms):
@@ -344,7 +375,9 @@ def show_adaptation(run) -> None:
             m3.metric("MMD² at the head input", f"{arm.mmd_after:.4f}",
                       delta=f"{arm.mmd_after - arm.mmd_before:+.4f} vs before", delta_color="inverse")
             st.caption(f"MMD² before training {arm.mmd_before:.4f} → after {arm.mmd_after:.4f}; {arm.seconds:.0f} s.")
-    epoch_charts(state.epochs, result.dan.lam)
+    if state.message:
+        st.info(plain(state.message))
+    epoch_charts({arm.name: [e.__dict__ for e in arm.history.epochs] for arm in result.arms}, result.dan.lam)
     st.caption(f"Both arms started from the same pretrained weights and head (seed 0); "
                f"{result.seconds:.0f} s for both. MMD² in eval mode between all of set A and all of set B.")
 

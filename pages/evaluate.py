@@ -9,14 +9,16 @@ import streamlit as st
 
 from core import backbones
 from core.devices import pick_device
-from core.distillation import VARIANTS, DistillationJob, soften
+from core.distillation import VARIANTS, soften, start_distillation, students_of
 from core.errors import UserInputError
 from core.evaluation import evaluate_dataset
+from core.jobs import get_job
 from core.lr_finder import find_lr
+from core.tasks import Snapshot
 from core.training import TrainConfig
 from pages._shared import (backbone_catalogue, bootstrap, category_axes, current_split, fading_scale, finished_runs,
-                           fit_title, model_picker, plain, run_models, run_option, run_store, store_result,
-                           stored_result)
+                           fit_title, model_picker, plain, run_models, run_option, run_status, run_store,
+                           store_result, stored_result)
 
 bootstrap()  # first, before the session is read: see bootstrap's docstring
 
@@ -192,14 +194,14 @@ def lr_finder_ui() -> None:
 # --- knowledge distillation ----------------------------------------------------------------
 
 
-def results_figure(snap) -> go.Figure:
+def results_figure(view: dict) -> go.Figure:
     fig = go.Figure()
     for variant in VARIANTS:
-        epochs = snap.epochs[variant]
-        fig.add_trace(go.Scatter(x=[e.epoch for e in epochs], y=[e.val_acc for e in epochs], mode="lines+markers",
-                                 name=f"student {variant}", line=dict(color=COLOURS[variant])))
-    if snap.teacher_val_acc is not None:
-        fig.add_hline(y=snap.teacher_val_acc, line_dash="dot", annotation_text="teacher",
+        epochs = view["epochs"].get(variant, [])
+        fig.add_trace(go.Scatter(x=[e["epoch"] for e in epochs], y=[e["val_acc"] for e in epochs],
+                                 mode="lines+markers", name=f"student {variant}", line=dict(color=COLOURS[variant])))
+    if view["teacher_val_acc"] is not None:
+        fig.add_hline(y=view["teacher_val_acc"], line_dash="dot", annotation_text="teacher",
                       annotation_position="bottom right")
     fig.update_layout(height=320, margin=dict(l=10, r=10, t=40, b=10), title="Student's validation accuracy",
                       xaxis=dict(title="epoch", dtick=1), yaxis=dict(range=[0, 1.02], tickformat=".0%"),
@@ -207,45 +209,70 @@ def results_figure(snap) -> go.Figure:
     return fig
 
 
-def show_distillation(snap) -> None:
+def distillation_view(run_id: str):
+    """(snapshot, what to draw) of a distillation run: live from its events, or from its record once it ended."""
+    snap, record = run_status(run_id)
+    if record is None:
+        return None, None
+    config, info = record.config, record.info or {}
+    if snap is None:  # ended (or left behind by a restarted server): the record is all there is
+        status = record.status if record.done else "interrupted"
+        snap = Snapshot(run_id, status, 1.0, message=record.message)
+    live = not record.done and isinstance(snap.epochs, dict)
+    view = {"epochs": {v: list(snap.epochs.get(v, ())) for v in VARIANTS} if live else students_of(record),
+            "teacher_val_acc": snap.extra.get("teacher_val_acc", info.get("teacher_val_acc")),
+            "temperature": config.get("temperature"), "alpha": config.get("alpha")}
+    return snap, view
+
+
+def show_distillation(snap, view: dict) -> None:
     if snap.status == "queued":
         st.info("Waiting for a free training slot…")
     elif not snap.done:
-        phase = f" {snap.phase}" if snap.phase else ""  # empty until the first variant starts
+        variant = snap.extra.get("arm")
+        phase = f" {variant}" if variant else ""  # empty until the first variant starts
         st.progress(snap.progress, text=f"Training the student{phase}… {snap.progress:.0%}")
-    if snap.status == "failed":
+    if snap.status in ("failed", "interrupted"):
         st.error(plain(snap.message))
     elif snap.message:
         st.info(plain(snap.message))
-    if not any(snap.epochs.values()):
+    if not any(view["epochs"].values()):
         return
     columns = st.columns(3)
-    titles = {VARIANTS[0]: f"With the teacher (T = {snap.temperature:g}, α = {snap.alpha:g})",
+    titles = {VARIANTS[0]: f"With the teacher (T = {view['temperature']:g}, α = {view['alpha']:g})",
               VARIANTS[1]: "Without the teacher (α = 0, labels only)"}
     for column, variant in zip(columns, VARIANTS):
-        epochs = snap.epochs[variant]
+        epochs = view["epochs"][variant]
         column.markdown(f"**{titles[variant]}**")
         if epochs:
             last = epochs[-1]
-            column.metric("Validation accuracy", f"{last.val_acc:.1%}")
-            column.metric("Validation loss", f"{last.val_loss:.3f}")
+            column.metric("Validation accuracy", f"{last['val_acc']:.1%}")
+            column.metric("Validation loss", f"{last['val_loss']:.3f}")
         else:
             column.caption("Not trained yet.")
     columns[2].markdown("**The teacher**")
-    if snap.teacher_val_acc is not None:
-        columns[2].metric("Validation accuracy", f"{snap.teacher_val_acc:.1%}")
-    st.plotly_chart(results_figure(snap), width="stretch", key="distill-results")
+    if view["teacher_val_acc"] is not None:
+        columns[2].metric("Validation accuracy", f"{view['teacher_val_acc']:.1%}")
+    st.plotly_chart(results_figure(view), width="stretch", key="distill-results")
+
+
+def stop_run(run_id: str) -> None:
+    job = get_job(run_id)
+    job.cancel() if job is not None else run_store().request_stop(run_id)
 
 
 @st.fragment(run_every=1.0)
 def live_distillation() -> None:
-    job = ss["distill_job"]["value"]
-    snap = job.snapshot()
-    show_distillation(snap)
+    run_id = ss["distill_job"]["value"]
+    snap, view = distillation_view(run_id)
+    if snap is None:
+        st.warning("This distillation is no longer on the server.")
+        return
+    show_distillation(snap, view)
     if snap.done:
         st.rerun()  # finished: redraw the whole page once, without the timer
     elif st.button("Stop", icon=":material/stop:", key="distill-stop"):
-        job.cancel()
+        stop_run(run_id)
 
 
 def softening_figure(teacher, image, classes, temperature: float) -> go.Figure:
@@ -320,29 +347,25 @@ def distillation_ui() -> None:
     cfg = ss.train_config
     inputs = (teacher_id, split_key(), student, pretrained, temperature, alpha, int(epochs), int(size), float(lr),
               cfg.batch_size, cfg.seed, cfg.optimizer, cfg.schedule, cfg.augment)
-    job, stale = stored_result("distill_job", inputs, running=lambda j: not j.snapshot().done)
-    running = job is not None and not job.snapshot().done
+    run_id, stale = stored_result("distill_job", inputs, running=lambda r: not distillation_done(r))
+    running = run_id is not None and not distillation_done(run_id)
     if st.button("Distil: train the student with and without the teacher", type="primary",
                  icon=":material/school:", disabled=running):
         cfg = ss.train_config
         config = TrainConfig(epochs=int(epochs), batch_size=cfg.batch_size, lr=float(lr), seed=cfg.seed,
                              optimizer=cfg.optimizer, schedule=cfg.schedule, augment=cfg.augment, image_size=int(size))
-        classes = list(train_ds.classes)
-
-        def build():
-            return backbones.starting_model(student, classes, pretrained=pretrained, seed=config.seed,
-                                            image_size=config.image_size)
-
         try:
-            teacher = run_store().load_model(teacher_id)  # its own copy: the worker thread uses it
-            job = DistillationJob(build, teacher, train_ds, val_ds, config, temperature, alpha).start()
-            store_result("distill_job", inputs, job)
+            job = start_distillation(run_store(), teacher_id, train_ds, val_ds, config, temperature, alpha,
+                                     backbone=student, pretrained=pretrained, owner=ss.owner,
+                                     dataset=ss.dataset_label)
+            run_id = job.run_id
+            store_result("distill_job", inputs, run_id)
             stale = False
         except UserInputError as exc:
             st.error(plain(exc))
             return
         running = True
-    if job is None:
+    if run_id is None:
         return
     if stale:
         st.warning("Still training for the previous selection (another teacher, dataset or setting): these "
@@ -350,7 +373,16 @@ def distillation_ui() -> None:
     if running:
         live_distillation()
     else:
-        show_distillation(job.snapshot())
+        snap, view = distillation_view(run_id)
+        if snap is None:
+            st.warning("This distillation is no longer on the server.")
+        else:
+            show_distillation(snap, view)
+
+
+def distillation_done(run_id: str) -> bool:
+    snap, _ = distillation_view(run_id)
+    return snap is None or snap.done
 
 
 tab_eval, tab_lr, tab_distil = st.tabs(["Validation results", "Learning-rate finder", "Knowledge distillation"])

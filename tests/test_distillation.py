@@ -6,9 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from core import backbones
-from core.distillation import VARIANTS, DistillationJob, distill, distillation_loss, soften
+from core.distillation import distill, distillation_loss, soften
 from core.errors import ConfigError
-from core.tasks import TaskQueue
 from core.training import TrainConfig
 from test_training import Shapes
 
@@ -128,24 +127,3 @@ def test_teacher_and_student_must_share_their_classes(lite0, data):
     teacher, student = make(lite0, 1), make(lite0, 2, classes=("cat", "dog"))
     with pytest.raises(ConfigError, match="same, in the same order"):
         distill(student, teacher, *data, TrainConfig(epochs=1, image_size=32), 2.0, 0.5)
-
-
-def test_the_job_trains_the_same_student_with_and_without_the_teacher(lite0, data):
-    teacher = make(lite0, 1)
-    built = []
-
-    def build():
-        student = make(lite0, 5)
-        built.append(student.head.weight.detach().clone())
-        return student
-
-    config = TrainConfig(epochs=1, batch_size=8, image_size=32, freeze=head_only(teacher))
-    job = DistillationJob(build, teacher, *data, config, temperature=2.0, alpha=0.5, queue=TaskQueue(1)).start()
-    assert job.join(120)
-    snap = job.snapshot()
-    assert snap.status == "finished", snap.message
-    assert snap.done and snap.progress == 1.0
-    assert all(len(snap.epochs[v]) == 1 for v in VARIANTS)
-    assert snap.teacher_val_acc is not None and 0 <= snap.teacher_val_acc <= 1
-    assert len(built) == 2 and torch.equal(built[0], built[1])  # the same start: the teacher is the only difference
-    assert not torch.equal(job.students[VARIANTS[0]].head.weight, job.students[VARIANTS[1]].head.weight)

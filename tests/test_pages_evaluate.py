@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from core.jobs import get_job
+
 # Another folder's app.py (with the same pages) can be tried by setting TRANSFER_LAB_APP.
 APP = os.environ.get("TRANSFER_LAB_APP") or str(Path(__file__).resolve().parent.parent / "app.py")
 
@@ -96,10 +98,12 @@ def test_evaluate_shows_accuracy_confusion_scores_and_a_distillation(trained):
     [s for s in at.select_slider if s.label == "Student input size (px)"][0].set_value(64).run()
     button(at, "Distil").click().run()
     assert not at.exception and not at.error, texts(at.error)
-    assert at.session_state.distill_job["value"].join(300)
+    job = get_job(at.session_state.distill_job["value"])  # the run's id: a worker process trains it
+    assert job.join(300)
     at.run()
-    snap = at.session_state.distill_job["value"].snapshot()
+    snap = job.snapshot()
     assert snap.status == "finished", snap.message
+    assert set(snap.epochs) == {"with teacher", "without teacher"}
     assert all(len(snap.epochs[v]) == 1 for v in snap.epochs)
     assert any("With the teacher" in m for m in texts(at.markdown))
     assert any("Without the teacher" in m for m in texts(at.markdown))
