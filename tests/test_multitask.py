@@ -2,6 +2,7 @@
 through the one loop (missing labels masked), and what the tasks' gradients do to each other."""
 
 import io
+import json
 import zipfile
 from types import SimpleNamespace
 
@@ -292,3 +293,29 @@ def test_every_task_is_predicted_at_once_and_confusion_counts_only_labelled_imag
         assert confusion[t].shape == (2, 2)
         assert confusion[t].sum() == sum(v != -1 for v in val.task_labels(t))
     assert confusion["shade"].sum() < len(val)  # some labels were dropped, and not counted
+
+
+def test_onnx_export_has_one_named_output_per_task_that_matches_the_model(tmp_path):
+    from core.export import check_export, export_onnx, onnx_available
+
+    model = multitask_classifier(tiny_backbone(), TASKS)
+    path = export_onnx(model, tmp_path / "model.onnx")
+    import onnx
+
+    graph = onnx.load(str(path)).graph
+    assert [o.name for o in graph.output] == ["shade", "tint"] and [i.name for i in graph.input] == ["image"]
+    images = toy(5, 2).images
+    check = check_export(model, path, "onnx", images)
+    if onnx_available():  # onnxruntime reloads it: each task's logits as the model's
+        assert check.ran and check.same_predictions and check.max_abs_diff < 1e-4 and check.images == 5
+    sidecar = json.loads(path.with_suffix(".json").read_text())
+    assert sidecar["tasks"] == TASKS and sidecar["outputs"] == ["shade", "tint"]
+
+
+def test_torchscript_export_of_a_multitask_model_returns_every_task(tmp_path):
+    from core.export import check_export, export_torchscript
+
+    model = multitask_classifier(tiny_backbone(), TASKS, head={"shade": "mlp"})
+    path = export_torchscript(model, tmp_path / "model.pt")
+    check = check_export(model, path, "torchscript", toy(4, 3).images)
+    assert check.ran and check.same_predictions and check.max_abs_diff < 1e-4

@@ -69,6 +69,12 @@ def test_a_multitask_run_trains_in_a_worker_with_curves_per_task_and_reloads_wit
         keep = y >= 0
         accuracy = (probs[t].argmax(1)[keep] == y[keep]).float().mean().item()
         assert accuracy == pytest.approx(record.epochs[-1]["val_acc_by_task"][t])
+    # the safetensors export rebuilds the same heads from its sidecar alone
+    from core.export import export_safetensors, load_safetensors
+
+    exported = load_safetensors(export_safetensors(model, tmp_path / "model.safetensors"))
+    again = predict_tasks(exported, val_ds.images)
+    assert all(torch.allclose(again[t], probs[t], atol=1e-5) for t in tasks)
     start = store.load_starting_model(job.run_id)
     assert start.tasks == model.tasks
     trained, before = model.task_heads.heads["size"].weight, start.task_heads.heads["size"].weight
