@@ -77,6 +77,15 @@ def test_demo_labels_every_image_for_three_tasks_and_split_keeps_every_shape_on_
     assert data.demo_multitask(per_class=6, seed=0).fingerprint == ds.fingerprint
 
 
+def test_gaps_in_the_first_task_split_like_a_class_of_their_own():
+    ds = toy(16, 0, missing=0.4)
+    assert -1 in ds.task_labels("shade")  # split stratifies on the first task
+    train, val = data.split(ds, 0.25, seed=0)
+    assert len(train) + len(val) == len(ds)
+    assert -1 in train.task_labels("shade") and -1 in val.task_labels("shade")
+    assert set(train.task_labels("shade")) - {-1} == set(val.task_labels("shade")) - {-1} == {0, 1}
+
+
 def _zip(files: dict[str, bytes | str]) -> bytes:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
