@@ -533,8 +533,17 @@ def multitask_classifier(backbone, tasks: Mapping[str, Sequence[str]], head: str
 class _TaskView(nn.Module):
     def __init__(self, model: nn.Module, task: str):
         super().__init__()
-        self.model = model
+        # the model's own children, under their own names: a layer of the model (Grad-CAM's, a
+        # feature map's) has the same name in the view
+        for name, child in model.named_children():
+            self.add_module(name, child)
+        object.__setattr__(self, "model", model)  # not registered: its children already are
         self.task = task
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.model.train(mode)
+        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)[self.task]

@@ -83,3 +83,19 @@ def task_curves(epochs: list[dict]) -> go.Figure:
 
 def _value(v):
     return None if v is None or (isinstance(v, float) and math.isnan(v)) else v
+
+
+def task_pair(pair, task: str):
+    """A run's before/after models seen through one task's head (saliency: where does each head
+    look?), the head group narrowed to that task's head."""
+    from dataclasses import replace
+
+    from core.backbones import LayerGroup
+    from core.multitask import task_view
+
+    head = pair.after.head_module
+    # the head group is this task's own head: its output is one tensor, its weights this head's alone
+    groups = [LayerGroup(g.name, [f"{m}.heads.{task}" if m == head else m for m in g.modules])
+              for g in pair.layer_groups]
+    return replace(pair, before=task_view(pair.before, task), after=task_view(pair.after, task),
+                   classes=list(pair.after.tasks[task]), layer_groups=groups)

@@ -328,3 +328,14 @@ def test_torchscript_export_of_a_multitask_model_returns_every_task(tmp_path):
     path = export_torchscript(model, tmp_path / "model.pt")
     check = check_export(model, path, "torchscript", toy(4, 3).images)
     assert check.ran and check.same_predictions and check.max_abs_diff < 1e-4
+
+
+def test_a_task_view_names_its_layers_as_the_model_does_and_follows_its_mode():
+    model = multitask_classifier(tiny_backbone(), TASKS)
+    view = task_view(model, "tint")
+    assert dict(view.named_modules())["block.0"] is model.get_submodule("block.0")
+    assert "fc.heads.tint" in dict(view.named_modules())
+    view.eval()
+    assert not model.training and not model.get_submodule("drop").training
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.equal(view(x), model(x)["tint"])

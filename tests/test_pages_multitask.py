@@ -77,3 +77,13 @@ def test_a_multitask_dataset_trains_every_task_at_once_then_is_evaluated_and_use
     assert not at.exception and not at.error, (at.exception, [e.value for e in at.error])
     answers = [m.value for m in at.markdown if m.value.startswith(("shape:", "colour:", "size:"))]
     assert [a.split(":")[0] for a in answers] == ["shape", "colour", "size"]  # every task answers at once
+
+    # feature maps and saliency look through one head at a time
+    for page, key in (("features", "fm-task"), ("saliency", "sal-task")):
+        at.switch_page(f"pages/{page}.py")
+        at.run()
+        at.selectbox(key=key).set_value("size").run()
+        assert not at.exception and not at.error, (page, at.exception, [e.value for e in at.error])
+    at.switch_page("pages/features.py")
+    at.run()
+    assert any("linear CKA" in c.proto.spec for c in at.get("plotly_chart"))
