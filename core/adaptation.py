@@ -464,7 +464,7 @@ def train_folder(store, record, stop, log, save, distributed=None):
     Each arm's epochs reach the record as they end (``info["arms"]``), the DAN arm's best weights
     so far are the run's model, and the final record holds both arms' histories (see
     :func:`comparison_of`)."""
-    from core.worker import ArmRecorder, EncodedDataset
+    from core.worker import ArmRecorder, EncodedDataset, status_of
 
     if distributed is not None and not distributed.main:
         return "finished", "", {}  # an adaptation trains in one process: rank 0 alone
@@ -501,8 +501,10 @@ def train_folder(store, record, stop, log, save, distributed=None):
         arms[arm.name].update(lam=arm.lam, mmd_before=arm.mmd_before, mmd_after=arm.mmd_after, seconds=arm.seconds,
                               stopped=arm.history.stopped, message=arm.history.message,
                               epochs=[asdict(e) for e in arm.history.epochs])
-    stopped = result.dan.history.stopped or result.plain.history.stopped
-    status = {"cancelled": "cancelled", "diverged": "diverged"}.get(stopped or "", "finished")
+    # an early stop of one arm is a finished arm; a cancelled or diverged one ends the comparison so
+    stopped = next((h.stopped for h in (result.dan.history, result.plain.history)
+                    if h.stopped in ("cancelled", "diverged")), None)
+    status = status_of(stopped)
     message = result.dan.history.message or result.plain.history.message
     return status, message, {"epochs": arms["DAN"]["epochs"],
                              "info": {**record.info, "arms": arms, "layer": result.layer, "seconds": result.seconds}}

@@ -199,7 +199,7 @@ def train(args) -> int:
     from core import backbones, data
     from core.runs import RunRecord, RunStore, new_run_id
     from core.settings import get_settings
-    from core.worker import ending
+    from core.worker import ending, status_of
     from core.train.distributed import Distributed, launched_by_torchrun
     from core.train.objectives import Classification
     from core.training import Trainer, training_plan
@@ -282,7 +282,7 @@ def train(args) -> int:
         raise
     finally:
         signal.signal(signal.SIGTERM, previous)
-    status = {"cancelled": "cancelled", "diverged": "diverged"}.get(history.stopped or "", "finished")
+    status = status_of(history.stopped)
     if main_rank and history.epochs:
         store.save_model(record.id, model)
     code = finish(status, history.message, history)

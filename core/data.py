@@ -1032,7 +1032,8 @@ def split(
     train, val = [], []
     for label, indices in sorted(by_class.items()):
         # One stream per class: a class's split does not depend on the other classes.
-        order = np.random.default_rng([int(seed) & 0xFFFFFFFF, label]).permutation(len(indices))
+        # a multi-task set's first task may have gaps (label -1): they are a stratum of their own
+        order = np.random.default_rng([int(seed) & 0xFFFFFFFF, int(label) & 0xFFFFFFFF]).permutation(len(indices))
         shuffled = [indices[k] for k in order]
         n_val = 0 if len(indices) < 2 else min(max(round(len(indices) * val_fraction), 1), len(indices) - 1)
         val += shuffled[:n_val]

@@ -77,19 +77,35 @@ class Bundle:
     check: ExportCheck | None = None
 
 
-def _head_kind(model: Classifier) -> str:
+def _head_kind(model: Classifier) -> str | dict[str, str]:
+    if _tasks(model):
+        return dict(model.task_heads.kinds)
     return "linear" if isinstance(model.head, nn.Linear) else "mlp"
 
 
+def _tasks(model) -> dict[str, list[str]] | None:
+    """A multi-task model's tasks (task -> classes, in output order), None for a single head."""
+    tasks = getattr(model, "tasks", None)
+    return {t: list(c) for t, c in tasks.items()} if tasks else None
+
+
+def _output_names(model) -> list[str]:
+    """The exported graph's outputs: one per task, named after it, or ``logits``."""
+    return list(_tasks(model) or ["logits"])
+
+
 def sidecar(model: Classifier) -> dict:
-    """What a program needs besides the weights: classes and preprocessing."""
+    """What a program needs besides the weights: classes (per task for a multi-task model) and
+    preprocessing."""
+    tasks = _tasks(model)
+    labels = ({"tasks": tasks, "outputs": list(tasks)} if tasks else
+              {"classes": list(model.classes), "num_classes": len(model.classes)})
     return {
         "format": FORMAT,
         "backbone": model.backbone_name,
         "head": _head_kind(model),
         "head_module": model.head_module,
-        "classes": list(model.classes),
-        "num_classes": len(model.classes),
+        **labels,
         "preprocessing": {
             "image_size": int(model.image_size),
             "resize": "short side to image_size, then centre crop image_size x image_size",
@@ -98,7 +114,9 @@ def sidecar(model: Classifier) -> dict:
             "std": [float(v) for v in model.std],
             "layout": "NCHW float32",
         },
-        "output": "logits (apply softmax for probabilities)",
+        "output": ("one output per task, named after it (see outputs): that task's logits, in its classes' "
+                   "order (apply softmax for probabilities)" if tasks else
+                   "logits (apply softmax for probabilities)"),
     }
 
 
@@ -143,7 +161,8 @@ def export_torchscript(model: Classifier, path) -> Path:
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated yet still the portable format
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         # check_trace re-runs the model to compare; check_export does that on real images instead
-        traced = torch.jit.trace(clone, _example(clone), check_trace=False)
+        # a multi-task model returns {task: logits}: strict=False lets the trace keep that dict
+        traced = torch.jit.trace(clone, _example(clone), check_trace=False, strict=not _tasks(clone))
         torch.jit.save(traced, str(path), _extra_files={"transfer_lab.json": json.dumps(sidecar(model))})
     _write_sidecar(model, path)
     return path
@@ -164,22 +183,26 @@ def onnx_export_available() -> bool:
 
 
 def export_onnx(model: Classifier, path) -> Path:
-    """An ONNX graph with input ``image`` [batch, 3, S, S] and output ``logits`` [batch, classes];
-    the batch size is free."""
+    """An ONNX graph with input ``image`` [batch, 3, S, S] and output ``logits`` [batch, classes]
+    (a multi-task model: one output per task, named after the task); the batch size is free."""
     if not onnx_export_available():
         raise ConfigError("Exporting to ONNX needs the onnx package, which is not installed on this server "
                           "(pip install onnx onnxruntime). The TorchScript and safetensors exports work without it.")
     path = Path(path)
     clone = _cpu_copy(model)
     example = (_example(clone),)
-    names = dict(input_names=["image"], output_names=["logits"])
+    outputs = _output_names(clone)
+    if "image" in outputs:
+        raise ConfigError("A task called 'image' would share its name with the ONNX input; rename that "
+                          "column of labels.csv and train again, or use the TorchScript or safetensors export.")
+    names = dict(input_names=["image"], output_names=outputs)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", FutureWarning)
         warnings.simplefilter("ignore", UserWarning)  # constant-folding notes
         try:
             torch.onnx.export(clone, example, str(path), opset_version=ONNX_OPSET, dynamo=False,
-                              dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}}, **names)
+                              dynamic_axes={name: {0: "batch"} for name in ["image", *outputs]}, **names)
         except Exception as legacy_error:  # noqa: BLE001 - a torch without the legacy exporter
             try:
                 torch.onnx.export(clone, example, str(path), dynamo=True, verbose=False,
@@ -221,13 +244,19 @@ def load_safetensors(path) -> Classifier:
         else:
             with safe_open(str(path), "pt") as fh:
                 meta = fh.metadata() or {}
-            info = {k: (json.loads(v) if k in ("classes", "preprocessing", "num_classes") else v)
-                    for k, v in meta.items()}
-        classes = list(info["classes"])
+            info = {k: (json.loads(v) if k in ("classes", "preprocessing", "num_classes", "tasks", "outputs")
+                        or v.startswith("{") else v) for k, v in meta.items()}
         pre = info["preprocessing"]
         base = backbones.load(info["backbone"], pretrained=False)
-        model = backbones.classifier(base, len(classes), head=info.get("head", "linear"), classes=classes,
-                                     image_size=int(pre["image_size"]))
+        if "tasks" in info:  # one head per task
+            from core.multitask import multitask_classifier
+
+            model = multitask_classifier(base, info["tasks"], info.get("head", "linear"),
+                                         image_size=int(pre["image_size"]))
+        else:
+            classes = list(info["classes"])
+            model = backbones.classifier(base, len(classes), head=info.get("head", "linear"), classes=classes,
+                                         image_size=int(pre["image_size"]))
         model.load_state_dict(load_file(str(path), device="cpu"))
     except (KeyError, TypeError, ValueError, RuntimeError, OSError) as exc:
         raise CheckpointError(f"{path.name} is not a Transfer Lab export ({type(exc).__name__}: {exc}).") from exc
@@ -248,13 +277,20 @@ def _batch(model: Classifier, images) -> torch.Tensor:
     return normalise(batch, torch.tensor(model.mean).view(1, 3, 1, 1), torch.tensor(model.std).view(1, 3, 1, 1))
 
 
-def _reloaded_logits(path: Path, kind: str, x: torch.Tensor) -> torch.Tensor | None:
+def _outputs(y) -> dict[str, torch.Tensor]:
+    """A model's output as {name: logits}: a multi-task model's dict as it is, one tensor as ``logits``."""
+    if isinstance(y, dict):
+        return {str(k): v.float() for k, v in y.items()}
+    return {"logits": y.float()}
+
+
+def _reloaded_logits(path: Path, kind: str, x: torch.Tensor) -> dict[str, torch.Tensor] | None:
     if kind == "torchscript":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             module = torch.jit.load(str(path), map_location="cpu")
         with torch.inference_mode():
-            return module(x).float()
+            return _outputs(module(x))
     if kind == "onnx":
         if not onnx_available():
             return None
@@ -262,10 +298,11 @@ def _reloaded_logits(path: Path, kind: str, x: torch.Tensor) -> torch.Tensor | N
 
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         name = session.get_inputs()[0].name
-        return torch.from_numpy(session.run(None, {name: x.numpy()})[0]).float()
+        names = [o.name for o in session.get_outputs()]
+        return {n: torch.from_numpy(v).float() for n, v in zip(names, session.run(None, {name: x.numpy()}))}
     reloaded = load_safetensors(path)
     with torch.inference_mode():
-        return reloaded(x).float()
+        return _outputs(reloaded(x))
 
 
 def check_export(model: Classifier, path, kind: str, images) -> ExportCheck:
@@ -278,18 +315,23 @@ def check_export(model: Classifier, path, kind: str, images) -> ExportCheck:
     clone = _cpu_copy(model)
     x = _batch(clone, images)
     with torch.inference_mode():
-        expected = clone(x).float()
+        expected = _outputs(clone(x))
     got = _reloaded_logits(path, kind, x)
     if got is None:
         return ExportCheck(float("nan"), False, ran=False, images=len(x),
                            message="The ONNX file was written, but onnxruntime is not installed here, so "
                                    "it could not be reloaded and checked (pip install onnxruntime).")
-    if got.shape != expected.shape:
+    if list(got) != list(expected):
         return ExportCheck(float("inf"), False, images=len(x),
-                           message=f"The reloaded model gives logits of shape {tuple(got.shape)}, "
-                                   f"not {tuple(expected.shape)}.")
-    diff = float((got - expected).abs().max())
-    same = bool(torch.equal(got.argmax(1), expected.argmax(1)))
+                           message=f"The reloaded model's outputs are {', '.join(got)}, not {', '.join(expected)}.")
+    for name in expected:
+        if got[name].shape != expected[name].shape:
+            return ExportCheck(float("inf"), False, images=len(x),
+                               message=f"The reloaded model gives logits of shape {tuple(got[name].shape)}"
+                                       f"{'' if name == 'logits' else f' for {name}'}, "
+                                       f"not {tuple(expected[name].shape)}.")
+    diff = max(float((got[n] - expected[n]).abs().max()) for n in expected)
+    same = all(torch.equal(got[n].argmax(1), expected[n].argmax(1)) for n in expected)
     if not math.isfinite(diff):
         same = False
     return ExportCheck(diff, same, images=len(x))
@@ -322,11 +364,21 @@ _HOWTO = {
 
 def readme(model: Classifier, kind: str) -> str:
     """The bundle's README.txt: its files in two aligned columns, the preprocessing, how to load."""
-    files = [(f"model{SUFFIX[kind]}", f"the classifier ({model.backbone_name}, {len(model.classes)} classes)"),
-             ("model.json", "class names (output order) and preprocessing")]
+    tasks = _tasks(model)
+    if tasks:
+        about = ", ".join(f"{t}: {len(c)} classes" for t, c in tasks.items())
+        files = [(f"model{SUFFIX[kind]}", f"the multi-task model ({model.backbone_name}; {about})"),
+                 ("model.json", "each task's class names (output order), the outputs' order, preprocessing")]
+    else:
+        files = [(f"model{SUFFIX[kind]}", f"the classifier ({model.backbone_name}, {len(model.classes)} classes)"),
+                 ("model.json", "class names (output order) and preprocessing")]
     width = max(len(name) for name, _ in files) + 2
+    howto = _HOWTO[kind]
+    if tasks:
+        howto += (f"\nOne output per task, named after it, in this order: {', '.join(tasks)} (ONNX returns a list "
+                  "in that order; TorchScript and the rebuilt model a dict task -> logits).")
     return _README.format(kind=kind, files="\n".join(f"{name:<{width}}{about}" for name, about in files),
-                          size=model.image_size, mean=list(model.mean), std=list(model.std), howto=_HOWTO[kind])
+                          size=model.image_size, mean=list(model.mean), std=list(model.std), howto=howto)
 
 
 def build_bundle(model: Classifier, kind: str, images=None) -> Bundle:

@@ -697,7 +697,7 @@ def train_folder(store, record, stop, log, save, distributed=None):
     """Meta-train the run folder's model (``core.worker.KINDS["meta"]``); returns (status, message,
     record changes) like ``core.worker.train_classifier``. After the last epoch the model is scored
     on novel-class episodes with 1 and 5 shots (``info["novel"]``)."""
-    from core.worker import EncodedDataset, _fit_info
+    from core.worker import EncodedDataset, _fit_info, status_of
 
     if distributed is not None and not distributed.main:
         # episodes are not split between processes: rank 0 meta-trains alone, the others wait
@@ -717,7 +717,7 @@ def train_folder(store, record, stop, log, save, distributed=None):
     store.save_start(record.id, model, record.pretrained)
     callbacks = [_EpochRecord(store, record.id, model, save), log]  # weights first, then news
     history = meta_train(model, base, n_way, k_shot, meta, callbacks, stop, novel_ds=novel)
-    status = {"cancelled": "cancelled", "diverged": "diverged"}.get(history.stopped or "", "finished")
+    status = status_of(history.stopped)
     info = {**_fit_info(store, record.id), **record.info}
     if history.epochs:
         store.save_model(record.id, model)

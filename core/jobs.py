@@ -31,6 +31,15 @@ def _known(cls, data: dict) -> dict:
     return {k: v for k, v in data.items() if k in names}
 
 
+def _epoch_metrics(event: dict) -> EpochMetrics:
+    """An epoch event as metrics; a multi-task run's keep their per-task figures (curves per task)."""
+    if "val_acc_by_task" in event:
+        from core.multitask import MultiTaskEpochMetrics
+
+        return MultiTaskEpochMetrics(**_known(MultiTaskEpochMetrics, event))
+    return EpochMetrics(**_known(EpochMetrics, event))
+
+
 class RunView:
     """A run's live state, read from its folder's events.jsonl a little more at each refresh.
 
@@ -83,7 +92,7 @@ class RunView:
                     if self.first_point is None:
                         self.first_point = e["t"] - created
             elif kind == "epoch":
-                self.epochs.append(EpochMetrics(**_known(EpochMetrics, e)))
+                self.epochs.append(_epoch_metrics(e))
                 if self.arm is not None:
                     self.arms[self.arm].append({k: v for k, v in e.items() if k not in ("event", "t")})
                 if self.first_point is None:

@@ -61,6 +61,12 @@ __all__ = [
     "confusion_by_task",
     "TaskComparison",
     "compare_shared_separate",
+    "EncodedMultiTaskDataset",
+    "encode_multitask_inputs",
+    "starting_multitask_model",
+    "new_multitask_record",
+    "start_multitask_run",
+    "train_folder",
 ]
 
 MISSING = -1
@@ -527,8 +533,17 @@ def multitask_classifier(backbone, tasks: Mapping[str, Sequence[str]], head: str
 class _TaskView(nn.Module):
     def __init__(self, model: nn.Module, task: str):
         super().__init__()
-        self.model = model
+        # the model's own children, under their own names: a layer of the model (Grad-CAM's, a
+        # feature map's) has the same name in the view
+        for name, child in model.named_children():
+            self.add_module(name, child)
+        object.__setattr__(self, "model", model)  # not registered: its children already are
         self.task = task
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.model.train(mode)
+        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)[self.task]
@@ -961,3 +976,153 @@ def compare_shared_separate(backbone, train_ds: MultiTaskDataset, val_ds: MultiT
         separate_seconds += seconds
     return TaskComparison(list(tasks), shared_acc, separate_acc, shared_params, separate_params,
                           shared_trainable, separate_trainable, shared_seconds, separate_seconds)
+
+
+# --- runs in a worker process -----------------------------------------------------------------
+
+
+class EncodedMultiTaskDataset:
+    """A run folder's images (uint8 ``Tensor[N, 3, S, S]``) with their labels (``Tensor[N, T]``,
+    ``-1`` where missing, columns in ``tasks`` order): what the loop reads, nothing decoded again."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, tasks: Mapping[str, Sequence[str]]):
+        self.images = images
+        self._labels = torch.as_tensor(labels, dtype=torch.long).reshape(len(images), len(tasks))
+        self._tasks = {str(t): [str(c) for c in classes] for t, classes in tasks.items()}
+
+    @property
+    def tasks(self) -> dict[str, list[str]]:
+        return {t: list(c) for t, c in self._tasks.items()}
+
+    @property
+    def task_names(self) -> list[str]:
+        return list(self._tasks)
+
+    @property
+    def classes(self) -> list[str]:
+        return list(next(iter(self._tasks.values())))
+
+    @property
+    def labels(self) -> list[int]:
+        return self._labels[:, 0].tolist()
+
+    def label_matrix(self, tasks: Sequence[str] | None = None) -> torch.Tensor:
+        names = self.task_names
+        columns = [names.index(t) for t in (tasks if tasks is not None else names)]
+        return self._labels[:, columns].contiguous()
+
+    def encoded(self, size: int) -> torch.Tensor:
+        from core.train.base import encode_images
+
+        if self.images.shape[-2:] == (size, size):
+            return self.images
+        return encode_images(self._as_pictures(), size)
+
+    def _as_pictures(self):
+        return [(Image.fromarray(img.permute(1, 2, 0).numpy(), "RGB"), None) for img in self.images]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int):
+        i = operator.index(i)
+        image = Image.fromarray(self.images[i].permute(1, 2, 0).numpy(), "RGB")
+        return image, {t: int(v) for t, v in zip(self._tasks, self._labels[i].tolist())}
+
+
+def encode_multitask_inputs(train_ds, val_ds, size: int) -> dict[str, torch.Tensor]:
+    """What a multi-task worker reads from the run folder: both splits' images at the run's size
+    and their label matrices (columns in the training set's task order)."""
+    from core.train.base import encode_images
+
+    tasks = train_ds.task_names
+    return {"train_images": encode_images(train_ds, size), "train_labels": train_ds.label_matrix(tasks),
+            "val_images": encode_images(val_ds, size), "val_labels": val_ds.label_matrix(tasks)}
+
+
+def starting_multitask_model(name: str, tasks: Mapping[str, Sequence[str]], *, pretrained: bool = True,
+                             seed: int = 0, image_size: int | None = None, head: str | Mapping[str, str] = "linear",
+                             weights_path=None) -> MultiTaskClassifier:
+    """The exact multi-task model a run starts from (the same seed gives the same random heads)."""
+    from core import backbones
+    from core.seeding import seeded
+
+    with seeded(seed):
+        base = backbones.load(name, pretrained=pretrained and weights_path is None, weights_path=weights_path)
+        return multitask_classifier(base, tasks, head, image_size=image_size)
+
+
+def new_multitask_record(train_ds, val_ds, *, backbone: str, pretrained: bool, config, weights_path=None,
+                         head: str = "linear", weighting: str = "equal", weights: Mapping[str, float] | None = None,
+                         pcgrad: bool = False, owner: str = "", label: str = "", dataset: str = ""):
+    """A queued multi-task run's record (``config["kind"] == "multitask"``, ``config["tasks"]``: task ->
+    classes in output order), after checking that the run can start at all."""
+    from dataclasses import replace
+
+    from core.jobs import new_record
+
+    tasks = getattr(train_ds, "tasks", None)
+    if not tasks:
+        raise DataError("Multi-task training needs images with a label per task: a ZIP with labels.csv, "
+                        "or the multi-task demo on the Data page.")
+    MultiTask(weighting, weights)  # an unknown weighting is refused here, not in the worker
+    unlabelled = [t for t in tasks if not any(v != MISSING for v in train_ds.task_labels(t))]
+    if unlabelled:
+        raise DataError(f"No training image is labelled for {_show(unlabelled)}: label a few more images for "
+                        "it, or use a smaller validation share on the Data page.")
+    record = new_record(train_ds, val_ds, backbone=backbone, pretrained=pretrained, config=config,
+                        weights_path=weights_path, head=head, owner=owner, dataset=dataset,
+                        label=label or f"{backbone} {'pretrained' if pretrained else 'scratch'}, multi-task")
+    return replace(record, config={**record.config, "kind": "multitask", "tasks": train_ds.tasks,
+                                   "weighting": weighting, "task_weights": dict(weights or {}),
+                                   "pcgrad": bool(pcgrad)})
+
+
+def start_multitask_run(store, train_ds, val_ds, *, queue=None, **options):
+    """Queue a multi-task run (options as ``new_multitask_record``'s) to train in a worker process."""
+    from core.jobs import start_folder_run
+
+    record = new_multitask_record(train_ds, val_ds, **options)
+    size = int(options["config"].image_size)
+    return start_folder_run(store, record, lambda: encode_multitask_inputs(train_ds, val_ds, size), queue=queue)
+
+
+def train_folder(store, record, stop, log, save, distributed=None):
+    """What a worker runs for a ``"multitask"`` run folder: the one loop with the ``MultiTask``
+    objective, live events, the best weights kept at each epoch end; returns (status, message,
+    record changes), as ``core.worker.train_classifier`` does."""
+    from dataclasses import asdict
+
+    from core.train.base import TrainConfig
+    from core.train.loop import Trainer
+    from core.worker import _BestWeights, _fit_info, ending, status_of
+
+    cfg = record.config
+    config = TrainConfig.from_dict(cfg)
+    tasks = cfg.get("tasks") or {}
+    inputs = store.load_inputs(record.id)
+    train_ds = EncodedMultiTaskDataset(inputs["train_images"], inputs["train_labels"], tasks)
+    val_ds = EncodedMultiTaskDataset(inputs["val_images"], inputs["val_labels"], tasks)
+    del inputs
+    model = starting_multitask_model(record.backbone, tasks, pretrained=record.pretrained, seed=config.seed,
+                                     image_size=config.image_size, head=cfg.get("head", "linear"),
+                                     weights_path=cfg.get("weights_file"))
+    objective = MultiTask(cfg.get("weighting", "equal"), cfg.get("task_weights") or None,
+                          pcgrad=bool(cfg.get("pcgrad", False)))
+    main = distributed is None or distributed.main
+    callbacks = [log]
+    if main:
+        store.save_start(record.id, model, record.pretrained)
+        callbacks = [_BestWeights(store, record.id, model, lambda **c: save(**c)), log]
+    history = Trainer(model, objective, config, callbacks, stop, distributed=distributed).fit(
+        {"train": train_ds, "val": val_ds})
+    status = status_of(history.stopped)
+    if history.epochs and main:
+        store.save_model(record.id, model)
+    return status, history.message, {
+        "epochs": [asdict(e) for e in history.epochs],  # with val_acc_by_task, train_loss_by_task, ...
+        "info": {**_fit_info(store, record.id), **record.info, **ending(history)},
+        "config": {**cfg, "batch_size": history.batch_size or config.batch_size,
+                   "used_feature_cache": history.used_feature_cache,
+                   "images_per_second": history.images_per_second},
+    }

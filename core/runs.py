@@ -124,6 +124,8 @@ class RunStore:
             "std": json.dumps(list(model.std)),
             "head_module": model.head_module,
         }
+        if getattr(model, "tasks", None):  # a multi-task model: its heads' tasks and classes, in order
+            meta["tasks"] = json.dumps(model.tasks)
         self._write(run_id, "model.safetensors", model.state_dict(), meta)
 
     def save_start(self, run_id: str, model: Classifier, pretrained: bool) -> None:
@@ -161,9 +163,15 @@ class RunStore:
         if record is None or not path.is_file():
             raise CheckpointError("This run has no saved model (it may still be training, or it failed).")
         base = backbones.load(record.backbone, pretrained=False)
-        model = backbones.classifier(base, len(record.classes), classes=record.classes,
-                                     image_size=int(record.config.get("image_size", base.image_size)),
-                                     head=record.config.get("head", "linear"))
+        size = int(record.config.get("image_size", base.image_size))
+        if record.config.get("kind") == "multitask":  # one head per task, as the run trained it
+            from core.multitask import multitask_classifier
+
+            model = multitask_classifier(base, record.config["tasks"], record.config.get("head", "linear"),
+                                         image_size=size)
+        else:
+            model = backbones.classifier(base, len(record.classes), classes=record.classes, image_size=size,
+                                         head=record.config.get("head", "linear"))
         self._read_into(model, path, "saved model")
         model.pretrained = record.pretrained
         return model.eval()
@@ -178,10 +186,17 @@ class RunStore:
         weights = cfg.get("weights_file")
         if weights and not Path(weights).is_file():
             raise CheckpointError("The weights file this run started from is no longer on the server.")
-        model = backbones.starting_model(
-            record.backbone, record.classes, pretrained=record.pretrained, seed=int(cfg.get("seed", 0)),
-            image_size=int(cfg.get("image_size", 224)), head=cfg.get("head", "linear"), weights_path=weights,
-        )
+        if cfg.get("kind") == "multitask":
+            from core.multitask import starting_multitask_model
+
+            model = starting_multitask_model(
+                record.backbone, cfg["tasks"], pretrained=record.pretrained, seed=int(cfg.get("seed", 0)),
+                image_size=int(cfg.get("image_size", 224)), head=cfg.get("head", "linear"), weights_path=weights)
+        else:
+            model = backbones.starting_model(
+                record.backbone, record.classes, pretrained=record.pretrained, seed=int(cfg.get("seed", 0)),
+                image_size=int(cfg.get("image_size", 224)), head=cfg.get("head", "linear"), weights_path=weights,
+            )
         kept = self._dir(run_id) / "start.safetensors"
         if kept.is_file():  # the run has begun: its random part as it really was
             unexpected = self._read_into(model, kept, "starting weights", strict=False).unexpected_keys

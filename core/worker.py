@@ -257,7 +257,7 @@ def train_classifier(store: RunStore, record: RunRecord, stop: StopSignal, log: 
         callbacks = [_BestWeights(store, record.id, model, lambda **c: save(**c)), log]  # weights first, then news
     # the loop retries once at half the batch after running out of GPU memory (EventLog says so)
     history = fit(model, train_ds, val_ds, config, callbacks, stop, distributed=distributed)
-    status = {"cancelled": "cancelled", "diverged": "diverged"}.get(history.stopped or "", "finished")
+    status = status_of(history.stopped)
     if history.epochs and main:
         store.save_model(record.id, model)
     return status, history.message, {
@@ -267,6 +267,11 @@ def train_classifier(store: RunStore, record: RunRecord, stop: StopSignal, log: 
                    "used_feature_cache": history.used_feature_cache,
                    "images_per_second": history.images_per_second},
     }
+
+
+def status_of(stopped: str | None) -> str:
+    """A run's final status from how its fit ended (``History.stopped``): an early stop finished."""
+    return stopped if stopped in ("cancelled", "diverged") else "finished"
 
 
 def ending(history) -> dict:

@@ -14,8 +14,10 @@ from core.errors import UserInputError
 from core.evaluation import evaluate_dataset
 from core.jobs import get_job
 from core.lr_finder import find_lr
+from core.multitask import confusion_by_task
 from core.tasks import Snapshot
 from core.training import TrainConfig
+from pages._multitask import is_multitask, multitask_split, same_tasks
 from pages._shared import (backbone_catalogue, bootstrap, category_axes, current_split, fading_scale, finished_runs,
                            fit_title, model_picker, plain, run_models, run_option, run_status, run_store,
                            store_result, stored_result)
@@ -73,6 +75,9 @@ def evaluation_ui() -> None:
     if run_id is None:
         st.info("Pick a trained run: the pretrained backbone alone knows ImageNet's classes, not yours.")
         return
+    if is_multitask(record):
+        multitask_evaluation_ui(run_id, record)
+        return
     try:
         ev = evaluation(run_id)
     except UserInputError as exc:
@@ -110,6 +115,54 @@ def evaluation_ui() -> None:
             st.image(val_ds[m.index][0], width="stretch",
                      caption=f"{plain(m.true)}, taken for {plain(m.predicted)} ({m.confidence:.0%})")
             st.caption(" · ".join(f"{plain(name)} {p:.0%}" for name, p in m.top3))
+
+
+def multitask_confusion(run_id: str) -> dict:
+    """Each task's confusion matrix on the multi-task validation split, kept for this session."""
+    cache = ss.setdefault("_evaluations", {})
+    _, val_ds = multitask_split()
+    key = (run_id, val_ds.fingerprint)
+    if key not in cache:
+        model = run_models(run_id).after
+        with st.spinner("Predicting every task for every validation image…"):
+            cache[key] = confusion_by_task(model, val_ds, device=pick_device())
+        while len(cache) > 4:
+            cache.pop(next(iter(cache)))
+    return cache[key]
+
+
+def multitask_evaluation_ui(run_id: str, record) -> None:
+    """A run with a head per task: each task's accuracy, and the confusion matrix of the task picked."""
+    tasks = record.config["tasks"]
+    if not same_tasks(record):
+        st.warning(f"This run has a head per task ({plain(', '.join(tasks))}); the current dataset does not "
+                   "carry those tasks. Load the run's dataset (its ZIP with labels.csv, or the multi-task demo) "
+                   "on the Data page to evaluate it.")
+        return
+    try:
+        confusion = multitask_confusion(run_id)
+    except UserInputError as exc:
+        st.error(plain(exc))
+        return
+    columns = st.columns(len(tasks))
+    for column, (task, matrix) in zip(columns, confusion.items()):
+        total = int(matrix.sum())
+        column.metric(f"Validation accuracy: {plain(task)}", f"{np.trace(matrix) / total:.1%}" if total else "—",
+                      help=f"Over the {total} validation images labelled for this task.")
+    task = st.selectbox("Task", list(tasks), key="evaluate-task",
+                        help="Each head has its own classes, so each task has its own confusion matrix.")
+    matrix, classes = confusion[task], tasks[task]
+    rows = matrix.sum(axis=1, keepdims=True)
+    normalised = np.divide(matrix, rows, out=np.zeros(matrix.shape), where=rows > 0)
+    left, right = st.columns(2)
+    left.plotly_chart(heatmap(matrix, classes, f"Confusion matrix of {task} (counts)", "%{z}"),
+                      width="stretch", key="task-confusion-counts")
+    right.plotly_chart(heatmap(normalised, classes, f"{task}, normalised per true class", "%{z:.0%}"),
+                       width="stretch", key="task-confusion-normalised")
+    _, val_ds = multitask_split()
+    st.caption(f"Only the {int(matrix.sum())} of {len(val_ds)} validation images labelled for this task count; "
+               "an empty cell in labels.csv is no class at all. Rows are the true classes, columns what this "
+               "task's head said.")
 
 
 # --- learning-rate finder ------------------------------------------------------------------
@@ -310,6 +363,10 @@ def distillation_ui() -> None:
     record = run_store().get(teacher_id)
     if record is None:
         st.warning("This run is no longer on the server.")
+        return
+    if is_multitask(record):
+        st.info("This run has a head per task; distillation here teaches a student one task. Pick a run "
+                "trained on one task as the teacher.")
         return
     if list(record.classes) != list(train_ds.classes):
         st.warning(f"The teacher was trained on the classes {plain(', '.join(record.classes))}; the current "

@@ -7,6 +7,7 @@ import torch
 
 from core import features
 from core.errors import UserInputError
+from pages._multitask import is_multitask, task_pair
 from pages._shared import (bootstrap, diverging_scale, first_trained_epoch, fit_title, image_picker, model_picker, plain,
                            run_models)
 
@@ -25,6 +26,11 @@ try:
 except UserInputError as exc:
     st.error(plain(exc))
     st.stop()
+head_task = None
+if is_multitask(record):  # one head per task on a shared body: look through one head at a time
+    head_task = st.selectbox("Head", list(record.config["tasks"]), key="fm-task",
+                             help="The body is shared; the head group shows this task's own head.")
+    pair = task_pair(pair, head_task)
 if not pair.compared:
     st.info("No finished run picked: showing the pretrained backbone alone. Train a run to compare before and after.")
 
@@ -62,7 +68,7 @@ with right:
 
 
 def maps_for(which: str, model) -> torch.Tensor:
-    return cache.get_or_compute((run_id, which, layer, image_key), lambda: features.feature_maps(model, x, layer))
+    return cache.get_or_compute((run_id, head_task, which, layer, image_key), lambda: features.feature_maps(model, x, layer))
 
 
 before = maps_for("before", pair.before)
@@ -103,7 +109,7 @@ if pair.compared:
     batch = [ss.dataset[i][0] for i in range(0, len(ss.dataset), max(1, len(ss.dataset) // 32))][:32]
     images = torch.stack([pair.preprocess(img) for img in batch])
     profile = cache.get_or_compute(
-        (run_id, "profile", features.tensor_key(images)),
+        (run_id, head_task, "profile", features.tensor_key(images)),
         lambda: features.depth_profile(pair.before, pair.after, pair.layer_groups, images),
     )
     names = [p["group"] for p in profile]
@@ -135,7 +141,7 @@ if st.toggle("Find them in the current dataset", help="One pass over up to 64 im
     for which, model in sides:
         # every channel's mean activation per image, once per model and layer: picking another
         # channel then costs nothing
-        means = cache.get_or_compute((run_id, "channel-means", which, layer, pool_key),
+        means = cache.get_or_compute((run_id, head_task, "channel-means", which, layer, pool_key),
                                      lambda m=model: features.channel_means(m, pool_tensor, layer))
         st.markdown(f"**{which}**")
         cols = st.columns(6)

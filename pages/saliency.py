@@ -6,6 +6,7 @@ import streamlit as st
 from core import backbones, features, saliency
 from core.errors import UserInputError
 from pages._links import hidden, locked, page_choice, remember_choice
+from pages._multitask import is_multitask, task_pair
 from pages._shared import (bootstrap, image_picker, model_picker, run_models, category_axes, convergence_note,
                            plain, sanity_figure, store_result, stored_result)
 
@@ -49,6 +50,11 @@ try:
 except UserInputError as exc:
     st.error(plain(exc))
     st.stop()
+head_task = None
+if is_multitask(record):  # one head per task: explain one head at a time
+    head_task = st.selectbox("Head to explain", list(record.config["tasks"]), key="sal-task",
+                             help="The tasks share the backbone but each has its own head: where does each look?")
+    pair = task_pair(pair, head_task)
 categories = backbones.imagenet_categories()
 
 left, right = st.columns([1, 2])
@@ -80,7 +86,7 @@ mean, std = reference.mean, reference.std
 def explain(which: str, model, target: int, method: str):
     options = {"mean": mean, "std": std} if method == "integrated_gradients" else {}
     layer = gradcam_layer if method == "gradcam" else None
-    return cache.get_or_compute((run_id, which, method, target, layer, image_key),
+    return cache.get_or_compute((run_id, head_task, which, method, target, layer, image_key),
                                 lambda: saliency.explain(model, x, target, method, layer=layer, **options))
 
 
@@ -133,7 +139,7 @@ with st.expander("Sanity check: does the map depend on what the model learned? (
     sanity_methods = st.multiselect("Methods to check", list(saliency.METHODS),
                                     default=[m for m in ("gradient", "gradcam", "smoothgrad") if m in saliency.METHODS],
                                     format_func=chip, key="sanity-methods")
-    sanity_inputs = (run_id, image_key, tuple(sanity_methods), gradcam_layer)
+    sanity_inputs = (run_id, head_task, image_key, tuple(sanity_methods), gradcam_layer)
     if st.button("Run the sanity check", disabled=not sanity_methods):
         model = pair.after
         target = saliency.predicted_class(model, x)

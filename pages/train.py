@@ -4,6 +4,7 @@ import json
 import math
 import time
 from dataclasses import replace
+from functools import partial
 
 import plotly.graph_objects as go
 import streamlit as st
@@ -15,10 +16,13 @@ from core.errors import UserInputError
 from core.data import augmentation_note
 from core.diagnosis import diagnose
 from core.jobs import cancel_waiting, get_job, start_run
+from core.multitask import start_multitask_run
 from core.progress import ProgressTracker, fit_phase_units
 from core.tasks import get_queue
 from core.training import TrainConfig, augment_batch, config_augmenter, encode_images
 from pages._links import locked
+from pages._multitask import (current_multitask, is_multitask, multitask_options_ui, multitask_split,
+                              task_curves)
 from pages._shared import (bootstrap, current_split, describe_run, my_runs, owns, plain, plan_figure, run_option,
                            run_status, run_store, select_run)
 
@@ -120,8 +124,14 @@ def preview_augmentation(config: TrainConfig, seed: int) -> None:
 
 def start_ui(config: TrainConfig) -> None:
     mc = ss.model_choice
+    multitask = multitask_options_ui()
+    if multitask is not None:
+        ds = current_multitask()
+        what = f"**{plain(ss.multitask['label'])}** ({len(ds)} images, {len(ds.tasks)} tasks)"
+    else:
+        what = f"**{plain(ss.dataset_label)}** ({len(ss.dataset)} images)"
     st.markdown(
-        f"**{plain(ss.dataset_label)}** ({len(ss.dataset)} images) · **{mc.backbone}**"
+        f"{what} · **{mc.backbone}**"
         f"{' pretrained' if mc.pretrained else ' from scratch'} · **{mc.strategy}** · "
         f"{config.epochs} epochs at {config.image_size} px"
     )
@@ -131,13 +141,14 @@ def start_ui(config: TrainConfig) -> None:
     if b1.button("Train", type="primary", icon=":material/play_arrow:", disabled=room == 0,
                  help=f"Each person may have {queue.per_person} runs training or waiting at once."
                  if queue.per_person else None):
-        launch([(mc.pretrained, config, mc.strategy if mc.pretrained else f"{mc.strategy}, from scratch")])
+        launch([(mc.pretrained, config, mc.strategy if mc.pretrained else f"{mc.strategy}, from scratch")],
+               multitask=multitask)
     if b2.button("Pretrained vs from scratch", icon=":material/compare_arrows:",
                  help="Trains this architecture twice on the same split and seed: with your settings from "
                       "ImageNet weights, and from random weights with every layer trained. The curves are overlaid."):
         scratch = replace(config, freeze=[], lr_multipliers={}, unfreeze_every=0, warmup_epochs=0)
         launch([(True, config, f"{mc.strategy}, pretrained"),
-                (False, scratch, "Fine-tune all, from scratch")], compare=True)
+                (False, scratch, "Fine-tune all, from scratch")], compare=True, multitask=multitask)
     if room == 0:
         st.caption(f":material/hourglass_top: You have {queue.per_person} runs training or waiting, the most one "
                    "person may queue at once so that everyone gets a turn. Train again when one ends.")
@@ -147,18 +158,25 @@ def start_ui(config: TrainConfig) -> None:
         st.rerun()
 
 
-def launch(variants, compare: bool = False) -> None:
+def launch(variants, compare: bool = False, multitask: dict | None = None) -> None:
+    """Queue one run per variant; ``multitask``: the options of a run with a head per task."""
     mc = ss.model_choice
     room = get_queue().room_for(ss.owner)
     if room is not None and room < len(variants):
         st.error(get_queue().full_message())
         return
     try:
-        train_ds, val_ds = current_split()
+        if multitask is not None:  # every task of the multi-task dataset, one head each
+            train_ds, val_ds = multitask_split()
+            start, dataset = partial(start_multitask_run, **multitask), ss.multitask["label"]
+            variants = [(pretrained, cfg, f"{label}, multi-task") for pretrained, cfg, label in variants]
+        else:
+            train_ds, val_ds = current_split()
+            start, dataset = start_run, ss.dataset_label
         check_split(train_ds, val_ds)
-        jobs = [start_run(run_store(), train_ds, val_ds, backbone=mc.backbone, pretrained=pretrained,
-                          weights_path=mc.weights_path if pretrained else None, config=cfg, owner=ss.owner,
-                          dataset=ss.dataset_label, label=label or "")
+        jobs = [start(run_store(), train_ds, val_ds, backbone=mc.backbone, pretrained=pretrained,
+                      weights_path=mc.weights_path if pretrained else None, config=cfg, owner=ss.owner,
+                      dataset=dataset, label=label or "")
                 for pretrained, cfg, label in variants]
     except UserInputError as exc:
         st.error(plain(exc))
@@ -283,9 +301,12 @@ def show_run(run_id: str) -> bool:
         st.info(plain(message))
     if epochs or batch_losses:
         st.plotly_chart(curves(epochs, batch_losses), width="stretch", key=f"curves-{run_id}")
+    if epochs and "val_acc_by_task" in epochs[-1]:  # a multi-task run: a curve per task
+        st.plotly_chart(task_curves(epochs), width="stretch", key=f"task-curves-{run_id}")
     if epochs and not running:
         hints_ui(epochs, status, message, record.info or {})
-    command_line_ui(record)
+    if not is_multitask(record):  # the command line trains one head per run
+        command_line_ui(record)
     plan = record.config.get("plan")
     if plan:
         with st.expander("Strategy timeline: which groups trained in which epoch"):
@@ -298,6 +319,9 @@ def show_run(run_id: str) -> bool:
         c3.metric("Train accuracy", f"{last['train_acc']:.1%}")
         if record.finished:
             c4.metric("Time, start to end", f"{record.finished - record.created:.1f} s")
+        by_task = last.get("val_acc_by_task") or {}
+        for column, (task, acc) in zip(st.columns(max(1, len(by_task))), by_task.items()):
+            column.metric(f"Validation accuracy: {plain(task)}", f"{acc:.1%}" if not math.isnan(acc) else "—")
         if math.isnan(last["val_acc"]) and not record.config.get("n_val"):
             st.warning("This run had no validation images (every class had a single image, and a class's "
                        "only image goes to training), so nothing measured how well it does. Add more images "

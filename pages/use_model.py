@@ -6,8 +6,10 @@ import streamlit as st
 from core import data as core_data
 from core.errors import UserInputError
 from core.export import KINDS, build_bundle, onnx_available, onnx_export_available
+from core.multitask import predict_tasks
 from core.ood import fit_ood
 from core.training import predict_proba
+from pages._multitask import is_multitask, multitask_split, same_tasks
 from pages._shared import (bootstrap, category_axes, current_split, finished_runs, model_picker, plain, run_models,
                            sample_photos)
 
@@ -41,8 +43,11 @@ def top5_figure(probs, classes) -> go.Figure:
     return category_axes(fig, "yaxis")
 
 
-def pick_images(run_classes: list[str]) -> list:
-    """(PIL image, caption) pairs from uploads, the webcam or the validation split."""
+def pick_images(run_classes: list[str], validation=None) -> list:
+    """(PIL image, caption) pairs from uploads, the webcam or the validation split.
+
+    ``validation``: (validation images or None, labels -> words) for a run that is not trained on
+    the current dataset's classes (a multi-task run); None when it cannot be shown, with why."""
     source = st.radio("Images", ["Upload", "Webcam", "A validation image", "A sample photo"], horizontal=True,
                       key="use-source")
     if source == "A sample photo":
@@ -71,8 +76,15 @@ def pick_images(run_classes: list[str]) -> list:
         except UserInputError as exc:
             st.error(plain(exc))
             return []
-    _, val_ds = current_split()
-    if list(val_ds.classes) != list(run_classes):
+    if validation is not None:
+        val_ds, describe = validation
+        if val_ds is None:
+            st.error(describe)
+            return []
+    else:
+        _, val_ds = current_split()
+        describe = lambda label: f"labelled {val_ds.classes[label]}"  # noqa: E731
+    if validation is None and list(val_ds.classes) != list(run_classes):
         # The label under the image would name a class of another dataset than the prediction's.
         st.error(f"This run was trained on the classes {plain(', '.join(run_classes))}; the current dataset has "
                  f"{plain(', '.join(val_ds.classes))}. Load the run's dataset on the Data page to try it on "
@@ -83,7 +95,7 @@ def pick_images(run_classes: list[str]) -> list:
         return []
     i = st.slider("Validation image", 1, len(val_ds), 1, key="use-val") - 1 if len(val_ds) > 1 else 0
     image, label = val_ds[i]
-    return [(image, f"{val_ds.names[i]} (labelled {val_ds.classes[label]})")]
+    return [(image, f"{val_ds.names[i]} ({describe(label)})")]
 
 
 def ood_detector(run_id: str, model):
@@ -126,6 +138,36 @@ def predictions_ui(run_id: str, model) -> None:
                 icon=":material/help:")
         right.markdown(f"**{plain(model.classes[best])}** — {float(p[best]):.1%}")
         right.plotly_chart(top5_figure(p, model.classes), width="stretch", key=f"top5-{n}")
+
+
+def multitask_predictions_ui(record, model) -> None:
+    """Every task's answer for each image at once: one head per task, each with its top classes."""
+    tasks = model.tasks
+    if same_tasks(record):
+        _, val_ds = multitask_split()
+
+        def describe(labels: dict) -> str:
+            return "labelled " + ", ".join(f"{t} {tasks[t][v] if v >= 0 else '(none)'}" for t, v in labels.items())
+
+        validation = (val_ds, describe)
+    else:
+        validation = (None, f"This run's tasks are {', '.join(tasks)}; the current dataset does not carry them. "
+                            "Load the run's dataset on the Data page to try it on validation images.")
+    images = pick_images(list(model.classes), validation)
+    if not images:
+        st.caption("No image yet.")
+        return
+    probs = predict_tasks(model, [img for img, _ in images])
+    for n, (image, caption) in enumerate(images):
+        left, right = st.columns([1, 3])
+        left.image(image, caption=plain(caption), width="stretch")
+        columns = right.columns(min(3, len(tasks)))
+        for k, (task, classes) in enumerate(tasks.items()):
+            p = probs[task][n]
+            best = int(p.argmax())
+            with columns[k % len(columns)]:
+                st.markdown(f"{plain(task)}: **{plain(classes[best])}** — {float(p[best]):.1%}")
+                st.plotly_chart(top5_figure(p, classes), width="stretch", key=f"top-{n}-{k}")
 
 
 def check_line(check) -> None:
@@ -194,10 +236,16 @@ try:
 except UserInputError as exc:
     st.error(plain(exc))
     st.stop()
-st.caption(f"{record.backbone} · classes: {plain(', '.join(model.classes))} · input {model.image_size} px")
-if list(model.classes) != list(ss.dataset.classes):
-    st.warning(f"This run knows the classes {plain(', '.join(model.classes))}, not the current dataset's "
-               f"({plain(', '.join(ss.dataset.classes))}): it can only name one of its own classes.")
-predictions_ui(run_id, model)
+if is_multitask(record):
+    st.caption(f"{record.backbone} · a head per task: "
+               + plain("; ".join(f"{t} ({', '.join(c)})" for t, c in model.tasks.items()))
+               + f" · input {model.image_size} px")
+    multitask_predictions_ui(record, model)
+else:
+    st.caption(f"{record.backbone} · classes: {plain(', '.join(model.classes))} · input {model.image_size} px")
+    if list(model.classes) != list(ss.dataset.classes):
+        st.warning(f"This run knows the classes {plain(', '.join(model.classes))}, not the current dataset's "
+                   f"({plain(', '.join(ss.dataset.classes))}): it can only name one of its own classes.")
+    predictions_ui(run_id, model)
 st.divider()
 export_ui(run_id, model)

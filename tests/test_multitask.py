@@ -2,6 +2,7 @@
 through the one loop (missing labels masked), and what the tasks' gradients do to each other."""
 
 import io
+import json
 import zipfile
 from types import SimpleNamespace
 
@@ -74,6 +75,15 @@ def test_demo_labels_every_image_for_three_tasks_and_split_keeps_every_shape_on_
     assert isinstance(train, MultiTaskDataset) and len(train) + len(val) == len(ds)
     assert set(val.task_labels("shape")) == set(train.task_labels("shape")) == {0, 1, 2, 3}
     assert data.demo_multitask(per_class=6, seed=0).fingerprint == ds.fingerprint
+
+
+def test_gaps_in_the_first_task_split_like_a_class_of_their_own():
+    ds = toy(16, 0, missing=0.4)
+    assert -1 in ds.task_labels("shade")  # split stratifies on the first task
+    train, val = data.split(ds, 0.25, seed=0)
+    assert len(train) + len(val) == len(ds)
+    assert -1 in train.task_labels("shade") and -1 in val.task_labels("shade")
+    assert set(train.task_labels("shade")) - {-1} == set(val.task_labels("shade")) - {-1} == {0, 1}
 
 
 def _zip(files: dict[str, bytes | str]) -> bytes:
@@ -292,3 +302,40 @@ def test_every_task_is_predicted_at_once_and_confusion_counts_only_labelled_imag
         assert confusion[t].shape == (2, 2)
         assert confusion[t].sum() == sum(v != -1 for v in val.task_labels(t))
     assert confusion["shade"].sum() < len(val)  # some labels were dropped, and not counted
+
+
+def test_onnx_export_has_one_named_output_per_task_that_matches_the_model(tmp_path):
+    from core.export import check_export, export_onnx, onnx_available
+
+    model = multitask_classifier(tiny_backbone(), TASKS)
+    path = export_onnx(model, tmp_path / "model.onnx")
+    import onnx
+
+    graph = onnx.load(str(path)).graph
+    assert [o.name for o in graph.output] == ["shade", "tint"] and [i.name for i in graph.input] == ["image"]
+    images = toy(5, 2).images
+    check = check_export(model, path, "onnx", images)
+    if onnx_available():  # onnxruntime reloads it: each task's logits as the model's
+        assert check.ran and check.same_predictions and check.max_abs_diff < 1e-4 and check.images == 5
+    sidecar = json.loads(path.with_suffix(".json").read_text())
+    assert sidecar["tasks"] == TASKS and sidecar["outputs"] == ["shade", "tint"]
+
+
+def test_torchscript_export_of_a_multitask_model_returns_every_task(tmp_path):
+    from core.export import check_export, export_torchscript
+
+    model = multitask_classifier(tiny_backbone(), TASKS, head={"shade": "mlp"})
+    path = export_torchscript(model, tmp_path / "model.pt")
+    check = check_export(model, path, "torchscript", toy(4, 3).images)
+    assert check.ran and check.same_predictions and check.max_abs_diff < 1e-4
+
+
+def test_a_task_view_names_its_layers_as_the_model_does_and_follows_its_mode():
+    model = multitask_classifier(tiny_backbone(), TASKS)
+    view = task_view(model, "tint")
+    assert dict(view.named_modules())["block.0"] is model.get_submodule("block.0")
+    assert "fc.heads.tint" in dict(view.named_modules())
+    view.eval()
+    assert not model.training and not model.get_submodule("drop").training
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.equal(view(x), model(x)["tint"])
