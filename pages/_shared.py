@@ -308,9 +308,10 @@ def select_run(run_id: str | None) -> None:
         del st.query_params["run"]
 
 
-def my_runs(kinds=("train",)):
-    """This browser's runs of these kinds (by its owner secret), newest first. A DAN comparison or
-    a distillation is a run too (``config["kind"]``), shown on its own page, not among these."""
+def my_runs(kinds=("train", "multitask")):
+    """This browser's runs of these kinds (by its owner secret), newest first: by default the runs
+    that train a classifier (one head, or one per task). A DAN comparison, a distillation or a
+    meta-training is a run too (``config["kind"]``), shown on its own page, not among these."""
     return [r for r in run_store().list(owner=st.session_state.owner) if r.config.get("kind", "train") in kinds]
 
 
@@ -466,12 +467,12 @@ def finished_runs():
     from core.cli import OWNER
 
     store = run_store()
+    # my_runs leaves out meta-training runs: their head names episode ways ("way 1" …), not classes
+    # of any data set (the Few-shot page uses them; the pages that classify a data set cannot)
     runs = sorted(my_runs() + store.list(owner=OWNER), key=lambda r: r.created, reverse=True)
-    # a meta-training run's head names episode ways ("way 1" …), not classes of any data set: the
-    # Few-shot page uses it, the pages that classify a data set cannot
     return [r for r in runs
             if r.status in ("finished", "cancelled", "diverged", "interrupted") and store.has_model(r.id)
-            and r.config.get("kind") != "meta"]
+            and r.config.get("kind", "train") in ("train", "multitask")]
 
 
 @dataclass
