@@ -689,7 +689,7 @@ def _reinitialize(module: nn.Module) -> None:
 def sanity_check(model: nn.Module, image: torch.Tensor, target: int, methods: Sequence[str], *,
                  layers: Sequence[Any] | None = None, seed: int = 0, gradcam_layer: str | None = None,
                  options: dict[str, dict[str, Any]] | None = None, map_size: int | None = 64,
-                 progress: Callable[[int, int, str], None] | None = None) -> SanityResult:
+                 progress: Callable[[int, int, str], None] | None = None, stop=None) -> SanityResult:
     """Cascading randomization test on a deep copy of ``model``: a faithful map should stop
     resembling the original once the weights that produce it are random.
 
@@ -701,6 +701,8 @@ def sanity_check(model: nn.Module, image: torch.Tensor, target: int, methods: Se
         options: per method, options for ``attribute``.
         map_size: longest side of the maps kept for display (the similarity uses full maps).
         progress: called as ``progress(step, total_steps, step_name)`` after each step.
+        stop: a ``threading.Event``; once set, the check ends after the current step and returns
+            the steps done so far.
     """
     methods = [_check_method(m) for m in methods]
     options = options or {}
@@ -736,6 +738,8 @@ def sanity_check(model: nn.Module, image: torch.Tensor, target: int, methods: Se
     )
     total = len(groups)
     for step, (label, names) in enumerate(reversed(groups)):
+        if stop is not None and stop.is_set():
+            break
         with _seeded(seed + step, device):
             for name in names:
                 _reinitialize(copied.get_submodule(name))

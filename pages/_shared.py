@@ -5,7 +5,9 @@ from __future__ import annotations
 import re
 import runpy
 import secrets
+import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -373,6 +375,60 @@ def store_result(name: str, key, value) -> None:
     st.session_state[name] = {"key": key, "value": value}
 
 
+def start_task(name: str, key, body, title: str) -> None:
+    """Run ``body(task)`` as this session's background task ``name`` for the inputs ``key``
+    (a ``core.tasks.Task``: the page stays responsive, shows progress and can stop it). An earlier
+    task under ``name`` that is still running is stopped: only the newest one is shown."""
+    from core.tasks import Task
+
+    old = st.session_state.get(name)
+    if old is not None and isinstance(old["value"], Task):
+        old["value"].cancel()
+    task = Task(body, name=name, owner=st.session_state.get("owner", ""))
+    task.kind = title  # a crash then reads "The <title> crashed: …"
+    store_result(name, key, task.start())
+
+
+def task_result(name: str, key, title: str):
+    """Draw this session's task ``name`` and return its result once it has finished for ``key``.
+
+    While it runs: a progress bar and a Stop button that redraw every second, on their own. When
+    it failed: its message; when stopped: a note. Returns None until there is a result to draw.
+    """
+    task, stale = stored_result(name, key, running=lambda t: not t.done)
+    if task is None:
+        return None
+    snap = task.snapshot()
+    if not snap.done:
+        if stale:
+            st.warning(f"The {title} is still running for an earlier selection; its result will not be shown "
+                       "for the choices above. Stop it, or start again.")
+        _follow_task(name, title)
+        return None
+    if snap.status == "failed":
+        st.error(plain(snap.message))
+        return None
+    if snap.status == "cancelled" or task.result is None:
+        st.info(f"The {title} was stopped before it finished. Start it again to see a result.")
+        return None
+    return task.result
+
+
+@st.fragment(run_every=1.0)
+def _follow_task(name: str, title: str) -> None:
+    entry = st.session_state.get(name)
+    if entry is None:
+        return
+    task = entry["value"]
+    snap = task.snapshot()
+    if snap.done:
+        st.rerun()  # finished: redraw the whole page once, with the result and without the timer
+    text = f"{title[:1].upper()}{title[1:]}: {snap.phase or 'starting'}… ({snap.seconds:.0f} s)"
+    st.progress(snap.progress, text=text)
+    if st.button("Stop", icon=":material/stop:", key=f"{name}-stop"):
+        task.cancel()
+
+
 def frozen_groups(record) -> list[str]:
     """The layer groups that never trained in a run, read from the run's own saved plan
     (per epoch, group -> learning-rate multiplier; 0 = frozen that epoch). A progressive-
@@ -488,28 +544,81 @@ class ModelPair:
     compared: bool
 
 
-def run_models(run_id: str | None, backbone: str = backbones.DEFAULT_BACKBONE) -> ModelPair:
-    """The models to inspect, cached in this session only.
+# How many models one session keeps (a run's before/after pair counts as two): enough for a run,
+# its pretrained backbone and one more page's model, few enough that a classroom fits in memory.
+SESSION_MODEL_SLOTS = 4
 
-    Each session loads its own copies, so one person's hooks never touch another's model.
+
+class ModelCache:
+    """A session's models, least recently used first out once they hold more than ``slots`` models.
+
+    Each session has its own (see ``session_models``): one person's hooks, train/eval modes and
+    weights never reach another person's model. Safe to use from a session's worker threads.
     """
-    cache = st.session_state.setdefault("_models", {})
-    key = run_id or f"pretrained:{backbone}"
+
+    def __init__(self, slots: int = SESSION_MODEL_SLOTS):
+        self.slots = max(1, int(slots))
+        self._items: OrderedDict = OrderedDict()  # key -> (value, how many models it holds)
+        self._lock = threading.Lock()
+
+    def get(self, key, build, weight: int = 1):
+        """The value kept under ``key``, or ``build()`` kept there (``weight``: how many models it holds)."""
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key][0]
+        value = build()  # outside the lock: loading a model can take seconds
+        with self._lock:
+            if key in self._items:  # another thread of this session built it meanwhile
+                return self._items[key][0]
+            self._items[key] = (value, max(1, int(weight)))
+            while len(self._items) > 1 and sum(w for _, w in self._items.values()) > self.slots:
+                self._items.popitem(last=False)
+            return value
+
+    def __contains__(self, key) -> bool:
+        with self._lock:
+            return key in self._items
+
+    def keys(self) -> list:
+        """The keys kept, least recently used first."""
+        with self._lock:
+            return list(self._items)
+
+
+def session_models() -> ModelCache:
+    """This session's one model cache."""
+    return st.session_state.setdefault("_model_cache", ModelCache())
+
+
+def session_model(key, build, weight: int = 1):
+    """A model (or a value holding ``weight`` models) kept for this session only, built on first use.
+
+    Use a key that says what was loaded (e.g. ``("run", run_id)``): every page shares the cache,
+    so two pages asking for the same key get the same object.
+    """
+    return session_models().get(key, build, weight)
+
+
+def run_models(run_id: str | None, backbone: str = backbones.DEFAULT_BACKBONE) -> ModelPair:
+    """The models to inspect: a run's before and after, or a pretrained backbone alone (kept in
+    this session's model cache, so one person's hooks never touch another's model)."""
     if run_id:
-        run_store().touch(run_id)  # on screen: the disk cap leaves it alone
-    if key not in cache:
-        if len(cache) >= 3:
-            cache.pop(next(iter(cache)))
-        if run_id:
-            store = run_store()
-            record = store.get(run_id)
+        store = run_store()
+        store.touch(run_id)  # on screen: the disk cap leaves it alone
+
+        def build():
             after = store.load_model(run_id)
-            cache[key] = ModelPair(store.load_starting_model(run_id), after, after.preprocess, after.layer_groups,
-                                   after.classes, frozen_groups(record), True)
-        else:
-            bb = backbones.load(backbone)
-            cache[key] = ModelPair(bb.model, bb.model, bb.preprocess, bb.layer_groups, bb.categories, [], False)
-    return cache[key]
+            return ModelPair(store.load_starting_model(run_id), after, after.preprocess, after.layer_groups,
+                             after.classes, frozen_groups(store.get(run_id)), True)
+
+        return session_model(("run", run_id), build, weight=2)
+
+    def pretrained():
+        bb = backbones.load(backbone)
+        return ModelPair(bb.model, bb.model, bb.preprocess, bb.layer_groups, bb.categories, [], False)
+
+    return session_model(("pretrained", backbone), pretrained)
 
 
 def model_picker(label: str = "Model"):

@@ -20,7 +20,7 @@ from core.training import TrainConfig
 from pages._multitask import is_multitask, multitask_split, same_tasks
 from pages._shared import (backbone_catalogue, bootstrap, category_axes, current_split, fading_scale, finished_runs,
                            fit_title, model_picker, plain, run_models, run_option, run_status, run_store,
-                           store_result, stored_result)
+                           start_task, store_result, stored_result, task_result)
 
 bootstrap()  # first, before the session is read: see bootstrap's docstring
 
@@ -189,6 +189,26 @@ def lr_figure(result) -> go.Figure:
     return fig
 
 
+def lr_sweep(mc, seed: int, train_ds, config: TrainConfig, about: dict):
+    """The sweep as a task body: it builds the model the Train page would start from and sweeps."""
+    def body(task):
+        task.report(0.0, "building the model")
+        model = backbones.starting_model(mc.backbone, list(train_ds.classes), pretrained=mc.pretrained, seed=seed,
+                                         image_size=config.image_size,
+                                         weights_path=mc.weights_path if mc.pretrained else None)
+        task.report(0.0, "caching features and sweeping")
+        steps = 60
+        try:
+            result = find_lr(model, train_ds, config, steps=steps, stop=task.stop,
+                             on_step=lambda i, lr, loss: task.report((i + 1) / steps, f"lr {lr:.1e}, loss {loss:.3g}"))
+        except UserInputError:
+            if task.stop.is_set():  # stopped before its first step: nothing to report, and no error
+                return None
+            raise
+        return None if task.stop.is_set() else {"result": result, **about}
+    return body
+
+
 def lr_finder_ui() -> None:
     mc, cfg = ss.model_choice, ss.train_config
     st.write(
@@ -202,26 +222,22 @@ def lr_finder_ui() -> None:
     # The sweep belongs to the model, settings and data it ran on; change any and it is gone.
     inputs = (mc.backbone, mc.pretrained, mc.weights_path, tuple(mc.freeze), tuple(sorted(mc.lr_multipliers.items())),
               cfg.optimizer, cfg.batch_size, cfg.image_size, cfg.seed, cfg.augment, split_key())
-    if st.button("Find a learning rate", icon=":material/search:"):
+    task, stale = stored_result("lr_finder", inputs, running=lambda t: not t.done)
+    running = task is not None and not task.done and not stale
+    if st.button("Find a learning rate", icon=":material/search:", disabled=running):
         try:
             train_ds, _ = current_split()
-            # the strategy's own settings (the preset the Model page chose, as the Train page shows them),
-            # every group that will train trained at once: the sweep is too short for a schedule
-            config = replace(cfg, freeze=list(mc.freeze), lr_multipliers=dict(mc.lr_multipliers),
-                             unfreeze_every=0, warmup_epochs=0, early_stopping=0)
-            with st.spinner("Sweeping the learning rate…"):
-                model = backbones.starting_model(mc.backbone, list(train_ds.classes), pretrained=mc.pretrained,
-                                                 seed=cfg.seed, image_size=cfg.image_size,
-                                                 weights_path=mc.weights_path if mc.pretrained else None)
-                result = find_lr(model, train_ds, config)
         except UserInputError as exc:
             st.error(plain(exc))
-        else:
-            store_result("lr_finder", inputs, {"result": result,
-                                               "about": f"{mc.backbone} · {mc.strategy} · {cfg.optimizer}",
-                                               "strategy": mc.strategy})
-    found, _ = stored_result("lr_finder", inputs)
-    if not found:
+            return
+        # the strategy's own settings (the preset the Model page chose, as the Train page shows them),
+        # every group that will train trained at once: the sweep is too short for a schedule
+        config = replace(cfg, freeze=list(mc.freeze), lr_multipliers=dict(mc.lr_multipliers),
+                         unfreeze_every=0, warmup_epochs=0, early_stopping=0)
+        about = {"about": f"{mc.backbone} · {mc.strategy} · {cfg.optimizer}", "strategy": mc.strategy}
+        start_task("lr_finder", inputs, lr_sweep(mc, cfg.seed, train_ds, config, about), "learning-rate sweep")
+    found = task_result("lr_finder", inputs, "learning-rate sweep")
+    if found is None:
         return
     result = found["result"]
     st.plotly_chart(lr_figure(result), width="stretch", key="lr-finder")

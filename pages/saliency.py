@@ -1,5 +1,7 @@
 """Saliency: where the model looks, before and after fine-tuning, and a check that it is real."""
 
+import copy
+
 import plotly.graph_objects as go
 import streamlit as st
 
@@ -8,7 +10,7 @@ from core.errors import UserInputError
 from pages._links import hidden, locked, page_choice, remember_choice
 from pages._multitask import is_multitask, task_pair
 from pages._shared import (bootstrap, image_picker, model_picker, run_models, category_axes, convergence_note,
-                           plain, sanity_figure, store_result, stored_result)
+                           plain, sanity_figure, start_task, stored_result, task_result)
 
 bootstrap()  # first, before the session is read: see bootstrap's docstring
 
@@ -26,20 +28,10 @@ st.write(
 )
 
 
-@st.cache_resource(show_spinner="Loading the pretrained backbone…")
-def _imagenet_weights(name: str):
-    """Only the read-only state_dict is shared between sessions; each session builds its own model."""
-    return {k: v.clone() for k, v in backbones.load(name).model.state_dict().items()}
-
-
 def imagenet_model(name: str):
-    cache = ss.setdefault("_imagenet_models", {})
-    if name not in cache:
-        model = backbones.load(name, pretrained=False).model
-        model.load_state_dict(_imagenet_weights(name))
-        cache.clear()
-        cache[name] = model.eval()
-    return cache[name]
+    """The pretrained ImageNet backbone, from this session's model cache (shared with the other pages)."""
+    with st.spinner("Loading the pretrained backbone…"):
+        return run_models(None, name).after
 
 
 run_id, record = model_picker("Run")
@@ -128,6 +120,20 @@ for col, (name, model, classes) in zip(columns, sides):
                                 "miss. Judge it against the attributions' total: a few per cent is good; a "
                                 "large share means the path from black was sampled too coarsely.")
 
+
+def sanity_task(model, x, methods, layer_groups, gradcam_layer, mean, std):
+    """The sanity check as a task body, on a model of its own."""
+    def body(task):
+        task.report(0.0, "computing the original maps")
+        target = saliency.predicted_class(model, x)
+        result = saliency.sanity_check(
+            model, x, target, methods, layers=[g.modules for g in layer_groups], gradcam_layer=gradcam_layer,
+            options={"integrated_gradients": {"mean": mean, "std": std}}, stop=task.stop,
+            progress=lambda i, n, step: task.report(i / n, f"randomised down to {step}"))
+        return None if task.stop.is_set() else (result, [g.name for g in layer_groups][::-1])
+    return body
+
+
 if hidden("sanity_check"):
     st.stop()
 with st.expander("Sanity check: does the map depend on what the model learned? (Adebayo et al., 2018)"):
@@ -140,18 +146,15 @@ with st.expander("Sanity check: does the map depend on what the model learned? (
                                     default=[m for m in ("gradient", "gradcam", "smoothgrad") if m in saliency.METHODS],
                                     format_func=chip, key="sanity-methods")
     sanity_inputs = (run_id, head_task, image_key, tuple(sanity_methods), gradcam_layer)
-    if st.button("Run the sanity check", disabled=not sanity_methods):
-        model = pair.after
-        target = saliency.predicted_class(model, x)
-        groups = [g.modules for g in pair.layer_groups]
-        bar = st.progress(0.0, text="Randomising…")
-        result = saliency.sanity_check(
-            model, x, target, sanity_methods, layers=groups, gradcam_layer=gradcam_layer,
-            options={"integrated_gradients": {"mean": mean, "std": std}},
-            progress=lambda i, n, step: bar.progress(min(1.0, (i + 1) / n), text=f"Randomised down to {step}"))
-        bar.empty()
-        store_result("sanity", sanity_inputs, (result, [g.name for g in pair.layer_groups][::-1]))
-    found, _ = stored_result("sanity", sanity_inputs)
+    task, stale = stored_result("sanity", sanity_inputs, running=lambda t: not t.done)
+    running = task is not None and not task.done and not stale
+    if st.button("Run the sanity check", disabled=not sanity_methods or running):
+        # the check's own copy, made here: a copy made in the task's thread could catch the hooks
+        # that this page's next rerun puts on the session's model
+        model = copy.deepcopy(pair.after).eval()
+        start_task("sanity", sanity_inputs,
+                   sanity_task(model, x, sanity_methods, pair.layer_groups, gradcam_layer, mean, std), "sanity check")
+    found = task_result("sanity", sanity_inputs, "sanity check")
     if found:
         result, names = found
         st.plotly_chart(sanity_figure(result.similarity, names), width="stretch", key="sanity-chart")

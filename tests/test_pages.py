@@ -152,6 +152,8 @@ def test_saliency_explains_a_real_photo_with_the_pretrained_model(app):
     assert texts(app.subheader)[:2] == ["pretrained (ImageNet)", "fine-tuned"]
     [b for b in app.button if b.label == "Run the sanity check"][0].click().run()
     assert not app.exception
+    assert app.session_state.sanity["value"].join(300)  # a task: the page polls it
+    app.run()
     assert any("rank correlation" in c.proto.spec for c in app.get("plotly_chart"))
 
 

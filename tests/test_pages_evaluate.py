@@ -66,6 +66,9 @@ def test_without_a_run_both_pages_ask_for_one_and_the_lr_finder_still_works():
     assert any("Train a run first" in s for s in texts(at.info))
     button(at, "Find a learning rate").click().run()
     assert not at.exception and not at.error, texts(at.error)
+    assert at.session_state.lr_finder["value"].join(300)  # the sweep is a task: the page does not wait
+    at.run()
+    assert not at.exception and not at.error, texts(at.error)
     assert any("Learning-rate range test" in spec for spec in charts(at))
     assert any("Suggested learning rate" in m for m in texts(at.markdown))
     lr_button = button(at, "Use lr = ")

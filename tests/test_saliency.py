@@ -334,3 +334,14 @@ def test_sanity_check_randomizes_the_given_layer_groups_cumulatively_from_the_la
     assert seen == [(1, 2, "4+8"), (2, 2, "0")]
     with pytest.raises(ConfigError, match="not a module"):
         sanity_check(model, torch.randn(3, 8, 8), 0, ["gradient"], layers=["nope"])
+
+
+def test_a_stopped_sanity_check_ends_after_the_step_it_is_in_and_keeps_what_it_measured():
+    import threading
+
+    model = random_conv_model(seed=8).eval()
+    stop = threading.Event()
+    result = sanity_check(model, torch.randn(3, 8, 8), 0, ["gradient"], layers=["0", "4", "8"], stop=stop,
+                          progress=lambda step, total, name: stop.set())  # stop is pressed during the first step
+    assert result.steps == ["8"]
+    assert len(result.similarity["gradient"]) == len(result.maps["gradient"]) == 1

@@ -465,120 +465,157 @@ class Trainer:
             cb.on_batch_end(progress)
 
     def _fit_once(self, data: dict) -> History:
-        config, model, objective = self.config, self.model, self.objective
+        model, objective = self.model, self.objective
         with preserved(model):
             self._setup(data)
-            self.steps = objective.steps_per_epoch(self)
-            # the objective's own parameters go first: the last group's lr is the one reported
-            self.optimizer = make_optimizer(config, list(objective.param_groups(self)) + self.param_groups)
-            self.scheduler = make_scheduler(config, self.optimizer, self.steps * config.epochs)
-            self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype is torch.float16)
-            cache_units = 0
-            if self.cache_mode:
-                per_view = sum(self.batches_for(s) for s in objective.sources)
-                cache_units = per_view if self.lazy_cache else per_view * self.views + sum(
-                    math.ceil(len(v) / config.batch_size) for v in self.images.values())
-            self.total_units, self.done_units = cache_units + self.steps * config.epochs, 0
-            history = objective.new_history(plan=self.plan, used_feature_cache=self.cache_mode is not None,
-                                            cache=self.cache_mode or "")
-            self.history = history
-            trainable = sum(p.numel() for g in self.param_groups for p in g["params"])
-            info = FitInfo(config.epochs, self.steps, len(self.images[objective.sources[0]]),
-                           len(self.images.get("val", ())), str(self.device), self.cache_mode is not None,
-                           trainable, sum(p.numel() for p in model.parameters()) - trainable,
-                           tuple(g["name"] for g in self.param_groups), self.cache_mode or "")
-            for cb in self.callbacks:
-                cb.trainer = self
-                cb.on_fit_start(info)
-            seen, train_seconds = 0, 0.0
+            history = self._start_fit()
+            self.seen, self.train_seconds, self.global_step = 0, 0.0, 0
             try:
                 with ExitStack() as stack:
                     stack.callback(objective.teardown, self)
-                    if self.cache_mode:
-                        model.eval()
-                        self._build_caches()
-                        self.done_units = cache_units
-                    if self.cache_mode == "prefix":
-                        stack.enter_context(skip_prefix(self.prefix_modules, self.boundary, self.stash))
-                    objective.on_fit_start(self)
-                    step = 0
-                    for epoch in range(1, config.epochs + 1):
-                        if self.cancelled():
-                            self.request_stop("cancelled")
-                            break
-                        if epoch > 1 and self.lazy_cache:
-                            self._grow_caches()
-                        started = time.perf_counter()
-                        apply_epoch_plan(model, self.by_group, self.plan[epoch - 1], config.train_bn)
-                        if self.dist is not None:
-                            self.dist.freeze_batchnorm(model)
-                            self._ddp = self.dist.wrap(model, self._ddp)
-                        objective.on_epoch_start(self, epoch)
-                        for cb in self.callbacks:
-                            cb.on_epoch_start(epoch)
-                        sums: dict[str, torch.Tensor | float] = {}
-                        for b, batch in enumerate(objective.batches(self, epoch)):
-                            if self.cancelled():
-                                self.request_stop("cancelled")
-                            if self.stop_reason is not None:
-                                break
-                            for cb in self.callbacks:
-                                cb.on_batch_start(step)
-                            with self.autocast():
-                                loss, stats = objective.loss(self, batch)
-                            value = loss.item()  # one sync per step: the live curve and the guard need it
-                            step_loss = loss
-                            if self.dist is not None:  # every rank sees the global batch's loss
-                                cancelled = self.stop_event is not None and self.stop_event.is_set()
-                                step_loss, value, self._all_cancelled = self.dist.sync_step(
-                                    loss, stats.get("n", 0), cancelled)
-                            if not math.isfinite(value):
-                                self.request_stop("diverged")
-                                break
-                            self.optimizer.zero_grad(set_to_none=True)
-                            self.scaler.scale(step_loss).backward()
-                            self.scaler.step(self.optimizer)
-                            self.scaler.update()
-                            if self.scheduler is not None:
-                                self.scheduler.step()
-                            n = stats.get("n", 0)
-                            sums["loss"] = sums.get("loss", 0.0) + loss.detach() * n
-                            for k, v in stats.items():
-                                sums[k] = sums.get(k, 0) + (v.detach() if isinstance(v, torch.Tensor) else v)
-                            step += 1
-                            self._tick(epoch, b + 1, value)
-                        train_seconds += time.perf_counter() - started
-                        if self.dist is not None:
-                            sums = self.dist.reduce_sums(sums)
-                        count = int(sums.get("n", 0))
-                        seen += count * objective.images_per_item
-                        for cb in self.callbacks:
-                            cb.on_train_epoch_end(epoch)
-                        if self.stop_reason == "diverged" or (self.stop_reason and count == 0):
-                            break
-                        totals = {k: (v.item() if isinstance(v, torch.Tensor) else v) for k, v in sums.items()}
-                        measured = objective.evaluate(self) if self.validate else {}
-                        metrics = objective.epoch_metrics(self, epoch, totals, measured,
-                                                          time.perf_counter() - started,
-                                                          self.optimizer.param_groups[-1]["lr"])
-                        history.epochs.append(metrics)
-                        for cb in self.callbacks:
-                            cb.on_epoch_end(metrics)
-                        if self.stop_reason is not None:
+                    self._prepare_epochs(stack)
+                    for epoch in range(1, self.config.epochs + 1):
+                        if not self._run_epoch(epoch):
                             break
             except _Cancelled:
                 self.request_stop("cancelled")
-            if self.stop_reason in ("cancelled", "diverged", "early"):
-                history.stopped = self.stop_reason
-            history.message = self.stop_message or (
-                f"{objective.title} was stopped after {len(history.epochs)} epoch(s)."
-                if self.stop_reason == "cancelled" else "")
-            if self.retry_message:
-                history.message = (self.retry_message + " " + history.message).strip()
-            history.images_per_second = seen / train_seconds if train_seconds > 0 else 0.0
-            history.batch_size = config.batch_size
+            self._finish_history(history)
             objective.on_fit_end(self, history)
         for cb in self.callbacks:
             cb.on_fit_end(history)
         self._release()
         return history
+
+    def _start_fit(self) -> History:
+        """Optimizer, scheduler, scaler, progress units and the empty history; callbacks learn the fit's shape."""
+        config, objective = self.config, self.objective
+        self.steps = objective.steps_per_epoch(self)
+        # the objective's own parameters go first: the last group's lr is the one reported
+        self.optimizer = make_optimizer(config, list(objective.param_groups(self)) + self.param_groups)
+        self.scheduler = make_scheduler(config, self.optimizer, self.steps * config.epochs)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype is torch.float16)
+        self.cache_units = 0
+        if self.cache_mode:
+            per_view = sum(self.batches_for(s) for s in objective.sources)
+            self.cache_units = per_view if self.lazy_cache else per_view * self.views + sum(
+                math.ceil(len(v) / config.batch_size) for v in self.images.values())
+        self.total_units, self.done_units = self.cache_units + self.steps * config.epochs, 0
+        self.history = objective.new_history(plan=self.plan, used_feature_cache=self.cache_mode is not None,
+                                             cache=self.cache_mode or "")
+        trainable = sum(p.numel() for g in self.param_groups for p in g["params"])
+        info = FitInfo(config.epochs, self.steps, len(self.images[objective.sources[0]]),
+                       len(self.images.get("val", ())), str(self.device), self.cache_mode is not None,
+                       trainable, sum(p.numel() for p in self.model.parameters()) - trainable,
+                       tuple(g["name"] for g in self.param_groups), self.cache_mode or "")
+        for cb in self.callbacks:
+            cb.trainer = self
+            cb.on_fit_start(info)
+        return self.history
+
+    def _prepare_epochs(self, stack: ExitStack) -> None:
+        """Fill the feature caches and, with a frozen prefix cached, make the prefix free until the fit ends."""
+        if self.cache_mode:
+            self.model.eval()
+            self._build_caches()
+            self.done_units = self.cache_units
+        if self.cache_mode == "prefix":
+            stack.enter_context(skip_prefix(self.prefix_modules, self.boundary, self.stash))
+        self.objective.on_fit_start(self)
+
+    def _run_epoch(self, epoch: int) -> bool:
+        """Train and evaluate one epoch; False when the fit must end."""
+        if self.cancelled():
+            self.request_stop("cancelled")
+            return False
+        if epoch > 1 and self.lazy_cache:
+            self._grow_caches()  # the next cached view (see _build_caches); not counted as training time
+        started = time.perf_counter()
+        self._begin_epoch(epoch)
+        sums = self._train_epoch(epoch)
+        self.train_seconds += time.perf_counter() - started
+        return self._end_epoch(epoch, sums, started)
+
+    def _begin_epoch(self, epoch: int) -> None:
+        """Set which groups train this epoch (and their modes), then tell the objective and callbacks."""
+        apply_epoch_plan(self.model, self.by_group, self.plan[epoch - 1], self.config.train_bn)
+        if self.dist is not None:
+            self.dist.freeze_batchnorm(self.model)
+            self._ddp = self.dist.wrap(self.model, self._ddp)
+        self.objective.on_epoch_start(self, epoch)
+        for cb in self.callbacks:
+            cb.on_epoch_start(epoch)
+
+    def _train_epoch(self, epoch: int) -> dict:
+        """One pass over the objective's batches; returns the epoch's sums (tensors stay on the device)."""
+        sums: dict[str, torch.Tensor | float] = {}
+        for b, batch in enumerate(self.objective.batches(self, epoch)):
+            if self.cancelled():
+                self.request_stop("cancelled")
+            if self.stop_reason is not None:
+                break
+            for cb in self.callbacks:
+                cb.on_batch_start(self.global_step)
+            value = self._train_step(batch, sums)
+            if value is None:
+                break
+            self.global_step += 1
+            self._tick(epoch, b + 1, value)
+        return sums
+
+    def _train_step(self, batch, sums: dict) -> float | None:
+        """Loss, the one ``backward()``, the optimizer and scheduler steps; adds the batch to ``sums``.
+
+        Returns the loss, or None when it is not finite (the fit is then marked diverged)."""
+        with self.autocast():
+            loss, stats = self.objective.loss(self, batch)
+        value = loss.item()  # one sync per step: the live curve and the guard need it
+        step_loss = loss
+        if self.dist is not None:  # every rank sees the global batch's loss
+            cancelled = self.stop_event is not None and self.stop_event.is_set()
+            step_loss, value, self._all_cancelled = self.dist.sync_step(loss, stats.get("n", 0), cancelled)
+        if not math.isfinite(value):
+            self.request_stop("diverged")
+            return None
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(step_loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        n = stats.get("n", 0)
+        sums["loss"] = sums.get("loss", 0.0) + loss.detach() * n
+        for k, v in stats.items():
+            sums[k] = sums.get(k, 0) + (v.detach() if isinstance(v, torch.Tensor) else v)
+        return value
+
+    def _end_epoch(self, epoch: int, sums: dict, started: float) -> bool:
+        """Count the epoch, evaluate it and record its metrics; False when the fit must end."""
+        objective = self.objective
+        if self.dist is not None:
+            sums = self.dist.reduce_sums(sums)
+        count = int(sums.get("n", 0))
+        self.seen += count * objective.images_per_item
+        for cb in self.callbacks:
+            cb.on_train_epoch_end(epoch)
+        if self.stop_reason == "diverged" or (self.stop_reason and count == 0):
+            return False
+        totals = {k: (v.item() if isinstance(v, torch.Tensor) else v) for k, v in sums.items()}
+        measured = objective.evaluate(self) if self.validate else {}
+        metrics = objective.epoch_metrics(self, epoch, totals, measured, time.perf_counter() - started,
+                                          self.optimizer.param_groups[-1]["lr"])
+        self.history.epochs.append(metrics)
+        for cb in self.callbacks:
+            cb.on_epoch_end(metrics)
+        return self.stop_reason is None
+
+    def _finish_history(self, history: History) -> None:
+        """How the fit ended, in the history's own words, and its throughput."""
+        if self.stop_reason in ("cancelled", "diverged", "early"):
+            history.stopped = self.stop_reason
+        history.message = self.stop_message or (
+            f"{self.objective.title} was stopped after {len(history.epochs)} epoch(s)."
+            if self.stop_reason == "cancelled" else "")
+        if self.retry_message:
+            history.message = (self.retry_message + " " + history.message).strip()
+        history.images_per_second = self.seen / self.train_seconds if self.train_seconds > 0 else 0.0
+        history.batch_size = self.config.batch_size
