@@ -13,7 +13,7 @@ from pages._links import hidden, locked, page_choice, remember_choice
 from core.jobs import get_job
 from core.tasks import Snapshot
 from pages._shared import (DEMO_LABEL, bootstrap, demo, fit_title, model_picker, plain, run_status, run_store,
-                           store_result, stored_result)
+                           session_models, store_result, stored_result)
 
 bootstrap()  # first, before the session is read: see bootstrap's docstring
 
@@ -36,22 +36,6 @@ def backbone_facts(name: str) -> dict:
     bb = backbones.load(name, pretrained=False)
     return {"groups": [(g.name, list(g.modules)) for g in bb.layer_groups], "head_module": bb.head_module,
             "mean": bb.mean, "std": bb.std}
-
-
-class SessionModels:
-    """This session's own models for this page: analyses in a worker thread never share hooks
-    with another page's model, and run one at a time (the lock)."""
-
-    def __init__(self):
-        self.lock = threading.Lock()
-        self.items: dict = {}
-
-    def get(self, key: str, load):
-        if key not in self.items:
-            if len(self.items) >= 2:
-                self.items.pop(next(iter(self.items)))
-            self.items[key] = load()
-        return self.items[key]
 
 
 def set_label(choice: str) -> str:
@@ -99,13 +83,16 @@ def layer_label(layer: str, groups) -> str:
 
 
 def start_analysis(key, model_key, load, ds_a, ds_b, layer, groups, facts, size, bandwidth, method):
-    models = ss.setdefault("_domain_models", SessionModels())
+    # the session's one model cache, read here (the task's thread has no session); the "domain" key
+    # keeps the hooks an analysis puts on its model off the models other pages show, and the lock
+    # runs this session's analyses one at a time
+    models, lock = session_models(), ss.setdefault("_domain_lock", threading.Lock())
     layer_groups = [backbones.LayerGroup(g, modules) for g, modules in groups]
 
     def work(task: domain.Task):
-        with models.lock:
+        with lock:
             task.report(0.0, "Loading the model…")
-            model = models.get(model_key, load)
+            model = models.get(("domain", model_key), load)
             return domain.analyse_shift(
                 model, ds_a, ds_b, layer, layer_groups, size, model_key=model_key, bandwidth=bandwidth,
                 method=method, mean=facts["mean"], std=facts["std"], head_module=facts["head_module"],
