@@ -37,11 +37,13 @@ def charts(at) -> list[str]:
     return [c.proto.spec for c in at.get("plotly_chart")]
 
 
-def fresh_app(timeout: float = 180, query: dict | None = None) -> AppTest:
-    """The app run once, on its first page, with ``query`` in the address bar."""
+def fresh_app(timeout: float = 180, query: dict | None = None, state: dict | None = None) -> AppTest:
+    """The app run once, on its first page, with ``query`` in the address bar and ``state`` in the session."""
     at = AppTest.from_file(APP, default_timeout=timeout)
     if query:
         at.query_params.update(query)
+    for key, value in (state or {}).items():
+        at.session_state[key] = value
     at.run()
     assert not at.exception, at.exception
     return at
