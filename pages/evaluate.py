@@ -60,11 +60,11 @@ def clickable_heatmap(z, counts, classes, title: str, fmt: str):
     """
     fig = heatmap(z, classes, title, fmt)
     fig.data[0].hoverinfo = "skip"  # the marker on the cell answers the hover instead
-    n = len(classes)
-    true, predicted = np.divmod(np.arange(n * n), n)
+    cells = [(t, p) for t in range(len(classes)) for p in range(len(classes))]
     fig.add_trace(go.Scatter(
-        x=[classes[p] for p in predicted], y=[classes[t] for t in true], mode="markers", showlegend=False,
-        customdata=np.stack([true, predicted, np.asarray(counts).ravel()], axis=1),
+        x=[classes[p] for _, p in cells], y=[classes[t] for t, _ in cells], mode="markers", showlegend=False,
+        # plain lists: numpy arrays travel as binary blobs, and the click should hand back plain numbers
+        customdata=[[t, p, int(counts[t][p])] for t, p in cells],
         marker=dict(symbol="square", size=30, color="rgba(0,0,0,0)"),
         selected=dict(marker=dict(color="rgba(255,255,255,0.35)")), unselected=dict(marker=dict(opacity=1)),
         hovertemplate="true %{y} · predicted %{x}: %{customdata[2]} images, click to see them<extra></extra>",

@@ -71,6 +71,6 @@ def test_a_click_on_a_confusion_matrix_cell_shows_the_images_behind_it(server_wi
         has_text=re.compile(rf"^{re.escape(true)} → {re.escape(said)} · \d+% sure · loss \d+\.\d\d$"))
     expect(captions).to_have_count(shown)
     # the click also set the pickers, so the keyboard path shows where one is
-    expect(page.get_by_test_id("stSelectbox").filter(has_text="True class")).to_contain_text(true)
-    expect(page.get_by_test_id("stSelectbox").filter(has_text="Predicted class")).to_contain_text(said)
+    expect(page.get_by_role("combobox", name="True class")).to_have_value(true)
+    expect(page.get_by_role("combobox", name="Predicted class")).to_have_value(said)
     assert_no_exception(page)
