@@ -1,4 +1,5 @@
-"""How a trained classifier does on a labelled dataset: accuracy, confusion, per-class scores, worst mistakes."""
+"""How a trained classifier does on a labelled dataset: accuracy, confusion, per-class scores, the images
+behind a confusion-matrix cell and the worst mistakes."""
 
 from __future__ import annotations
 
@@ -9,11 +10,11 @@ import numpy as np
 import torch
 
 from core.backbones import Classifier
-from core.errors import DataError
+from core.errors import ConfigError, DataError
 from core.hooks import preserved
 from core.training import predict_proba
 
-__all__ = ["Evaluation", "Mistake", "evaluate_dataset"]
+__all__ = ["Evaluation", "Example", "Mistake", "cell_examples", "evaluate_dataset", "worst_mistakes"]
 
 
 class Mistake(NamedTuple):
@@ -24,6 +25,16 @@ class Mistake(NamedTuple):
     predicted: str
     confidence: float  # the probability of the predicted class
     top3: list[tuple[str, float]]  # (class, probability), most probable first
+
+
+class Example(NamedTuple):
+    """One validation image as the model saw it: its class, the model's answer, how sure and how wrong."""
+
+    index: int  # position in the evaluated dataset
+    true: str
+    predicted: str
+    confidence: float  # the probability of the predicted class
+    loss: float  # cross-entropy: -log p(true class); high when the model was sure of something else
 
 
 @dataclass(frozen=True)
@@ -41,6 +52,15 @@ class Evaluation:
     @property
     def accuracy(self) -> float:
         return float((self.preds == self.labels).mean()) if len(self.labels) else float("nan")
+
+    @property
+    def losses(self) -> np.ndarray:
+        """Each image's cross-entropy, -log p(true class), the loss training minimised."""
+        if not len(self.labels):
+            return np.zeros(0)
+        p_true = self.probs[np.arange(len(self.labels)), self.labels]
+        # a probability that underflowed to 0 would give an infinite loss: cap it where float64 still counts
+        return -np.log(np.clip(p_true, np.finfo(np.float64).tiny, 1.0))
 
     def confusion(self, normalize: bool = False) -> np.ndarray:
         """Rows are true classes, columns predicted ones; ``normalize`` divides each row by its count.
@@ -85,6 +105,38 @@ class Evaluation:
                 top3=[(self.classes[j], float(self.probs[i, j])) for j in top],
             ))
         return mistakes
+
+
+def _class_index(ev: Evaluation, name: int | str) -> int:
+    if isinstance(name, (int, np.integer)) and not isinstance(name, bool):
+        if 0 <= int(name) < len(ev.classes):
+            return int(name)
+    elif name in ev.classes:
+        return ev.classes.index(name)
+    raise ConfigError(f"Unknown class {name!r}: choose one of {', '.join(ev.classes)}.")
+
+
+def _examples(ev: Evaluation, indices: np.ndarray) -> list[Example]:
+    """``indices`` as Examples, highest loss first; equal losses keep dataset order (a stable gallery)."""
+    losses, preds = ev.losses, ev.preds
+    order = indices[np.argsort(-losses[indices], kind="stable")]
+    return [Example(index=int(i), true=ev.classes[ev.labels[i]], predicted=ev.classes[preds[i]],
+                    confidence=float(ev.probs[i, preds[i]]), loss=float(losses[i])) for i in order]
+
+
+def cell_examples(ev: Evaluation, true: int | str, predicted: int | str) -> list[Example]:
+    """Every image behind one confusion-matrix cell (this true class, this prediction), highest loss first.
+
+    On the diagonal these are the correct answers, the least sure first.
+    """
+    t, p = _class_index(ev, true), _class_index(ev, predicted)
+    return _examples(ev, np.flatnonzero((ev.labels == t) & (ev.preds == p)))
+
+
+def worst_mistakes(ev: Evaluation, k: int | None = None) -> list[Example]:
+    """The misclassified images, highest loss first; the first ``k`` when given."""
+    wrong = _examples(ev, np.flatnonzero(ev.preds != ev.labels))
+    return wrong if k is None else wrong[:max(0, k)]
 
 
 def _labels(ds) -> np.ndarray:

@@ -25,6 +25,7 @@ __all__ = [
     "SanityResult",
     "attribute",
     "explain",
+    "gradcam_maps",
     "top_classes",
     "overlay",
     "sanity_check",
@@ -519,6 +520,40 @@ def explain(model: nn.Module, image: torch.Tensor, target: int, method: str, *,
             layer: str | None = None, **options: Any) -> Attribution:
     """Like ``attribute`` but returns the map with its method, target, time taken and IG's delta."""
     return _attribute(model, image, target, method, layer, options)
+
+
+def gradcam_maps(model: nn.Module, images: torch.Tensor, targets: Sequence[int], *, layer: str | None = None,
+                 batch_size: int = 16) -> np.ndarray:
+    """Grad-CAM of many images at once: float32 [N, H, W], finite and >= 0, one map per (image, target).
+
+    The same maps as ``attribute(model, image, target, "gradcam", layer=layer)`` one at a time, in
+    batches of ``batch_size`` (a gallery of mistakes needs two dozen maps, not two dozen passes).
+    ``images`` is a preprocessed Tensor[N, 3, H, W]; the model is left as ``attribute`` leaves it.
+    """
+    from captum.attr import LayerAttribution, LayerGradCam
+
+    if not isinstance(images, torch.Tensor) or images.dim() != 4:
+        raise DataError("The images must be a preprocessed tensor of shape [N, 3, H, W].")
+    if len(targets) != len(images):
+        raise ConfigError(f"One class per image: got {len(targets)} classes for {len(images)} images.")
+    if len(images) == 0:
+        return np.zeros((0, *images.shape[-2:]), dtype=np.float32)
+    device, dtype = _model_device(model), _model_dtype(model)
+    batch_size = max(1, int(batch_size))
+    maps = []
+    with _borrowed(model):
+        logits, candidates = _probe(model, _prepare_image(images[0], device, dtype))
+        checked = [_check_target(t, logits.shape[1]) for t in targets]
+        _, module = _resolve_layer(model, layer, candidates)
+        cam = LayerGradCam(model, module)
+        for start in range(0, len(images), batch_size):
+            x = images[start:start + batch_size].detach().to(device=device, dtype=dtype).clone().requires_grad_(True)
+            target = torch.tensor(checked[start:start + batch_size], device=device)
+            raw = cam.attribute(x, target=target, relu_attributions=True)
+            raw = LayerAttribution.interpolate(raw, tuple(x.shape[-2:]), interpolate_mode="bilinear")
+            raw = torch.nan_to_num(raw.detach().float().sum(1), nan=0.0, posinf=0.0, neginf=0.0).clamp_min(0)
+            maps.append(raw.cpu().numpy().astype(np.float32))
+    return np.concatenate(maps)
 
 
 def predicted_class(model: nn.Module, image: torch.Tensor) -> int:

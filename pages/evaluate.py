@@ -2,16 +2,18 @@
 
 import math
 from dataclasses import replace
+from functools import partial
 
 import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
+import torch
 
-from core import backbones
+from core import backbones, saliency
 from core.devices import pick_device
 from core.distillation import VARIANTS, soften, start_distillation, students_of
 from core.errors import UserInputError
-from core.evaluation import evaluate_dataset
+from core.evaluation import cell_examples, evaluate_dataset, worst_mistakes
 from core.jobs import get_job
 from core.lr_finder import find_lr
 from core.multitask import confusion_by_task
@@ -27,14 +29,16 @@ bootstrap()  # first, before the session is read: see bootstrap's docstring
 ss = st.session_state
 st.title("Evaluate")
 st.write(
-    "Accuracy alone hides which classes a model confuses. Look at the confusion matrix, the per-class "
-    "scores and the mistakes it was surest of; then try two training strategies: finding a learning "
-    "rate, and distilling a trained model into a fresh student."
+    "Accuracy alone hides which classes a model confuses. Look at the confusion matrix (click a cell to see "
+    "its images and where the model looked), the per-class scores and the worst mistakes; then try two "
+    "training strategies: finding a learning rate, and distilling a trained model into a fresh student."
 )
 
 # Learning-rate choices for the distillation student.
 LR_CHOICES = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 COLOURS = {VARIANTS[0]: "#d62728", VARIANTS[1]: "#1f77b4"}
+# Images a gallery shows at most: each needs a Grad-CAM, and two dozen take seconds on 2 CPU cores.
+GALLERY_CAP = 24
 
 
 def split_key() -> tuple:
@@ -50,6 +54,101 @@ def heatmap(z, classes, title: str, fmt: str):
                       xaxis=dict(title="predicted", side="bottom", type="category"),
                       yaxis=dict(title="true", autorange="reversed", type="category"))
     return fit_title(fig, 30)
+
+
+def clickable_heatmap(z, counts, classes, title: str, fmt: str):
+    """``heatmap`` whose cells can be clicked.
+
+    Plotly reports no selection for a heatmap's cells (streamlit#8760), so an invisible square marker
+    sits on every cell and carries the click, with the cell's (true, predicted) indices.
+    """
+    fig = heatmap(z, classes, title, fmt)
+    fig.data[0].hoverinfo = "skip"  # the marker on the cell answers the hover instead
+    cells = [(t, p) for t in range(len(classes)) for p in range(len(classes))]
+    fig.add_trace(go.Scatter(
+        x=[classes[p] for _, p in cells], y=[classes[t] for t, _ in cells], mode="markers", showlegend=False,
+        # plain lists: numpy arrays travel as binary blobs, and the click should hand back plain numbers
+        customdata=[[t, p, int(counts[t][p])] for t, p in cells],
+        marker=dict(symbol="square", size=30, color="rgba(0,0,0,0)"),
+        selected=dict(marker=dict(color="rgba(255,255,255,0.35)")), unselected=dict(marker=dict(opacity=1)),
+        hovertemplate="true %{y} · predicted %{x}: %{customdata[2]} images, click to see them<extra></extra>",
+    ))
+    return fig
+
+
+def cell_keys(run_id: str) -> tuple[str, str]:
+    """The cell pickers' keys: one pair per run, so another run's classes never linger."""
+    return f"cell-true-{run_id}", f"cell-predicted-{run_id}"
+
+
+def open_clicked_cell(chart_key: str, run_id: str) -> None:
+    """A click on a matrix cell sets the two cell pickers, which then show its images."""
+    points = ss[chart_key].selection.points
+    if not points:  # a click that cleared the selection leaves the pickers as they are
+        return
+    data = points[0].get("customdata")
+    if not data or len(data) < 2:
+        return
+    ss[cell_keys(run_id)[0]], ss[cell_keys(run_id)[1]] = int(data[0]), int(data[1])
+
+
+def gradcams(run_id: str, indices: list[int], targets: list[int]):
+    """Grad-CAM overlays (of the predicted class) for validation images, kept for this session."""
+    cache = ss.setdefault("_gallery_gradcams", {})
+    pair = run_models(run_id)
+    _, val_ds = current_split()
+    keys = [(run_id, *split_key(), i, t) for i, t in zip(indices, targets)]
+    todo = [n for n, key in enumerate(keys) if key not in cache]
+    if todo:
+        images = [val_ds[indices[n]][0] for n in todo]
+        x = torch.stack([pair.preprocess(image) for image in images])
+        with st.spinner(f"Grad-CAM for {len(todo)} images…"):
+            maps = saliency.gradcam_maps(pair.after, x, [targets[n] for n in todo])
+        for n, image, cam in zip(todo, images, maps):
+            cache[keys[n]] = saliency.overlay(backbones.display_crop(image, x.shape[-1]), cam, 0.45)
+        while len(cache) > 4 * GALLERY_CAP:
+            cache.pop(next(iter(cache)))
+    return [cache[key] for key in keys]
+
+
+def gallery(run_id: str, ev, examples, what: str) -> None:
+    """The first GALLERY_CAP of ``examples``, each over its Grad-CAM, with true/predicted class, confidence and loss."""
+    shown = examples[:GALLERY_CAP]
+    st.caption(f"Showing {len(shown)} of {len(examples)} {what}, highest loss first. The heat map is Grad-CAM of "
+               "the predicted class: where the model looked when it gave its answer.")
+    try:
+        pictures = gradcams(run_id, [e.index for e in shown], [ev.classes.index(e.predicted) for e in shown])
+    except UserInputError as exc:
+        st.warning(f"No Grad-CAM for this model: {plain(exc)}")
+        _, val_ds = current_split()
+        pictures = [val_ds[e.index][0] for e in shown]
+    for row in range(0, len(shown), 4):  # a row of columns at a time: read in order, worst first
+        for column, e, picture in zip(st.columns(4), shown[row:row + 4], pictures[row:row + 4]):
+            column.image(picture, width="stretch", caption=f"{plain(e.true)} → {plain(e.predicted)} · "
+                                                           f"{e.confidence:.0%} sure · loss {e.loss:.2f}")
+
+
+def cell_ui(run_id: str, ev) -> None:
+    """The images behind one cell, picked by a click on a matrix or by the two pickers (keyboard too)."""
+    st.markdown("**The images behind a cell**")
+    options = list(range(len(ev.classes)))
+    true_key, predicted_key = cell_keys(run_id)
+    c1, c2 = st.columns(2)
+    true = c1.selectbox("True class", options, index=None, format_func=lambda i: ev.classes[i], key=true_key,
+                        placeholder="Click a cell, or choose")
+    predicted = c2.selectbox("Predicted class", options, index=None, format_func=lambda i: ev.classes[i],
+                             key=predicted_key, placeholder="Click a cell, or choose")
+    if true is None or predicted is None:
+        st.caption("Click a cell of either matrix, or choose its true and predicted class here, to see its images.")
+        return
+    examples = cell_examples(ev, true, predicted)
+    name, said = plain(ev.classes[true]), plain(ev.classes[predicted])
+    if not examples:
+        st.info(f"No validation image of {name} was predicted as {said}.")
+        return
+    what = (f"{name} images classified correctly" if true == predicted
+            else f"{name} images taken for {said}")
+    gallery(run_id, ev, examples, what)
 
 
 def evaluation(run_id: str):
@@ -83,17 +182,18 @@ def evaluation_ui() -> None:
     except UserInputError as exc:
         st.error(plain(exc))
         return
-    _, val_ds = current_split()
     c1, c2, c3 = st.columns(3)
     c1.metric("Validation accuracy", f"{ev.accuracy:.1%}")
     c2.metric("Validation images", len(ev.labels))
     c3.metric("Misclassified", int((ev.preds != ev.labels).sum()))
     left, right = st.columns(2)
-    left.plotly_chart(heatmap(ev.confusion(), ev.classes, "Confusion matrix (counts)", "%{z}"),
-                      width="stretch", key="confusion-counts")
-    right.plotly_chart(heatmap(ev.confusion(normalize=True), ev.classes,
-                               "Normalised per true class (rows sum to 1)", "%{z:.0%}"),
-                       width="stretch", key="confusion-normalised")
+    counts = ev.confusion()
+    for column, key, z, title, fmt in (
+            (left, "confusion-counts", counts, "Confusion matrix (counts)", "%{z}"),
+            (right, "confusion-normalised", ev.confusion(normalize=True), "Normalised per true class (rows sum to 1)",
+             "%{z:.0%}")):
+        column.plotly_chart(clickable_heatmap(z, counts, ev.classes, title, fmt), width="stretch", key=key,
+                            on_select=partial(open_clicked_cell, key, run_id), selection_mode="points")
     st.caption("Rows are the true classes, columns what the model said; the diagonal holds the correct answers. "
                "In the normalised matrix the diagonal is each class's recall.")
     st.dataframe(ev.per_class(), hide_index=True, width="stretch", column_config={
@@ -104,17 +204,14 @@ def evaluation_ui() -> None:
         "f1": st.column_config.NumberColumn("F1", format="%.2f", help="The harmonic mean of the two."),
         "support": st.column_config.NumberColumn(help="Validation images of this class."),
     })
-    st.markdown("**The mistakes the model was surest of**")
-    mistakes = ev.most_confidently_wrong(k=12)
-    if not mistakes:
-        st.success("Every validation image is classified correctly.")
-        return
-    columns = st.columns(4)
-    for n, m in enumerate(mistakes):
-        with columns[n % 4]:
-            st.image(val_ds[m.index][0], width="stretch",
-                     caption=f"{plain(m.true)}, taken for {plain(m.predicted)} ({m.confidence:.0%})")
-            st.caption(" · ".join(f"{plain(name)} {p:.0%}" for name, p in m.top3))
+    cell_ui(run_id, ev)
+    if st.toggle("Show the model's worst mistakes", key=f"worst-{run_id}",
+                 help="Every misclassified validation image, the highest loss (the surest wrong answer) first."):
+        mistakes = worst_mistakes(ev)
+        if not mistakes:
+            st.success("Every validation image is classified correctly.")
+        else:
+            gallery(run_id, ev, mistakes, "mistakes")
 
 
 def multitask_confusion(run_id: str) -> dict:

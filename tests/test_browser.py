@@ -68,24 +68,33 @@ def server(tmp_path_factory):
     yield from serve(tmp_path_factory)
 
 
-@pytest.fixture(scope="module")
-def browser():
+def chromium(*extra_args: str):
+    """Headless Chromium for a module's tests (a generator for a fixture), with ``extra_args`` on top."""
     with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(
             executable_path=CHROMIUM,
             args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--no-first-run"],
+                  "--disable-component-update", "--no-first-run", *extra_args],
         )
         yield browser
         browser.close()
 
 
+def fresh_page(browser, **context_options):
+    """A page in a browser context of its own (cookies, storage), closed after the test (a fixture's generator)."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1000}, **context_options)
+    yield context.new_page()
+    context.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    yield from chromium()
+
+
 @pytest.fixture
 def page(browser):
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
-    page = context.new_page()
-    yield page
-    context.close()
+    yield from fresh_page(browser)
 
 
 def open_app(page, url):

@@ -13,10 +13,10 @@ pytestmark = pytest.mark.browser
 
 # The server, go_to and friends are test_browser's; importing them also brings its Chromium check.
 try:  # `python -m pytest` puts the repository on sys.path; plain `pytest` puts tests/ there
-    from tests.test_browser import (CHROMIUM, assert_no_exception, go_to, open_app, server,  # noqa: F401
-                                    set_epochs, sync_api, wait_for_status)
+    from tests.test_browser import (assert_no_exception, chromium, fresh_page, go_to, open_app,  # noqa: F401
+                                    server, set_epochs, sync_api, wait_for_status)
 except ImportError:
-    from test_browser import (CHROMIUM, assert_no_exception, go_to, open_app, server,  # noqa: F401
+    from test_browser import (assert_no_exception, chromium, fresh_page, go_to, open_app, server,  # noqa: F401
                               set_epochs, sync_api, wait_for_status)
 
 expect = sync_api.expect
@@ -27,23 +27,12 @@ PAGE_TITLES = {"Lessons", "Data", "Model", "Train", "Feature maps", "Saliency", 
 @pytest.fixture(scope="module")
 def browser():
     """test_browser's Chromium, with a fake webcam that needs no permission click."""
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--no-first-run",
-                  "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"],
-        )
-        yield browser
-        browser.close()
+    yield from chromium("--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream")
 
 
 @pytest.fixture
 def page(browser):
-    context = browser.new_context(viewport={"width": 1400, "height": 1000}, permissions=["camera"])
-    page = context.new_page()
-    yield page
-    context.close()
+    yield from fresh_page(browser, permissions=["camera"])
 
 
 # Records the text of every link the sidebar menu ever shows, from the first paint on.
@@ -250,10 +239,23 @@ OVERFLOW = """() => {
 
 
 def open_sidebar(page):
+    """Unfold the sidebar whichever way the window left it (a narrow one may fold it), and wait for its menu."""
     nav = page.get_by_test_id("stSidebarNav")
-    if not nav.is_visible():  # a narrow window folds the sidebar away; nothing to wait for here
-        page.get_by_test_id("stExpandSidebarButton").click()
+    expand = page.get_by_test_id("stExpandSidebarButton")
+    expect(nav.or_(expand).first).to_be_visible(timeout=30_000)  # drawn, open or folded
+    try:  # the page is drawn: a folded sidebar shows its expand button at once
+        expect(expand).to_be_visible(timeout=2_000)
+    except AssertionError:
+        pass  # open
+    else:
+        expand.click()
     expect(nav).to_be_visible()
+
+
+def expand_sidebar(page):
+    """Unfold the sidebar that close_sidebar folded."""
+    page.get_by_test_id("stExpandSidebarButton").click()
+    expect(page.get_by_test_id("stSidebarNav")).to_be_visible()
 
 
 def close_sidebar(page):
@@ -272,9 +274,9 @@ def test_every_page_fits_a_projector_after_a_demo_run(server, page, size, sideba
     page.get_by_role("button", name="Train", exact=True).click()
     wait_for_status(page, "finished")
     page.set_viewport_size({"width": size[0], "height": size[1]})
+    open_sidebar(page)
     problems = {}
     for name in ["Data", "Model", "Train", "Feature maps", "Saliency", "Domain shift", "Evaluate", "Use the model"]:
-        open_sidebar(page)
         go_to(page, name)
         if sidebar == "closed":
             close_sidebar(page)
@@ -284,4 +286,6 @@ def test_every_page_fits_a_projector_after_a_demo_run(server, page, size, sideba
         if found:
             problems[name] = found
         assert_no_exception(page)
+        if sidebar == "closed":
+            expand_sidebar(page)  # the menu leads to the next page
     assert not problems, "\n".join(f"{name}: {p}" for name, found in problems.items() for p in found)

@@ -5,8 +5,8 @@ from PIL import Image
 from torch import nn
 
 from core import backbones
-from core.errors import DataError
-from core.evaluation import Evaluation, evaluate_dataset
+from core.errors import ConfigError, DataError
+from core.evaluation import Evaluation, cell_examples, evaluate_dataset, worst_mistakes
 from core.training import predict_proba
 from test_training import Shapes
 
@@ -102,6 +102,41 @@ def test_the_most_confidently_wrong_come_first_with_their_top_three(solid_eval):
     assert [p for _, p in top3] == sorted((p for _, p in top3), reverse=True)
     assert mistakes[0].confidence > mistakes[1].confidence
     assert solid_eval.most_confidently_wrong(k=1) == mistakes[:1]
+
+
+def test_a_cell_holds_exactly_the_images_with_that_true_and_predicted_class(solid_eval):
+    n = len(solid_eval.classes)
+    for t in range(n):
+        for p in range(n):
+            cell = cell_examples(solid_eval, t, p)
+            assert len(cell) == solid_eval.confusion()[t, p]
+            expected = {i for i in range(len(solid_eval.labels))
+                        if solid_eval.labels[i] == t and solid_eval.preds[i] == p}
+            assert {e.index for e in cell} == expected
+            assert all((e.true, e.predicted) == (solid_eval.classes[t], solid_eval.classes[p]) for e in cell)
+    # names work as well as indices; the unsure red image (index 2) leads its correct cell
+    assert [e.index for e in cell_examples(solid_eval, "green", "red")] == [4, 5]
+    assert [e.index for e in cell_examples(solid_eval, "red", "red")] == [2, 0, 1]
+    with pytest.raises(ConfigError, match="choose one of red, green, blue"):
+        cell_examples(solid_eval, "purple", "red")
+
+
+def test_worst_mistakes_are_only_the_wrong_ones_sorted_by_loss_not_by_confidence():
+    ev = Evaluation(probs=np.array([
+        [0.05, 0.90, 0.05],  # wrong and very sure of class 1, yet gave class 0 5%: loss 3.0
+        [0.01, 0.60, 0.39],  # wrong, less sure, but gave the true class only 1%: loss 4.6
+        [0.10, 0.20, 0.70],  # right, unsure: a high loss, but no mistake
+        [0.30, 0.00, 0.70],  # wrong and the true class... is class 1 at probability 0: the worst
+    ]), labels=np.array([0, 0, 2, 1]), classes=["a", "b", "c"])
+    worst = worst_mistakes(ev)
+    assert [e.index for e in worst] == [3, 1, 0]
+    assert all(e.true != e.predicted for e in worst)
+    assert [e.loss for e in worst] == sorted((e.loss for e in worst), reverse=True)
+    assert worst[1].loss == pytest.approx(-np.log(0.01)) and worst[1].confidence == pytest.approx(0.6)
+    assert np.isfinite(worst[0].loss)  # a zero probability is very wrong, not infinitely
+    assert (worst[1].true, worst[1].predicted) == ("a", "b")
+    assert [m.index for m in ev.most_confidently_wrong()] == [0, 3, 1]  # surest first is another order
+    assert worst_mistakes(ev, k=2) == worst[:2]
 
 
 def test_a_real_classifier_is_evaluated_with_predict_proba_and_keeps_its_modes(lite0):

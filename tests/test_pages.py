@@ -1,42 +1,13 @@
 """Each page, driven through Streamlit's AppTest (no browser)."""
 
-import time
-from pathlib import Path
-
 import pytest
-from streamlit.testing.v1 import AppTest
 
-APP = str(Path(__file__).resolve().parent.parent / "app.py")
+from pages_helpers import fresh_app, open_page, texts, train, wait_for_run
 
 
 @pytest.fixture
 def app():
-    at = AppTest.from_file(APP, default_timeout=120)
-    at.run()
-    assert not at.exception
-    return at
-
-
-def open_page(at, page):
-    at.switch_page(f"pages/{page}.py")
-    at.run()
-    assert not at.exception, at.exception
-    return at
-
-
-def texts(elements):
-    return [e.value for e in elements]
-
-
-def wait_until_done(at, timeout=180):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        at.run()
-        status = [s for s in texts(at.subheader) if s.startswith("Run ")]
-        if status and any(word in status[0] for word in ("finished", "failed", "cancelled", "diverged")):
-            return status[0]
-        time.sleep(0.5)
-    raise AssertionError("the run did not end in time")
+    return fresh_app(timeout=120)
 
 
 def test_the_app_opens_on_the_demo_set_with_the_offline_backbone(app):
@@ -70,7 +41,7 @@ def test_the_train_page_trains_and_reopens_the_run_from_its_link(app):
     app.number_input[0].set_value(2).run()
     [b for b in app.button if b.label == "Train"][0].click().run()
     assert not app.error, texts(app.error)
-    status = wait_until_done(app)
+    status = wait_for_run(app)
     assert "finished" in status
     run_id = app.session_state.current_run
     labels = [m.label for m in app.metric]
@@ -79,9 +50,7 @@ def test_the_train_page_trains_and_reopens_the_run_from_its_link(app):
     assert accuracy > 50  # four classes: chance is 25%
 
     # the link opens the run for anyone, read-only: the owner's runs stay the owner's
-    fresh = AppTest.from_file(APP, default_timeout=60)
-    fresh.query_params["run"] = run_id
-    fresh.run()
+    fresh = fresh_app(timeout=60, query={"run": run_id})
     open_page(fresh, "train")
     assert any(run_id in s and "finished" in s for s in texts(fresh.subheader))
     assert not any("Your runs" == s for s in texts(fresh.subheader))
@@ -89,9 +58,7 @@ def test_the_train_page_trains_and_reopens_the_run_from_its_link(app):
 
 
 def test_a_bad_run_link_says_so(app):
-    other = AppTest.from_file(APP, default_timeout=60)
-    other.query_params["run"] = "0123456789abcdef"
-    other.run()
+    other = fresh_app(timeout=60, query={"run": "0123456789abcdef"})
     open_page(other, "train")
     assert any("No run with this link" in w for w in texts(other.warning))
 
@@ -122,17 +89,10 @@ def test_the_model_page_offers_progressive_unfreezing_with_a_timeline(app):
     assert any("The plan for" in chart.proto.spec for chart in app.get("plotly_chart"))
 
 
-def train_once(app, epochs=1):
-    open_page(app, "train")
-    app.number_input[0].set_value(epochs).run()
-    [b for b in app.button if b.label == "Train"][0].click().run()
-    assert "finished" in wait_until_done(app)
-
-
 def test_feature_maps_show_frozen_layers_unchanged_and_the_depth_charts(app):
     open_page(app, "features")
     assert not app.error and "pretrained backbone alone" in " ".join(texts(app.info))
-    train_once(app)
+    train(app)
     open_page(app, "features")
     assert "Along the depth of the network" in texts(app.subheader)
     # feature extraction froze every group up to the head: any body layer is unchanged
@@ -147,7 +107,7 @@ def test_saliency_explains_a_real_photo_with_the_pretrained_model(app):
     assert not app.exception and not app.error
     targets = [s for s in app.selectbox if s.label == "Explain the class"]
     assert targets and targets[0].format_func(targets[0].value) == "espresso"
-    train_once(app)
+    train(app)
     open_page(app, "saliency")
     assert texts(app.subheader)[:2] == ["pretrained (ImageNet)", "fine-tuned"]
     [b for b in app.button if b.label == "Run the sanity check"][0].click().run()

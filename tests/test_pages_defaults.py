@@ -1,41 +1,13 @@
 """The strategy presets reach the Train page, the augmentation toggles and preview, run hints, and
 the "unlike anything it was trained on" warning, driven through Streamlit's AppTest."""
 
-import time
-from pathlib import Path
-
-from streamlit.testing.v1 import AppTest
-
 from core import backbones
 from core.training import strategy_config
-
-APP = str(Path(__file__).resolve().parent.parent / "app.py")
-
-
-def texts(elements):
-    return [e.value for e in elements]
-
-
-def open_page(at, page):
-    at.switch_page(f"pages/{page}.py")
-    at.run()
-    assert not at.exception, at.exception
-    return at
-
-
-def widget(elements, label):
-    return next(e for e in elements if e.label.startswith(label))
-
-
-def fresh():
-    at = AppTest.from_file(APP, default_timeout=240)
-    at.run()
-    assert not at.exception
-    return at
+from pages_helpers import fresh_app, open_page, texts, train, widget
 
 
 def test_a_strategy_brings_its_preset_to_the_train_page():
-    at = open_page(fresh(), "model")
+    at = open_page(fresh_app(timeout=240), "model")
     widget(at.radio, "Strategy").set_value("Fine-tune all").run()
     preset = strategy_config("full", backbones.group_names(backbones.DEFAULT_BACKBONE))
     config = at.session_state.train_config
@@ -51,7 +23,7 @@ def test_a_strategy_brings_its_preset_to_the_train_page():
 
 
 def test_flips_and_colour_jitter_start_off_and_the_preview_shows_augmented_views():
-    at = open_page(fresh(), "train")
+    at = open_page(fresh_app(timeout=240), "train")
     assert not widget(at.checkbox, "Horizontal flips").value
     assert not widget(at.checkbox, "Colour jitter").value
     widget(at.checkbox, "Horizontal flips").check().run()
@@ -63,16 +35,8 @@ def test_flips_and_colour_jitter_start_off_and_the_preview_shows_augmented_views
 
 
 def test_a_cat_photo_gets_the_warning_and_a_validation_image_does_not():
-    at = open_page(fresh(), "train")
-    at.number_input[0].set_value(1).run()
-    widget(at.button, "Train").click().run()
-    deadline = time.time() + 420
-    while time.time() < deadline:
-        at.run()
-        status = [s for s in texts(at.subheader) if s.startswith("Run ")]
-        if status and "finished" in status[0]:
-            break
-        time.sleep(0.5)
+    at = fresh_app(timeout=240)
+    train(at, epochs=1)
     open_page(at, "use_model")
     widget(at.radio, "Images").set_value("A validation image").run()
     assert not at.exception

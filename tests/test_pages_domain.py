@@ -1,44 +1,13 @@
 """The Domain shift page, driven through Streamlit's AppTest (no browser)."""
 
-import os
-import time
-from pathlib import Path
-
 import pytest
-from streamlit.testing.v1 import AppTest
 
-APP = os.environ.get("TRANSFER_LAB_APP", str(Path(__file__).resolve().parent.parent / "app.py"))
-
-
-def texts(elements):
-    return [e.value for e in elements]
-
-
-def messages(at):
-    return texts(at.success) + texts(at.warning) + texts(at.error) + texts(at.info)
-
-
-def wait_for(at, condition, timeout=240):
-    """Rerun the page (the analysis and the training run in worker threads) until ``condition``."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        at.run()
-        assert not at.exception, at.exception
-        if condition(at):
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"timed out; the page shows {messages(at)}")
+from pages_helpers import fresh_app, messages, open_page, texts, wait_for
 
 
 @pytest.fixture
 def page():
-    at = AppTest.from_file(APP, default_timeout=180)
-    at.run()
-    assert not at.exception
-    at.switch_page("pages/domain_shift.py")
-    at.run()
-    assert not at.exception, at.exception
-    return at
+    return open_page(fresh_app(), "domain_shift")
 
 
 def has_verdict(at):

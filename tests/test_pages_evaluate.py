@@ -1,68 +1,31 @@
 """The Evaluate and Use-the-model pages, driven through Streamlit's AppTest (no browser)."""
 
 import io
-import os
 import time
 import zipfile
-from pathlib import Path
 
+import numpy as np
 import pytest
-from streamlit.testing.v1 import AppTest
+import torch
 
+from core import backbones
+from core.data import split
+from core.evaluation import evaluate_dataset
 from core.jobs import get_job
-
-# Another folder's app.py (with the same pages) can be tried by setting TRANSFER_LAB_APP.
-APP = os.environ.get("TRANSFER_LAB_APP") or str(Path(__file__).resolve().parent.parent / "app.py")
-
-
-def texts(elements):
-    return [e.value for e in elements]
-
-
-def open_page(at, page):
-    at.switch_page(f"pages/{page}.py")
-    at.run()
-    assert not at.exception, at.exception
-    return at
-
-
-def button(at, label):
-    return next(b for b in at.button if b.label.startswith(label))
-
-
-def charts(at):
-    return [c.proto.spec for c in at.get("plotly_chart")]
-
-
-def train_once(at):
-    open_page(at, "train")
-    at.number_input[0].set_value(2).run()
-    button(at, "Train").click().run()
-    assert not at.error, texts(at.error)
-    deadline = time.time() + 420  # generous: a busy CI machine can be slow
-    while time.time() < deadline:
-        at.run()
-        status = [s for s in texts(at.subheader) if s.startswith("Run ")]
-        if status and any(word in status[0] for word in ("finished", "failed", "cancelled", "diverged")):
-            assert "finished" in status[0], status
-            return
-        time.sleep(0.5)
-    raise AssertionError("the run did not end in time")
+from core.runs import RunRecord, RunStore, new_run_id
+from core.settings import get_settings
+from pages_helpers import button, charts, fresh_app, open_page, texts, train, widget
 
 
 @pytest.fixture
 def trained():
-    at = AppTest.from_file(APP, default_timeout=180)
-    at.run()
-    assert not at.exception
-    train_once(at)
+    at = fresh_app()
+    train(at, epochs=2)
     return at
 
 
 def test_without_a_run_both_pages_ask_for_one_and_the_lr_finder_still_works():
-    at = AppTest.from_file(APP, default_timeout=180)
-    at.run()
-    open_page(at, "evaluate")
+    at = open_page(fresh_app(), "evaluate")
     assert any("Train a run first" in s for s in texts(at.info))
     button(at, "Find a learning rate").click().run()
     assert not at.exception and not at.error, texts(at.error)
@@ -124,3 +87,64 @@ def test_use_the_model_predicts_and_exports_a_checked_torchscript_file(trained):
     assert any(b.proto.label.startswith("Download") for b in at.get("download_button"))
     bundle = at.session_state._exports[(at.session_state.current_run, "torchscript")]
     assert "model.pt" in zipfile.ZipFile(io.BytesIO(bundle.data)).namelist()
+
+
+def untrained_run(lite0, classes) -> str:
+    """A finished run as the command line leaves it, with a head that never trained: it makes mistakes."""
+    from core.cli import OWNER
+
+    store = RunStore(get_settings().data_dir)
+    record = store.create(RunRecord(
+        id=new_run_id(), status="finished", created=time.time(), backbone=lite0.name, pretrained=True,
+        classes=classes, config={"epochs": 1, "image_size": 64, "seed": 0}, owner=OWNER, dataset="demo"))
+    torch.manual_seed(3)  # the same random head every time
+    store.save_model(record.id, backbones.classifier(lite0, len(classes), classes=classes, image_size=64))
+    return record.id
+
+
+def captions(at) -> list[str]:
+    """The gallery's captions (the distillation tab shows an image too)."""
+    return [c for image in at.get("image") for c in image.captions if " · loss " in c]
+
+
+def test_picking_a_cell_shows_exactly_its_images_and_the_worst_mistakes_come_by_loss(lite0):
+    at = fresh_app()
+    ss = at.session_state
+    run_id = untrained_run(lite0, list(ss.dataset.classes))
+    open_page(at, "evaluate")
+    widget(at.selectbox, "Run to evaluate").set_value(run_id).run()
+    assert not at.exception and not at.error, texts(at.error)
+    # the same evaluation, made here without the page
+    _, val_ds = split(ss.dataset, ss.val_fraction, ss.split_seed)
+    ev = evaluate_dataset(RunStore(get_settings().data_dir).load_model(run_id), val_ds)
+    counts = ev.confusion()
+    off = counts - np.diag(np.diag(counts))
+    true, predicted = np.unravel_index(off.argmax(), off.shape)
+    assert counts[true, predicted] > 0, counts
+
+    assert not captions(at)  # no cell picked yet: no gallery
+    at.selectbox(key=f"cell-true-{run_id}").set_value(int(true)).run()
+    at.selectbox(key=f"cell-predicted-{run_id}").set_value(int(predicted)).run()
+    assert not at.exception and not at.error, texts(at.error)
+    shown = captions(at)
+    n = int(counts[true, predicted])
+    assert len(shown) == min(n, 24)
+    pair = f"{ev.classes[true]} → {ev.classes[predicted]} · "
+    assert all(c.startswith(pair) for c in shown), shown
+    assert any(f"Showing {min(n, 24)} of {n} " in c for c in texts(at.caption))
+
+    # the diagonal: the images it got right
+    at.selectbox(key=f"cell-predicted-{run_id}").set_value(int(true)).run()
+    shown = captions(at)
+    assert len(shown) == min(int(counts[true, true]), 24)
+    assert all(c.startswith(f"{ev.classes[true]} → {ev.classes[true]} · ") for c in shown)
+
+    at.toggle(key=f"worst-{run_id}").set_value(True).run()
+    assert not at.exception and not at.error, texts(at.error)
+    worst = [c for c in captions(at) if not c.startswith(f"{ev.classes[true]} → {ev.classes[true]} · ")]
+    wrong = int((ev.preds != ev.labels).sum())
+    assert len(worst) == min(wrong, 24)
+    losses = [float(c.rsplit("loss ", 1)[1]) for c in worst]
+    assert losses == sorted(losses, reverse=True)
+    pairs = [c.split(" · ")[0].split(" → ") for c in worst]
+    assert all(true != said for true, said in pairs)  # only mistakes

@@ -1,16 +1,11 @@
 """The Data page with several labels per image: the tasks and their counts, and which task the
 single-task pages train (AppTest, no browser)."""
 
-from pathlib import Path
-
-from streamlit.testing.v1 import AppTest
-
-APP = str(Path(__file__).resolve().parent.parent / "app.py")
+from pages_helpers import fresh_app
 
 
 def test_the_multitask_demo_shows_every_task_and_the_pages_train_the_chosen_one():
-    at = AppTest.from_file(APP, default_timeout=120)
-    at.run()
+    at = fresh_app(timeout=120)
     [b for b in at.button if b.label.startswith("Use the multi-task demo")][0].click().run()
     assert not at.exception, at.exception
     headings = [s.value for s in at.subheader]

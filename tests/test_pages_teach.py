@@ -1,35 +1,18 @@
 """Teaching features through Streamlit's AppTest: ranking backbones before training."""
 
 import time
-from pathlib import Path
 
 import pytest
-from streamlit.testing.v1 import AppTest
 
 from core.data import demo_dataset
 from core.training import TrainConfig
-
-APP = str(Path(__file__).resolve().parent.parent / "app.py")
+from pages_helpers import button, fresh_app, open_page
 
 
 @pytest.fixture
 def app(tmp_path, monkeypatch):
     monkeypatch.setenv("TRANSFER_LAB_DATA_DIR", str(tmp_path))
-    at = AppTest.from_file(APP, default_timeout=120)
-    at.run()
-    assert not at.exception
-    return at
-
-
-def open_page(at, page):
-    at.switch_page(f"pages/{page}.py")
-    at.run()
-    assert not at.exception, at.exception
-    return at
-
-
-def button(at, label):
-    return next(b for b in at.button if b.label.startswith(label))
+    return fresh_app(timeout=120)
 
 
 @pytest.mark.slow
@@ -65,13 +48,9 @@ def test_ranking_scores_pretrained_above_random_weights_and_checks_itself_by_tra
 # --- links that carry a setup -------------------------------------------------------------------
 
 
-def opened_with(params: dict, tmp_path, monkeypatch) -> AppTest:
+def opened_with(params: dict, tmp_path, monkeypatch):
     monkeypatch.setenv("TRANSFER_LAB_DATA_DIR", str(tmp_path))
-    at = AppTest.from_file(APP, default_timeout=120)
-    at.query_params.update(params)
-    at.run()
-    assert not at.exception, at.exception
-    return at
+    return fresh_app(timeout=120, query=params)
 
 
 def test_a_link_sets_up_data_model_and_training_but_never_the_owner(tmp_path, monkeypatch):
@@ -119,13 +98,9 @@ def test_locked_settings_are_shown_but_disabled_and_hidden_sections_are_gone(tmp
 
 def test_the_classroom_link_carries_the_setup_with_its_locks(tmp_path, monkeypatch):
     monkeypatch.setenv("TRANSFER_LAB_DATA_DIR", str(tmp_path))
-    at = AppTest.from_file(APP, default_timeout=120)
-    at.query_params.update({"data": "target", "epochs": "2"})
     # the teacher's picks in the builder (AppTest's sidebar is only readable after the first run)
-    at.session_state["classroom-lock"] = ["backbone", "epochs"]
-    at.session_state["classroom-hide"] = ["uploads"]
-    at.run()
-    assert not at.exception, at.exception
+    at = fresh_app(timeout=120, query={"data": "target", "epochs": "2"},
+                   state={"classroom-lock": ["backbone", "epochs"], "classroom-hide": ["uploads"]})
     link = at.sidebar.code[0].value
     query = link.split("?", 1)[1]
     assert sorted(query.split("&")) == ["data=target", "epochs=2", "hide=uploads", "lock=backbone,epochs"]

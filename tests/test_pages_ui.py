@@ -5,33 +5,14 @@ Driven through Streamlit's AppTest (no browser).
 
 import json
 import re
-import time
-from pathlib import Path
 
-import pytest
 from PIL import Image
-from streamlit.testing.v1 import AppTest
 
 from core.data import ImageDataset
+from pages_helpers import button, fresh_app, open_page, texts, train
 
-APP = str(Path(__file__).resolve().parent.parent / "app.py")
 MARKDOWN_NAME = "**bold** :red[red] $x^2$"
 IMAGE_LINK_NAME = "![x](http://evil.example/x.png)"
-
-
-def texts(elements):
-    return [e.value for e in elements]
-
-
-def open_page(at, page):
-    at.switch_page(f"pages/{page}.py")
-    at.run()
-    assert not at.exception, at.exception
-    return at
-
-
-def button(at, label):
-    return next(b for b in at.button if b.label.startswith(label))
 
 
 def dataset(counts: dict[str, int]) -> ImageDataset:
@@ -41,15 +22,9 @@ def dataset(counts: dict[str, int]) -> ImageDataset:
     return ds
 
 
-def app_with(ds=None, label="Demo shapes (source look)") -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=180)
-    if ds is not None:
-        at.session_state["dataset"] = ds
-        at.session_state["dataset_label"] = label
-        at.session_state["load_report"] = None
-    at.run()
-    assert not at.exception, at.exception
-    return at
+def app_with(ds=None, label="Demo shapes (source look)"):
+    """The app opened on ``ds`` instead of the demo set."""
+    return fresh_app(state=None if ds is None else {"dataset": ds, "dataset_label": label, "load_report": None})
 
 
 def markdown_sources(at) -> list[str]:
@@ -58,22 +33,6 @@ def markdown_sources(at) -> list[str]:
     for kind in ("markdown", "caption", "subheader", "title", "header", "warning", "error", "info", "success"):
         found += [str(e.value) for e in at.get(kind)]
     return found
-
-
-def train(at, epochs=1):
-    open_page(at, "train")
-    at.number_input[0].set_value(epochs).run()
-    button(at, "Train").click().run()
-    assert not at.error, texts(at.error)
-    deadline = time.time() + 420
-    while time.time() < deadline:
-        at.run()
-        status = [s for s in texts(at.subheader) if s.startswith("Run ")]
-        if status and "finished" in status[0]:
-            return at.session_state.current_run
-        assert not status or not any(w in status[0] for w in ("failed", "cancelled", "diverged")), status
-        time.sleep(0.5)
-    raise AssertionError("the run did not end in time")
 
 
 def test_class_and_dataset_names_show_as_typed_never_as_markdown():

@@ -261,6 +261,20 @@ def test_gradcam_defaults_to_the_last_module_with_a_convolution_and_a_spatial_ou
     assert not np.array_equal(default, attribute(model, image, 0, "gradcam", layer="1.0"))
 
 
+def test_gradcam_maps_of_a_batch_are_the_maps_of_each_image_and_leave_the_model_as_it_was():
+    model = random_conv_model(seed=3)
+    images = torch.stack([scene(side="left"), scene(side="right"), torch.rand(3, 12, 20)])
+    targets = [0, 2, 1]
+    before = snapshot(model)
+    maps = saliency.gradcam_maps(model, images, targets, batch_size=2)  # two batches: 2 + 1
+    assert_untouched(model, before)
+    assert maps.shape == (3, 12, 20) and maps.dtype == np.float32
+    for image, target, got in zip(images, targets, maps):
+        assert np.allclose(got, attribute(model, image, target, "gradcam"), rtol=1e-4, atol=1e-8)
+    with pytest.raises(ConfigError, match="One class per image"):
+        saliency.gradcam_maps(model, images, [0])
+
+
 def test_smoothgrad_is_reproducible_and_leaves_the_global_random_stream_alone():
     model, image = random_conv_model(seed=6).eval(), torch.randn(3, 8, 8)
     state = torch.get_rng_state()
