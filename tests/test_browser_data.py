@@ -2,7 +2,7 @@
 a new dataset of one's own, and every page at projector sizes.
 
 Chromium's fake camera (`--use-fake-device-for-media-stream`) stands in for a webcam and its fake
-permission prompt (`--use-fake-ui-for-media-stream`) says yes, so st.camera_input gets frames.
+permission prompt (`--use-fake-ui-for-media-stream`) says yes, so the Data page's burst camera gets frames.
 """
 
 import re
@@ -116,13 +116,6 @@ def add_single_images(page, class_name: str, files: dict[str, bytes], added: int
         timeout=30_000)
 
 
-CAMERA_READY = """() => {
-  const v = document.querySelector('[data-testid=stCameraInput] video');
-  return v !== null && v.readyState >= 2 && v.videoWidth > 0 && v.getBoundingClientRect().height > 0
-         && !v.closest('[data-stale=true]');
-}"""
-
-
 def wait_until_idle(page):
     """Until the app's script run is over: a click in the middle of a rerun may be lost."""
     page.wait_for_function(
@@ -134,26 +127,17 @@ def thumbnails(page):
     return page.get_by_test_id("stImageCaption").filter(has_text=re.compile(r"^frame \d+$"))
 
 
-def record_burst(page, class_name: str, frames: int):
+def record_burst(page, class_name: str, frames: int, seconds: int = 1):
+    """One click on the burst button records every frame (no click per frame)."""
     set_text(page, "Class name", class_name)
     set_text(page, "Frames to record", str(frames))
-    counter = page.get_by_test_id("stProgress")
-    for k in range(1, frames + 1):
-        for attempt in range(3):
-            take = page.get_by_role("button", name="Take Photo")
-            expect(take).to_be_enabled(timeout=30_000)
-            # a fresh camera widget comes up for every frame: shoot once its video plays
-            wait_until_idle(page)
-            page.wait_for_function(CAMERA_READY, timeout=30_000)
-            take.click()
-            try:
-                expect(counter).to_contain_text(f"{k} / {frames} frames recorded", timeout=10_000)
-                break
-            except AssertionError:
-                # Streamlit's camera sometimes ignores a click on a just-mounted camera (its
-                # screenshot is null); a person clicks again, and so does this test
-                if attempt == 2:
-                    raise
+    set_text(page, "Over (seconds)", str(seconds))
+    wait_until_idle(page)
+    record = page.get_by_role("button", name=f"Record {frames} frames over {seconds} s")
+    # enabled once the class has a name and the fake camera's stream plays
+    expect(record).to_be_enabled(timeout=30_000)
+    record.click()
+    expect(page.get_by_test_id("stProgress")).to_contain_text(f"{frames} / {frames} frames recorded", timeout=60_000)
     expect(thumbnails(page)).to_have_count(frames)
     wait_until_idle(page)
 
@@ -185,15 +169,19 @@ def test_two_classes_of_single_images_in_a_row_each_hold_exactly_their_own_files
 def test_a_webcam_burst_fills_a_class_with_n_frames(server, page):
     open_app(page, server)
     choose_source(page, "Webcam")
-    record_burst(page, "wave", 4)
+    record_burst(page, "wave", 6, seconds=2)
     # one frame removed, then the rest added: the class holds exactly what the thumbnails showed
     page.get_by_role("button", name="Remove").nth(1).click()  # frame 2 goes
-    expect(thumbnails(page)).to_have_text(["frame 1", "frame 2", "frame 3"])
-    add = page.get_by_role("button", name="Add 3 frames to 'wave'")
-    add.click()
-    expect(page.get_by_text("Added 3 images to 'wave': it now holds 3. (a new dataset)").first).to_be_visible(
+    expect(thumbnails(page)).to_have_text([f"frame {i}" for i in range(1, 6)])
+    wait_until_idle(page)
+    # a double click on Add adds the frames once
+    page.get_by_role("button", name="Add 5 frames to 'wave'").dblclick()
+    expect(page.get_by_text("Added 5 images to 'wave': it now holds 5. (a new dataset)").first).to_be_visible(
         timeout=30_000)
-    expect(data_heading(page)).to_have_text("Your images (wave): 3 images in 1 classes")
+    expect(data_heading(page)).to_have_text("Your images (wave): 5 images in 1 classes")
+    wait_until_idle(page)
+    expect(page.get_by_test_id("stAlertContentError")).to_have_count(0)
+    expect(data_heading(page)).to_have_text("Your images (wave): 5 images in 1 classes")
     assert_no_exception(page)
 
 
