@@ -11,7 +11,7 @@ import streamlit as st
 from core import data
 from core.errors import UserInputError
 from pages._links import hidden, locked
-from pages._shared import bootstrap, DEMO_LABEL, demo, category_axes, plain
+from pages._shared import bootstrap, DEMO_LABEL, demo, category_axes, chart_text, plain
 
 bootstrap()  # first, before the session is read: see bootstrap's docstring
 
@@ -117,7 +117,7 @@ def add_own(files: list[tuple[str, bytes]], class_name: str) -> bool:
     if start_new:
         ss._target_reset = True  # the next class goes into the dataset just made, not another new one
     count = ds.counts()[class_name.strip()]
-    added = f"Added {report.loaded} image{'s' if report.loaded != 1 else ''} to {class_name.strip()!r}"
+    added = f"Added {report.loaded} image{'s' if report.loaded != 1 else ''} to {plain(repr(class_name.strip()))}"
     ss.data_notice = ("success", f"{added}: it now holds {count}." + (" (a new dataset)" if start_new else ""),
                       report.warnings)
     return True
@@ -140,7 +140,7 @@ def show_notice() -> None:
     else:
         st.error(text)
     for warning in warnings:
-        st.warning(warning)
+        st.warning(plain(warning))  # it names files and classes
 
 
 def files_ui() -> None:
@@ -283,7 +283,7 @@ elif warnings:
 counts = ds.counts()
 left, right = st.columns([2, 3])
 with left:
-    fig = go.Figure(go.Bar(x=list(counts.values()), y=list(counts.keys()), orientation="h"))
+    fig = go.Figure(go.Bar(x=list(counts.values()), y=[chart_text(c) for c in counts], orientation="h"))
     fig.update_layout(height=60 + 30 * len(counts), margin=dict(l=0, r=0, t=10, b=0), xaxis_title="images")
     category_axes(fig, "yaxis")
     st.plotly_chart(fig, width="stretch")

@@ -166,6 +166,19 @@ def test_two_classes_of_single_images_in_a_row_each_hold_exactly_their_own_files
     assert_no_exception(page)
 
 
+def test_a_class_named_like_markup_shows_as_typed_on_the_counts_chart(server, page):
+    """Plotly reads <b>, <br> and entities in tick labels: a class name must reach it escaped."""
+    open_app(page, server)
+    choose_source(page, "Single images")
+    add_single_images(page, "<b>bold</b>", {f"b-{i}.png": png((10, 160, 90), i) for i in range(2)})
+    expect(data_heading(page)).to_have_text("Your images (<b>bold</b>): 2 images in 1 classes")
+    ticks = page.locator(".js-plotly-plot .ytick text")
+    expect(ticks).to_have_text(["<b>bold</b>"], timeout=30_000)
+    # markup read as markup would have made a bold tspan out of "bold"
+    expect(page.locator(".js-plotly-plot .ytick tspan")).to_have_count(0)
+    assert_no_exception(page)
+
+
 def test_a_webcam_burst_fills_a_class_with_n_frames(server, page):
     open_app(page, server)
     choose_source(page, "Webcam")
