@@ -163,7 +163,7 @@ def profile_chart(profile, layer) -> go.Figure:
     fig.add_hline(y=0, line=dict(color="#bbb", dash="dot"))
     fig.update_layout(title="MMD² along the depth of the network (input → output)", height=340,
                       margin=dict(l=0, r=0, t=40, b=0), yaxis_title="MMD²")
-    return fig
+    return fit_title(fig, 34)  # half a 1024 px projector's page: plotly would cut a one-line title
 
 
 def embedding_chart(points, n_a, names, method) -> go.Figure:
@@ -191,7 +191,7 @@ def kernel_chart(analysis) -> go.Figure:
     fig.update_xaxes(showticklabels=False)
     fig.update_layout(title="Kernel matrix: set A's images, then set B's", height=420,
                       margin=dict(l=0, r=0, t=40, b=0))
-    return fig
+    return fit_title(fig, 30)  # its colour bar takes part of the width
 
 
 def selected_points(event) -> list[int]:
@@ -350,9 +350,10 @@ def show_adaptation(run) -> None:
     if result is None:
         st.info(state.message or "The comparison was stopped.")
         return
-    columns = st.columns(2)
-    for column, arm in zip(columns, result.arms):
-        with column:
+    # One arm a row, its three figures across the page: two arms side by side gave each metric a
+    # sixth of a projector's page, and cut labels and values short.
+    for arm in result.arms:
+        with st.container():
             st.markdown(f"**{'Plain fine-tuning (λ = 0)' if arm.name == 'plain' else f'DAN (λ = {arm.lam:g})'}**")
             m1, m2, m3 = st.columns(3)
             other = result.dan if arm is result.plain else result.plain

@@ -41,6 +41,8 @@ def browser():
 @pytest.fixture
 def page(browser):
     context = browser.new_context(viewport={"width": 1400, "height": 1000}, permissions=["camera"])
+    # a click waits until the page can take it: on a busy 2-core machine that can exceed Playwright's 30 s
+    context.set_default_timeout(90_000)
     page = context.new_page()
     yield page
     context.close()
@@ -286,3 +288,83 @@ def test_every_page_fits_a_projector_after_a_demo_run(server, page, size, sideba
             problems[name] = found
         assert_no_exception(page)
     assert not problems, "\n".join(f"{name}: {p}" for name, found in problems.items() for p in found)
+
+
+# How big each feature-map heatmap is drawn, and its colour bar (SVG boxes, in CSS pixels).
+HEATMAP_SIZES = """() => [...document.querySelectorAll('[data-testid=stMain] .js-plotly-plot')]
+  .filter(plot => plot.querySelector('.hm image'))
+  .map(plot => {
+    const size = el => { const b = el ? el.getBoundingClientRect() : {width: 0, height: 0}; return [Math.round(b.width), Math.round(b.height)]; };
+    return {title: plot.querySelector('.gtitle')?.textContent || '', chart: size(plot), map: size(plot.querySelector('.hm image')),
+            bar: size(plot.querySelector('.colorbar'))};
+  })"""
+
+
+def fits(page) -> list[str]:
+    wait_until_idle(page)
+    page.wait_for_timeout(500)  # plotly lays its charts out after the script run
+    return page.evaluate(OVERFLOW)
+
+
+def test_analysis_pages_fit_a_projector_after_computing_on_them(server, page):
+    """Saliency with its sanity check, Domain shift with an analysis and a DAN comparison, and
+    Feature maps' tiles, after a demo run: readable at 1024×768 beside the sidebar, usable at 800×600."""
+    open_app(page, server)
+    wait_until_idle(page)
+    go_to(page, "Train")
+    set_epochs(page, 1)
+    page.get_by_role("button", name="Train", exact=True).click()
+    wait_for_status(page, "finished")
+
+    sanity_done = page.get_by_text("Re-initialising BatchNorm resets its running statistics")
+    go_to(page, "Saliency")
+    expect(page.get_by_role("heading", name="fine-tuned")).to_be_visible(timeout=120_000)
+    wait_until_idle(page)  # the maps are still being drawn: a click in the middle of that run is lost
+    page.get_by_text("Sanity check: does the map depend").click()
+    page.get_by_role("button", name="Run the sanity check").click()
+    expect(sanity_done).to_be_visible(timeout=300_000)
+
+    dan_done = page.get_by_test_id("stMetricLabel").filter(has_text="Source val accuracy").first
+    go_to(page, "Domain shift")
+    expect(page.get_by_test_id("stMetricLabel").filter(has_text="MMD² (unbiased)")).to_be_visible(timeout=300_000)
+    wait_until_idle(page)
+    epochs = page.get_by_label("Epochs", exact=True)
+    epochs.fill("1")
+    epochs.press("Enter")
+    wait_until_idle(page)
+    page.get_by_role("button", name="Train plain and DAN").click()
+    expect(dan_done).to_be_visible(timeout=300_000)
+
+    problems = {}
+    for (width, height), sidebar in [((1024, 768), "open"), ((800, 600), "closed")]:
+        page.set_viewport_size({"width": width, "height": height})
+        for name in ("Saliency", "Domain shift"):
+            open_sidebar(page)
+            go_to(page, name)
+            if sidebar == "closed":
+                close_sidebar(page)
+            if name == "Saliency":
+                page.get_by_text("Sanity check: does the map depend").click()
+                expect(sanity_done).to_be_visible(timeout=120_000)
+            else:
+                expect(dan_done).to_be_visible(timeout=120_000)
+            found = fits(page)
+            if found:
+                problems[f"{name} at {width}×{height}"] = found
+            assert_no_exception(page)
+    assert not problems, "\n".join(f"{name}: {p}" for name, found in problems.items() for p in found)
+
+    # Feature maps at 1024×768 beside the sidebar: each map big enough to tell its 16 tiles apart,
+    # not squeezed beside a colour bar
+    page.set_viewport_size({"width": 1024, "height": 768})
+    open_sidebar(page)
+    go_to(page, "Feature maps")
+    expect(page.locator("[data-testid=stMain] .js-plotly-plot .hm image")).to_have_count(3, timeout=120_000)
+    wait_until_idle(page)
+    page.wait_for_timeout(500)
+    maps = page.evaluate(HEATMAP_SIZES)
+    print(maps)
+    assert len(maps) == 3, maps
+    for m in maps:
+        assert min(m["map"]) >= 150, m  # 4 × 4 tiles of at least ~37 px each
+        assert m["map"][0] >= 0.6 * m["chart"][0], m  # the map, not its colour bar, fills the chart
