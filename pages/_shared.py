@@ -487,6 +487,16 @@ def describe_run(record) -> str:
     return " · ".join(part for part in (source, strategy, record.dataset, started) if part)
 
 
+def chart_text(name) -> str:
+    """A user-supplied name (a class, a dataset, a run) as a chart must be given it.
+
+    Plotly reads a small HTML subset in tick labels, legends and hover text (``<b>``, ``<br>``,
+    ``<a href>``, ``&amp;``-style entities): a class named ``<b>x</b>`` would show bold. With ``&``,
+    ``<`` and ``>`` as entities, which plotly turns back into those characters, it shows as typed.
+    """
+    return str(name).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def category_axes(fig, *axes: str):
     """Class names are names, even "0".."9": plotly would otherwise read them as numbers and draw
     a numeric axis that skips and merges classes."""

@@ -1,6 +1,9 @@
 """Data: pick the demo set or bring images (a ZIP of class folders, single files, the webcam)."""
 
+import base64
+import binascii
 import hashlib
+from pathlib import Path
 
 import plotly.graph_objects as go
 import streamlit as st
@@ -8,7 +11,7 @@ import streamlit as st
 from core import data
 from core.errors import UserInputError
 from pages._links import hidden, locked
-from pages._shared import bootstrap, DEMO_LABEL, demo, category_axes, plain
+from pages._shared import bootstrap, DEMO_LABEL, demo, category_axes, chart_text, plain
 
 bootstrap()  # first, before the session is read: see bootstrap's docstring
 
@@ -114,7 +117,7 @@ def add_own(files: list[tuple[str, bytes]], class_name: str) -> bool:
     if start_new:
         ss._target_reset = True  # the next class goes into the dataset just made, not another new one
     count = ds.counts()[class_name.strip()]
-    added = f"Added {report.loaded} image{'s' if report.loaded != 1 else ''} to {class_name.strip()!r}"
+    added = f"Added {report.loaded} image{'s' if report.loaded != 1 else ''} to {plain(repr(class_name.strip()))}"
     ss.data_notice = ("success", f"{added}: it now holds {count}." + (" (a new dataset)" if start_new else ""),
                       report.warnings)
     return True
@@ -137,7 +140,7 @@ def show_notice() -> None:
     else:
         st.error(text)
     for warning in warnings:
-        st.warning(warning)
+        st.warning(plain(warning))  # it names files and classes
 
 
 def files_ui() -> None:
@@ -157,17 +160,49 @@ def files_ui() -> None:
     show_notice()
 
 
-def keep_frame(key: str) -> None:
-    """Each new camera shot goes into the burst at once, once; a new camera key readies the next."""
-    shot = ss.get(key)
-    if shot is None:
-        return
-    payload = shot.getvalue()
-    digest = hashlib.sha256(payload).hexdigest()
+BURST_ROOT = Path(__file__).resolve().parent.parent / "assets"
+# Streamlit's own custom-component API (no iframe, nothing fetched): one click records a timed
+# burst in the browser, where st.camera_input would need a click (and a rerun) per frame.
+burst_camera = st.components.v2.component(
+    "burst_camera",
+    html='<div class="burst"><video muted playsinline></video>'
+         '<div class="row"><button type="button"></button><span class="status" aria-live="polite"></span></div></div>',
+    css=".burst video{width:100%;max-height:260px;border-radius:.5rem;background:#000}"
+        ".row{display:flex;gap:.75rem;align-items:center;flex-wrap:wrap;margin-top:.5rem;font-family:var(--st-font)}"
+        "button{font:inherit;padding:.4rem .9rem;border-radius:.5rem;border:1px solid var(--st-primary-color);"
+        "background:var(--st-primary-color);color:#fff;cursor:pointer}"
+        "button:disabled{opacity:.5;cursor:not-allowed}"
+        ".status{color:var(--st-text-color)}",
+    js=(BURST_ROOT / "burst_camera.js").read_text(encoding="utf-8"),
+)
+MAX_BURST = 60
+
+
+def keep_frames(payloads: list[bytes]) -> int:
+    """Put recorded frames into the burst, each frame once (by its bytes); returns how many were new."""
     burst = ss.setdefault("burst", [])
-    if all(frame["digest"] != digest for frame in burst):
-        burst.append({"digest": digest, "bytes": payload})
-    ss.cam_round = ss.get("cam_round", 0) + 1
+    held = {frame["digest"] for frame in burst}
+    new = 0
+    for payload in payloads:
+        digest = hashlib.sha256(payload).hexdigest()
+        if digest not in held and len(burst) < MAX_BURST:
+            held.add(digest)
+            burst.append({"digest": digest, "bytes": payload})
+            new += 1
+    return new
+
+
+def frame_bytes(urls) -> list[bytes]:
+    """The JPEG bytes inside the component's data URLs; anything else is dropped (core decodes safely)."""
+    frames = []
+    for url in urls if isinstance(urls, list) else []:
+        head, _, body = str(url).partition(",")
+        if head.startswith("data:image/") and head.endswith(";base64"):
+            try:
+                frames.append(base64.b64decode(body, validate=True))
+            except binascii.Error:
+                continue
+    return frames
 
 
 def drop_frame(digest: str) -> None:
@@ -176,17 +211,20 @@ def drop_frame(digest: str) -> None:
 
 def webcam_ui() -> None:
     target_ui()
-    c1, c2 = st.columns([3, 2])
+    c1, c2, c3 = st.columns([3, 2, 2])
     class_name = c1.text_input("Class name", placeholder="e.g. thumbs up", key="cam_class").strip()
-    goal = c2.number_input("Frames to record", 1, 60, 10, key="cam_goal",
-                           help="Every click on the camera's button records one frame; vary the pose a little.")
-    burst = ss.setdefault("burst", [])
-    recording = bool(class_name) and len(burst) < goal
-    key = f"cam-{ss.setdefault('cam_round', 0)}"
+    goal = int(c2.number_input("Frames to record", 1, MAX_BURST, 10, key="cam_goal"))
+    seconds = int(c3.number_input("Over (seconds)", 1, 60, 5, key="cam_seconds",
+                                  help="The frames are spread over this time: move or turn a little meanwhile."))
     camera, frames = st.columns([3, 2])
-    camera.camera_input("Record a frame (one click each)", key=key, on_change=keep_frame, args=(key,),
-                        disabled=not recording)
-    # the count and the new thumbnail appear right beside the camera's button
+    with camera:
+        shot = burst_camera(key="burst_camera", data={"frames": goal, "seconds": seconds, "ready": bool(class_name),
+                                                      "hint": "Name the class first."},
+                            on_frames_change=lambda: None)
+    if shot.frames:
+        keep_frames(frame_bytes(shot.frames)[:goal])
+    burst = ss.setdefault("burst", [])
+    # the count and the new thumbnails appear right beside the camera's button
     frames.progress(min(len(burst) / goal, 1.0),
                     text=f"{len(burst)} / {goal} frames recorded" + (f" for {class_name!r}" if class_name else
                                                                      ": name the class first"))
@@ -198,8 +236,9 @@ def webcam_ui() -> None:
             col.button("Remove", key=f"drop-{frame['digest'][:16]}", on_click=drop_frame,
                        args=(frame["digest"],), icon=":material/close:", help=f"Remove frame {i}")
     a, b = st.columns(2)
+    # `and burst`: a second click on Add lands after the first emptied the burst, and adds nothing
     if a.button(f"Add {len(burst)} frame{'s' if len(burst) != 1 else ''} to {class_name!r}" if burst and class_name
-                else "Add the frames", type="primary", disabled=not (burst and class_name), key="cam-add"):
+                else "Add the frames", type="primary", disabled=not (burst and class_name), key="cam-add") and burst:
         start = ss.dataset.counts().get(class_name, 0) if ss.get("own_target") == CURRENT else 0
         files = [(f"webcam-{start + i + 1}.jpg", frame["bytes"]) for i, frame in enumerate(burst)]
         if add_own(files, class_name):
@@ -244,7 +283,7 @@ elif warnings:
 counts = ds.counts()
 left, right = st.columns([2, 3])
 with left:
-    fig = go.Figure(go.Bar(x=list(counts.values()), y=list(counts.keys()), orientation="h"))
+    fig = go.Figure(go.Bar(x=list(counts.values()), y=[chart_text(c) for c in counts], orientation="h"))
     fig.update_layout(height=60 + 30 * len(counts), margin=dict(l=0, r=0, t=10, b=0), xaxis_title="images")
     category_axes(fig, "yaxis")
     st.plotly_chart(fig, width="stretch")

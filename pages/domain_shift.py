@@ -38,6 +38,17 @@ def backbone_facts(name: str) -> dict:
             "mean": bb.mean, "std": bb.std}
 
 
+def kept(name: str, default):
+    """A setting of this page as last chosen: Streamlit forgets a widget's state while another page
+    is open, and a finished comparison is only shown for the settings that made it."""
+    return ss.setdefault("_domain_settings", {}).get(name, default)
+
+
+def keep(name: str, value):
+    ss.setdefault("_domain_settings", {})[name] = value
+    return value
+
+
 def set_label(choice: str) -> str:
     return SETS[choice] or f"Your current dataset ({ss.dataset_label})"
 
@@ -48,16 +59,22 @@ def dataset(choice: str, per_class: int):
 
 def sets_ui():
     """(set A, set B, short names, whether this is the two-halves control)."""
-    mode = st.radio("Compare", ["Two datasets", CONTROL], horizontal=True,
-                    help="The control splits one dataset into two stratified halves: the test should find nothing.")
+    modes, sets = ["Two datasets", CONTROL], list(SETS)
+    mode = keep("mode", st.radio("Compare", modes, index=modes.index(kept("mode", modes[0])), horizontal=True,
+                                 key="domain-mode", help="The control splits one dataset into two stratified "
+                                                         "halves: the test should find nothing."))
     c1, c2, c3 = st.columns([2, 2, 1])
-    per_class = c3.slider("Demo images per class", 10, 40, 20, step=5)
+    per_class = keep("per_class", c3.slider("Demo images per class", 10, 40, kept("per_class", 20), step=5,
+                                            key="domain-per-class"))
     if mode == CONTROL:
-        choice = c1.selectbox("Dataset", list(SETS), format_func=set_label)
+        choice = keep("control", c1.selectbox("Dataset", sets, index=sets.index(kept("control", sets[0])),
+                                              format_func=set_label, key="domain-control"))
         a, b = domain.split_halves(dataset(choice, per_class), seed=0)
         return a, b, ("first half", "second half"), True
-    choice_a = c1.selectbox("Set A (labelled source)", list(SETS), index=0, format_func=set_label)
-    choice_b = c2.selectbox("Set B (target)", list(SETS), index=1, format_func=set_label)
+    choice_a = keep("a", c1.selectbox("Set A (labelled source)", sets, index=sets.index(kept("a", sets[0])),
+                                      format_func=set_label, key="domain-a"))
+    choice_b = keep("b", c2.selectbox("Set B (target)", sets, index=sets.index(kept("b", sets[1])),
+                                      format_func=set_label, key="domain-b"))
     names = {"source": "source look", "target": "target look", "current": "your dataset"}
     return dataset(choice_a, per_class), dataset(choice_b, per_class), (names[choice_a], names[choice_b]), False
 
@@ -135,7 +152,7 @@ def profile_chart(profile, layer) -> go.Figure:
     fig.add_hline(y=0, line=dict(color="#bbb", dash="dot"))
     fig.update_layout(title="MMD² along the depth of the network (input → output)", height=340,
                       margin=dict(l=0, r=0, t=40, b=0), yaxis_title="MMD²")
-    return fig
+    return fit_title(fig, 34)  # half a 1024 px projector's page: plotly would cut a one-line title
 
 
 def embedding_chart(points, n_a, names, method) -> go.Figure:
@@ -163,7 +180,7 @@ def kernel_chart(analysis) -> go.Figure:
     fig.update_xaxes(showticklabels=False)
     fig.update_layout(title="Kernel matrix: set A's images, then set B's", height=420,
                       margin=dict(l=0, r=0, t=40, b=0))
-    return fig
+    return fit_title(fig, 30)  # its colour bar takes part of the width
 
 
 def selected_points(event) -> list[int]:
@@ -239,10 +256,12 @@ def adaptation_ui(ds_a, ds_b, backbone: str, control: bool) -> None:
         st.info("Set A needs at least two classes and four images to train on.")
         return
     c1, c2, c3 = st.columns(3)
-    lam = c1.select_slider("λ (weight of the MMD term)", [0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0],
-                           value=adaptation.DEFAULT_LAMBDA)
-    epochs = c2.number_input("Epochs", 1, 30, 6)
-    size = c3.selectbox("Input size (px)", [64, 96, 128], index=1)
+    lam = keep("lam", c1.select_slider("λ (weight of the MMD term)", [0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0],
+                                       value=kept("lam", adaptation.DEFAULT_LAMBDA), key="domain-lam"))
+    epochs = keep("epochs", c2.number_input("Epochs", 1, 30, kept("epochs", 6), key="domain-epochs"))
+    sizes = [64, 96, 128]
+    size = keep("dan_size", c3.selectbox("Input size (px)", sizes, index=sizes.index(kept("dan_size", 96)),
+                                         key="domain-dan-size"))
     labelled = ds_b.classes == ds_a.classes
     st.caption(
         f"{backbone}, pretrained; the last two stages and the head train. "
@@ -349,9 +368,10 @@ def show_adaptation(run_id: str) -> None:
     if result is None:
         st.info(plain(state.message) or "The comparison was stopped.")
         return
-    columns = st.columns(2)
-    for column, arm in zip(columns, result.arms):
-        with column:
+    # One arm a row, its three figures across the page: two arms side by side gave each metric a
+    # sixth of a projector's page, and cut labels and values short.
+    for arm in result.arms:
+        with st.container():
             st.markdown(f"**{'Plain fine-tuning (λ = 0)' if arm.name == 'plain' else f'DAN (λ = {arm.lam:g})'}**")
             m1, m2, m3 = st.columns(3)
             other = result.dan if arm is result.plain else result.plain
@@ -386,7 +406,9 @@ method = c3.radio("2-D picture", ["pca", "tsne"], index=["pca", "tsne"].index(pa
                   disabled=locked("picture"), format_func=lambda m: "PCA" if m == "pca" else "t-SNE")
 remember_choice("kernel", kernel)
 remember_choice("picture", method)
-size = c4.selectbox("Input px", SIZES, index=SIZES.index(default_size) if default_size in SIZES else 1)
+default_size = kept(f"size-{model_key}", default_size)
+size = keep(f"size-{model_key}", c4.selectbox("Input px", SIZES, index=SIZES.index(default_size) if default_size in SIZES
+                                              else 1, key=f"domain-size-{model_key}"))
 
 if len(ds_a) < 4 or len(ds_b) < 4:
     st.error("Each set needs at least 4 images; add images on the Data page.")

@@ -20,8 +20,8 @@ from core.multitask import confusion_by_task
 from core.tasks import Snapshot
 from core.training import TrainConfig
 from pages._multitask import is_multitask, multitask_split, same_tasks
-from pages._shared import (backbone_catalogue, bootstrap, category_axes, current_split, fading_scale, finished_runs,
-                           fit_title, model_picker, plain, run_models, run_option, run_status, run_store,
+from pages._shared import (backbone_catalogue, bootstrap, category_axes, chart_text, current_split, fading_scale,
+                           finished_runs, fit_title, model_picker, plain, run_models, run_option, run_status, run_store,
                            start_task, store_result, stored_result, task_result)
 
 bootstrap()  # first, before the session is read: see bootstrap's docstring
@@ -46,6 +46,7 @@ def split_key() -> tuple:
 
 
 def heatmap(z, classes, title: str, fmt: str):
+    classes = [chart_text(c) for c in classes]
     fig = go.Figure(go.Heatmap(
         z=z, x=classes, y=classes, colorscale=fading_scale((8, 81, 156)), zmin=0, texttemplate=fmt, showscale=False,
         hovertemplate="true %{y} · predicted %{x}: %{z}<extra></extra>",
@@ -449,7 +450,7 @@ def softening_figure(teacher, image, classes, temperature: float) -> go.Figure:
     fig = go.Figure()
     for t, colour in ((1.0, "#9aa5b1"), (temperature, "#d62728")):
         probs = soften(logits, t).tolist()
-        fig.add_trace(go.Bar(x=classes, y=probs, name=f"T = {t:g}", marker_color=colour,
+        fig.add_trace(go.Bar(x=[chart_text(c) for c in classes], y=probs, name=f"T = {t:g}", marker_color=colour,
                              text=[f"{p:.0%}" for p in probs], textposition="outside"))
     fig.update_layout(barmode="group", height=300, margin=dict(l=10, r=10, t=40, b=10),
                       title="The teacher's output for this image, softened", yaxis=dict(range=[0, 1.1], tickformat=".0%"))

@@ -38,6 +38,8 @@ cache = ss.setdefault("_feature_cache", features.FeatureCache(max_items=48))
 left, right = st.columns([1, 2])
 with left:
     image, caption = image_picker("fm")
+    if image is not None:
+        st.image(image, caption=plain(caption), width=160)
 if image is None:
     st.stop()
 x = pair.preprocess(image)
@@ -83,19 +85,22 @@ bound = float(np.nanmax(np.abs(diff))) or 1e-6
 
 
 def heatmap(values, title, zmin, zmax, scale):
+    # The colour bar lies under the map: beside it, a full-height bar took a third of a narrow
+    # column (a projector at 1024 px with the sidebar open) and left the tiles tiny.
     fig = go.Figure(go.Heatmap(
         z=values, customdata=ids, zmin=zmin, zmax=zmax, colorscale=scale,
         hovertemplate="channel %{customdata:.0f}<br>value %{z:.3f}<extra></extra>",
+        colorbar=dict(orientation="h", thickness=12, len=1, x=0.5, xanchor="center", y=-0.03, yanchor="top",
+                      tickfont=dict(size=11)),
     ))
-    fig.update_yaxes(autorange="reversed", showticklabels=False, scaleanchor="x")
-    fig.update_xaxes(showticklabels=False)
-    fig.update_layout(title=title, height=380, margin=dict(l=0, r=0, t=40, b=0))
+    fig.update_yaxes(autorange="reversed", showticklabels=False, scaleanchor="x", constrain="domain")
+    fig.update_xaxes(showticklabels=False, constrain="domain")
+    fig.update_layout(title=title, height=380, margin=dict(l=0, r=0, t=40, b=50))
     return fit_title(fig, 20)
 
 
 st.subheader(f"{layer} — {before.shape[0]} channels of {before.shape[1]}×{before.shape[2]}")
-c0, c1, c2, c3 = st.columns([1, 2, 2, 2])
-c0.image(image, caption=plain(caption), width="stretch")
+c1, c2, c3 = st.columns(3)
 c1.plotly_chart(heatmap(vb, "before fine-tuning", lo, hi, "Viridis"), width="stretch", key="fm-before")
 if pair.compared:
     c2.plotly_chart(heatmap(va, "after fine-tuning", lo, hi, "Viridis"), width="stretch", key="fm-after")

@@ -9,8 +9,8 @@ from core import backbones, features, saliency
 from core.errors import UserInputError
 from pages._links import hidden, locked, page_choice, remember_choice
 from pages._multitask import is_multitask, task_pair
-from pages._shared import (bootstrap, image_picker, model_picker, run_models, category_axes, convergence_note,
-                           plain, sanity_figure, start_task, stored_result, task_result)
+from pages._shared import (bootstrap, image_picker, model_picker, run_models, category_axes, chart_text,
+                           convergence_note, plain, sanity_figure, start_task, stored_result, task_result)
 
 bootstrap()  # first, before the session is read: see bootstrap's docstring
 
@@ -83,7 +83,7 @@ def explain(which: str, model, target: int, method: str):
 
 
 def top5_chart(top, title):
-    fig = go.Figure(go.Bar(x=[p for _, p in top][::-1], y=[label for label, _ in top][::-1], orientation="h",
+    fig = go.Figure(go.Bar(x=[p for _, p in top][::-1], y=[chart_text(label) for label, _ in top][::-1], orientation="h",
                            text=[f"{p:.0%}" for _, p in top][::-1], textposition="auto"))
     fig.update_layout(title=title, height=230, margin=dict(l=0, r=0, t=40, b=0), xaxis_range=[0, 1])
     return category_axes(fig, "yaxis")

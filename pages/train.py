@@ -23,7 +23,7 @@ from core.training import TrainConfig, augment_batch, config_augmenter, encode_i
 from pages._links import locked
 from pages._multitask import (current_multitask, is_multitask, multitask_options_ui, multitask_split,
                               task_curves)
-from pages._shared import (bootstrap, current_split, describe_run, my_runs, owns, plain, plan_figure, run_option,
+from pages._shared import (bootstrap, chart_text, current_split, describe_run, my_runs, owns, plain, plan_figure, run_option,
                            run_status, run_store, select_run)
 
 bootstrap()  # first, before the session is read: see bootstrap's docstring
@@ -369,7 +369,7 @@ def compare_ui(runs) -> None:
         x = [e["epoch"] for e in epochs]
         colour = ["#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"][i % 6]
         for col, key in ((1, "val_loss"), (2, "val_acc")):
-            fig.add_trace(go.Scatter(x=x, y=[e[key] for e in epochs], name=labels[r.id], legendgroup=r.id,
+            fig.add_trace(go.Scatter(x=x, y=[e[key] for e in epochs], name=chart_text(labels[r.id]), legendgroup=r.id,
                                      showlegend=col == 1, mode="lines+markers", line=dict(color=colour)), 1, col)
     fig.update_yaxes(range=[0, 1.02], row=1, col=2)
     fig.update_xaxes(title_text="epoch")

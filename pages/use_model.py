@@ -10,7 +10,7 @@ from core.multitask import predict_tasks
 from core.ood import fit_ood
 from core.training import predict_proba
 from pages._multitask import is_multitask, multitask_split, same_tasks
-from pages._shared import (bootstrap, category_axes, current_split, finished_runs, model_picker, plain, run_models,
+from pages._shared import (bootstrap, category_axes, chart_text, current_split, finished_runs, model_picker, plain, run_models,
                            sample_photos)
 
 bootstrap()  # first, before the session is read: see bootstrap's docstring
@@ -35,7 +35,7 @@ FORMATS = {
 
 def top5_figure(probs, classes) -> go.Figure:
     order = probs.argsort(descending=True)[:5].tolist()[::-1]
-    fig = go.Figure(go.Bar(x=[float(probs[i]) for i in order], y=[classes[i] for i in order], orientation="h",
+    fig = go.Figure(go.Bar(x=[float(probs[i]) for i in order], y=[chart_text(classes[i]) for i in order], orientation="h",
                            text=[f"{float(probs[i]):.1%}" for i in order], textposition="auto",
                            marker_color=["#d62728" if i == order[-1] else "#9aa5b1" for i in order]))
     fig.update_layout(height=60 + 34 * len(order), margin=dict(l=0, r=0, t=10, b=0),

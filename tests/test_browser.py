@@ -80,9 +80,18 @@ def chromium(*extra_args: str):
         browser.close()
 
 
+def new_context(browser, **context_options):
+    """A browser context whose actions wait up to 90 s for the page to take them: on a busy 2-core
+    CI machine a rerun after a click can hold the page longer than Playwright's default 30 s (a
+    sidebar click timed out that way)."""
+    context = browser.new_context(**{"viewport": {"width": 1400, "height": 1000}, **context_options})
+    context.set_default_timeout(90_000)
+    return context
+
+
 def fresh_page(browser, **context_options):
     """A page in a browser context of its own (cookies, storage), closed after the test (a fixture's generator)."""
-    context = browser.new_context(viewport={"width": 1400, "height": 1000}, **context_options)
+    context = new_context(browser, **context_options)
     yield context.new_page()
     context.close()
 
@@ -134,7 +143,7 @@ def test_every_page_opens_without_an_exception(server, page):
 
 def test_a_page_link_opened_first_works_in_a_new_browser(server, browser):
     """A student pastes the teacher's link to a page: it opens with the session set up."""
-    context = browser.new_context()
+    context = new_context(browser)
     try:
         page = context.new_page()
         page.goto(f"{server}/train")

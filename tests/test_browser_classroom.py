@@ -17,10 +17,10 @@ pytestmark = pytest.mark.browser
 # The server (two training slots), the browser and a fresh page per test are test_browser's
 # fixtures; importing them also brings its Chromium check (skip locally, fail in CI).
 try:  # `python -m pytest` puts the repository on sys.path; plain `pytest` puts tests/ there
-    from tests.test_browser import (assert_no_exception, browser, go_to, open_app, page, server,  # noqa: F401
+    from tests.test_browser import (assert_no_exception, new_context, browser, go_to, open_app, page, server,  # noqa: F401
                                     set_epochs, sync_api)
 except ImportError:
-    from test_browser import (assert_no_exception, browser, go_to, open_app, page, server,  # noqa: F401
+    from test_browser import (assert_no_exception, new_context, browser, go_to, open_app, page, server,  # noqa: F401
                               set_epochs, sync_api)
 
 DEMO_HEADING = "Demo shapes (source look): 80 images in 4 classes"
@@ -168,7 +168,7 @@ def test_a_refresh_mid_run_finds_the_run_again(server, page):
 
 def test_five_sessions_train_at_once_and_each_sees_only_its_own_runs(server, browser):
     n = 5
-    contexts = [browser.new_context(viewport={"width": 1400, "height": 1000}) for _ in range(n)]
+    contexts = [new_context(browser) for _ in range(n)]
     try:
         pages = [context.new_page() for context in contexts]
         for k, page in enumerate(pages):
@@ -222,7 +222,7 @@ def test_five_sessions_train_at_once_and_each_sees_only_its_own_runs(server, bro
             assert_no_exception(page)
 
         # a fresh browser with session 0's link sees that run, read-only, and nobody's run list
-        fresh = browser.new_context(viewport={"width": 1400, "height": 1000})
+        fresh = new_context(browser)
         contexts.append(fresh)
         other = fresh.new_page()
         other.goto(pages[0].url)  # .../train?run=<its run>

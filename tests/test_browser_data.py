@@ -2,7 +2,7 @@
 a new dataset of one's own, and every page at projector sizes.
 
 Chromium's fake camera (`--use-fake-device-for-media-stream`) stands in for a webcam and its fake
-permission prompt (`--use-fake-ui-for-media-stream`) says yes, so st.camera_input gets frames.
+permission prompt (`--use-fake-ui-for-media-stream`) says yes, so the Data page's burst camera gets frames.
 """
 
 import re
@@ -13,10 +13,10 @@ pytestmark = pytest.mark.browser
 
 # The server, go_to and friends are test_browser's; importing them also brings its Chromium check.
 try:  # `python -m pytest` puts the repository on sys.path; plain `pytest` puts tests/ there
-    from tests.test_browser import (assert_no_exception, chromium, fresh_page, go_to, open_app,  # noqa: F401
+    from tests.test_browser import (assert_no_exception, new_context, chromium, fresh_page, go_to, open_app,  # noqa: F401
                                     server, set_epochs, sync_api, wait_for_status)
 except ImportError:
-    from test_browser import (assert_no_exception, chromium, fresh_page, go_to, open_app, server,  # noqa: F401
+    from test_browser import (assert_no_exception, new_context, chromium, fresh_page, go_to, open_app, server,  # noqa: F401
                               set_epochs, sync_api, wait_for_status)
 
 expect = sync_api.expect
@@ -46,7 +46,7 @@ new MutationObserver(() => {
 
 def test_the_first_page_after_a_start_never_lists_the_raw_files_of_pages(server, browser):
     """Runs first in this module, on a server nobody has opened yet."""
-    context = browser.new_context()
+    context = new_context(browser)
     try:
         page = context.new_page()
         page.add_init_script(RECORD_MENU)
@@ -105,13 +105,6 @@ def add_single_images(page, class_name: str, files: dict[str, bytes], added: int
         timeout=30_000)
 
 
-CAMERA_READY = """() => {
-  const v = document.querySelector('[data-testid=stCameraInput] video');
-  return v !== null && v.readyState >= 2 && v.videoWidth > 0 && v.getBoundingClientRect().height > 0
-         && !v.closest('[data-stale=true]');
-}"""
-
-
 def wait_until_idle(page):
     """Until the app's script run is over: a click in the middle of a rerun may be lost."""
     page.wait_for_function(
@@ -123,26 +116,17 @@ def thumbnails(page):
     return page.get_by_test_id("stImageCaption").filter(has_text=re.compile(r"^frame \d+$"))
 
 
-def record_burst(page, class_name: str, frames: int):
+def record_burst(page, class_name: str, frames: int, seconds: int = 1):
+    """One click on the burst button records every frame (no click per frame)."""
     set_text(page, "Class name", class_name)
     set_text(page, "Frames to record", str(frames))
-    counter = page.get_by_test_id("stProgress")
-    for k in range(1, frames + 1):
-        for attempt in range(3):
-            take = page.get_by_role("button", name="Take Photo")
-            expect(take).to_be_enabled(timeout=30_000)
-            # a fresh camera widget comes up for every frame: shoot once its video plays
-            wait_until_idle(page)
-            page.wait_for_function(CAMERA_READY, timeout=30_000)
-            take.click()
-            try:
-                expect(counter).to_contain_text(f"{k} / {frames} frames recorded", timeout=10_000)
-                break
-            except AssertionError:
-                # Streamlit's camera sometimes ignores a click on a just-mounted camera (its
-                # screenshot is null); a person clicks again, and so does this test
-                if attempt == 2:
-                    raise
+    set_text(page, "Over (seconds)", str(seconds))
+    wait_until_idle(page)
+    record = page.get_by_role("button", name=f"Record {frames} frames over {seconds} s")
+    # enabled once the class has a name and the fake camera's stream plays
+    expect(record).to_be_enabled(timeout=30_000)
+    record.click()
+    expect(page.get_by_test_id("stProgress")).to_contain_text(f"{frames} / {frames} frames recorded", timeout=60_000)
     expect(thumbnails(page)).to_have_count(frames)
     wait_until_idle(page)
 
@@ -171,18 +155,35 @@ def test_two_classes_of_single_images_in_a_row_each_hold_exactly_their_own_files
     assert_no_exception(page)
 
 
+def test_a_class_named_like_markup_shows_as_typed_on_the_counts_chart(server, page):
+    """Plotly reads <b>, <br> and entities in tick labels: a class name must reach it escaped."""
+    open_app(page, server)
+    choose_source(page, "Single images")
+    add_single_images(page, "<b>bold</b>", {f"b-{i}.png": png((10, 160, 90), i) for i in range(2)})
+    expect(data_heading(page)).to_have_text("Your images (<b>bold</b>): 2 images in 1 classes")
+    ticks = page.locator(".js-plotly-plot .ytick text")
+    expect(ticks).to_have_text(["<b>bold</b>"], timeout=30_000)
+    # markup read as markup would have made a bold tspan out of "bold"
+    expect(page.locator(".js-plotly-plot .ytick tspan")).to_have_count(0)
+    assert_no_exception(page)
+
+
 def test_a_webcam_burst_fills_a_class_with_n_frames(server, page):
     open_app(page, server)
     choose_source(page, "Webcam")
-    record_burst(page, "wave", 4)
+    record_burst(page, "wave", 6, seconds=2)
     # one frame removed, then the rest added: the class holds exactly what the thumbnails showed
     page.get_by_role("button", name="Remove").nth(1).click()  # frame 2 goes
-    expect(thumbnails(page)).to_have_text(["frame 1", "frame 2", "frame 3"])
-    add = page.get_by_role("button", name="Add 3 frames to 'wave'")
-    add.click()
-    expect(page.get_by_text("Added 3 images to 'wave': it now holds 3. (a new dataset)").first).to_be_visible(
+    expect(thumbnails(page)).to_have_text([f"frame {i}" for i in range(1, 6)])
+    wait_until_idle(page)
+    # a double click on Add adds the frames once
+    page.get_by_role("button", name="Add 5 frames to 'wave'").dblclick()
+    expect(page.get_by_text("Added 5 images to 'wave': it now holds 5. (a new dataset)").first).to_be_visible(
         timeout=30_000)
-    expect(data_heading(page)).to_have_text("Your images (wave): 3 images in 1 classes")
+    expect(data_heading(page)).to_have_text("Your images (wave): 5 images in 1 classes")
+    wait_until_idle(page)
+    expect(page.get_by_test_id("stAlertContentError")).to_have_count(0)
+    expect(data_heading(page)).to_have_text("Your images (wave): 5 images in 1 classes")
     assert_no_exception(page)
 
 
@@ -289,3 +290,83 @@ def test_every_page_fits_a_projector_after_a_demo_run(server, page, size, sideba
         if sidebar == "closed":
             expand_sidebar(page)  # the menu leads to the next page
     assert not problems, "\n".join(f"{name}: {p}" for name, found in problems.items() for p in found)
+
+
+# How big each feature-map heatmap is drawn, and its colour bar (SVG boxes, in CSS pixels).
+HEATMAP_SIZES = """() => [...document.querySelectorAll('[data-testid=stMain] .js-plotly-plot')]
+  .filter(plot => plot.querySelector('.hm image'))
+  .map(plot => {
+    const size = el => { const b = el ? el.getBoundingClientRect() : {width: 0, height: 0}; return [Math.round(b.width), Math.round(b.height)]; };
+    return {title: plot.querySelector('.gtitle')?.textContent || '', chart: size(plot), map: size(plot.querySelector('.hm image')),
+            bar: size(plot.querySelector('.colorbar'))};
+  })"""
+
+
+def fits(page) -> list[str]:
+    wait_until_idle(page)
+    page.wait_for_timeout(500)  # plotly lays its charts out after the script run
+    return page.evaluate(OVERFLOW)
+
+
+def test_analysis_pages_fit_a_projector_after_computing_on_them(server, page):
+    """Saliency with its sanity check, Domain shift with an analysis and a DAN comparison, and
+    Feature maps' tiles, after a demo run: readable at 1024×768 beside the sidebar, usable at 800×600."""
+    open_app(page, server)
+    wait_until_idle(page)
+    go_to(page, "Train")
+    set_epochs(page, 1)
+    page.get_by_role("button", name="Train", exact=True).click()
+    wait_for_status(page, "finished")
+
+    sanity_done = page.get_by_text("Re-initialising BatchNorm resets its running statistics")
+    go_to(page, "Saliency")
+    expect(page.get_by_role("heading", name="fine-tuned")).to_be_visible(timeout=120_000)
+    wait_until_idle(page)  # the maps are still being drawn: a click in the middle of that run is lost
+    page.get_by_text("Sanity check: does the map depend").click()
+    page.get_by_role("button", name="Run the sanity check").click()
+    expect(sanity_done).to_be_visible(timeout=300_000)
+
+    dan_done = page.get_by_test_id("stMetricLabel").filter(has_text="Source val accuracy").first
+    go_to(page, "Domain shift")
+    expect(page.get_by_test_id("stMetricLabel").filter(has_text="MMD² (unbiased)")).to_be_visible(timeout=300_000)
+    wait_until_idle(page)
+    epochs = page.get_by_label("Epochs", exact=True)
+    epochs.fill("1")
+    epochs.press("Enter")
+    wait_until_idle(page)
+    page.get_by_role("button", name="Train plain and DAN").click()
+    expect(dan_done).to_be_visible(timeout=300_000)
+
+    problems = {}
+    for (width, height), sidebar in [((1024, 768), "open"), ((800, 600), "closed")]:
+        page.set_viewport_size({"width": width, "height": height})
+        for name in ("Saliency", "Domain shift"):
+            open_sidebar(page)
+            go_to(page, name)
+            if sidebar == "closed":
+                close_sidebar(page)
+            if name == "Saliency":
+                page.get_by_text("Sanity check: does the map depend").click()
+                expect(sanity_done).to_be_visible(timeout=120_000)
+            else:
+                expect(dan_done).to_be_visible(timeout=120_000)
+            found = fits(page)
+            if found:
+                problems[f"{name} at {width}×{height}"] = found
+            assert_no_exception(page)
+    assert not problems, "\n".join(f"{name}: {p}" for name, found in problems.items() for p in found)
+
+    # Feature maps at 1024×768 beside the sidebar: each map big enough to tell its 16 tiles apart,
+    # not squeezed beside a colour bar
+    page.set_viewport_size({"width": 1024, "height": 768})
+    open_sidebar(page)
+    go_to(page, "Feature maps")
+    expect(page.locator("[data-testid=stMain] .js-plotly-plot .hm image")).to_have_count(3, timeout=120_000)
+    wait_until_idle(page)
+    page.wait_for_timeout(500)
+    maps = page.evaluate(HEATMAP_SIZES)
+    print(maps)
+    assert len(maps) == 3, maps
+    for m in maps:
+        assert min(m["map"]) >= 150, m  # 4 × 4 tiles of at least ~37 px each
+        assert m["map"][0] >= 0.6 * m["chart"][0], m  # the map, not its colour bar, fills the chart

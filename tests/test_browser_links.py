@@ -9,10 +9,10 @@ import pytest
 pytestmark = pytest.mark.browser
 
 try:  # `python -m pytest` puts the repository on sys.path; plain `pytest` puts tests/ there
-    from tests.test_browser import (assert_no_exception, browser, go_to, open_app, page, serve, server,  # noqa: F401
+    from tests.test_browser import (assert_no_exception, new_context, browser, go_to, open_app, page, serve, server,  # noqa: F401
                                     set_epochs, sync_api, wait_for_status)
 except ImportError:
-    from test_browser import (assert_no_exception, browser, go_to, open_app, page, serve, server,  # noqa: F401
+    from test_browser import (assert_no_exception, new_context, browser, go_to, open_app, page, serve, server,  # noqa: F401
                               set_epochs, sync_api, wait_for_status)
 
 expect = sync_api.expect
@@ -59,8 +59,8 @@ def test_a_run_link_opened_first_after_a_server_start_works(fresh_server, page):
 
 
 def test_a_shared_run_link_opens_the_run_read_only_and_the_owner_keeps_their_runs(server, browser):
-    owner_context = browser.new_context(viewport={"width": 1400, "height": 1000})
-    stranger_context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    owner_context = new_context(browser)
+    stranger_context = new_context(browser)
     try:
         owner = owner_context.new_page()
         open_app(owner, server)

@@ -44,3 +44,14 @@ def test_adaptation_trains_plain_and_dan_side_by_side(page):
     labels = [m.label for m in page.metric]
     assert labels.count("Target accuracy") == 2 and labels.count("MMD² at the head input") == 2
     assert "**Plain fine-tuning (λ = 0)**" in texts(page.markdown) and "**DAN (λ = 1)**" in texts(page.markdown)
+
+
+def test_the_adaptation_settings_survive_a_visit_to_another_page(page):
+    """A finished comparison is shown only for the settings that made it: they must not reset."""
+    [n for n in page.number_input if n.label == "Epochs"][0].set_value(2).run()
+    [s for s in page.selectbox if s.label == "Input size (px)"][0].set_value(64).run()
+    page.switch_page("pages/data.py").run()
+    page.switch_page("pages/domain_shift.py").run()
+    assert not page.exception, page.exception
+    assert [n.value for n in page.number_input if n.label == "Epochs"] == [2]
+    assert [s.value for s in page.selectbox if s.label == "Input size (px)"] == [64]

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from core.runs import RunRecord
-from pages._shared import (convergence_note, describe_run, first_trained_epoch, frozen_groups, plain, run_strategy,
-                           sanity_figure)
+from pages._shared import (chart_text, convergence_note, describe_run, first_trained_epoch, frozen_groups, plain,
+                           run_strategy, sanity_figure)
 
 GROUPS = ["stem", "stage1", "stage2", "head"]
 
@@ -92,3 +92,18 @@ def test_meta_training_runs_are_not_offered_as_models_of_a_data_set(monkeypatch)
         (store.folder(run.id) / "model.safetensors").write_bytes(b"")  # has_model looks for the file only
         kinds[run.id] = kind
     assert [kinds[r.id] for r in finished_runs()] == ["train"]
+
+
+@pytest.mark.parametrize("name", ["<b>bold</b>", "a<br>b", "<a href='http://evil.example'>x</a>", "&lt;i&gt;",
+                                  "R&D", "x < y > z"])
+def test_chart_text_leaves_plotly_no_markup_to_interpret(name):
+    shown = chart_text(name)
+    # no tag plotly could read, and every & starts one of the entities plotly turns back into a character
+    assert "<" not in shown and ">" not in shown
+    assert re.fullmatch(r"([^&]|&(amp|lt|gt);)*", shown)
+    undone = shown.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+    assert undone == name
+
+
+def test_ordinary_class_names_reach_charts_unchanged():
+    assert chart_text("thumbs up (left)") == "thumbs up (left)"

@@ -1,35 +1,13 @@
 """Long jobs of the pages run as tasks (the page stays responsive and shows the result when done),
 and each session keeps its own bounded cache of models."""
 
-import os
 from dataclasses import replace
-from pathlib import Path
 
 import torch
 from streamlit.testing.v1 import AppTest
 
 from pages._shared import ModelCache
-
-APP = os.environ.get("TRANSFER_LAB_APP") or str(Path(__file__).resolve().parent.parent / "app.py")
-
-
-def texts(elements):
-    return [e.value for e in elements]
-
-
-def open_page(at, page):
-    at.switch_page(f"pages/{page}.py")
-    at.run()
-    assert not at.exception, at.exception
-    return at
-
-
-def button(at, label):
-    return next(b for b in at.button if b.label.startswith(label))
-
-
-def charts(at):
-    return [c.proto.spec for c in at.get("plotly_chart")]
+from pages_helpers import APP, button, charts, open_page, texts
 
 
 def finish(at, name):

@@ -54,6 +54,13 @@ def test_number_class_names_are_categories_in_the_counts_chart():
     assert spec["layout"]["yaxis"]["type"] == "category"
 
 
+def test_class_names_with_plotly_markup_show_as_typed_in_the_counts_chart():
+    at = app_with(dataset({"<b>bold</b>": 5, "a<br>b": 5, "R&D": 5}))
+    spec = json.loads(at.get("plotly_chart")[0].proto.spec)
+    labels = spec["data"][0]["y"]
+    assert sorted(labels) == sorted(["&lt;b&gt;bold&lt;/b&gt;", "a&lt;br&gt;b", "R&amp;D"])
+
+
 def test_many_one_image_classes_give_one_warning_box():
     at = app_with(dataset({f"c{i}": 1 for i in range(60)} | {"big": 5}))
     assert 1 <= len(at.warning) <= 3  # one per kind of problem (few images, imbalance), not one per class
