@@ -243,7 +243,9 @@ def open_sidebar(page):
     """Unfold the sidebar whichever way the window left it (a narrow one may fold it), and wait for its menu."""
     nav = page.get_by_test_id("stSidebarNav")
     expand = page.get_by_test_id("stExpandSidebarButton")
-    expect(nav.or_(expand).first).to_be_visible(timeout=30_000)  # drawn, open or folded
+    # drawn, open or folded: a folded sidebar keeps its menu in the page, hidden, so look only at
+    # what is visible (the first match alone could be the hidden menu)
+    expect(nav.or_(expand).filter(visible=True).first).to_be_visible(timeout=30_000)
     try:  # the page is drawn: a folded sidebar shows its expand button at once
         expect(expand).to_be_visible(timeout=2_000)
     except AssertionError:
