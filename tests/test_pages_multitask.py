@@ -35,8 +35,7 @@ def wait_until_done(at, timeout=240):
 
 
 def test_a_multitask_dataset_trains_every_task_at_once_then_is_evaluated_and_used_per_task():
-    at = AppTest.from_file(APP, default_timeout=120)
-    at.run()
+    at = fresh_app(timeout=120)
     at.slider[0].set_value(5).run()  # 5 images per shape: 20 images
     [b for b in at.button if b.label.startswith("Use the multi-task demo")][0].click().run()
     at.switch_page("pages/train.py")

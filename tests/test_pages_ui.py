@@ -9,6 +9,7 @@ import re
 from PIL import Image
 
 from core.data import ImageDataset
+from core.jobs import get_job
 from pages_helpers import button, fresh_app, open_page, texts, train
 
 MARKDOWN_NAME = "**bold** :red[red] $x^2$"
@@ -134,7 +135,7 @@ def test_distillation_results_go_when_the_data_they_came_from_changes():
     [s for s in at.select_slider if s.label == "Student input size (px)"][0].set_value(32).run()
     button(at, "Distil").click().run()
     assert not at.error, texts(at.error)
-    assert at.session_state.distill_job["value"].join(300)
+    assert get_job(at.session_state.distill_job["value"]).join(300)  # the run's id: a worker process trains it
     at.run()
     assert any("With the teacher" in m for m in texts(at.markdown))
 
