@@ -157,10 +157,13 @@ def activations(model: nn.Module, images: torch.Tensor, layers: Iterable[str]) -
         return {}
 
     captured: dict[str, torch.Tensor | None] = {}
+    # A page's models are shared by the session's pages, and a rerun can start while the last one
+    # is still in this forward pass: a hook only acts in the thread that placed it.
+    owner = threading.get_ident()
 
     def make_hook(name: str):
         def hook(_module, _inputs, output):
-            if name in captured:
+            if name in captured or threading.get_ident() != owner:
                 return
             tensor = _first_tensor(output)
             # A copy, because a following in-place op (ReLU(inplace=True)) would overwrite it.

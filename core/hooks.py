@@ -3,6 +3,7 @@ modes, ``requires_grad`` flags (and, when asked, buffers) back as they were."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -31,8 +32,11 @@ def capture(model: nn.Module, module: str | nn.Module, x, where: str = "output")
     """
     target = model.get_submodule(module) if isinstance(module, str) else module
     box: list[torch.Tensor] = []
+    owner = threading.get_ident()  # another thread's forward pass on the same model passes through
 
     def grab(value):
+        if threading.get_ident() != owner:
+            return None
         tensor = _first_tensor(value)
         if tensor is None:
             raise TypeError(f"{module} does not take or give a tensor")

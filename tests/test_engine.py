@@ -106,6 +106,41 @@ def test_capture_stops_early_and_preserved_puts_modes_flags_and_buffers_back():
 # --- the bugs found in the audit ------------------------------------------------------------------
 
 
+class Gate(nn.Module):
+    """Holds the forward pass of one thread until released; every other thread passes."""
+
+    def __init__(self):
+        super().__init__()
+        self.thread, self.entered, self.release = None, threading.Event(), threading.Event()
+
+    def forward(self, x):
+        if threading.get_ident() == self.thread:
+            self.entered.set()
+            self.release.wait(10)
+        return x
+
+
+def test_a_capture_in_one_thread_never_stops_another_threads_forward_pass_on_the_same_model():
+    # the session's pages share a model, and a rerun can start while the last one is still capturing
+    gate = Gate()
+    model = nn.Sequential(gate, nn.Linear(4, 3)).eval()
+    x = torch.randn(2, 4)
+    got = {}
+
+    def capturing():
+        gate.thread = threading.get_ident()
+        got["captured"] = capture(model, "1", x)
+
+    t = threading.Thread(target=capturing)
+    t.start()
+    assert gate.entered.wait(10)  # the capture's hook is in place, its forward pass is held
+    with torch.no_grad():
+        out = model(x)  # this thread's pass runs to the end
+    gate.release.set()
+    t.join(10)
+    assert out.shape == (2, 3) and torch.allclose(got["captured"], out)
+
+
 def test_train_bn_updates_batchnorm_nested_inside_a_frozen_block():
     model = tiny()
     nested = model.block[1][0]  # a BatchNorm inside a Sequential inside the frozen group
