@@ -77,7 +77,26 @@ MAX_CSV_BYTES = 20 * 2**20
 # --- data ---------------------------------------------------------------------------------------
 
 
-class MultiTaskDataset:
+class _TaskNames:
+    """What every multi-task dataset says about its tasks, from its ``_tasks`` (task -> class names)."""
+
+    _tasks: dict[str, list[str]]
+
+    @property
+    def tasks(self) -> dict[str, list[str]]:
+        return {t: list(c) for t, c in self._tasks.items()}
+
+    @property
+    def task_names(self) -> list[str]:
+        return list(self._tasks)
+
+    @property
+    def classes(self) -> list[str]:
+        """The first task's classes (what single-task code, such as ``split``, reads)."""
+        return list(next(iter(self._tasks.values())))
+
+
+class MultiTaskDataset(_TaskNames):
     """RGB images with one label per task; ``-1`` marks an image not labelled for a task.
 
     ``ds[i]`` is ``(PIL image, {task: class index or -1})``. ``labels`` (the first task's labels)
@@ -106,19 +125,6 @@ class MultiTaskDataset:
         if len(self._names) != n:
             raise ValueError("names must match images")
         self._fingerprint: str | None = None
-
-    @property
-    def tasks(self) -> dict[str, list[str]]:
-        return {t: list(c) for t, c in self._tasks.items()}
-
-    @property
-    def task_names(self) -> list[str]:
-        return list(self._tasks)
-
-    @property
-    def classes(self) -> list[str]:
-        """The first task's classes (what single-task code, such as ``split``, reads)."""
-        return list(next(iter(self._tasks.values())))
 
     @property
     def labels(self) -> list[int]:
@@ -981,7 +987,7 @@ def compare_shared_separate(backbone, train_ds: MultiTaskDataset, val_ds: MultiT
 # --- runs in a worker process -----------------------------------------------------------------
 
 
-class EncodedMultiTaskDataset:
+class EncodedMultiTaskDataset(_TaskNames):
     """A run folder's images (uint8 ``Tensor[N, 3, S, S]``) with their labels (``Tensor[N, T]``,
     ``-1`` where missing, columns in ``tasks`` order): what the loop reads, nothing decoded again."""
 
@@ -989,18 +995,6 @@ class EncodedMultiTaskDataset:
         self.images = images
         self._labels = torch.as_tensor(labels, dtype=torch.long).reshape(len(images), len(tasks))
         self._tasks = {str(t): [str(c) for c in classes] for t, classes in tasks.items()}
-
-    @property
-    def tasks(self) -> dict[str, list[str]]:
-        return {t: list(c) for t, c in self._tasks.items()}
-
-    @property
-    def task_names(self) -> list[str]:
-        return list(self._tasks)
-
-    @property
-    def classes(self) -> list[str]:
-        return list(next(iter(self._tasks.values())))
 
     @property
     def labels(self) -> list[int]:
