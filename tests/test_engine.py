@@ -249,6 +249,55 @@ def test_an_early_stop_is_recorded_in_the_history_with_the_epoch_it_kept():
     assert history.best_epoch is not None and history.best_epoch < len(history.epochs)
 
 
+class WarmupWatcher(Callback):
+    """Per epoch: the cache the trainer used, whether the stem trained, and the head's weights at
+    the epoch's start and end."""
+
+    def __init__(self):
+        self.cache, self.stem_trains, self.head_at_start, self.head_at_end = [], [], [], []
+
+    def on_epoch_start(self, epoch):
+        model = self.trainer.model
+        self.cache.append(self.trainer.cache_mode)
+        self.stem_trains.append(all(p.requires_grad for p in model.stem.parameters()))
+        self.head_at_start.append(model.fc.weight.detach().clone())
+
+    def on_epoch_end(self, metrics):
+        self.head_at_end.append(self.trainer.model.fc.weight.detach().clone())
+
+
+def test_the_head_warms_up_on_cached_features_until_it_converges_then_everything_fine_tunes():
+    """LP-FT: the warm-up is linear probing on the cache, ended by early stopping; fine-tuning then
+    starts from the warm-up's best head, with the whole network, and the skipped warm-up epochs go."""
+    watcher = WarmupWatcher()
+    model = tiny()
+    history = fit(model, TRAIN, VAL, config(epochs=23, warmup_epochs=20, early_stopping=2, lr=1.0),
+                  callbacks=[watcher])
+    warm = [c == "head" for c in watcher.cache].index(False)  # the first fine-tuning epoch (0-based)
+    assert history.cache == "warmup"
+    assert 0 < warm < 20, "early stopping ends the warm-up once the head converged"
+    assert watcher.cache[:warm] == ["head"] * warm and not any(watcher.stem_trains[:warm])
+    assert watcher.cache[warm:] == [None] * (len(watcher.cache) - warm) and all(watcher.stem_trains[warm:])
+    # the skipped warm-up epochs are gone from the plan: at most 3 fine-tuning epochs follow
+    assert len(history.plan) == warm + 3 and len(history.epochs) <= warm + 3
+    assert all(e["stem"] == 0 for e in history.plan[:warm]) and history.plan[warm]["stem"] > 0
+    # fine-tuning starts from the best warm-up head, not the last one
+    losses = [e.val_loss for e in history.epochs[:warm]]
+    best = int(np.argmin(losses))
+    assert best < warm - 1, "the warm-up ran past its best epoch before it ended"
+    assert losses[best] < losses[-1]
+    assert torch.equal(watcher.head_at_start[warm], watcher.head_at_end[best])
+
+
+def test_a_warm_up_on_the_cache_trains_the_same_head_as_one_without_it():
+    cached = fit(tiny(), TRAIN, VAL, config(epochs=4, warmup_epochs=3, early_stopping=0))
+    plain = fit(tiny(), TRAIN, VAL, config(epochs=4, warmup_epochs=3, early_stopping=0, cache_features=False))
+    assert cached.cache == "warmup" and plain.cache == ""
+    assert [e.train_loss for e in cached.epochs[:3]] == pytest.approx([e.train_loss for e in plain.epochs[:3]],
+                                                                     rel=1e-4)
+    assert len(cached.epochs) == len(plain.epochs) == 4
+
+
 class RunsOutOfMemoryOnce(Callback):
     def __init__(self):
         self.starts = []

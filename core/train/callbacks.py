@@ -28,24 +28,39 @@ class EarlyStopping(Callback):
         loss = metrics.val_loss
         if not math.isfinite(loss):
             return
+        t = self.trainer
         if loss < self.best - self.min_delta:
             self.best, self.best_epoch, self.wait = loss, metrics.epoch, 0
             self.best_state = [x.detach().clone() for x in self.tensors]
             return
         self.wait += 1
-        # the head's warm-up is not the run being judged: the body has not trained yet
-        if self.wait >= self.patience and metrics.epoch > self.trainer.config.warmup_epochs:
-            self.trainer.request_stop("early", f"Stopped early after epoch {metrics.epoch}: the validation loss "
-                                               f"had not improved for {self.patience} epochs.")
+        if metrics.epoch == t.warmup_end:  # the warm-up's last epoch: fine-tune from its best head
+            self._put_back_best()
+            self.wait = 0
+            return
+        if self.wait < self.patience:
+            return
+        if metrics.epoch < t.warmup_end:
+            # the head's warm-up has converged: not the end of the run, the start of fine-tuning,
+            # from the best head (the last one may already be past it)
+            self._put_back_best()
+            self.wait = 0
+            t.end_warmup(metrics.epoch)
+            return
+        t.request_stop("early", f"Stopped early after epoch {metrics.epoch}: the validation loss "
+                                f"had not improved for {self.patience} epochs.")
+
+    def _put_back_best(self) -> None:
+        with torch.no_grad():
+            for x, good in zip(self.tensors, self.best_state):
+                x.copy_(good)
 
     def on_fit_end(self, history: History) -> None:
         if self.best_state is None or history.stopped == "diverged":
             return
         history.best_epoch = self.best_epoch
         if history.epochs and history.epochs[-1].epoch != self.best_epoch:
-            with torch.no_grad():
-                for x, good in zip(self.tensors, self.best_state):
-                    x.copy_(good)
+            self._put_back_best()
             note = f"The model keeps the weights of epoch {self.best_epoch}, its best validation loss."
             history.message = f"{history.message} {note}".strip()
         self.best_state = None

@@ -14,6 +14,15 @@ longer frozen prefix (``"prefix"``) it holds the prefix's output and each step r
 Objectives see the same methods either way (:meth:`Trainer.inputs`, :meth:`Trainer.logits`,
 :meth:`Trainer.features`, :meth:`Trainer.head`), so a cache never changes what is trained.
 
+The head's warm-up (linear probing, then fine-tuning: Kumar et al. 2022, "LP-FT"). With
+``config.warmup_epochs`` the new head trains alone first. While it does, the body is frozen, so
+the warm-up trains on the head cache too (when the cache is allowed) and its epochs cost
+milliseconds: it can run until the head has converged. Early stopping ends the warm-up (not the
+fit) once the validation loss stops improving, puts back the best head, and the fine-tuning
+epochs follow at once, with a fresh learning-rate schedule of their own and the full network
+(:meth:`Trainer.end_warmup`). A random head would otherwise send large, noisy gradients into the
+pretrained layers and wreck the features it should adapt.
+
 Data parallel. With ``distributed=`` a :class:`~core.train.distributed.Distributed` context (one
 rank of a ``torchrun`` job), :meth:`Trainer.shuffled` hands each rank its share of every global
 batch, the model's entry points run through DistributedDataParallel, BatchNorm keeps its running
@@ -336,10 +345,21 @@ class Trainer:
         self.param_groups = build_param_groups(model, ever)
         self.by_group = {g["name"]: g["params"] for g in self.param_groups}
         self.augmenter = config_augmenter(config)
+        self.warmup_end = min(config.warmup_epochs, len(self.plan))  # may come sooner: end_warmup
+        self.cache_until = None  # the last epoch a warm-up-only cache serves
         self._choose_cache(never_trained)
+        if self.cache_mode is None and self.warmup_end and self.dist is None:
+            # only the head trains in the warm-up: cache the body's features for those epochs
+            warm_frozen = [g for g in model.layer_groups
+                           if all(epoch[g.name] == 0 for epoch in self.plan[:self.warmup_end])]
+            if len(warm_frozen) == len(model.layer_groups) - 1:
+                self._choose_cache(warm_frozen)
+                self.cache_until = self.warmup_end if self.cache_mode == "head" else None
+                if self.cache_mode == "prefix":
+                    self.cache_mode = None
 
     def _choose_cache(self, never_trained) -> None:
-        """Decide what the cache skips: the longest run of never-trained groups from the input on."""
+        """Decide what the cache skips: the longest run of ``never_trained`` groups from the input on."""
         config, model = self.config, self.model
         self.cache_mode, self.boundary, self.prefix_modules, self.stash = None, None, [], {}
         self.banks, self.plain_banks, self.filled_views, self.view_seeds = {}, {}, {}, {}
@@ -464,6 +484,24 @@ class Trainer:
         for cb in self.callbacks:
             cb.on_batch_end(progress)
 
+    def end_warmup(self, epoch: int) -> None:
+        """End the head's warm-up after ``epoch`` (early stopping calls this once the head has
+        converged): the warm-up's remaining epochs are skipped, the fine-tuning ones come next."""
+        if not self.warmup_end or epoch >= self.warmup_end:
+            return
+        skipped = self.warmup_end - epoch
+        self.plan[epoch:self.warmup_end] = []
+        self.warmup_end = epoch
+        self.total_units -= skipped * self.steps
+
+    def _start_phase(self, epochs: int) -> None:
+        """A fresh learning-rate schedule over the next ``epochs`` (after the warm-up: fine-tuning
+        starts at its full rates, as fastai's ``fine_tune`` does)."""
+        for group, lr in zip(self.optimizer.param_groups, self.base_lrs):
+            group["lr"] = lr
+            group.pop("initial_lr", None)
+        self.scheduler = make_scheduler(self.config, self.optimizer, self.steps * max(1, epochs))
+
     def _fit_once(self, data: dict) -> History:
         model, objective = self.model, self.objective
         with preserved(model):
@@ -474,9 +512,11 @@ class Trainer:
                 with ExitStack() as stack:
                     stack.callback(objective.teardown, self)
                     self._prepare_epochs(stack)
-                    for epoch in range(1, self.config.epochs + 1):
+                    epoch = 1
+                    while epoch <= len(self.plan):  # the plan shrinks when the warm-up ends early
                         if not self._run_epoch(epoch):
                             break
+                        epoch += 1
             except _Cancelled:
                 self.request_stop("cancelled")
             self._finish_history(history)
@@ -492,7 +532,9 @@ class Trainer:
         self.steps = objective.steps_per_epoch(self)
         # the objective's own parameters go first: the last group's lr is the one reported
         self.optimizer = make_optimizer(config, list(objective.param_groups(self)) + self.param_groups)
-        self.scheduler = make_scheduler(config, self.optimizer, self.steps * config.epochs)
+        self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
+        # with a warm-up, the head's phase has its own schedule, and fine-tuning a fresh one
+        self.scheduler = make_scheduler(config, self.optimizer, self.steps * (self.warmup_end or config.epochs))
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype is torch.float16)
         self.cache_units = 0
         if self.cache_mode:
@@ -500,13 +542,15 @@ class Trainer:
             self.cache_units = per_view if self.lazy_cache else per_view * self.views + sum(
                 math.ceil(len(v) / config.batch_size) for v in self.images.values())
         self.total_units, self.done_units = self.cache_units + self.steps * config.epochs, 0
+        # "warmup": the head cache served the warm-up only; the fine-tuning epochs run the whole model
+        cache = "warmup" if self.cache_until is not None else self.cache_mode or ""
         self.history = objective.new_history(plan=self.plan, used_feature_cache=self.cache_mode is not None,
-                                             cache=self.cache_mode or "")
+                                             cache=cache)
         trainable = sum(p.numel() for g in self.param_groups for p in g["params"])
         info = FitInfo(config.epochs, self.steps, len(self.images[objective.sources[0]]),
                        len(self.images.get("val", ())), str(self.device), self.cache_mode is not None,
                        trainable, sum(p.numel() for p in self.model.parameters()) - trainable,
-                       tuple(g["name"] for g in self.param_groups), self.cache_mode or "")
+                       tuple(g["name"] for g in self.param_groups), cache)
         for cb in self.callbacks:
             cb.trainer = self
             cb.on_fit_start(info)
@@ -537,6 +581,8 @@ class Trainer:
 
     def _begin_epoch(self, epoch: int) -> None:
         """Set which groups train this epoch (and their modes), then tell the objective and callbacks."""
+        if self.warmup_end and epoch == self.warmup_end + 1:
+            self._leave_warmup(epoch)
         apply_epoch_plan(self.model, self.by_group, self.plan[epoch - 1], self.config.train_bn)
         if self.dist is not None:
             self.dist.freeze_batchnorm(self.model)
@@ -544,6 +590,14 @@ class Trainer:
         self.objective.on_epoch_start(self, epoch)
         for cb in self.callbacks:
             cb.on_epoch_start(epoch)
+
+    def _leave_warmup(self, epoch: int) -> None:
+        """The first fine-tuning epoch: the warm-up's cache goes (the body trains now), and the
+        schedule starts again over the epochs left."""
+        if self.cache_until is not None:
+            self.cache_mode, self.cache_until, self.lazy_cache = None, None, False
+            self.banks, self.plain_banks, self.filled_views, self.view_seeds = {}, {}, {}, {}
+        self._start_phase(len(self.plan) - epoch + 1)
 
     def _train_epoch(self, epoch: int) -> dict:
         """One pass over the objective's batches; returns the epoch's sums (tensors stay on the device)."""
