@@ -3,8 +3,9 @@
 For each real set (core.samples: pictures that ship inside scikit-learn and scikit-image) and
 each preset strategy, one run of ``fit`` at ``strategy_config``'s defaults, beside a scikit-learn
 ``LogisticRegression`` probe on the very same frozen features (best of C in {0.01, 0.1, 1, 10}).
-Prints per set and strategy: the probe, our default, the gap (ours − probe, in points), whether
-the validation loss rose over the last three epochs, and the time. The probe is the baseline of
+Prints per set and strategy: the probe, our default, the gap (ours − probe, in points), the epochs
+trained and the one kept, whether the validation loss rose over the last three epochs before the
+kept one, and the time. The probe is the baseline of
 the same process. ``--quick`` runs feature extraction only.
 
     python bench/bench_defaults.py [--sets digits,faces] [--strategies feature_extraction,full] [--size 64]
@@ -51,7 +52,10 @@ def probe_accuracy(train_f, train_y, val_f, val_y) -> float:
 
 
 def rising_at_the_end(history) -> bool:
-    losses = [e.val_loss for e in history.epochs]
+    """Whether the validation loss rose over the last three epochs of the model the run kept (with
+    early stopping, the best epoch's weights: the epochs after it were trained, then undone)."""
+    kept = history.best_epoch or len(history.epochs)
+    losses = [e.val_loss for e in history.epochs[:kept]]
     return len(losses) >= 4 and losses[-1] > losses[-2] > losses[-3] > losses[-4]
 
 
@@ -95,10 +99,12 @@ def main() -> None:
             from core.evaluation import evaluate_dataset
 
             acc = evaluate_dataset(model, val, device).accuracy
-            rows.append([name, strategy, f"{acc:.3f}", f"{100 * (acc - probe):+.1f}", str(len(history.epochs)),
+            rows.append([name, strategy, f"{acc:.3f}", f"{100 * (acc - probe):+.1f}",
+                         f"{len(history.epochs)} / {history.best_epoch or len(history.epochs)}",
                          "yes" if rising_at_the_end(history) else "no", f"{seconds:.1f}"])
             print(" | ".join(rows[-1]), flush=True)
-    print_table(["set", "strategy", "val acc", "gap (points)", "epochs", "val loss rising at end", "seconds"], rows)
+    print_table(["set", "strategy", "val acc", "gap (points)", "epochs (trained / kept)",
+                 "val loss rising before the kept epoch", "seconds"], rows)
 
 
 if __name__ == "__main__":

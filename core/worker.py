@@ -263,9 +263,10 @@ def train_classifier(store: RunStore, record: RunRecord, stop: StopSignal, log: 
     return status, history.message, {
         "epochs": [asdict(e) for e in history.epochs],
         "info": {**_fit_info(store, record.id), **record.info, **ending(history)},
+        # the plan as trained: a warm-up that converged early skipped its remaining epochs
         "config": {**cfg, "batch_size": history.batch_size or config.batch_size,
                    "used_feature_cache": history.used_feature_cache,
-                   "images_per_second": history.images_per_second},
+                   "images_per_second": history.images_per_second, "plan": history.plan or cfg.get("plan")},
     }
 
 

@@ -71,8 +71,11 @@ def settings_ui() -> TrainConfig:
         patience = c7.number_input("Early-stopping patience (0: off)", 0, 100, cfg.early_stopping,
                                    help="Stop after this many epochs without a lower validation loss; "
                                         "the best epoch's weights are kept.")
-        warmup = c8.number_input("Head warm-up epochs", 0, 20, cfg.warmup_epochs,
-                                 help="Epochs that train the new head alone before any backbone layer trains.")
+        warmup = c8.number_input("Head warm-up epochs (at most)", 0, 100, cfg.warmup_epochs,
+                                 help="Epochs that train the new head alone before any backbone layer trains "
+                                      "(part of the epochs above). On the frozen backbone's cached features they "
+                                      "take milliseconds, and early stopping ends the warm-up once the head "
+                                      "stops improving; fine-tuning then starts from the best head.")
         c9, c10, c11, c12 = st.columns(4)
         augment = c9.checkbox("Augmentation (random crops)", cfg.augment)
         flip = c10.checkbox("Horizontal flips", cfg.flip, disabled=not augment,
@@ -281,6 +284,9 @@ def show_run(run_id: str) -> bool:
     if info.get("cache") == "head" or (info.get("uses_feature_cache") and not info.get("cache")):
         st.caption(":material/bolt: Only the head trains: the frozen backbone's features were computed once and are "
                    "reused every epoch (a few augmented views of each image are cached too).")
+    elif info.get("cache") == "warmup":
+        st.caption(":material/bolt: The new head warmed up alone on the frozen backbone's features, computed "
+                   "once, until it stopped improving; then the layers that fine-tune joined it.")
     elif info.get("cache") == "prefix":
         st.caption(":material/bolt: The frozen early layers' output was computed once per image (and per cached "
                    "augmented view); each step runs only the layers that train.")
@@ -288,7 +294,9 @@ def show_run(run_id: str) -> bool:
         speed = record.config.get("images_per_second")
         # fit measures its speed over the epochs only: on cached features that is the head alone,
         # thousands of images/s, which says nothing about how fast the backbone runs.
-        where = " in the epochs, on cached features" if info.get("cache") or info.get("uses_feature_cache") else ""
+        where = (" over every epoch, the head's warm-up on cached features included" if info.get("cache") == "warmup"
+                 else " in the epochs, on cached features" if info.get("cache") or info.get("uses_feature_cache")
+                 else "")
         st.caption(f"Training {info.get('trainable_params', 0):,} parameters, "
                    f"{info.get('frozen_params', 0):,} frozen, on {info.get('device', '?')}"
                    + (f" · {speed:,.0f} images/s{where} at {record.config.get('image_size')} px" if speed else "")

@@ -33,7 +33,10 @@ STRATEGIES = {
 
 _HEAD_ONLY = dict(epochs=60, early_stopping=8, lr=3e-3, batch_size=32, weight_decay=1e-4, augment=True,
                   cached_views=3, warmup_epochs=0, unfreeze_every=0)
-_FINE_TUNE = dict(batch_size=16, weight_decay=1e-2, augment=True, early_stopping=3, warmup_epochs=2)
+# The warm-up is at most WARMUP epochs of the head alone, on cached features (milliseconds each),
+# ended by early stopping once the head has converged; the fine-tuning epochs come after it.
+WARMUP = 20
+_FINE_TUNE = dict(batch_size=16, weight_decay=1e-2, augment=True, early_stopping=3, warmup_epochs=WARMUP)
 
 
 def _body(group_names: Sequence[str]) -> list[str]:
@@ -52,13 +55,13 @@ def strategy_config(strategy: str, group_names: Sequence[str], **overrides) -> T
     elif strategy == "last_stage":
         trainable = body[-2:] if len(body) > 2 else body[-1:]
         rates = {g: m for g, m in zip(trainable, (0.1, 0.3)[-len(trainable):])}
-        settings = dict(_FINE_TUNE, epochs=10, lr=2e-3, freeze=[g for g in body if g not in trainable],
+        settings = dict(_FINE_TUNE, epochs=WARMUP + 10, lr=2e-3, freeze=[g for g in body if g not in trainable],
                         lr_multipliers={**rates, head: 1.0})
     elif strategy == "progressive":
-        settings = dict(_FINE_TUNE, epochs=12, lr=2e-3, freeze=[], unfreeze_every=1,
+        settings = dict(_FINE_TUNE, epochs=WARMUP + 12, lr=2e-3, freeze=[], unfreeze_every=1,
                         lr_multipliers=discriminative_multipliers(group_names, 0.01))
     elif strategy == "full":
-        settings = dict(_FINE_TUNE, epochs=10, lr=2e-3, freeze=[],
+        settings = dict(_FINE_TUNE, epochs=WARMUP + 10, lr=2e-3, freeze=[],
                         lr_multipliers=discriminative_multipliers(group_names, 0.01))
     else:
         raise ConfigError(f"Unknown strategy {strategy!r}; choose one of: {', '.join(STRATEGIES)}.")
