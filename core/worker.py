@@ -217,6 +217,7 @@ KINDS = {
     "distill": "core.distillation:train_folder",
     "multitask": "core.multitask:train_folder",
     "meta": "core.fewshot:train_folder",
+    "lr_find": "core.lr_finder:sweep_folder",  # a learning-rate sweep: a result in the record, no weights
 }
 
 
