@@ -6,6 +6,7 @@ from dataclasses import replace
 import torch
 from streamlit.testing.v1 import AppTest
 
+from core.jobs import get_job
 from pages._shared import ModelCache
 from pages_helpers import APP, button, charts, open_page, texts
 
@@ -27,8 +28,11 @@ def test_a_learning_rate_sweep_the_app_cannot_run_says_why_and_draws_no_curve(tm
     open_page(at, "evaluate")
     button(at, "Find a learning rate").click().run()
     assert not at.exception
-    finish(at, "lr_finder")
-    assert at.session_state.lr_finder["value"].snapshot().status == "failed"
+    sweep = get_job(at.session_state.lr_finder["value"]["run_id"])  # a run in a worker process
+    assert sweep.join(300)
+    at.run()
+    assert not at.exception, at.exception
+    assert sweep.snapshot().status == "failed"
     errors = " ".join(texts(at.error))
     assert "mine.pt" in errors and "crashed" not in errors  # the file's own problem, in words
     assert not any("Learning-rate range test" in spec for spec in charts(at))
