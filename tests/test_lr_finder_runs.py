@@ -1,12 +1,13 @@
 """The learning-rate sweep is a run like any other: queued, swept in a worker process that reads and
 writes only the run's folder, stoppable, and failed clearly on input it cannot use."""
 
+import json
 import os
 import time
 
 import pytest
 
-from core import backbones
+from core import backbones, cli
 from core.errors import ConfigError
 from core.lr_finder import find_lr, start_lr_sweep, sweep_of
 from core.runs import RunStore
@@ -48,7 +49,7 @@ def wait_for(condition, timeout=120):
         time.sleep(0.05)
 
 
-def test_a_sweep_in_a_worker_suggests_what_the_same_sweep_suggests_in_process(store, pool, shapes):
+def test_a_sweep_in_a_worker_suggests_what_the_same_sweep_suggests_in_process(store, pool, shapes, capsys):
     job = start_lr_sweep(store, shapes, config(), backbone=BACKBONE, pretrained=True, steps=20, owner=ALICE,
                          queue=TaskQueue(1, pool=pool))
     model = backbones.starting_model(BACKBONE, shapes.classes, pretrained=True, seed=3, image_size=32)
@@ -67,6 +68,8 @@ def test_a_sweep_in_a_worker_suggests_what_the_same_sweep_suggests_in_process(st
     assert snap.extra["lr"] == pytest.approx(here.lrs[-1]) and snap.extra["loss"] == pytest.approx(here.losses[-1], rel=1e-4)
     assert not store.has_model(job.run_id)  # a sweep leaves no weights behind
     assert not (store.folder(job.run_id) / "inputs.safetensors").exists()
+    assert cli.main(["list", "--json", "--data-dir", str(store.root.parent)]) == 0
+    assert json.loads(capsys.readouterr().out) == []  # and is not listed among the runs with a model
 
 
 def test_stop_ends_a_sweep_within_a_second_and_leaves_no_result(store, pool, shapes):
