@@ -14,7 +14,6 @@ from core.devices import pick_device
 from core.distillation import VARIANTS, soften, start_distillation, students_of
 from core.errors import UserInputError
 from core.evaluation import cell_examples, evaluate_dataset, worst_mistakes
-from core.jobs import get_job
 from core.lr_finder import start_lr_sweep, sweep_of
 from core.multitask import confusion_by_task
 from core.tasks import Snapshot
@@ -22,7 +21,7 @@ from core.training import TrainConfig
 from pages._multitask import is_multitask, multitask_split, same_tasks
 from pages._shared import (backbone_catalogue, bootstrap, category_axes, chart_text, current_split, fading_scale,
                            finished_runs, fit_title, model_picker, plain, run_models, run_option, run_status, run_store,
-                           store_result, stored_result)
+                           stop_run, store_result, stored_result)
 
 bootstrap()  # first, before the session is read: see bootstrap's docstring
 
@@ -470,11 +469,6 @@ def show_distillation(snap, view: dict) -> None:
     if view["teacher_val_acc"] is not None:
         columns[2].metric("Validation accuracy", f"{view['teacher_val_acc']:.1%}")
     st.plotly_chart(results_figure(view), width="stretch", key="distill-results")
-
-
-def stop_run(run_id: str) -> None:
-    job = get_job(run_id)
-    job.cancel() if job is not None else run_store().request_stop(run_id)
 
 
 @st.fragment(run_every=1.0)
