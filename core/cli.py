@@ -5,8 +5,9 @@
     python -m core.cli export RUN_ID --format onnx --out model.onnx
     python -m core.cli list
 
-``train`` creates a run in the store the app reads (``TRANSFER_LAB_DATA_DIR`` unless ``--data-dir``
-says otherwise) with owner "command line", shows a progress bar on stderr, and prints one JSON line
+``train`` creates a run folder in the store the app reads (``TRANSFER_LAB_DATA_DIR`` unless ``--data-dir``
+says otherwise) with owner "command line" and trains it in this process with the app's worker code
+(``core.worker.train_run_folder``), shows a progress bar on stderr, and prints one JSON line
 last: ``{"run_id", "status", "val_acc", "world_size"}``. Exit status: 0 when the run finished, 2
 for input a person can fix (the app's own messages), 1 otherwise. Under ``torchrun`` every rank
 trains its share of each global batch (see ``core.train.distributed``); rank 0 alone writes.
@@ -35,8 +36,9 @@ DEFAULT_VAL_FRACTION = 0.25  # the app's defaults for the split
 DEFAULT_PER_CLASS = 20
 
 
-class _Stopped(Exception):
-    """The process was told to stop (SIGTERM: torchrun ends every rank when one of them fails)."""
+class _Stopped(BaseException):
+    """The process was told to stop (SIGTERM: torchrun ends every rank when one of them fails).
+    Not an Exception, so the worker's code lets it through instead of recording a crash."""
 
 
 # --- data and settings --------------------------------------------------------------------
@@ -140,21 +142,27 @@ def command_for(record, config_path: str = "CONFIG.json") -> str:
 # --- training ------------------------------------------------------------------------------
 
 
-def _progress_callback(total_epochs: int):
+def _progress_log(path: Path, total_epochs: int):
+    """The run's event log, which also draws a progress bar on stderr: the caches first, then the
+    steps, with the last loss."""
     from tqdm import tqdm
 
-    from core.training import Callback
+    from core.worker import EventLog
 
-    class Progress(Callback):
-        """A progress bar on stderr: the caches first, then the steps, with the last loss."""
+    class ProgressLog(EventLog):
+        bar = None
 
         def on_fit_start(self, info) -> None:
+            super().on_fit_start(info)
+            if self.bar is not None:  # a retry at half the batch starts over
+                self.bar.close()
             self.bar = tqdm(total=1000, file=sys.stderr, unit="‰", dynamic_ncols=True,
                             bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}",
                             disable=None)  # a log file gets the per-epoch lines, not a bar
             self.bar.set_description("training")
 
         def on_batch_end(self, progress) -> None:
+            super().on_batch_end(progress)
             self.bar.set_description("features" if progress.phase == "cache" else f"epoch {progress.epoch}/{total_epochs}")
             if progress.phase == "train":
                 self.bar.set_postfix_str(f"loss {progress.loss:.3f}")
@@ -162,30 +170,15 @@ def _progress_callback(total_epochs: int):
             self.bar.refresh()
 
         def on_epoch_end(self, metrics) -> None:
+            super().on_epoch_end(metrics)
             self.bar.write(f"epoch {metrics.epoch}: train loss {metrics.train_loss:.4f}, "
                            f"val loss {metrics.val_loss:.4f}, val acc {metrics.val_acc:.1%}", file=sys.stderr)
 
         def on_fit_end(self, history) -> None:
-            self.bar.close()
+            if self.bar is not None:
+                self.bar.close()
 
-    return Progress()
-
-
-def _recorder(store, record, world_size: int):
-    from core.training import Callback
-
-    class Recorder(Callback):
-        """Writes the run's record after every epoch, as the app's workers do."""
-
-        def on_fit_start(self, info) -> None:
-            record.info = {**info.__dict__, "world_size": world_size}
-            store.save(record)
-
-        def on_epoch_end(self, metrics) -> None:
-            record.epochs.append(metrics.__dict__.copy())
-            store.save(record)
-
-    return Recorder()
+    return ProgressLog(path)
 
 
 def _on_sigterm(signum, frame):
@@ -193,24 +186,41 @@ def _on_sigterm(signum, frame):
     raise _Stopped()
 
 
+def _create_folder(store, args, config, train_ds, val_ds, label: str, world: int):
+    """The run's folder (record and encoded images), as the app writes one, with what reproduces it."""
+    from dataclasses import replace
+
+    from core.jobs import new_record
+    from core.worker import encode_inputs
+
+    pretrained = not args.scratch and args.weights is None
+    record = new_record(train_ds, val_ds, backbone=args.backbone, pretrained=pretrained, config=config,
+                        weights_path=args.weights, head=args.head, owner=OWNER, label=args.label, dataset=label)
+    record = replace(record, info={"world_size": world}, config={
+        **record.config, "data": args.data, "per_class": args.per_class, "val_fraction": args.val_fraction,
+        "split_seed": args.split_seed, "world_size": world})
+    store.create(record)
+    store.save_inputs(record.id, encode_inputs(train_ds, val_ds, int(config.image_size)))
+    return record.id
+
+
 def train(args) -> int:
+    """Write a run folder and train it in this process with the app's workers' code
+    (``core.worker.train_run_folder``); under ``torchrun`` rank 0 writes the folder and every
+    rank trains from it."""
     import torch
 
-    from core import backbones, data
-    from core.runs import RunRecord, RunStore, new_run_id
+    from core import backbones, data, worker
+    from core.runs import EVENTS, RunStore
     from core.settings import get_settings
-    from core.worker import ending, status_of
     from core.train.distributed import Distributed, launched_by_torchrun
-    from core.train.objectives import Classification
-    from core.training import Trainer, training_plan
 
     settings = get_settings()
     group_names = backbones.group_names(args.backbone)
     config = read_config(args.config, group_names, args.strategy)
     ds, label = load_data(args.data, args.per_class)
     train_ds, val_ds = data.split(ds, args.val_fraction, args.split_seed)
-    classes = list(train_ds.classes)
-    if len(classes) < 2:
+    if len(train_ds.classes) < 2:
         raise DataError("Training needs at least two classes.")
 
     distributed = None
@@ -222,73 +232,51 @@ def train(args) -> int:
     world = distributed.world_size if distributed else 1
     main_rank = distributed is None or distributed.main
 
-    pretrained = not args.scratch and args.weights is None
-    model = backbones.starting_model(args.backbone, classes, pretrained=pretrained, seed=config.seed,
-                                     image_size=config.image_size, head=args.head, weights_path=args.weights)
-    store = record = None
-    callbacks = []
-    if main_rank:
-        store = RunStore(Path(args.data_dir).expanduser() if args.data_dir else settings.data_dir,
-                         cap_mb=settings.disk_cap_mb)
-        record = RunRecord(
-            id=new_run_id(), status="running", created=time.time(), backbone=args.backbone,
-            pretrained=bool(pretrained or args.weights), classes=classes,
-            config={**config.to_dict(), "head": args.head, "n_train": len(train_ds), "n_val": len(val_ds),
-                    "weights_file": str(args.weights) if args.weights else None,
-                    "plan": training_plan(group_names, config), "data": args.data, "per_class": args.per_class,
-                    "val_fraction": args.val_fraction, "split_seed": args.split_seed, "world_size": world},
-            owner=OWNER, label=args.label or f"{args.backbone} {'pretrained' if pretrained else 'scratch'}",
-            dataset=label, info={"world_size": world},
-        )
-        store.create(record)
-        store.save_start(record.id, model, record.pretrained)
-        callbacks = [_recorder(store, record, world), _progress_callback(config.epochs)]
-
-    def finish(status: str, message: str, history=None) -> int:
-        if main_rank:
-            record.status, record.finished = status, time.time()
-            record.message = message
-            if history is not None:
-                record.config.update(batch_size=config.batch_size, used_feature_cache=history.used_feature_cache,
-                                     images_per_second=history.images_per_second)
-                record.info = {**record.info, **ending(history)}
-            store.save(record)
-            if status == "finished":
-                store.enforce_cap(keep=frozenset({record.id}))
-            val = record.final()
-            print(json.dumps({"run_id": record.id, "status": status,
-                              "val_acc": None if val is None or math.isnan(val) else val, "world_size": world}),
-                  flush=True)
-        return 0 if status == "finished" else 1
-
+    store = RunStore(Path(args.data_dir).expanduser() if args.data_dir else settings.data_dir,
+                     cap_mb=settings.disk_cap_mb)
+    run_id = [_create_folder(store, args, config, train_ds, val_ds, label, world) if main_rank else None]
+    if distributed is not None:
+        torch.distributed.broadcast_object_list(run_id, src=0)  # every rank trains from rank 0's folder
+    run_id = run_id[0]
+    folder = store.folder(run_id)
+    log = _progress_log(folder / EVENTS, config.epochs) if main_rank else None
+    status = "failed"
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        trainer = Trainer(model, Classification(), config, callbacks, distributed=distributed)
-        history = trainer.fit({"train": train_ds, "val": val_ds})
-    except UserInputError as exc:
-        finish("failed", str(exc))
-        return 2
-    except (_Stopped, KeyboardInterrupt):
+        # input a person can fix raises once the record says so: main() says it too, and exits with 2
+        status = worker.train_run_folder(folder, distributed=distributed, log=log, raise_input_errors=True)
+    except (_Stopped, KeyboardInterrupt):  # the folder's record is left as it was: say what happened
+        status = "failed" if world > 1 else "cancelled"
         why = ("A process of this distributed run stopped (it was killed or crashed), so torchrun ended "
-               "the others; the run has no saved model. Train it again." if world > 1 else
-               "The run was stopped before it finished; it has no saved model.")
-        return finish("failed" if world > 1 else "cancelled", why)
-    except Exception as exc:  # noqa: BLE001 - a lost peer is a RuntimeError from the process group
-        if world > 1 and isinstance(exc, (RuntimeError, torch.distributed.DistError)):
-            return finish("failed", f"A process of this distributed run stopped or lost contact with the "
-                                    f"others ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
-                                    "the run has no saved model. Train it again.")
-        finish("failed", f"The run crashed: {type(exc).__name__}: {exc}")
-        raise
+               "the others. Train it again." if world > 1 else "The run was stopped before it finished.")
+        if main_rank:
+            _stopped(store, run_id, status, why, log)
     finally:
         signal.signal(signal.SIGTERM, previous)
-    status = status_of(history.stopped)
-    if main_rank and history.epochs:
-        store.save_model(record.id, model)
-    code = finish(status, history.message, history)
-    if distributed is not None:
-        torch.distributed.destroy_process_group()
-    return code
+        if main_rank:
+            if status == "finished":
+                store.enforce_cap(keep=frozenset({run_id}))
+            record = store.get(run_id)
+            val = record.final() if record is not None else None
+            print(json.dumps({"run_id": run_id, "status": status,
+                              "val_acc": None if val is None or math.isnan(val) else val, "world_size": world}),
+                  flush=True)
+        if distributed is not None and status != "failed":  # after a lost peer it could wait forever
+            torch.distributed.destroy_process_group()
+    return 0 if status == "finished" else 1
+
+
+def _stopped(store, run_id: str, status: str, why: str, log) -> None:
+    """The record of a run this process was told to stop mid-fit (SIGTERM, Ctrl-C)."""
+    from dataclasses import replace
+
+    record = store.get(run_id)
+    kept = " Its best weights so far are kept." if store.has_model(run_id) else " It has no saved model."
+    store.save(replace(record, status=status, message=why + kept, finished=time.time(), worker_pid=None))
+    store.drop_inputs(run_id)
+    if log is not None:
+        log.write("end", status=status, message=why + kept)
+        log.close()
 
 
 # --- the other commands ----------------------------------------------------------------------
@@ -345,7 +333,10 @@ def export(args) -> int:
 
 
 def list_runs(args) -> int:
-    runs = _store(args).list()
+    from core.lr_finder import SWEEP_KIND
+
+    # the runs that train a model: a learning-rate sweep keeps only its curve, for the page that asked
+    runs = [r for r in _store(args).list() if r.config.get("kind") != SWEEP_KIND]
     if args.json:
         print(json.dumps([{"run_id": r.id, "status": r.status, "owner": r.owner, "backbone": r.backbone,
                            "dataset": r.dataset, "val_acc": r.final(), "created": r.created,

@@ -16,6 +16,8 @@ smoothed minimum, the older rule of thumb.
 
 The sweep is a callback (``LRSweep``) of the one training loop, so it trains exactly as ``fit``
 does: frozen groups cached, the same optimizer and augmentation; it ends the fit when it is done.
+The app runs it like any run, in a worker process over a run folder (``start_lr_sweep`` queues a
+``"lr_find"`` run, ``sweep_folder`` is the worker's body, ``sweep_of`` reads the result back).
 """
 
 from __future__ import annotations
@@ -23,8 +25,8 @@ from __future__ import annotations
 import copy
 import math
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
@@ -34,9 +36,11 @@ from core.train.base import Callback, TrainConfig
 from core.train.loop import Trainer
 from core.train.objectives import Classification
 
-__all__ = ["LRFinderResult", "LRSweep", "find_lr", "suggest_lr", "smooth", "DIVERGENCE_FACTOR"]
+__all__ = ["LRFinderResult", "LRSweep", "find_lr", "suggest_lr", "smooth", "DIVERGENCE_FACTOR",
+           "start_lr_sweep", "sweep_folder", "sweep_of", "SWEEP_KIND"]
 
 DIVERGENCE_FACTOR = 4.0
+SWEEP_KIND = "lr_find"  # a run folder's config["kind"] for a sweep (core.worker.KINDS)
 
 
 @dataclass(frozen=True)
@@ -132,21 +136,18 @@ class LRSweep(Callback):
 
 def find_lr(model: Classifier, train_ds, config: TrainConfig, start: float = 1e-6, end: float = 1.0,
             steps: int = 60, smoothing: float = 0.05, stop: threading.Event | None = None,
-            on_step: Callable[[int, float, float], None] | None = None) -> LRFinderResult:
+            on_step: Callable[[int, float, float], None] | None = None,
+            callbacks: Sequence[Callback] = ()) -> LRFinderResult:
     """Sweep the learning rate from ``start`` to ``end`` over ``steps`` batches on a deep copy of ``model``.
 
     The copy trains as ``fit`` would train the model, through the same loop: ``config``'s
     optimizer, augmentation, frozen groups, feature caches and per-group multipliers (each group's
     lr is the swept value × its multiplier). ``on_step(step, lr, loss)`` is called after every
-    batch; setting ``stop`` ends the sweep.
+    batch; setting ``stop`` (anything with ``is_set()``) ends the sweep. ``callbacks`` join the
+    loop's (a worker's event log).
     """
     config.validate([g.name for g in model.layer_groups])
-    if not (0 < start < end and math.isfinite(end)):
-        raise ConfigError("The sweep needs 0 < start < end.")
-    if not isinstance(steps, int) or not 5 <= steps <= 1000:
-        raise ConfigError("The sweep needs between 5 and 1000 steps.")
-    if not 0 < smoothing <= 1:
-        raise ConfigError("Smoothing must be in (0, 1].")
+    check_sweep(start, end, steps, smoothing)
     if len(train_ds) < 2:
         raise ConfigError("The learning-rate finder needs at least two training images.")
     bs = min(config.batch_size, len(train_ds))
@@ -154,10 +155,91 @@ def find_lr(model: Classifier, train_ds, config: TrainConfig, start: float = 1e-
     sweep_config = replace(config, batch_size=bs, schedule="constant", epochs=min(500, math.ceil(steps / per_epoch)))
     sweep = LRSweep(start, end, steps, smoothing, on_step)
     work = copy.deepcopy(model)
-    Trainer(work, Classification(), sweep_config, [sweep], stop, validate=False, guard=False).fit({"train": train_ds})
+    Trainer(work, Classification(), sweep_config, [sweep, *callbacks], stop, validate=False,
+            guard=False).fit({"train": train_ds})
     del work
     if not sweep.lrs:
         raise ConfigError("The very first step of the sweep gave a NaN loss: lower the start learning rate.")
     suggestion, method = suggest_lr(sweep.lrs, sweep.smoothed)
     min_lr = sweep.lrs[int(np.argmin(sweep.smoothed))]
     return LRFinderResult(sweep.lrs, sweep.losses, sweep.smoothed, suggestion, method, min_lr, sweep.stopped_early)
+
+
+# --- the sweep as a run: queued, trained in a worker process, read back from its folder ------
+
+
+def start_lr_sweep(store, train_ds, config: TrainConfig, *, backbone: str, pretrained: bool, weights_path=None,
+                   head: str = "linear", steps: int = 60, start: float = 1e-6, end: float = 1.0,
+                   smoothing: float = 0.05, owner: str = "", dataset: str = "", queue=None):
+    """Queue a sweep on the model a run with these settings would start from, in a worker process.
+
+    It counts against ``owner``'s queue share like any run (``QueueFullError``). Returns the
+    ``core.jobs.TrainingRun``; once it has finished, ``sweep_of(store.get(run_id))`` is the result.
+    The folder keeps no weights: a sweep's model is thrown away.
+    """
+    from core.jobs import new_record, start_folder_run
+
+    check_sweep(start, end, steps, smoothing)
+    record = new_record(train_ds, (), backbone=backbone, pretrained=pretrained, config=config,
+                        weights_path=weights_path, head=head, owner=owner, dataset=dataset,
+                        label=f"learning-rate sweep of {backbone}")
+    record = replace(record, config={**record.config, "kind": SWEEP_KIND, "steps": int(steps), "start": float(start),
+                                     "end": float(end), "smoothing": float(smoothing)})
+    size = int(config.image_size)
+
+    def inputs() -> dict:
+        from core.train.base import encode_images, labels_of
+
+        return {"train_images": encode_images(train_ds, size), "train_labels": labels_of(train_ds)}
+
+    return start_folder_run(store, record, inputs, queue=queue)
+
+
+def sweep_folder(store, record, stop, log, save, distributed=None):
+    """A worker's body for a ``"lr_find"`` run folder: build the starting model, sweep, keep the result
+    in the record's ``info["lr_sweep"]``. Each step is an ``update`` event (step, steps, lr, loss)."""
+    from core import backbones
+    from core.worker import EncodedDataset
+
+    if distributed is not None and not distributed.main:
+        return "finished", "", {}  # a sweep is one short run: rank 0 alone does it
+    cfg = record.config
+    config = TrainConfig.from_dict(cfg)
+    steps = int(cfg.get("steps", 60))
+    inputs = store.load_inputs(record.id)
+    train = EncodedDataset(inputs["train_images"], inputs["train_labels"].tolist(), record.classes)
+    del inputs
+    model = backbones.starting_model(record.backbone, record.classes, pretrained=record.pretrained,
+                                     seed=config.seed, image_size=config.image_size,
+                                     head=cfg.get("head", "linear"), weights_path=cfg.get("weights_file"))
+
+    def step(i: int, lr: float, loss: float) -> None:
+        log.write("update", step=i + 1, steps=steps, lr=lr, loss=loss)
+
+    try:
+        result = find_lr(model, train, config, start=float(cfg.get("start", 1e-6)), end=float(cfg.get("end", 1.0)),
+                         steps=steps, smoothing=float(cfg.get("smoothing", 0.05)), stop=stop, on_step=step,
+                         callbacks=[log])
+    except ConfigError:
+        if stop.is_set():  # stopped before its first step: nothing was measured, and nothing went wrong
+            return "cancelled", "The sweep was stopped before it finished.", {}
+        raise
+    if stop.is_set():
+        return "cancelled", "The sweep was stopped before it finished.", {}
+    return "finished", "", {"info": {**record.info, "lr_sweep": asdict(result)}}
+
+
+def sweep_of(record) -> LRFinderResult | None:
+    """The result a finished ``"lr_find"`` run's record holds (None for any other record)."""
+    found = (record.info or {}).get("lr_sweep") if record is not None else None
+    return LRFinderResult(**found) if found else None
+
+
+def check_sweep(start: float, end: float, steps: int, smoothing: float) -> None:
+    """ConfigError for a sweep that cannot run (checked before it is queued, and by ``find_lr``)."""
+    if not (0 < start < end and math.isfinite(end)):
+        raise ConfigError("The sweep needs 0 < start < end.")
+    if not isinstance(steps, int) or not 5 <= steps <= 1000:
+        raise ConfigError("The sweep needs between 5 and 1000 steps.")
+    if not 0 < smoothing <= 1:
+        raise ConfigError("Smoothing must be in (0, 1].")

@@ -165,11 +165,14 @@ class ArmRecorder(Callback):
         self.changed()
 
 
-def train_run_folder(folder: str | Path, parent_pid: int | None = None, distributed=None) -> str:
+def train_run_folder(folder: str | Path, parent_pid: int | None = None, distributed=None, log: EventLog | None = None,
+                     raise_input_errors: bool = False) -> str:
     """Train the run in ``folder`` to its end; returns its final status.
 
     Under ``torchrun`` (a ``core.train.distributed.Distributed`` context) every rank trains its
-    share of each batch from the same folder, and rank 0 alone writes to it."""
+    share of each batch from the same folder, and rank 0 alone writes to it. ``log`` replaces
+    rank 0's event log (the command line's draws a progress bar too). With ``raise_input_errors``
+    a run failed by input a person can fix raises that UserInputError once its record says so."""
     folder = Path(folder)
     store = RunStore(folder.parent.parent)
     run_id = folder.name
@@ -178,7 +181,7 @@ def train_run_folder(folder: str | Path, parent_pid: int | None = None, distribu
         return "failed"
     stop = StopSignal(folder, parent_pid)
     main = distributed is None or distributed.main
-    log = EventLog(folder / EVENTS) if main else _Silent()
+    log = (log or EventLog(folder / EVENTS)) if main else _Silent()
     world = {"world_size": distributed.world_size} if distributed is not None else {}
     state = {"record": replace(record, status="running", worker_pid=os.getpid(), info={**record.info, **world})}
 
@@ -189,13 +192,14 @@ def train_run_folder(folder: str | Path, parent_pid: int | None = None, distribu
 
     save()
     log.write("status", status="preparing")
+    input_error = None
     try:
         status, message, changes = kind_function(state["record"])(store, state["record"], stop, log, save, distributed)
     except UserInputError as exc:
-        status, message, changes = "failed", str(exc), {}
+        status, message, changes, input_error = "failed", str(exc), {}, exc
     except Exception as exc:  # the record must say what happened; the worker lives on
         traceback.print_exc()
-        status, message, changes = "failed", f"The run crashed: {type(exc).__name__}: {exc}", {}
+        status, message, changes = "failed", crash_message(exc, distributed), {}
     if status == "cancelled" and stop.orphaned:
         status = "interrupted"
         message = "The server stopped while this run was training; its best weights so far are kept."
@@ -204,7 +208,19 @@ def train_run_folder(folder: str | Path, parent_pid: int | None = None, distribu
     log.close()
     if main:
         store.drop_inputs(run_id)
+    if input_error is not None and raise_input_errors:
+        raise input_error
     return status
+
+
+def crash_message(exc: Exception, distributed=None) -> str:
+    """What a run's record says when its training raised ``exc`` (not a UserInputError)."""
+    if distributed is not None and distributed.world_size > 1 and isinstance(
+            exc, (RuntimeError, torch.distributed.DistError)):  # a lost peer, from the process group
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        return (f"A process of this distributed run stopped or lost contact with the others "
+                f"({type(exc).__name__}: {first}). Train it again.")
+    return f"The run crashed: {type(exc).__name__}: {exc}"
 
 
 # What a run folder holds decides what trains it: ``run.json``'s ``config["kind"]`` names one of
@@ -217,6 +233,7 @@ KINDS = {
     "distill": "core.distillation:train_folder",
     "multitask": "core.multitask:train_folder",
     "meta": "core.fewshot:train_folder",
+    "lr_find": "core.lr_finder:sweep_folder",  # a learning-rate sweep: a result in the record, no weights
 }
 
 

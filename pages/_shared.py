@@ -331,6 +331,30 @@ def run_status(run_id: str):
     return None, record
 
 
+def stop_run(run_id: str) -> None:
+    """Ask a run to stop: its task when this server queued it, else its folder's worker."""
+    job = get_job(run_id)
+    job.cancel() if job is not None else run_store().request_stop(run_id)
+
+
+def run_curves(snap, record) -> tuple[list[dict], tuple, str]:
+    """(epochs as dicts, batch losses, message) of a run: live from its snapshot while this server
+    follows it, else from its record."""
+    if snap is not None:
+        return [e.__dict__ for e in snap.epochs], snap.batch_losses, snap.message
+    return record.epochs, (), record.message
+
+
+def run_progress(run_id: str, snap, text, stop_label: str = "Stop", can_stop: bool = True) -> None:
+    """A going run's place in the queue, or its progress bar with ``text()``, and its Stop button."""
+    if snap.status == "queued":
+        st.info(f"Waiting for a free training slot: number {snap.queue_position or 1} in the queue.")
+    else:
+        st.progress(snap.progress, text=text())
+    if can_stop and st.button(stop_label, icon=":material/stop:"):
+        stop_run(run_id)
+
+
 def sidebar(refresh: bool = False) -> None:
     """The sidebar's summary, in one slot. app.py draws it before the page, and a page may change
     what it shows (the Model page's strategy): such a page calls ``sidebar(refresh=True)`` at its

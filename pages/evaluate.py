@@ -14,15 +14,14 @@ from core.devices import pick_device
 from core.distillation import VARIANTS, soften, start_distillation, students_of
 from core.errors import UserInputError
 from core.evaluation import cell_examples, evaluate_dataset, worst_mistakes
-from core.jobs import get_job
-from core.lr_finder import find_lr
+from core.lr_finder import start_lr_sweep, sweep_of
 from core.multitask import confusion_by_task
 from core.tasks import Snapshot
 from core.training import TrainConfig
 from pages._multitask import is_multitask, multitask_split, same_tasks
 from pages._shared import (backbone_catalogue, bootstrap, category_axes, chart_text, current_split, fading_scale,
                            finished_runs, fit_title, model_picker, plain, run_models, run_option, run_status, run_store,
-                           start_task, store_result, stored_result, task_result)
+                           stop_run, store_result, stored_result)
 
 bootstrap()  # first, before the session is read: see bootstrap's docstring
 
@@ -35,6 +34,8 @@ st.write(
 )
 
 # Learning-rate choices for the distillation student.
+# Steps of the learning-rate sweep: one batch each, from 10⁻⁶ to 1.
+SWEEP_STEPS = 60
 LR_CHOICES = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 COLOURS = {VARIANTS[0]: "#d62728", VARIANTS[1]: "#1f77b4"}
 # Images a gallery shows at most: each needs a Grad-CAM, and two dozen take seconds on 2 CPU cores.
@@ -287,24 +288,68 @@ def lr_figure(result) -> go.Figure:
     return fig
 
 
-def lr_sweep(mc, seed: int, train_ds, config: TrainConfig, about: dict):
-    """The sweep as a task body: it builds the model the Train page would start from and sweeps."""
-    def body(task):
-        task.report(0.0, "building the model")
-        model = backbones.starting_model(mc.backbone, list(train_ds.classes), pretrained=mc.pretrained, seed=seed,
-                                         image_size=config.image_size,
-                                         weights_path=mc.weights_path if mc.pretrained else None)
-        task.report(0.0, "caching features and sweeping")
-        steps = 60
-        try:
-            result = find_lr(model, train_ds, config, steps=steps, stop=task.stop,
-                             on_step=lambda i, lr, loss: task.report((i + 1) / steps, f"lr {lr:.1e}, loss {loss:.3g}"))
-        except UserInputError:
-            if task.stop.is_set():  # stopped before its first step: nothing to report, and no error
-                return None
-            raise
-        return None if task.stop.is_set() else {"result": result, **about}
-    return body
+def sweep_running(entry) -> bool:
+    """Whether the sweep in this session's entry is queued or sweeping now."""
+    snap, _ = run_status(entry["run_id"])
+    return snap is not None and not snap.done
+
+
+def start_sweep(mc, cfg, inputs, previous) -> None:
+    """Queue a sweep on the model the Train page would start from (a run, in a worker process)."""
+    train_ds, _ = current_split()
+    # the strategy's own settings (the preset the Model page chose, as the Train page shows them),
+    # every group that will train trained at once: the sweep is too short for a schedule
+    config = replace(cfg, freeze=list(mc.freeze), lr_multipliers=dict(mc.lr_multipliers),
+                     unfreeze_every=0, warmup_epochs=0, early_stopping=0)
+    job = start_lr_sweep(run_store(), train_ds, config, backbone=mc.backbone, pretrained=mc.pretrained,
+                         weights_path=mc.weights_path if mc.pretrained else None, steps=SWEEP_STEPS,
+                         owner=ss.owner, dataset=ss.dataset_label)
+    if previous is not None:  # only the newest sweep is shown: the earlier one stops, or its folder goes
+        if sweep_running(previous):
+            stop_run(previous["run_id"])
+        else:
+            run_store().delete(previous["run_id"])
+    store_result("lr_finder", inputs, {"run_id": job.run_id, "about": f"{mc.backbone} · {mc.strategy} · {cfg.optimizer}",
+                                       "strategy": mc.strategy})
+
+
+@st.fragment(run_every=1.0)
+def follow_sweep() -> None:
+    """The running sweep's progress and a Stop button, redrawn every second on their own."""
+    entry = ss.get("lr_finder")
+    if entry is None:
+        return
+    run_id = entry["value"]["run_id"]
+    snap, _ = run_status(run_id)
+    if snap is None or snap.done:
+        st.rerun()  # ended: redraw the whole page once, with the result and without the timer
+    if snap.status == "queued":
+        st.info("The learning-rate sweep waits for a free training slot…")
+    elif "step" in snap.extra:
+        st.progress(snap.extra["step"] / max(1, snap.extra["steps"]),
+                    text=f"Learning-rate sweep: lr {snap.extra['lr']:.1e}, loss {snap.extra['loss']:.3g}")
+    else:
+        st.progress(snap.progress, text=f"Learning-rate sweep: building the model and caching features… "
+                                        f"({snap.seconds:.0f} s)")
+    if st.button("Stop", icon=":material/stop:", key="lr_finder-stop"):
+        stop_run(run_id)
+
+
+def sweep_result(entry):
+    """The finished sweep's result, or None after saying why there is none."""
+    record = run_store().get(entry["run_id"])
+    if record is None:
+        st.warning("This learning-rate sweep is no longer on the server: start it again.")
+        return None
+    if record.status == "finished" and sweep_of(record) is not None:
+        return sweep_of(record)
+    if record.status == "cancelled":
+        st.info("The learning-rate sweep was stopped before it finished. Start it again to see a result.")
+    elif record.done:
+        st.error(plain(record.message))
+    else:
+        st.warning("This learning-rate sweep stopped with the server: start it again.")
+    return None
 
 
 def lr_finder_ui() -> None:
@@ -320,24 +365,27 @@ def lr_finder_ui() -> None:
     # The sweep belongs to the model, settings and data it ran on; change any and it is gone.
     inputs = (mc.backbone, mc.pretrained, mc.weights_path, tuple(mc.freeze), tuple(sorted(mc.lr_multipliers.items())),
               cfg.optimizer, cfg.batch_size, cfg.image_size, cfg.seed, cfg.augment, split_key())
-    task, stale = stored_result("lr_finder", inputs, running=lambda t: not t.done)
-    running = task is not None and not task.done and not stale
-    if st.button("Find a learning rate", icon=":material/search:", disabled=running):
+    previous = ss.get("lr_finder", {}).get("value")
+    found, stale = stored_result("lr_finder", inputs, running=sweep_running)
+    running = found is not None and sweep_running(found)
+    if st.button("Find a learning rate", icon=":material/search:", disabled=running and not stale):
         try:
-            train_ds, _ = current_split()
-        except UserInputError as exc:
+            start_sweep(mc, cfg, inputs, previous)
+        except UserInputError as exc:  # a full queue, data the sweep cannot use
             st.error(plain(exc))
             return
-        # the strategy's own settings (the preset the Model page chose, as the Train page shows them),
-        # every group that will train trained at once: the sweep is too short for a schedule
-        config = replace(cfg, freeze=list(mc.freeze), lr_multipliers=dict(mc.lr_multipliers),
-                         unfreeze_every=0, warmup_epochs=0, early_stopping=0)
-        about = {"about": f"{mc.backbone} · {mc.strategy} · {cfg.optimizer}", "strategy": mc.strategy}
-        start_task("lr_finder", inputs, lr_sweep(mc, cfg.seed, train_ds, config, about), "learning-rate sweep")
-    found = task_result("lr_finder", inputs, "learning-rate sweep")
+        found, stale, running = ss.lr_finder["value"], False, True
     if found is None:
         return
-    result = found["result"]
+    if running:
+        if stale:
+            st.warning("The learning-rate sweep is still running for an earlier selection; its result will not "
+                       "be shown for the choices above. Stop it, or start again.")
+        follow_sweep()
+        return
+    result = sweep_result(found)
+    if result is None:
+        return
     st.plotly_chart(lr_figure(result), width="stretch", key="lr-finder")
     how = ("where the smoothed loss falls fastest" if result.method == "steepest"
            else "one tenth of the learning rate at the lowest loss (the curve had no clear descent)")
@@ -421,11 +469,6 @@ def show_distillation(snap, view: dict) -> None:
     if view["teacher_val_acc"] is not None:
         columns[2].metric("Validation accuracy", f"{view['teacher_val_acc']:.1%}")
     st.plotly_chart(results_figure(view), width="stretch", key="distill-results")
-
-
-def stop_run(run_id: str) -> None:
-    job = get_job(run_id)
-    job.cancel() if job is not None else run_store().request_stop(run_id)
 
 
 @st.fragment(run_every=1.0)

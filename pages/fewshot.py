@@ -10,7 +10,7 @@ from core import backbones, fewshot
 from core.data import demo_fewshot
 from core.errors import UserInputError
 from core.jobs import get_job, start_folder_run
-from pages._shared import bootstrap, plain, run_status, run_store
+from pages._shared import bootstrap, plain, run_curves, run_progress, run_status, run_store
 
 bootstrap()  # first, before the session is read: see bootstrap's docstring
 
@@ -240,19 +240,10 @@ def show_meta_run(run_id: str) -> bool:
     status = snap.status if snap is not None else record.status
     running = snap is not None and not snap.done
     st.markdown(f"**{plain(record.label)}** · {status}")
-    if snap is not None:
-        epochs, batch_losses, message = [e.__dict__ for e in snap.epochs], snap.batch_losses, snap.message
-    else:
-        epochs, batch_losses, message = record.epochs, (), record.message
+    epochs, batch_losses, message = run_curves(snap, record)
     if running:
-        if snap.status == "queued":
-            st.info(f"Waiting for a free training slot: number {snap.queue_position or 1} in the queue.")
-        else:
-            phase = "Computing the frozen body's features once…" if snap.phase == "cache" else "Meta-training…"
-            st.progress(snap.progress, text=f"{phase} {snap.progress:.0%}")
-        if st.button("Stop meta-training", icon=":material/stop:"):
-            job = get_job(run_id)
-            job.cancel() if job is not None else run_store().request_stop(run_id)
+        phase = "Computing the frozen body's features once…" if snap.phase == "cache" else "Meta-training…"
+        run_progress(run_id, snap, lambda: f"{phase} {snap.progress:.0%}", "Stop meta-training")
     if status in ("failed", "diverged"):
         st.error(plain(message))
     elif message:

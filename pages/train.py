@@ -24,7 +24,7 @@ from pages._links import locked
 from pages._multitask import (current_multitask, is_multitask, multitask_options_ui, multitask_split,
                               task_curves)
 from pages._shared import (bootstrap, chart_text, current_split, describe_run, my_runs, owns, plain, plan_figure, run_option,
-                           run_status, run_store, select_run)
+                           run_curves, run_progress, run_status, run_store, select_run)
 
 bootstrap()  # first, before the session is read: see bootstrap's docstring
 
@@ -266,20 +266,9 @@ def show_run(run_id: str) -> bool:
     if not mine:
         st.caption(":material/visibility: Opened from a shared link: you can look at this run, not stop or "
                    "export it. Runs you train yourself are listed under Your runs.")
-    if snap is not None:
-        epochs = [e.__dict__ for e in snap.epochs]
-        batch_losses = snap.batch_losses
-        message = snap.message
-    else:
-        epochs, batch_losses, message = record.epochs, (), record.message
+    epochs, batch_losses, message = run_curves(snap, record)
     if running:
-        if snap.status == "queued":
-            st.info(f"Waiting for a free training slot: number {snap.queue_position or 1} in the queue.")
-        else:
-            st.progress(snap.progress, text=progress_text(snap, record))
-        if mine and st.button("Stop", icon=":material/stop:"):
-            job = get_job(run_id)
-            job.cancel() if job is not None else run_store().request_stop(run_id)
+        run_progress(run_id, snap, lambda: progress_text(snap, record), can_stop=mine)
     info = (snap.info.__dict__ if snap and snap.info else record.info) or {}
     if info.get("cache") == "head" or (info.get("uses_feature_cache") and not info.get("cache")):
         st.caption(":material/bolt: Only the head trains: the frozen backbone's features were computed once and are "

@@ -82,6 +82,22 @@ def test_train_creates_a_run_the_app_can_open_and_prints_json_last(tmp_path, cap
     assert store.load_model(result["run_id"]).classes == record.classes
 
 
+def test_a_command_line_run_is_a_run_folder_trained_by_the_apps_worker_code(tmp_path, capsys):
+    from core.jobs import snapshot_of
+
+    config = write_config(tmp_path, **{**EXACT, "epochs": 2})
+    assert cli.main(train_args(tmp_path / "data", config, "--strategy", "feature_extraction")) == 0
+    run_id = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["run_id"]
+    store = RunStore(tmp_path / "data")
+    events, _ = store.read_events(run_id)  # what a page tails while a run trains
+    assert [e["event"] for e in events if e["event"] in ("fit_start", "epoch", "end")] == ["fit_start", "epoch", "epoch",
+                                                                                           "end"]
+    snap = snapshot_of(store, run_id)
+    assert snap.status == "finished" and [e.epoch for e in snap.epochs] == [1, 2]
+    assert store.get(run_id).config["used_feature_cache"] is not None
+    assert not (store.folder(run_id) / "inputs.safetensors").exists()  # the images went once trained
+
+
 def test_the_default_run_store_is_the_apps_data_folder(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("TRANSFER_LAB_DATA_DIR", str(tmp_path / "app-data"))
     config = write_config(tmp_path, **{**EXACT, "epochs": 1})
@@ -268,7 +284,10 @@ def test_a_killed_rank_fails_the_run_with_a_clear_message_and_the_store_stays_re
     assert record.status == "failed" and record.done
     assert "process of this distributed run stopped" in record.message
     assert json.loads(out.strip().splitlines()[-1])["status"] == "failed"
-    assert not RunStore(data_dir).has_model(record.id)
+    store = RunStore(data_dir)
+    assert store.has_model(record.id)  # the best epoch before the failure is kept, as an app run keeps it
+    assert store.load_model(record.id).classes == record.classes
+    assert not (store.folder(record.id) / "inputs.safetensors").exists()
 
 
 def test_a_command_line_run_opens_on_the_train_page_with_its_command(tmp_path, capsys):

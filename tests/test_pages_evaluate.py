@@ -29,7 +29,10 @@ def test_without_a_run_both_pages_ask_for_one_and_the_lr_finder_still_works():
     assert any("Train a run first" in s for s in texts(at.info))
     button(at, "Find a learning rate").click().run()
     assert not at.exception and not at.error, texts(at.error)
-    assert at.session_state.lr_finder["value"].join(300)  # the sweep is a task: the page does not wait
+    sweep = get_job(at.session_state.lr_finder["value"]["run_id"])  # a run: the page does not wait
+    assert sweep.snapshot().status in ("queued", "preparing", "running")
+    assert button(at, "Stop")  # the page follows it, and can stop it
+    assert sweep.join(300)
     at.run()
     assert not at.exception and not at.error, texts(at.error)
     assert any("Learning-rate range test" in spec for spec in charts(at))

@@ -6,6 +6,7 @@ from dataclasses import replace
 import torch
 from streamlit.testing.v1 import AppTest
 
+from core.jobs import get_job
 from pages._shared import ModelCache
 from pages_helpers import APP, button, charts, open_page, texts
 
@@ -27,12 +28,31 @@ def test_a_learning_rate_sweep_the_app_cannot_run_says_why_and_draws_no_curve(tm
     open_page(at, "evaluate")
     button(at, "Find a learning rate").click().run()
     assert not at.exception
-    finish(at, "lr_finder")
-    assert at.session_state.lr_finder["value"].snapshot().status == "failed"
+    sweep = get_job(at.session_state.lr_finder["value"]["run_id"])  # a run in a worker process
+    assert sweep.join(300)
+    at.run()
+    assert not at.exception, at.exception
+    assert sweep.snapshot().status == "failed"
     errors = " ".join(texts(at.error))
     assert "mine.pt" in errors and "crashed" not in errors  # the file's own problem, in words
     assert not any("Learning-rate range test" in spec for spec in charts(at))
     assert not button(at, "Find a learning rate").disabled  # and it can be tried again
+
+
+def test_stop_on_the_evaluate_page_ends_a_learning_rate_sweep_and_it_can_be_run_again():
+    at = AppTest.from_file(APP, default_timeout=180)
+    at.run()
+    open_page(at, "evaluate")
+    button(at, "Find a learning rate").click().run()
+    sweep = get_job(at.session_state.lr_finder["value"]["run_id"])
+    button(at, "Stop").click().run()  # the page's Stop, while the sweep waits or sweeps
+    assert sweep.join(30), "the sweep went on after Stop"
+    at.run()
+    assert not at.exception and not at.error, texts(at.error)
+    assert sweep.snapshot().status == "cancelled"
+    assert any("stopped before it finished" in s for s in texts(at.info))
+    assert not any("Learning-rate range test" in spec for spec in charts(at))
+    assert not button(at, "Find a learning rate").disabled
 
 
 def test_the_sanity_check_runs_as_a_task_and_its_chart_appears_when_it_is_done():
