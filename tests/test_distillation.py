@@ -170,3 +170,49 @@ def test_with_augmentation_the_teacher_sees_the_students_crop_of_the_original():
     same = (shrunk(teacher) - student.float()).abs().mean()
     _, other = paired_views(small, big, augmenter, 7, 64)  # another draw: other crops
     assert same < 0.25 * (shrunk(other) - student.float()).abs().mean()
+
+
+class InProcess:
+    """A worker pool that trains a run folder in this process, so a test can watch the teacher."""
+
+    def run(self, folder, on_start=None):
+        from core.worker import train_run_folder
+
+        return train_run_folder(folder), ""
+
+
+def test_a_distillation_run_folder_teaches_from_the_training_images_at_the_teachers_size(tmp_path, monkeypatch):
+    from core.distillation import Distillation, start_distillation
+    from core.jobs import create_run
+    from core.runs import RunStore
+    from core.tasks import TaskQueue
+    from core.worker import train_run_folder
+
+    store = RunStore(tmp_path / "data")
+    train, val = Shapes(8, 0, size=64), Shapes(4, 1, size=64)
+    frozen = [g for g in backbones.group_names("efficientnet_lite0") if g != "head"]
+    teacher = create_run(store, train, val, backbone="efficientnet_lite0", pretrained=True,
+                         config=TrainConfig(epochs=1, batch_size=8, freeze=frozen, image_size=64))
+    assert train_run_folder(store.folder(teacher.id)) == "finished"
+    seen = []
+    teach = Distillation._teach
+    monkeypatch.setattr(Distillation, "_teach", lambda self, trainer, images: (seen.append(images.cpu()),
+                                                                                teach(self, trainer, images))[1])
+    student = TrainConfig(epochs=1, batch_size=8, freeze=frozen, image_size=32, augment=False)
+    job = start_distillation(store, teacher.id, train, val, student, 2.0, 0.5, backbone="efficientnet_lite0",
+                             queue=TaskQueue(1, pool=InProcess()))
+    assert job.join(120) and store.get(job.run_id).status == "finished", store.get(job.run_id).message
+    originals = encode_images(train, 64)
+    shown = torch.cat(seen)
+    assert shown.shape[1:] == originals.shape[1:]
+    assert all(any(torch.equal(image, original) for original in originals) for image in shown)
+
+
+def test_a_run_folders_images_at_another_size_are_resized_not_an_endless_loop():
+    from core.worker import EncodedDataset
+
+    train = Shapes(4, 0, size=64)
+    ds = EncodedDataset(encode_images(train, 64), train.labels, train.classes)
+    small = encode_images(ds, 32)  # asked the dataset itself before, which asked encode_images again
+    assert small.shape == (4, 3, 32, 32) and small.dtype == torch.uint8
+    assert (small.float() - encode_images(train, 32).float()).abs().mean() < 4  # the same pictures, smaller
