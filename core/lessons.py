@@ -10,7 +10,7 @@ A lesson is a Markdown file in ``assets/lessons/`` with a TOML front-matter bloc
     rule = "pretrained.val_acc > scratch.val_acc + 0.1"
 
     [experiment]
-    kind = "runs"            # training runs through the queue; or one of ANALYSES
+    kind = "runs"            # training runs; or inside, saliency, shift, distill, tasks
     data = "demo:source"     # demo:source, demo:target or sample:<name> (core.samples)
     size = 64
 
@@ -47,7 +47,7 @@ from core.errors import UserInputError
 
 __all__ = ["LESSON_DIR", "PAGES", "RUN_METRICS", "ANALYSES", "LessonError", "Arm", "Experiment", "NextStep",
            "Lesson", "LessonProblem", "Outcome", "parse_lesson", "load_lessons", "check_rule", "check_outcome",
-           "lesson_dataset", "arm_config", "run_results", "run_analysis", "LessonRun"]
+           "lesson_dataset", "arm_config", "run_results", "run_analysis", "inside_profile", "LessonRun"]
 
 LESSON_DIR = Path(__file__).resolve().parent.parent / "assets" / "lessons"
 
@@ -58,7 +58,7 @@ PAGES = {"data": "Data", "model": "Model", "train": "Train", "features": "Featur
 # What a training run reports, for rules such as "pretrained.val_acc > scratch.val_acc + 0.1".
 RUN_METRICS = ("val_acc", "train_acc", "val_loss", "train_loss", "epochs")
 
-# Lessons that show something a training run alone cannot: a direct core call in a background task.
+# Lessons that show something a training run alone cannot (see LessonRun for what each one runs).
 # Each names the results its rule may read ({name: metrics}); the functions are in ANALYSES below.
 ANALYSIS_RESULTS: dict[str, dict[str, tuple[str, ...]]] = {
     "inside": {"first": ("change", "cka"), "last": ("change", "cka"), "model": ("val_acc",)},
@@ -422,38 +422,21 @@ def run_results(records: Mapping[str, object]) -> dict[str, dict[str, float]]:
     return results
 
 
-def _split(experiment: Experiment):
-    from core import data
-
-    ds, _ = lesson_dataset(experiment)
-    return data.split(ds, 0.25, experiment.seed)
-
-
-def _inside(experiment: Experiment, report) -> tuple[dict, list[dict]]:
-    """Fine-tune (by default every group, with discriminative rates), then how much each group
-    moved (weight change) and how similar its output stayed (linear CKA)."""
+def inside_profile(experiment: Experiment, before, after, val) -> tuple[dict, list[dict]]:
+    """How much each group of a fine-tuned model moved from its start (weight change) and how
+    similar its output stayed (linear CKA) on the validation images: (results, rows)."""
     import torch
 
-    from core import backbones
     from core.features import depth_profile
     from core.train.base import normalise
-    from core.training import clone_model, encode_images, fit
+    from core.training import encode_images
 
-    train, val = _split(experiment)
-    report(0.05, "Fine-tuning…")
-    model = backbones.starting_model(experiment.backbone, list(train.classes), seed=experiment.seed,
-                                     image_size=experiment.size)
-    before = clone_model(model)
-    config = arm_config(experiment, Arm("model", experiment.options.get("strategy", "full")))
-    history = fit(model, train, val, config)
-    report(0.8, "Comparing the layers before and after…")
-    x = normalise(encode_images(val, experiment.size), torch.tensor(model.mean).view(1, 3, 1, 1),
-                  torch.tensor(model.std).view(1, 3, 1, 1))
-    rows = depth_profile(before.eval(), model.eval(), model.layer_groups[:-1], x)
+    x = normalise(encode_images(val, experiment.size), torch.tensor(after.mean).view(1, 3, 1, 1),
+                  torch.tensor(after.std).view(1, 3, 1, 1))
+    rows = depth_profile(before.eval(), after.eval(), after.layer_groups[:-1], x)
     first, last = rows[0], rows[-1]
     results = {"first": {"change": first["weight_change"], "cka": first["cka"]},
-               "last": {"change": last["weight_change"], "cka": last["cka"]},
-               "model": {"val_acc": history.best_val_acc()}}
+               "last": {"change": last["weight_change"], "cka": last["cka"]}}
     return results, [{"group": r["group"], "weight change": r["weight_change"], "CKA before/after": r["cka"]}
                      for r in rows]
 
@@ -546,10 +529,11 @@ def _tasks(experiment: Experiment, report) -> tuple[dict, list[dict]]:
 
 
 # What each kind runs directly in a Task (analyses that do not train, or not through the queue yet);
-# the training of "shift" (a "dan" run) and "distill" (a teacher run, then a "distill" run) goes
-# through the queue and the worker processes, see LessonRun.
-ANALYSES: dict[str, Callable] = {"inside": _inside, "saliency": _saliency, "shift": _shift, "tasks": _tasks}
-assert set(ANALYSES) | {"distill"} == set(ANALYSIS_RESULTS)
+# the training of "inside" (a "train" run, then inside_profile on its saved models), "shift" (a "dan"
+# run) and "distill" (a teacher run, then a "distill" run) goes through the queue and the worker
+# processes, see LessonRun.
+ANALYSES: dict[str, Callable] = {"saliency": _saliency, "shift": _shift, "tasks": _tasks}
+assert set(ANALYSES) | {"inside", "distill"} == set(ANALYSIS_RESULTS)
 
 
 def run_analysis(experiment: Experiment, report=lambda fraction, text: None) -> tuple[dict, list[dict]]:
@@ -580,7 +564,8 @@ class LessonRun:
     drive it alike.
 
     Training goes through the queue and the worker processes, as runs of the kinds in
-    ``core.worker.KINDS``: a "train" run per arm of a "runs" lesson; a "dan" comparison (plain
+    ``core.worker.KINDS``: a "train" run per arm of a "runs" lesson; for "inside", a "train" run
+    and then a Task comparing its saved start and end (``inside_profile``); a "dan" comparison (plain
     fine-tuning against DAN) beside a Task that measures the shift, for "shift"; a teacher's "train"
     run and then a "distill" run (the student with and without it), for "distill". Analyses that
     do not train that way run as one Task. ``poll()`` starts what waited (for room in this person's
@@ -621,6 +606,8 @@ class LessonRun:
             return [self._arm_part(arm) for arm in experiment.arms]
         if experiment.kind == "distill":
             return self._distill_parts()
+        if experiment.kind == "inside":
+            return self._inside_parts()
         parts = [self._task_part()]
         if experiment.kind == "shift" and experiment.options.get("dan", True):
             parts.append(self._dan_part())
@@ -649,6 +636,25 @@ class LessonRun:
                         queue=self.queue, owner=self.owner).start()
 
         return _Part("analysis", start, label="measuring" if experiment.kind == "shift" else "analysis")
+
+    def _inside_parts(self) -> list[_Part]:
+        from core.tasks import Task
+
+        experiment = self.lesson.experiment
+        # by default every group trains, with discriminative rates: the lesson looks at all of them
+        model = self._arm_part(Arm("model", experiment.options.get("strategy", "full"),
+                                   label=f"Lesson {self.lesson.order:g}: fine-tuned to look inside"))
+
+        def compare(task):
+            run_id = self.jobs["model"].run_id
+            task.report(0.1, "Comparing the layers before and after…")
+            _, val, _ = self._split()
+            return inside_profile(experiment, self.store.load_starting_model(run_id), self.store.load_model(run_id), val)
+
+        def start():
+            return Task(compare, name=f"lesson-{self.lesson.slug}", queue=self.queue, owner=self.owner).start()
+
+        return [model, _Part("analysis", start, after="model", label="comparing the layers")]
 
     def _dan_part(self) -> _Part:
         from core.adaptation import adaptation_config, start_comparison
@@ -810,6 +816,9 @@ class LessonRun:
             if kind == "shift":
                 more, more_rows = self._dan_results()
                 results, rows = {**results, **more}, rows + more_rows
+            if kind == "inside" and results:
+                model = run_results({"model": self._record("model")})["model"]
+                results = {**results, "model": {"val_acc": model["val_acc"]} if model else {}}
         if not any(results.values()):
             return {"error": error or "The experiment ended without results."}
         results = {name: {k: float(v) for k, v in metrics.items()} for name, metrics in results.items()}

@@ -90,3 +90,17 @@ def test_stopping_a_lesson_cancels_its_runs_and_starts_nothing_more(store, pool)
     assert "stopped" in result["error"]
     assert list(run.run_ids()) == ["teacher"]  # the students never started
     assert store.get(run.run_ids()["teacher"]).status == "cancelled"
+
+
+def test_the_inside_lesson_fine_tunes_in_a_run_then_compares_its_saved_start_and_end(store, pool):
+    lesson = tiny("inside", "last.change > first.change and model.val_acc >= 0")
+    run = LessonRun(lesson, store, owner=OWNER, queue=TaskQueue(1, per_person=2, pool=pool))
+    result = follow(run)
+    assert result["error"] == "", result
+    (name, run_id), = run.run_ids().items()
+    record = store.get(run_id)
+    assert name == "model" and record.config.get("kind", "train") == "train" and record.config["freeze"] == []
+    values = result["results"]
+    assert values["model"]["val_acc"] == max(e["val_acc"] for e in record.epochs)
+    assert values["first"]["change"] > 0 and 0 < values["last"]["cka"] <= 1.0001
+    assert [row["group"] for row in result["rows"]][0] == "stem"
