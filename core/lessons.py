@@ -59,7 +59,7 @@ PAGES = {"data": "Data", "model": "Model", "train": "Train", "features": "Featur
 RUN_METRICS = ("val_acc", "train_acc", "val_loss", "train_loss", "epochs")
 
 # Lessons that show something a training run alone cannot (see LessonRun for what each one runs).
-# Each names the results its rule may read ({name: metrics}); the functions are in ANALYSES below.
+# Each names the results its rule may read ({name: metrics}); what runs directly is in ANALYSES below.
 ANALYSIS_RESULTS: dict[str, dict[str, tuple[str, ...]]] = {
     "inside": {"first": ("change", "cka"), "last": ("change", "cka"), "model": ("val_acc",)},
     "saliency": {"gradient": ("start", "end"), "gradcam": ("start", "end")},
