@@ -677,8 +677,6 @@ class LessonRun:
         return _Part("dan", start, label="plain vs DAN")
 
     def _distill_parts(self) -> list[_Part]:
-        from dataclasses import replace as with_changes
-
         from core.distillation import start_distillation
         from core.jobs import start_run
 
@@ -694,9 +692,9 @@ class LessonRun:
 
         def students():
             train, val, label = self._split()
-            config = with_changes(arm_config(experiment, Arm("student", opts.get("student_strategy",
-                                                                                   "feature_extraction"))),
-                                  image_size=int(opts.get("student_size", 32)), early_stopping=0)
+            student = Arm("student", opts.get("student_strategy", "feature_extraction"))
+            config = dataclasses.replace(arm_config(experiment, student), image_size=int(opts.get("student_size", 32)),
+                                         early_stopping=0)
             return start_distillation(self.store, self.jobs["teacher"].run_id, train, val, config,
                                       float(opts.get("temperature", 4.0)), float(opts.get("alpha", 0.7)),
                                       backbone=experiment.backbone, pretrained=bool(opts.get("student_pretrained", True)),
