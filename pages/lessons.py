@@ -1,6 +1,5 @@
 """Lessons: one idea of transfer learning at a time, each with an experiment that runs itself."""
 
-import time
 
 import streamlit as st
 
