@@ -1,6 +1,5 @@
 """Lessons: one idea of transfer learning at a time, each with an experiment that runs itself."""
 
-
 import streamlit as st
 
 from core import lessons as core_lessons
