@@ -30,9 +30,14 @@ def main() -> int:
     parser.add_argument("lessons", nargs="*", type=int, help="lesson numbers (default: all)")
     parser.add_argument("--timeout", type=float, default=600, help="seconds a lesson may take before it is stopped")
     args = parser.parse_args()
-    # runs go to a folder of their own, not the app's data
-    os.environ.setdefault("TRANSFER_LAB_DATA_DIR", tempfile.mkdtemp(prefix="lesson-times-"))
+    if os.environ.get("TRANSFER_LAB_DATA_DIR"):
+        return measure(args)
+    with tempfile.TemporaryDirectory(prefix="lesson-times-") as folder:  # not the app's runs
+        os.environ["TRANSFER_LAB_DATA_DIR"] = folder
+        return measure(args)
 
+
+def measure(args) -> int:
     from core import lessons
     from core.runs import RunStore
     from core.settings import get_settings
