@@ -23,10 +23,12 @@ from core.devices import pick_device
 from core.train.base import Callback, History, TrainConfig, encode_images, evaluate, normalise
 from core.train.loop import Trainer
 from core.train.objectives import Classification, Objective
+from core.worker import EncodedDataset
 
 __all__ = [
     "distillation_loss",
     "soften",
+    "paired_views",
     "distill",
     "check_settings",
     "DistillSnapshot",
@@ -64,20 +66,54 @@ def soften(logits, temperature: float) -> torch.Tensor:
     return torch.softmax(torch.as_tensor(logits, dtype=torch.float32) / temperature, dim=-1)
 
 
-def _teacher_input(batch_uint8: torch.Tensor, size: int) -> torch.Tensor:
-    if batch_uint8.shape[-1] == size and batch_uint8.shape[-2] == size:
-        return batch_uint8
-    # the teacher sees the very same augmented view, at the input size it was trained at
-    resized = F.interpolate(batch_uint8.float(), size=(size, size), mode="bilinear", antialias=True,
-                            align_corners=False)
-    return resized.round_().clamp_(0, 255).to(torch.uint8)
+def paired_views(images: torch.Tensor, originals: torch.Tensor, augmenter, seed: int,
+                 size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``augment_batch(images, augmenter, seed)`` and, for each image, the very same augmentation
+    (crop, flip, colour jitter) of its original at ``size`` px: (student views, teacher views).
+
+    ``images`` and ``originals`` are the same pictures encoded at two sizes (short side resized,
+    centre crop), so a crop box in one is the other's box scaled. Upscaling the student's small
+    view instead would show the teacher a blurred picture it was never trained on. The random
+    draws are replayed in the order torchvision's ``Compose`` makes them (a random-apply transform
+    draws its coin first, then its parameters), from the seed ``augment_batch`` used.
+    """
+    from torchvision.transforms import v2 as T
+    from torchvision.transforms.v2 import functional as TF
+    from torchvision.transforms.v2._transform import _RandomApplyTransform  # draws a coin before its parameters
+
+    from core.seeding import seeded
+
+    transforms = list(getattr(augmenter, "transforms", [augmenter]))
+    scale_y = originals.shape[-2] / images.shape[-2]
+    scale_x = originals.shape[-1] / images.shape[-1]
+    student, teacher = [], []
+    with seeded(seed):
+        for small, big in zip(images, originals):
+            for transform in transforms:
+                if isinstance(transform, _RandomApplyTransform) and torch.rand(1) >= transform.p:
+                    continue
+                params = transform.make_params([small])
+                if isinstance(transform, T.RandomResizedCrop):
+                    top, left = round(params["top"] * scale_y), round(params["left"] * scale_x)
+                    height = max(1, round(params["height"] * scale_y))
+                    width = max(1, round(params["width"] * scale_x))
+                    big = TF.resized_crop(big, top, left, height, width, [size, size],
+                                          interpolation=transform.interpolation, antialias=transform.antialias)
+                else:
+                    big = transform.transform(big, params)
+                small = transform.transform(small, params)
+            student.append(small)
+            teacher.append(big)
+    return torch.stack(student), torch.stack(teacher)
 
 
 class Distillation(Objective):
     """The distillation loss on the student's outputs; the teacher only predicts, in eval mode.
 
-    With a cached student (frozen groups computed once per image and view) the teacher's logits
-    are computed once per cached view too, from the very images that view was made of."""
+    The teacher sees each training image as the student does (the same crop, flip and jitter) but
+    made from the original at the teacher's own input size, not the student's smaller view scaled
+    up. With a cached student (frozen groups computed once per image and view) the teacher's logits
+    are computed once per cached view too, from the same view of the same images."""
 
     title = "Distillation"
 
@@ -104,20 +140,38 @@ class Distillation(Objective):
         teacher.to(device).eval()
         self.t_mean = torch.tensor(teacher.mean, device=device).view(1, 3, 1, 1)
         self.t_std = torch.tensor(teacher.std, device=device).view(1, 3, 1, 1)
-        self.t_size = int(getattr(teacher, "image_size", trainer.config.image_size))
+        self.t_size = int(getattr(teacher, "image_size", None) or trainer.config.image_size)
+        # the training images at the teacher's size, encoded from the originals (a run folder's
+        # dataset hands over the ones it was given at that size)
+        self.same_size = self.t_size == int(trainer.config.image_size)
+        self.originals = None if self.same_size else encode_images(trainer.data["train"], self.t_size)
         self.started = True
 
+    def _teacher_images(self, trainer, idx: torch.Tensor, seed: int | None, student_view: torch.Tensor) -> torch.Tensor:
+        """What the teacher sees of images ``idx`` whose student view was made with ``seed``."""
+        if self.same_size:
+            return student_view
+        originals = self.originals[idx.cpu()]
+        if seed is None or trainer.augmenter is None:
+            return originals
+        if trainer.dist is not None:
+            seed = trainer.dist.seed(seed)
+        return paired_views(trainer.images["train"][idx.cpu()], originals, trainer.augmenter, seed, self.t_size)[1]
+
     @torch.inference_mode()
-    def _teach(self, trainer, raw: torch.Tensor) -> torch.Tensor:
-        x = normalise(_teacher_input(raw.to(trainer.device), self.t_size), self.t_mean, self.t_std)
+    def _teach(self, trainer, images: torch.Tensor) -> torch.Tensor:
+        x = normalise(images.to(trainer.device), self.t_mean, self.t_std)
         with trainer.autocast():
             return self.teacher(x).float()
 
     def on_cache_view(self, trainer, source, view, images) -> None:
         self._start_teacher(trainer)
         if self.alpha > 0:
-            self.banks[view] = torch.cat([self._teach(trainer, images[s:s + 64])
-                                          for s in range(0, len(images), 64)])
+            seed = trainer.view_seeds[source][view]
+            every = torch.arange(len(images))
+            teacher_images = self._teacher_images(trainer, every, seed, images)
+            self.banks[view] = torch.cat([self._teach(trainer, teacher_images[s:s + 64])
+                                          for s in range(0, len(teacher_images), 64)])
 
     def on_fit_start(self, trainer) -> None:
         self._start_teacher(trainer)
@@ -130,7 +184,8 @@ class Distillation(Objective):
         if self.alpha == 0:
             teacher_logits = logits.detach()
         elif raw is not None:
-            teacher_logits = self._teach(trainer, raw).clone()  # a normal tensor: autograd may save it
+            # a normal tensor: autograd may save it
+            teacher_logits = self._teach(trainer, self._teacher_images(trainer, idx, seed, raw)).clone()
         else:
             teacher_logits = torch.stack([self.banks[int(v)][int(i)] for v, i in zip(views, idx)])
         loss = distillation_loss(logits, teacher_logits, y, self.temperature, self.alpha)
@@ -146,6 +201,7 @@ class Distillation(Objective):
                 net.training = self.teacher.training
             self.started = False
         self.banks.clear()
+        self.originals = None
 
 
 def distill(student: Classifier, teacher: Classifier, train_ds, val_ds, config: TrainConfig,
@@ -218,17 +274,32 @@ def start_distillation(store, teacher_id: str, train_ds, val_ds, config: TrainCo
 
     def inputs() -> dict:
         tensors = encode_inputs(train_ds, val_ds, size)
-        # the teacher's own score is measured at the size it was trained at, as before training
+        # the teacher's own score is measured at the size it was trained at, as before training;
+        # it teaches from the training images at that size too, not from the student's scaled up
         tensors["teacher_val_images"] = encode_images(val_ds, teacher_size)
+        if teacher_size != size:
+            tensors["teacher_train_images"] = encode_images(train_ds, teacher_size)
         return tensors
 
     return start_folder_run(store, record, inputs, queue=queue)
 
 
+class _AtSizes(EncodedDataset):
+    """A run folder's training images at the student's size that hands over the same images
+    encoded at another size (``sizes[size]``, the teacher's) instead of resizing the student's."""
+
+    def __init__(self, images: torch.Tensor, labels, classes: list[str], sizes: dict[int, torch.Tensor]):
+        super().__init__(images, labels, classes)
+        self.sizes = sizes
+
+    def encoded(self, size: int) -> torch.Tensor:
+        return self.sizes[size] if size in self.sizes else super().encoded(size)
+
+
 def train_folder(store, record, stop, log, save, distributed=None):
     """A worker's body for a ``"distill"`` run folder: the student with the teacher, then without."""
     from core import backbones
-    from core.worker import ArmRecorder, EncodedDataset
+    from core.worker import ArmRecorder
 
     if distributed is not None and not distributed.main:
         return "finished", "", {}  # a distillation trains in one process: rank 0 alone
@@ -237,7 +308,9 @@ def train_folder(store, record, stop, log, save, distributed=None):
     temperature, alpha = float(cfg["temperature"]), float(cfg["alpha"])
     check_settings(temperature, alpha)
     inputs = store.load_inputs(record.id)
-    train = EncodedDataset(inputs["train_images"], inputs["train_labels"].tolist(), record.classes)
+    big = inputs.get("teacher_train_images")
+    train = _AtSizes(inputs["train_images"], inputs["train_labels"].tolist(), record.classes,
+                     {} if big is None else {int(big.shape[-1]): big})
     val = EncodedDataset(inputs["val_images"], inputs["val_labels"].tolist(), record.classes)
     teacher = store.load_model(cfg["teacher"])
     teacher_acc = teacher_accuracy(teacher, inputs["teacher_val_images"], inputs["val_labels"],

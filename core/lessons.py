@@ -10,7 +10,7 @@ A lesson is a Markdown file in ``assets/lessons/`` with a TOML front-matter bloc
     rule = "pretrained.val_acc > scratch.val_acc + 0.1"
 
     [experiment]
-    kind = "runs"            # training runs through the queue; or one of ANALYSES
+    kind = "runs"            # training runs; or inside, saliency, shift, distill, tasks
     data = "demo:source"     # demo:source, demo:target or sample:<name> (core.samples)
     size = 64
 
@@ -33,8 +33,10 @@ a ``LessonProblem`` whose message says what to fix, so a teacher's typo costs on
 from __future__ import annotations
 
 import ast
+import dataclasses
 import math
 import re
+import time
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -45,7 +47,7 @@ from core.errors import UserInputError
 
 __all__ = ["LESSON_DIR", "PAGES", "RUN_METRICS", "ANALYSES", "LessonError", "Arm", "Experiment", "NextStep",
            "Lesson", "LessonProblem", "Outcome", "parse_lesson", "load_lessons", "check_rule", "check_outcome",
-           "lesson_dataset", "arm_config", "run_results", "run_analysis"]
+           "lesson_dataset", "arm_config", "run_results", "run_analysis", "inside_profile", "LessonRun"]
 
 LESSON_DIR = Path(__file__).resolve().parent.parent / "assets" / "lessons"
 
@@ -56,8 +58,8 @@ PAGES = {"data": "Data", "model": "Model", "train": "Train", "features": "Featur
 # What a training run reports, for rules such as "pretrained.val_acc > scratch.val_acc + 0.1".
 RUN_METRICS = ("val_acc", "train_acc", "val_loss", "train_loss", "epochs")
 
-# Lessons that show something a training run alone cannot: a direct core call in a background task.
-# Each names the results its rule may read ({name: metrics}); the functions are in ANALYSES below.
+# Lessons that show something a training run alone cannot (see LessonRun for what each one runs).
+# Each names the results its rule may read ({name: metrics}); what runs directly is in ANALYSES below.
 ANALYSIS_RESULTS: dict[str, dict[str, tuple[str, ...]]] = {
     "inside": {"first": ("change", "cka"), "last": ("change", "cka"), "model": ("val_acc",)},
     "saliency": {"gradient": ("start", "end"), "gradcam": ("start", "end")},
@@ -420,38 +422,21 @@ def run_results(records: Mapping[str, object]) -> dict[str, dict[str, float]]:
     return results
 
 
-def _split(experiment: Experiment):
-    from core import data
-
-    ds, _ = lesson_dataset(experiment)
-    return data.split(ds, 0.25, experiment.seed)
-
-
-def _inside(experiment: Experiment, report) -> tuple[dict, list[dict]]:
-    """Fine-tune (by default every group, with discriminative rates), then how much each group
-    moved (weight change) and how similar its output stayed (linear CKA)."""
+def inside_profile(experiment: Experiment, before, after, val) -> tuple[dict, list[dict]]:
+    """How much each group of a fine-tuned model moved from its start (weight change) and how
+    similar its output stayed (linear CKA) on the validation images: (results, rows)."""
     import torch
 
-    from core import backbones
     from core.features import depth_profile
     from core.train.base import normalise
-    from core.training import clone_model, encode_images, fit
+    from core.training import encode_images
 
-    train, val = _split(experiment)
-    report(0.05, "Fine-tuning…")
-    model = backbones.starting_model(experiment.backbone, list(train.classes), seed=experiment.seed,
-                                     image_size=experiment.size)
-    before = clone_model(model)
-    config = arm_config(experiment, Arm("model", experiment.options.get("strategy", "full")))
-    history = fit(model, train, val, config)
-    report(0.8, "Comparing the layers before and after…")
-    x = normalise(encode_images(val, experiment.size), torch.tensor(model.mean).view(1, 3, 1, 1),
-                  torch.tensor(model.std).view(1, 3, 1, 1))
-    rows = depth_profile(before.eval(), model.eval(), model.layer_groups[:-1], x)
+    x = normalise(encode_images(val, experiment.size), torch.tensor(after.mean).view(1, 3, 1, 1),
+                  torch.tensor(after.std).view(1, 3, 1, 1))
+    rows = depth_profile(before.eval(), after.eval(), after.layer_groups[:-1], x)
     first, last = rows[0], rows[-1]
     results = {"first": {"change": first["weight_change"], "cka": first["cka"]},
-               "last": {"change": last["weight_change"], "cka": last["cka"]},
-               "model": {"val_acc": history.best_val_acc()}}
+               "last": {"change": last["weight_change"], "cka": last["cka"]}}
     return results, [{"group": r["group"], "weight change": r["weight_change"], "CKA before/after": r["cka"]}
                      for r in rows]
 
@@ -476,10 +461,9 @@ def _saliency(experiment: Experiment, report) -> tuple[dict, list[dict]]:
 
 
 def _shift(experiment: Experiment, report) -> tuple[dict, list[dict]]:
-    """MMD between the demo's two looks with a permutation test, the same test on two halves of
-    one look as a control, then plain fine-tuning against DAN on the shifted look."""
+    """MMD between the demo's two looks with a permutation test, and the same test on two halves
+    of one look as a control (measurements only: plain fine-tuning against DAN is a "dan" run)."""
     from core import backbones, data, mmd
-    from core.adaptation import adaptation_config, compare_adaptation
     from core.domain import HEAD_INPUT, extract_features, split_halves
 
     opts = experiment.options
@@ -490,6 +474,7 @@ def _shift(experiment: Experiment, report) -> tuple[dict, list[dict]]:
     report(0.05, "Features of both looks…")
     fs = extract_features(model, source, [HEAD_INPUT], experiment.size)[HEAD_INPUT]
     ft = extract_features(model, target, [HEAD_INPUT], experiment.size)[HEAD_INPUT]
+    report(0.6, "Permutation tests…")
     n_perm = int(opts.get("permutations", 500))
     shift = mmd.mmd_test(fs, ft, n_permutations=n_perm, seed=experiment.seed)
     half_a, half_b = split_halves(source, experiment.seed)
@@ -499,17 +484,6 @@ def _shift(experiment: Experiment, report) -> tuple[dict, list[dict]]:
                "control": {"mmd2": control.mmd2, "p_value": control.p_value}}
     rows = [{"compared": "source look vs target look", "MMD²": shift.mmd2, "p-value": shift.p_value},
             {"compared": "two halves of the source look (control)", "MMD²": control.mmd2, "p-value": control.p_value}]
-    if opts.get("dan", True):
-        report(0.3, "Plain fine-tuning and DAN…")
-        train, val = data.split(source, 0.25, experiment.seed)
-        config = adaptation_config(experiment.backbone, epochs=experiment.epochs, image_size=experiment.size,
-                                   seed=experiment.seed)
-        comparison = compare_adaptation(train, val, target, config, float(opts.get("lam", 1.0)),
-                                        backbone=experiment.backbone)
-        for key, arm in (("plain", comparison.plain), ("dan", comparison.dan)):
-            results[key] = {"target_acc": arm.target_acc, "mmd": arm.mmd_after}
-            rows.append({"compared": f"{arm.name}: accuracy on the target look", "MMD²": arm.mmd_after,
-                         "target accuracy": arm.target_acc})
     return results, rows
 
 
@@ -517,40 +491,6 @@ def _rows(ds, part) -> list[int]:
     """Positions in ``ds`` of the images of ``part`` (a subset of it, matched by name)."""
     position = {name: i for i, name in enumerate(ds.names)}
     return [position[name] for name in part.names]
-
-
-def _distill(experiment: Experiment, report) -> tuple[dict, list[dict]]:
-    """A teacher (fine-tuned at the lesson's size) teaches a student that sees smaller images,
-    against the same student trained on the labels alone."""
-    from dataclasses import replace
-
-    from core import backbones
-    from core.distillation import distill
-    from core.training import fit
-
-    opts = experiment.options
-    train, val = _split(experiment)
-    classes = list(train.classes)
-    report(0.05, "Training the teacher…")
-    teacher = backbones.starting_model(experiment.backbone, classes, seed=experiment.seed, image_size=experiment.size)
-    teacher_cfg = arm_config(experiment, Arm("teacher", opts.get("teacher_strategy", "feature_extraction"),
-                                             epochs=int(opts.get("teacher_epochs", experiment.epochs))))
-    teacher_acc = fit(teacher, train, val, teacher_cfg).best_val_acc()
-    student_size = int(opts.get("student_size", 32))
-    student_cfg = replace(arm_config(experiment, Arm("student", opts.get("student_strategy", "feature_extraction"))),
-                          image_size=student_size, early_stopping=0)
-    results = {"teacher": {"val_acc": teacher_acc}}
-    for index, (key, alpha) in enumerate((("with_teacher", float(opts.get("alpha", 0.7))), ("without_teacher", 0.0))):
-        report(0.3 + 0.35 * index, f"Training the student {key.replace('_', ' ')}…")
-        student = backbones.starting_model(experiment.backbone, classes, seed=experiment.seed,
-                                           pretrained=bool(opts.get("student_pretrained", True)),
-                                           image_size=student_size)
-        history = distill(student, teacher, train, val, student_cfg, float(opts.get("temperature", 4.0)), alpha)
-        results[key] = {"val_acc": history.best_val_acc()}
-    rows = [{"model": f"teacher ({experiment.size} px)", "validation accuracy": teacher_acc},
-            {"model": f"student ({student_size} px) with the teacher", "validation accuracy": results["with_teacher"]["val_acc"]},
-            {"model": f"student ({student_size} px), labels only", "validation accuracy": results["without_teacher"]["val_acc"]}]
-    return results, rows
 
 
 def _tasks(experiment: Experiment, report) -> tuple[dict, list[dict]]:
@@ -588,9 +528,12 @@ def _tasks(experiment: Experiment, report) -> tuple[dict, list[dict]]:
     return results, rows
 
 
-ANALYSES: dict[str, Callable] = {"inside": _inside, "saliency": _saliency, "shift": _shift, "distill": _distill,
-                                 "tasks": _tasks}
-assert set(ANALYSES) == set(ANALYSIS_RESULTS)
+# What each kind runs directly in a Task (analyses that do not train, or not through the queue yet);
+# the training of "inside" (a "train" run, then inside_profile on its saved models), "shift" (a "dan"
+# run) and "distill" (a teacher run, then a "distill" run) goes through the queue and the worker
+# processes, see LessonRun.
+ANALYSES: dict[str, Callable] = {"saliency": _saliency, "shift": _shift, "tasks": _tasks}
+assert set(ANALYSES) | {"inside", "distill"} == set(ANALYSIS_RESULTS)
 
 
 def run_analysis(experiment: Experiment, report=lambda fraction, text: None) -> tuple[dict, list[dict]]:
@@ -601,3 +544,316 @@ def run_analysis(experiment: Experiment, report=lambda fraction, text: None) -> 
         results, rows = ANALYSES[experiment.kind](experiment, report)
     # plain numbers only: the page shows them and the rule compares them
     return {name: {k: float(v) for k, v in metrics.items()} for name, metrics in results.items()}, rows
+
+
+# --------------------------------------------------------------------------------------------- in flight
+
+
+@dataclass
+class _Part:
+    """One piece of a lesson's experiment: a run queued through the worker kinds, or a Task."""
+
+    name: str
+    start: Callable  # () -> core.jobs.TrainingRun or core.tasks.Task
+    after: str | None = None  # a run that must have finished first (a distillation's teacher)
+    label: str = ""
+
+
+class LessonRun:
+    """A lesson's experiment in flight, without any UI: the Lessons page and ``scripts/lesson_times.py``
+    drive it alike.
+
+    Training goes through the queue and the worker processes, as runs of the kinds in
+    ``core.worker.KINDS``: a "train" run per arm of a "runs" lesson; for "inside", a "train" run
+    and then a Task comparing its saved start and end (``inside_profile``); a "dan" comparison (plain
+    fine-tuning against DAN) beside a Task that measures the shift, for "shift"; a teacher's "train"
+    run and then a "distill" run (the student with and without it), for "distill". Analyses that
+    do not train that way run as one Task. ``poll()`` starts what waited (for room in this person's
+    share of the queue, or for the teacher), and once every part has ended sets ``result`` from the
+    runs' records: ``{"results": {name: metrics}, "rows": table rows or None, "seconds", "error"}``,
+    or ``{"error": why}`` when nothing could be measured.
+
+    ``dataset(spec) -> (dataset, label)`` gives the images of a data spec ("demo:source", ...);
+    the page passes its cached demo sets.
+    """
+
+    def __init__(self, lesson: Lesson, store, owner: str = "", queue=None, dataset=None):
+        from core.tasks import get_queue
+
+        self.lesson, self.store, self.owner = lesson, store, owner
+        self.queue = queue or get_queue()
+        self._dataset = dataset or (lambda spec: lesson_dataset(dataclasses.replace(lesson.experiment, data=spec)))
+        self.jobs: dict = {}  # part name -> TrainingRun or Task
+        self.errors: dict[str, str] = {}  # part name -> why it never started
+        self.ended: dict[str, float] = {}  # part name -> when it was first seen ended
+        self.started = time.time()
+        self.stopped = False
+        self.result: dict | None = None
+        self.parts = self._parts()
+
+    # --- what a lesson's kind queues ---------------------------------------------------------
+
+    def _split(self):
+        from core import data
+
+        experiment = self.lesson.experiment
+        ds, label = self._dataset(experiment.data)
+        return (*data.split(ds, 0.25, experiment.seed), label)
+
+    def _parts(self) -> list[_Part]:
+        experiment = self.lesson.experiment
+        if experiment.kind == "runs":
+            return [self._arm_part(arm) for arm in experiment.arms]
+        if experiment.kind == "distill":
+            return self._distill_parts()
+        if experiment.kind == "inside":
+            return self._inside_parts()
+        parts = [self._task_part()]
+        if experiment.kind == "shift" and experiment.options.get("dan", True):
+            parts.append(self._dan_part())
+        return parts
+
+    def _arm_part(self, arm: Arm) -> _Part:
+        from core.jobs import start_run
+
+        experiment = self.lesson.experiment
+
+        def start():
+            train, val, label = self._split()
+            return start_run(self.store, train, val, backbone=experiment.backbone, pretrained=arm.pretrained,
+                             config=arm_config(experiment, arm), owner=self.owner, dataset=label,
+                             label=arm.label or f"Lesson: {arm.name}", queue=self.queue)
+
+        return _Part(arm.name, start, label=arm.name)
+
+    def _task_part(self) -> _Part:
+        from core.tasks import Task
+
+        experiment = self.lesson.experiment
+
+        def start():
+            return Task(lambda task: run_analysis(experiment, task.report), name=f"lesson-{self.lesson.slug}",
+                        queue=self.queue, owner=self.owner).start()
+
+        return _Part("analysis", start, label="measuring" if experiment.kind == "shift" else "analysis")
+
+    def _inside_parts(self) -> list[_Part]:
+        from core.tasks import Task
+
+        experiment = self.lesson.experiment
+        # by default every group trains, with discriminative rates: the lesson looks at all of them
+        model = self._arm_part(Arm("model", experiment.options.get("strategy", "full"),
+                                   label=f"Lesson {self.lesson.order:g}: fine-tuned to look inside"))
+
+        def compare(task):
+            run_id = self.jobs["model"].run_id
+            task.report(0.1, "Comparing the layers before and after…")
+            _, val, _ = self._split()
+            return inside_profile(experiment, self.store.load_starting_model(run_id), self.store.load_model(run_id), val)
+
+        def start():
+            return Task(compare, name=f"lesson-{self.lesson.slug}", queue=self.queue, owner=self.owner).start()
+
+        return [model, _Part("analysis", start, after="model", label="comparing the layers")]
+
+    def _dan_part(self) -> _Part:
+        from core.adaptation import adaptation_config, start_comparison
+
+        experiment = self.lesson.experiment
+
+        def start():
+            from core import data
+
+            source, label = self._dataset("demo:source")
+            target, _ = self._dataset("demo:target")
+            train, val = data.split(source, 0.25, experiment.seed)
+            config = adaptation_config(experiment.backbone, epochs=experiment.epochs, image_size=experiment.size,
+                                       seed=experiment.seed)
+            return start_comparison(train, val, target, config, float(experiment.options.get("lam", 1.0)),
+                                    store=self.store, backbone=experiment.backbone, target_eval=target,
+                                    owner=self.owner, label=f"Lesson {self.lesson.order:g}: plain vs DAN",
+                                    dataset=label, queue=self.queue)
+
+        return _Part("dan", start, label="plain vs DAN")
+
+    def _distill_parts(self) -> list[_Part]:
+        from core.distillation import start_distillation
+        from core.jobs import start_run
+
+        experiment, opts = self.lesson.experiment, self.lesson.experiment.options
+        number = f"Lesson {self.lesson.order:g}"
+
+        def teacher():
+            train, val, label = self._split()
+            config = arm_config(experiment, Arm("teacher", opts.get("teacher_strategy", "feature_extraction"),
+                                                epochs=int(opts.get("teacher_epochs", experiment.epochs))))
+            return start_run(self.store, train, val, backbone=experiment.backbone, pretrained=True, config=config,
+                             owner=self.owner, dataset=label, label=f"{number}: the teacher", queue=self.queue)
+
+        def students():
+            train, val, label = self._split()
+            student = Arm("student", opts.get("student_strategy", "feature_extraction"))
+            config = dataclasses.replace(arm_config(experiment, student), image_size=int(opts.get("student_size", 32)),
+                                         early_stopping=0)
+            return start_distillation(self.store, self.jobs["teacher"].run_id, train, val, config,
+                                      float(opts.get("temperature", 4.0)), float(opts.get("alpha", 0.7)),
+                                      backbone=experiment.backbone, pretrained=bool(opts.get("student_pretrained", True)),
+                                      owner=self.owner, dataset=label, label=f"{number}: the students",
+                                      queue=self.queue)
+
+        return [_Part("teacher", teacher, label="teacher"),
+                _Part("students", students, after="teacher", label="students")]
+
+    # --- following it ------------------------------------------------------------------------
+
+    def _record(self, name: str):
+        """The record of part ``name`` once it is a run (None for a Task, or a run removed since)."""
+        run_id = self.run_ids().get(name)
+        return self.store.get(run_id) if run_id else None
+
+    def _status(self, name: str) -> str:
+        if name in self.errors:
+            return "failed"
+        job = self.jobs.get(name)
+        if job is None:
+            return "cancelled" if self.stopped else "waiting"
+        return job.snapshot().status
+
+    def run_ids(self) -> dict[str, str]:
+        """{part: run id} of the parts that are runs (each can be opened on its page)."""
+        from core.jobs import TrainingRun
+
+        return {name: job.run_id for name, job in self.jobs.items() if isinstance(job, TrainingRun)}
+
+    def poll(self) -> bool:
+        """Start what can start now and bring ``result`` up to date; True while the experiment goes on."""
+        if self.result is not None:
+            return False
+        from core.tasks import DONE
+
+        for run_id in self.run_ids().values():
+            self.store.touch(run_id)  # a run on someone's screen is kept from the disk cap
+        going = False
+        for part in self.parts:
+            if part.name in self.jobs or part.name in self.errors:
+                if self._status(part.name) in DONE:
+                    self.ended.setdefault(part.name, time.time())
+                else:
+                    going = True
+                continue
+            if self.stopped:
+                continue
+            if part.after is not None:
+                before = self._status(part.after)
+                if before not in DONE:
+                    going = True
+                    continue
+                if before != "finished":
+                    self.errors[part.name] = f"it needs the {part.after} run, which ended {before}"
+                    continue
+            room = self.queue.room_for(self.owner)
+            if room is not None and room <= 0:
+                going = True  # this person's share of the queue is full: start it once a run ends
+                continue
+            try:
+                self.jobs[part.name] = part.start()
+            except UserInputError as exc:
+                self.errors[part.name] = str(exc)
+                continue
+            going = True
+        if going:
+            return True
+        self.result = self._outcome()
+        return False
+
+    def cancel(self) -> None:
+        """Stop every part that is queued or training; parts not started yet never start."""
+        self.stopped = True
+        for job in self.jobs.values():
+            job.cancel()
+
+    def progress(self) -> tuple[float, str]:
+        """(fraction of the whole experiment, what each part is doing), for a progress bar."""
+        done, parts = 0.0, []
+        for part in self.parts:
+            job = self.jobs.get(part.name)
+            snap = job.snapshot() if job is not None else None
+            status = self._status(part.name)
+            fraction = 1.0 if snap is not None and snap.done else (snap.progress if snap is not None else 0.0)
+            done += fraction
+            # a Task says what it is doing in words; a run's phase is a name ("cache", "train")
+            what = snap.phase if snap is not None and status == "running" and part.name == "analysis" else ""
+            percent = f" {fraction:.0%}" if status == "running" else ""
+            parts.append(f"{part.label}: {what or status}{percent}")
+        return done / max(1, len(self.parts)), " · ".join(parts)
+
+    # --- the outcome -------------------------------------------------------------------------
+
+    def _outcome(self) -> dict:
+        seconds = max(self.ended.values(), default=time.time()) - self.started
+        failed = dict(self.errors)
+        for name in self.jobs:
+            snap = self.jobs[name].snapshot()
+            if snap.status not in ("finished", "cancelled"):
+                failed[name] = f"{snap.status}{' — ' + snap.message if snap.message else ''}"
+        error = "; ".join(f"{name}: {why}" for name, why in failed.items())
+        if self.stopped:
+            return {"error": "You stopped the experiment before it finished: run it again to see the outcome."}
+        kind = self.lesson.experiment.kind
+        results: dict[str, dict[str, float]] = {}
+        rows: list[dict] | None = []
+        if kind == "runs":
+            results, rows = run_results({arm.name: self._record(arm.name) for arm in self.lesson.experiment.arms}), None
+        elif kind == "distill":
+            results, rows = self._distill_results()
+        else:
+            task = self.jobs.get("analysis")
+            if task is not None and task.snapshot().status == "finished":
+                results, rows = task.result
+                rows = list(rows)
+            if kind == "shift":
+                more, more_rows = self._dan_results()
+                results, rows = {**results, **more}, rows + more_rows
+            if kind == "inside" and results:
+                model = run_results({"model": self._record("model")})["model"]
+                results = {**results, "model": {"val_acc": model["val_acc"]} if model else {}}
+        if not any(results.values()):
+            return {"error": error or "The experiment ended without results."}
+        results = {name: {k: float(v) for k, v in metrics.items()} for name, metrics in results.items()}
+        return {"results": results, "rows": rows, "seconds": seconds, "error": error}
+
+    def _dan_results(self) -> tuple[dict, list[dict]]:
+        from core.adaptation import comparison_of
+
+        comparison = comparison_of(self._record("dan"))
+        if comparison is None:
+            return {}, []
+        results, rows = {}, []
+        for key, arm in (("plain", comparison.plain), ("dan", comparison.dan)):
+            results[key] = {"target_acc": arm.target_acc, "mmd": arm.mmd_after}
+            rows.append({"compared": f"{arm.name}: accuracy on the target look", "MMD²": arm.mmd_after,
+                         "target accuracy": arm.target_acc})
+        return results, rows
+
+    def _distill_results(self) -> tuple[dict, list[dict]]:
+        from core.distillation import VARIANTS, students_of
+
+        experiment = self.lesson.experiment
+        teacher = self._record("teacher")
+        results = {"teacher": {}}
+        if teacher is not None and run_results({"teacher": teacher})["teacher"]:
+            results["teacher"] = {"val_acc": run_results({"teacher": teacher})["teacher"]["val_acc"]}
+        record = self._record("students")
+        students = students_of(record) if record is not None else {v: [] for v in VARIANTS}
+        for key, variant in zip(("with_teacher", "without_teacher"), VARIANTS):
+            accs = [e["val_acc"] for e in students[variant] if "val_acc" in e]
+            results[key] = {"val_acc": max(accs)} if accs else {}
+        size = int(experiment.options.get("student_size", 32))
+        nan = float("nan")
+        rows = [{"model": f"teacher ({experiment.size} px)", "validation accuracy": results["teacher"].get("val_acc", nan)},
+                {"model": f"student ({size} px) with the teacher",
+                 "validation accuracy": results["with_teacher"].get("val_acc", nan)},
+                {"model": f"student ({size} px), labels only",
+                 "validation accuracy": results["without_teacher"].get("val_acc", nan)}]
+        return results, rows
+

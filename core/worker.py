@@ -41,7 +41,10 @@ class EncodedDataset:
         """The images as uint8 Tensor[N, 3, size, size] (resized only when the size differs)."""
         if self.images.shape[-1] == size and self.images.shape[-2] == size:
             return self.images
-        return encode_images(self, size)
+        # resized here: encode_images would hand the dataset back to this very method, forever
+        resized = torch.nn.functional.interpolate(self.images.float(), size=(size, size), mode="bilinear",
+                                                  antialias=True, align_corners=False)
+        return resized.round_().clamp_(0, 255).to(torch.uint8)
 
     def __len__(self) -> int:
         return len(self.labels)

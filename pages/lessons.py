@@ -1,16 +1,12 @@
 """Lessons: one idea of transfer learning at a time, each with an experiment that runs itself."""
 
-import time
-
 import streamlit as st
 
 from core import lessons as core_lessons
-from core.data import split
 from core.errors import UserInputError
-from core.jobs import start_run
-from core.tasks import Task, get_queue
+from core.tasks import get_queue
 from pages._links import STRATEGY_LABELS, apply_settings
-from pages._shared import (ModelChoice, bootstrap, demo, plain, preset_freeze, run_status, run_store, select_run)
+from pages._shared import ModelChoice, bootstrap, demo, plain, preset_freeze, run_store, select_run
 
 bootstrap()  # first, before the session is read: see bootstrap's docstring
 
@@ -38,19 +34,23 @@ def lesson_name(slug: str) -> str:
 # --- starting an experiment --------------------------------------------------------------------------------
 
 
-def lesson_split(experiment):
-    source, _, name = experiment.data.partition(":")
-    if source == "demo":  # the app's own cached demo set: the sidebar and the Data page show the same images
-        ds, label = demo(name, experiment.per_class, experiment.seed), f"Demo shapes ({name} look)"
-    else:
-        ds, label = core_lessons.lesson_dataset(experiment)
-    return ds, label, split(ds, 0.25, experiment.seed)
+def lesson_data(experiment):
+    """``spec -> (images, label)`` for a lesson's data specs: the app's own cached demo sets, so the
+    sidebar and the Data page show the very images the lesson trained on."""
+
+    def load(spec: str):
+        source, _, name = spec.partition(":")
+        if source == "demo":
+            return demo(name, experiment.per_class, experiment.seed), f"Demo shapes ({name} look)"
+        return core_lessons.lesson_dataset(experiment)
+
+    return load
 
 
 def use_setup(lesson) -> None:
     """The lesson's data and model become this session's, so the other pages continue from them."""
     experiment = lesson.experiment
-    ds, label, _ = lesson_split(experiment)
+    ds, label = lesson_data(experiment)(experiment.data)
     ss.dataset, ss.dataset_label, ss.load_report = ds, label, None
     if experiment.arms:
         arm = experiment.arms[0]
@@ -66,38 +66,20 @@ def _groups(backbone: str) -> list[str]:
     return backbones.group_names(backbone)
 
 
-def start_pending_runs(lesson, entry) -> None:
-    """Queue the arms not started yet, as far as this person's share of the queue allows: the rest
-    start from the polling below once an earlier one has finished."""
-    experiment = lesson.experiment
-    _, label, (train_ds, val_ds) = lesson_split(experiment)
-    for arm in experiment.arms:
-        if entry["runs"].get(arm.name):
-            continue
-        room = get_queue().room_for(ss.owner)
-        if room is not None and room <= 0:
-            return
-        job = start_run(run_store(), train_ds, val_ds, backbone=experiment.backbone, pretrained=arm.pretrained,
-                        config=core_lessons.arm_config(experiment, arm), owner=ss.owner, dataset=label,
-                        label=arm.label or f"Lesson: {arm.name}")
-        entry["runs"][arm.name] = job.run_id
-        if len(entry["runs"]) == 1:
-            select_run(job.run_id)  # the Train page opens on the lesson's first run
-
-
 def start(lesson) -> None:
+    """Queue the lesson's runs (as far as this person's share of the queue allows: the rest start
+    while it is followed below) or its analysis."""
     experiment = lesson.experiment
-    entry = {"started": time.time(), "result": None}
     if experiment.kind == "runs":
         use_setup(lesson)
-        entry["runs"] = {}
-        start_pending_runs(lesson, entry)
-        if not entry["runs"]:
-            raise UserInputError(get_queue().full_message())
-    else:
-        entry["task"] = Task(lambda task: core_lessons.run_analysis(experiment, task.report),
-                             name=f"lesson-{lesson.slug}", queue=get_queue(), owner=ss.owner).start()
-    state[lesson.slug] = entry
+    run = core_lessons.LessonRun(lesson, run_store(), owner=ss.owner, queue=get_queue(),
+                                  dataset=lesson_data(experiment))
+    run.poll()
+    if not run.jobs:
+        raise UserInputError(" ".join(run.errors.values()) or get_queue().full_message())
+    if experiment.kind == "runs":
+        select_run(next(iter(run.run_ids().values())))  # the Train page opens on the lesson's first run
+    state[lesson.slug] = {"run": run, "result": None}
 
 
 # --- following it -------------------------------------------------------------------------------------------
@@ -107,58 +89,19 @@ def poll(lesson, entry) -> bool:
     """Bring ``entry`` up to date; True while the experiment is still going."""
     if entry.get("result") is not None:
         return False
-    if lesson.experiment.kind == "runs":
-        records, failed = {}, []
-        for arm in lesson.experiment.arms:
-            run_id = entry["runs"].get(arm.name)
-            if run_id is None:
-                continue
-            snap, record = run_status(run_id)
-            if record is None:  # removed (the disk cap, or by hand): it will never finish
-                records[arm.name] = None
-                failed.append(f"{arm.name}: the run is gone")
-            elif record.done:
-                records[arm.name] = record
-                if record.status not in ("finished", "cancelled"):
-                    failed.append(f"{arm.name}: {record.status}{' — ' + record.message if record.message else ''}")
-        if len(records) < len(lesson.experiment.arms):
-            if len(entry["runs"]) < len(lesson.experiment.arms):
-                try:
-                    start_pending_runs(lesson, entry)
-                except UserInputError as exc:
-                    entry["result"] = {"error": str(exc)}
-                    return False
-            return True
-        finished = max((r.finished or time.time()) if r is not None else time.time() for r in records.values())
-        entry["result"] = {"results": core_lessons.run_results(records), "rows": None,
-                           "seconds": finished - entry["started"], "error": "; ".join(failed)}
-        return False
-    snap = entry["task"].snapshot()
-    if not snap.done:
+    run = entry["run"]
+    if run.poll():
         return True
-    if snap.status != "finished":
-        entry["result"] = {"error": snap.message or snap.status}
-    else:
-        results, rows = entry["task"].result
-        entry["result"] = {"results": results, "rows": rows, "seconds": snap.seconds, "error": ""}
-    entry.pop("task")  # the task holds the datasets and models no more than needed
+    entry["result"] = run.result
+    entry.pop("run")  # the finished parts hold nothing the page still needs
     return False
 
 
 def progress_ui(lesson, entry) -> None:
-    if lesson.experiment.kind == "runs":
-        parts = []
-        for arm in lesson.experiment.arms:
-            run_id = entry["runs"].get(arm.name)
-            snap, record = run_status(run_id) if run_id else (None, None)
-            status = record.status if record is not None and record.done else (snap.status if snap else "waiting")
-            progress = f" {snap.progress:.0%}" if snap is not None and status == "running" else ""
-            parts.append(f"{arm.name}: {status}{progress}")
-        st.progress(0.0, text="Running… " + " · ".join(parts))
-        return
-    snap = entry["task"].snapshot()
-    text = "Waiting for a free slot…" if snap.status == "queued" else (snap.phase or "Running…")
-    st.progress(snap.progress, text=f"{text} {snap.progress:.0%}")
+    fraction, text = entry["run"].progress()
+    st.progress(fraction, text=f"Running… {text}")
+    if st.button("Stop", icon=":material/stop:", key=f"lesson-stop-{lesson.slug}"):
+        entry["run"].cancel()
 
 
 def fmt(value: float) -> str:

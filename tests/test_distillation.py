@@ -6,9 +6,9 @@ import torch
 import torch.nn.functional as F
 
 from core import backbones
-from core.distillation import distill, distillation_loss, soften
+from core.distillation import distill, distillation_loss, paired_views, soften
 from core.errors import ConfigError
-from core.training import TrainConfig
+from core.training import TrainConfig, augment_batch, encode_images, make_augmenter
 from test_training import Shapes
 
 
@@ -127,3 +127,92 @@ def test_teacher_and_student_must_share_their_classes(lite0, data):
     teacher, student = make(lite0, 1), make(lite0, 2, classes=("cat", "dog"))
     with pytest.raises(ConfigError, match="same, in the same order"):
         distill(student, teacher, *data, TrainConfig(epochs=1, image_size=32), 2.0, 0.5)
+
+
+def teacher_inputs(teacher):
+    """Every input the teacher is run on, as a list filled while a distillation runs."""
+    seen = []
+    teacher.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach().clone()))
+    return seen
+
+
+@pytest.mark.parametrize("cached", [True, False], ids=["cached-student", "uncached-student"])
+def test_the_teacher_sees_the_datasets_images_at_its_own_size_not_the_students_scaled_up(lite0, cached):
+    train, val = Shapes(12, 0, size=64), Shapes(4, 1, size=64)
+    torch.manual_seed(1)
+    teacher = backbones.classifier(lite0, 2, image_size=64, classes=["disc", "square"])
+    student = make(lite0, 2)  # 32 px
+    seen = teacher_inputs(teacher)
+    config = TrainConfig(epochs=1, batch_size=4, image_size=32, freeze=head_only(student), augment=False,
+                         cache_features=cached)
+    history = distill(student, teacher, train, val, config, temperature=2.0, alpha=0.5)
+    assert history.used_feature_cache is cached
+    mean, std = torch.tensor(teacher.mean).view(1, 3, 1, 1), torch.tensor(teacher.std).view(1, 3, 1, 1)
+    expected = (encode_images(train, 64).float() / 255 - mean) / std
+    inputs = torch.cat(seen)
+    assert inputs.shape[1:] == expected.shape[1:]
+    # each image the teacher saw is one of the dataset's images at 64 px, exactly
+    nearest = torch.cdist(inputs.flatten(1), expected.flatten(1)).min(dim=1).values
+    assert float(nearest.max()) < 1e-3
+
+
+def test_with_augmentation_the_teacher_sees_the_students_crop_of_the_original():
+    train = Shapes(6, 0, size=64)
+    small, big = encode_images(train, 32), encode_images(train, 64)
+    augmenter = make_augmenter(32, flip=True, color_jitter=True)
+    student, teacher = paired_views(small, big, augmenter, 123, 64)
+    assert torch.equal(student, augment_batch(small, augmenter, 123))  # the views the loop makes
+    assert teacher.shape == (6, 3, 64, 64)
+
+    def shrunk(views):
+        return F.interpolate(views.float(), size=(32, 32), mode="bilinear", antialias=True)
+
+    same = (shrunk(teacher) - student.float()).abs().mean()
+    _, other = paired_views(small, big, augmenter, 7, 64)  # another draw: other crops
+    assert same < 0.25 * (shrunk(other) - student.float()).abs().mean()
+
+
+class InProcess:
+    """A worker pool that trains a run folder in this process, so a test can watch the teacher."""
+
+    def run(self, folder, on_start=None):
+        from core.worker import train_run_folder
+
+        return train_run_folder(folder), ""
+
+
+def test_a_distillation_run_folder_teaches_from_the_training_images_at_the_teachers_size(tmp_path, monkeypatch):
+    from core.distillation import Distillation, start_distillation
+    from core.jobs import create_run
+    from core.runs import RunStore
+    from core.tasks import TaskQueue
+    from core.worker import train_run_folder
+
+    store = RunStore(tmp_path / "data")
+    train, val = Shapes(8, 0, size=64), Shapes(4, 1, size=64)
+    frozen = [g for g in backbones.group_names("efficientnet_lite0") if g != "head"]
+    teacher = create_run(store, train, val, backbone="efficientnet_lite0", pretrained=True,
+                         config=TrainConfig(epochs=1, batch_size=8, freeze=frozen, image_size=64))
+    assert train_run_folder(store.folder(teacher.id)) == "finished"
+    seen = []
+    teach = Distillation._teach
+    monkeypatch.setattr(Distillation, "_teach", lambda self, trainer, images: (seen.append(images.cpu()),
+                                                                                teach(self, trainer, images))[1])
+    student = TrainConfig(epochs=1, batch_size=8, freeze=frozen, image_size=32, augment=False)
+    job = start_distillation(store, teacher.id, train, val, student, 2.0, 0.5, backbone="efficientnet_lite0",
+                             queue=TaskQueue(1, pool=InProcess()))
+    assert job.join(120) and store.get(job.run_id).status == "finished", store.get(job.run_id).message
+    originals = encode_images(train, 64)
+    shown = torch.cat(seen)
+    assert shown.shape[1:] == originals.shape[1:]
+    assert all(any(torch.equal(image, original) for original in originals) for image in shown)
+
+
+def test_a_run_folders_images_at_another_size_are_resized_not_an_endless_loop():
+    from core.worker import EncodedDataset
+
+    train = Shapes(4, 0, size=64)
+    ds = EncodedDataset(encode_images(train, 64), train.labels, train.classes)
+    small = encode_images(ds, 32)  # asked the dataset itself before, which asked encode_images again
+    assert small.shape == (4, 3, 32, 32) and small.dtype == torch.uint8
+    assert (small.float() - encode_images(train, 32).float()).abs().mean() < 4  # the same pictures, smaller

@@ -61,3 +61,23 @@ def test_a_next_step_link_applies_its_settings_and_opens_its_page():
     settings = next(s for s in found[0].next_steps if s.page == "train").settings
     assert at.session_state.train_config.epochs == settings["epochs"]
     assert at.session_state.model_choice.strategy == "Fine-tune all"
+
+
+def test_a_distillation_lesson_shows_its_runs_progress_and_stops_them():
+    from core.runs import RunStore
+    from core.settings import get_settings
+    from pages_helpers import texts, wait_for
+
+    at = open_lessons()
+    found, _ = lessons.load_lessons()
+    lesson = next(x for x in found if x.experiment.kind == "distill")
+    at.radio(key="lesson-pick").set_value(lesson.slug).run()
+    [b for b in at.button if b.label == "Run this experiment"][0].click().run()
+    assert not at.exception and not at.error, texts(at.error)
+    progress = " ".join(p.proto.text for p in at.get("progress"))
+    assert "teacher:" in progress and "students: waiting" in progress  # the students wait for their teacher
+    at.button(key=f"lesson-stop-{lesson.slug}").click().run()
+    wait_for(at, lambda at: any("stopped the experiment" in e for e in texts(at.error)), 120)
+    runs = RunStore(get_settings().data_dir).list()
+    assert [r.label for r in runs] == [f"Lesson {lesson.order:g}: the teacher"]  # the students never started
+    assert runs[0].status == "cancelled"
