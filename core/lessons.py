@@ -493,46 +493,34 @@ def _rows(ds, part) -> list[int]:
     return [position[name] for name in part.names]
 
 
-def _tasks(experiment: Experiment, report) -> tuple[dict, list[dict]]:
-    """One backbone with a head per task against one model per task, then 5-way K-shot episodes of
-    classes never trained on, from pretrained features and from random ones."""
-    import numpy as np
-
-    from core import backbones, data, fewshot
+def _few_shot(experiment: Experiment, report) -> tuple[dict, list[dict]]:
+    """N-way K-shot episodes of classes never trained on, from pretrained features and from random
+    ones (no training: prototypes, and the scratch floor's linear classifier per episode). The
+    shared and separate multi-task models of the same lesson train as runs, see LessonRun."""
+    from core import backbones, fewshot
     from core.fewshot_data import demo_fewshot
-    from core.multitask import compare_shared_separate, demo_multitask
 
     opts = experiment.options
     bb = backbones.load(experiment.backbone)
-    report(0.05, "Shared and separate models…")
-    ds = demo_multitask(per_class=experiment.per_class, seed=experiment.seed, size=max(32, experiment.size))
-    train, val = data.split(ds, 0.25, experiment.seed)
-    config = arm_config(experiment, Arm("tasks", "feature_extraction"))
-    comparison = compare_shared_separate(bb, train, val, config)
-    results = {"shared": {"acc": float(np.mean(list(comparison.shared_acc.values()))),
-                          "params": float(comparison.shared_params)},
-               "separate": {"acc": float(np.mean(list(comparison.separate_acc.values()))),
-                            "params": float(comparison.separate_params)}}
-    rows = [{"what": f"task {r['task']}: shared / separate", "accuracy": f"{r['shared']:.0%} / {r['separate']:.0%}"}
-            for r in comparison.rows()]
-    report(0.6, "Few-shot episodes…")
-    shots = int(opts.get("k_shot", 5))
+    shots, ways = int(opts.get("k_shot", 5)), int(opts.get("n_way", 5))
     episodes = demo_fewshot(n_classes=int(opts.get("classes", 12)), per_class=int(opts.get("fewshot_per_class", 12)),
                             seed=experiment.seed, size=experiment.size)
-    for key, method in (("pretrained", "prototypes"), ("scratch", "scratch")):
-        result = fewshot.evaluate(bb, episodes, method, n_way=int(opts.get("n_way", 5)), k_shot=shots,
+    results, rows = {}, []
+    for i, (key, method) in enumerate((("pretrained", "prototypes"), ("scratch", "scratch"))):
+        report(0.05 + 0.5 * i, f"Few-shot episodes, {key} features…")
+        result = fewshot.evaluate(bb, episodes, method, n_way=ways, k_shot=shots,
                                   n_query=int(opts.get("n_query", 5)), episodes=int(opts.get("episodes", 50)),
                                   seed=experiment.seed, image_size=experiment.size)
         results[key] = {"acc": float(result.mean)}
-        rows.append({"what": f"5-way {shots}-shot, {key} features", "accuracy": f"{result.mean:.0%}"})
+        rows.append({"what": f"{ways}-way {shots}-shot, {key} features", "accuracy": f"{result.mean:.0%}"})
     return results, rows
 
 
-# What each kind runs directly in a Task (analyses that do not train, or not through the queue yet);
-# the training of "inside" (a "train" run, then inside_profile on its saved models), "shift" (a "dan"
-# run) and "distill" (a teacher run, then a "distill" run) goes through the queue and the worker
-# processes, see LessonRun.
-ANALYSES: dict[str, Callable] = {"saliency": _saliency, "shift": _shift, "tasks": _tasks}
+# What each kind runs directly in a Task (analyses that do not train); the training of "inside" (a
+# "train" run, then inside_profile on its saved models), "shift" (a "dan" run), "distill" (a teacher
+# run, then a "distill" run) and "tasks" (a "multitask" run for the shared model and one per task
+# for the separate ones) goes through the queue and the worker processes, see LessonRun.
+ANALYSES: dict[str, Callable] = {"saliency": _saliency, "shift": _shift, "tasks": _few_shot}
 assert set(ANALYSES) | {"inside", "distill"} == set(ANALYSIS_RESULTS)
 
 
@@ -567,11 +555,13 @@ class LessonRun:
     ``core.worker.KINDS``: a "train" run per arm of a "runs" lesson; for "inside", a "train" run
     and then a Task comparing its saved start and end (``inside_profile``); a "dan" comparison (plain
     fine-tuning against DAN) beside a Task that measures the shift, for "shift"; a teacher's "train"
-    run and then a "distill" run (the student with and without it), for "distill". Analyses that
-    do not train that way run as one Task. ``poll()`` starts what waited (for room in this person's
-    share of the queue, or for the teacher), and once every part has ended sets ``result`` from the
-    runs' records: ``{"results": {name: metrics}, "rows": table rows or None, "seconds", "error"}``,
-    or ``{"error": why}`` when nothing could be measured.
+    run and then a "distill" run (the student with and without it), for "distill"; a "multitask" run
+    of the shared model and a one-task "multitask" run per separate model beside a Task for the
+    few-shot episodes, for "tasks". Analyses that do not train that way run as one Task. ``poll()``
+    starts what waited (for room in this person's share of the queue, or for the teacher), and once
+    every part has ended sets ``result`` from the runs' records: ``{"results": {name: metrics},
+    "rows": table rows or None, "seconds", "error"}``, or ``{"error": why}`` when nothing could be
+    measured.
 
     ``dataset(spec) -> (dataset, label)`` gives the images of a data spec ("demo:source", ...);
     the page passes its cached demo sets.
@@ -608,6 +598,8 @@ class LessonRun:
             return self._distill_parts()
         if experiment.kind == "inside":
             return self._inside_parts()
+        if experiment.kind == "tasks":
+            return [*self._multitask_parts(), self._task_part()]
         parts = [self._task_part()]
         if experiment.kind == "shift" and experiment.options.get("dan", True):
             parts.append(self._dan_part())
@@ -635,7 +627,8 @@ class LessonRun:
             return Task(lambda task: run_analysis(experiment, task.report), name=f"lesson-{self.lesson.slug}",
                         queue=self.queue, owner=self.owner).start()
 
-        return _Part("analysis", start, label="measuring" if experiment.kind == "shift" else "analysis")
+        label = {"shift": "measuring", "tasks": "few-shot"}.get(experiment.kind, "analysis")
+        return _Part("analysis", start, label=label)
 
     def _inside_parts(self) -> list[_Part]:
         from core.tasks import Task
@@ -655,6 +648,35 @@ class LessonRun:
             return Task(compare, name=f"lesson-{self.lesson.slug}", queue=self.queue, owner=self.owner).start()
 
         return [model, _Part("analysis", start, after="model", label="comparing the layers")]
+
+    def _multitask_parts(self) -> list[_Part]:
+        """One model with a head per task, and one model per task with that head alone: the same
+        backbone, split, seed and settings (feature extraction), each a "multitask" run."""
+        from core.multitask import DEMO_TASKS, start_multitask_run
+
+        experiment = self.lesson.experiment
+        number = f"Lesson {self.lesson.order:g}"
+        config = arm_config(experiment, Arm("tasks", "feature_extraction"))
+
+        def start(tasks: list[str] | None, label: str):
+            def queue():
+                from core import data
+                from core.multitask import demo_multitask
+
+                ds = demo_multitask(per_class=experiment.per_class, seed=experiment.seed,
+                                    size=max(32, experiment.size))
+                train, val = data.split(ds, 0.25, experiment.seed)
+                if tasks is not None:
+                    train, val = train.only_tasks(tasks), val.only_tasks(tasks)
+                # accuracy is all the lesson reads: no gradient-conflict batches after each epoch
+                return start_multitask_run(self.store, train, val, backbone=experiment.backbone, pretrained=True,
+                                           config=config, conflict_batches=0, owner=self.owner,
+                                           dataset="Multi-task demo", label=f"{number}: {label}", queue=self.queue)
+            return queue
+
+        return [_Part("shared", start(None, "one model for every task"), label="shared model"),
+                *(_Part(f"alone:{task}", start([task], f"a model for {task} alone"), label=f"{task} alone")
+                  for task in DEMO_TASKS)]
 
     def _dan_part(self) -> _Part:
         from core.adaptation import adaptation_config, start_comparison
@@ -814,6 +836,9 @@ class LessonRun:
             if kind == "shift":
                 more, more_rows = self._dan_results()
                 results, rows = {**results, **more}, rows + more_rows
+            if kind == "tasks":
+                more, more_rows = self._multitask_results()
+                results, rows = {**more, **results}, more_rows + rows
             if kind == "inside" and results:
                 model = run_results({"model": self._record("model")})["model"]
                 results = {**results, "model": {"val_acc": model["val_acc"]} if model else {}}
@@ -833,6 +858,37 @@ class LessonRun:
             results[key] = {"target_acc": arm.target_acc, "mmd": arm.mmd_after}
             rows.append({"compared": f"{arm.name}: accuracy on the target look", "MMD²": arm.mmd_after,
                          "target accuracy": arm.target_acc})
+        return results, rows
+
+    def _multitask_results(self) -> tuple[dict, list[dict]]:
+        """Shared against separate from the runs' records: the mean over tasks of each task's
+        validation accuracy (at the epoch each run kept), and every parameter of the models."""
+        import numpy as np
+
+        from core.multitask import kept_accuracy_by_task
+
+        def read(name: str) -> tuple[dict[str, float], float]:
+            record = self._record(name)
+            if record is None or not record.epochs:
+                return {}, math.nan
+            info = record.info or {}
+            params = info.get("trainable_params", math.nan) + info.get("frozen_params", math.nan)
+            return kept_accuracy_by_task(record.epochs, info.get("best_epoch")), float(params)
+
+        shared, shared_params = read("shared")
+        separate, separate_params = {}, 0.0
+        for part in self.parts:
+            if part.name.startswith("alone:"):
+                task = part.name.partition(":")[2]
+                acc, params = read(part.name)
+                separate[task] = acc.get(task, math.nan)
+                separate_params += params
+        # a task whose run failed counts as nan: the mean is nan and the rule cannot match
+        results = {"shared": {"acc": float(np.mean(list(shared.values()))), "params": shared_params} if shared else {},
+                   "separate": {"acc": float(np.mean(list(separate.values()))), "params": separate_params}}
+        rows = [{"what": f"task {task}: shared / separate",
+                 "accuracy": f"{shared.get(task, math.nan):.0%} / {separate.get(task, math.nan):.0%}"}
+                for task in separate]
         return results, rows
 
     def _distill_results(self) -> tuple[dict, list[dict]]:

@@ -61,6 +61,7 @@ __all__ = [
     "confusion_by_task",
     "TaskComparison",
     "compare_shared_separate",
+    "kept_accuracy_by_task",
     "EncodedMultiTaskDataset",
     "encode_multitask_inputs",
     "starting_multitask_model",
@@ -931,12 +932,15 @@ class TaskComparison:
         return rows
 
 
-def _final_by_task(history) -> dict[str, float]:
-    if not history.epochs:
+def kept_accuracy_by_task(epochs: Sequence, best_epoch: int | None = None) -> dict[str, float]:
+    """Validation accuracy per task of the epoch whose weights a fit kept: ``best_epoch`` (early
+    stopping) or else the last. ``epochs`` are ``MultiTaskEpochMetrics`` or, as a run's record
+    stores them, their dicts."""
+    rows = [e if isinstance(e, Mapping) else vars(e) for e in epochs]
+    if not rows:
         return {}
-    best = history.best_epoch
-    chosen = next((e for e in history.epochs if e.epoch == best), history.epochs[-1]) if best else history.epochs[-1]
-    return dict(chosen.val_acc_by_task)
+    chosen = next((e for e in rows if e.get("epoch") == best_epoch), rows[-1]) if best_epoch else rows[-1]
+    return dict(chosen.get("val_acc_by_task") or {})
 
 
 def compare_shared_separate(backbone, train_ds: MultiTaskDataset, val_ds: MultiTaskDataset, config,
@@ -970,7 +974,7 @@ def compare_shared_separate(backbone, train_ds: MultiTaskDataset, val_ds: MultiT
         trainable = sum(p.numel() for g in model.layer_groups if g.name not in frozen
                         and config.lr_multipliers.get(g.name, 1.0) > 0
                         for m in g.modules for p in model.get_submodule(m).parameters())
-        return _final_by_task(history), total, trainable, seconds
+        return kept_accuracy_by_task(history.epochs, history.best_epoch), total, trainable, seconds
 
     shared_acc, shared_params, shared_trainable, shared_seconds = run(tasks)
     separate_acc, separate_params, separate_trainable, separate_seconds = {}, 0, 0, 0.0
@@ -1048,9 +1052,12 @@ def starting_multitask_model(name: str, tasks: Mapping[str, Sequence[str]], *, p
 
 def new_multitask_record(train_ds, val_ds, *, backbone: str, pretrained: bool, config, weights_path=None,
                          head: str = "linear", weighting: str = "equal", weights: Mapping[str, float] | None = None,
-                         pcgrad: bool = False, owner: str = "", label: str = "", dataset: str = ""):
+                         pcgrad: bool = False, conflict_batches: int = 4, owner: str = "", label: str = "",
+                         dataset: str = ""):
     """A queued multi-task run's record (``config["kind"] == "multitask"``, ``config["tasks"]``: task ->
-    classes in output order), after checking that the run can start at all."""
+    classes in output order), after checking that the run can start at all. ``conflict_batches``:
+    batches measuring gradient conflict after each epoch (0: none, e.g. for a comparison that
+    reads accuracy alone)."""
     from dataclasses import replace
 
     from core.jobs import new_record
@@ -1069,7 +1076,7 @@ def new_multitask_record(train_ds, val_ds, *, backbone: str, pretrained: bool, c
                         label=label or f"{backbone} {'pretrained' if pretrained else 'scratch'}, multi-task")
     return replace(record, config={**record.config, "kind": "multitask", "tasks": train_ds.tasks,
                                    "weighting": weighting, "task_weights": dict(weights or {}),
-                                   "pcgrad": bool(pcgrad)})
+                                   "pcgrad": bool(pcgrad), "conflict_batches": int(conflict_batches)})
 
 
 def start_multitask_run(store, train_ds, val_ds, *, queue=None, **options):
@@ -1102,7 +1109,7 @@ def train_folder(store, record, stop, log, save, distributed=None):
                                      image_size=config.image_size, head=cfg.get("head", "linear"),
                                      weights_path=cfg.get("weights_file"))
     objective = MultiTask(cfg.get("weighting", "equal"), cfg.get("task_weights") or None,
-                          pcgrad=bool(cfg.get("pcgrad", False)))
+                          pcgrad=bool(cfg.get("pcgrad", False)), conflict_batches=int(cfg.get("conflict_batches", 4)))
     main = distributed is None or distributed.main
     callbacks = [log]
     if main:

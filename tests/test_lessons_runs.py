@@ -104,3 +104,31 @@ def test_the_inside_lesson_fine_tunes_in_a_run_then_compares_its_saved_start_and
     assert values["model"]["val_acc"] == max(e["val_acc"] for e in record.epochs)
     assert values["first"]["change"] > 0 and 0 < values["last"]["cka"] <= 1.0001
     assert [row["group"] for row in result["rows"]][0] == "stem"
+
+
+def test_the_tasks_lesson_trains_the_shared_model_and_each_separate_one_as_multitask_runs(store, pool):
+    from core.multitask import DEMO_TASKS
+
+    lesson = tiny("tasks", "shared.acc >= 0 and separate.acc >= 0 and pretrained.acc >= 0",
+                  "episodes = 2\nclasses = 6\nn_way = 3\nk_shot = 2\nfewshot_per_class = 10")
+    run = LessonRun(lesson, store, owner=OWNER, queue=TaskQueue(1, per_person=2, pool=pool))
+    result = follow(run)
+    assert result["error"] == "", result
+    records = {name: store.get(run_id) for name, run_id in run.run_ids().items()}
+    assert set(records) == {"shared", *(f"alone:{task}" for task in DEMO_TASKS)}
+    assert {record.config["kind"] for record in records.values()} == {"multitask"}
+    assert records["shared"].config["tasks"] == DEMO_TASKS
+    for task, classes in DEMO_TASKS.items():
+        assert records[f"alone:{task}"].config["tasks"] == {task: classes}
+    # the outcome is the runs' records: each task's accuracy at the epoch the run kept (here the last)
+    values = result["results"]
+    shared = records["shared"].epochs[-1]["val_acc_by_task"]
+    assert values["shared"]["acc"] == pytest.approx(sum(shared.values()) / len(shared))
+    separate = [records[f"alone:{task}"].epochs[-1]["val_acc_by_task"][task] for task in DEMO_TASKS]
+    assert values["separate"]["acc"] == pytest.approx(sum(separate) / len(separate))
+    assert records["shared"].epochs[-1]["grad_cosine"] == []  # no gradient-conflict batches: accuracy is all it reads
+    # three backbones against one with three heads
+    assert 2 * values["shared"]["params"] < values["separate"]["params"]
+    assert set(values) == {"shared", "separate", "pretrained", "scratch"}
+    assert [row["what"] for row in result["rows"]][:3] == [f"task {task}: shared / separate" for task in DEMO_TASKS]
+    assert lessons.check_outcome(lesson, values).matched

@@ -339,3 +339,13 @@ def test_a_task_view_names_its_layers_as_the_model_does_and_follows_its_mode():
     assert not model.training and not model.get_submodule("drop").training
     x = torch.randn(2, 3, 32, 32)
     assert torch.equal(view(x), model(x)["tint"])
+
+
+def test_the_accuracy_per_task_a_run_kept_is_its_best_epochs_with_early_stopping_else_its_last():
+    from core.multitask import kept_accuracy_by_task
+
+    epochs = [{"epoch": 1, "val_acc_by_task": {"shape": 0.5}}, {"epoch": 2, "val_acc_by_task": {"shape": 0.9}},
+              {"epoch": 3, "val_acc_by_task": {"shape": 0.7}}]
+    assert kept_accuracy_by_task(epochs, best_epoch=2) == {"shape": 0.9}
+    assert kept_accuracy_by_task(epochs) == {"shape": 0.7}
+    assert kept_accuracy_by_task([]) == {}
