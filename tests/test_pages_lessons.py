@@ -81,3 +81,26 @@ def test_a_distillation_lesson_shows_its_runs_progress_and_stops_them():
     runs = RunStore(get_settings().data_dir).list()
     assert [r.label for r in runs] == [f"Lesson {lesson.order:g}: the teacher"]  # the students never started
     assert runs[0].status == "cancelled"
+
+
+def test_the_tasks_lesson_queues_its_models_as_runs_shows_each_ones_progress_and_stops_them():
+    from core.runs import RunStore
+    from core.settings import get_settings
+    from pages_helpers import texts, wait_for
+
+    at = open_lessons()
+    found, _ = lessons.load_lessons()
+    lesson = next(x for x in found if x.experiment.kind == "tasks")
+    at.radio(key="lesson-pick").set_value(lesson.slug).run()
+    [b for b in at.button if b.label == "Run this experiment"][0].click().run()
+    assert not at.exception and not at.error, texts(at.error)
+    progress = " ".join(p.proto.text for p in at.get("progress"))
+    # two runs fill this person's share of the queue: the others wait for room
+    assert "shared model:" in progress and "shape alone:" in progress, progress
+    assert "size alone: waiting" in progress and "few-shot: waiting" in progress, progress
+    at.button(key=f"lesson-stop-{lesson.slug}").click().run()
+    wait_for(at, lambda at: any("stopped the experiment" in e for e in texts(at.error)), 120)
+    runs = RunStore(get_settings().data_dir).list()
+    assert sorted(r.label for r in runs) == [f"Lesson {lesson.order:g}: a model for shape alone",
+                                            f"Lesson {lesson.order:g}: one model for every task"]
+    assert {(r.config["kind"], r.status) for r in runs} == {("multitask", "cancelled")}
