@@ -298,6 +298,21 @@ def test_a_warm_up_on_the_cache_trains_the_same_head_as_one_without_it():
     assert len(cached.epochs) == len(plain.epochs) == 4
 
 
+def test_keep_bn_stats_trains_batchnorm_scales_but_leaves_its_pretrained_statistics():
+    for keep in (False, True):
+        model = tiny()
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        fit(model, TRAIN, VAL, config(freeze=[], keep_bn_stats=keep, cache_features=False))
+        after = model.state_dict()
+        stats = [k for k in before if "running_mean" in k or "running_var" in k]
+        scales = [k.replace("running_mean", "weight") for k in stats if "running_mean" in k]
+        assert len(stats) == 4 and len(scales) == 2
+        assert all(torch.equal(before[k], after[k]) for k in stats) == keep
+        assert not any(torch.equal(before[k], after[k]) for k in scales)  # the affine part trains either way
+    with pytest.raises(ConfigError, match="Choose one"):
+        config(keep_bn_stats=True, train_bn=True).validate()
+
+
 class RunsOutOfMemoryOnce(Callback):
     def __init__(self):
         self.starts = []

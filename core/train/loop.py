@@ -583,7 +583,8 @@ class Trainer:
         """Set which groups train this epoch (and their modes), then tell the objective and callbacks."""
         if self.warmup_end and epoch == self.warmup_end + 1:
             self._leave_warmup(epoch)
-        apply_epoch_plan(self.model, self.by_group, self.plan[epoch - 1], self.config.train_bn)
+        apply_epoch_plan(self.model, self.by_group, self.plan[epoch - 1], self.config.train_bn,
+                         self.config.keep_bn_stats)
         if self.dist is not None:
             self.dist.freeze_batchnorm(self.model)
             self._ddp = self.dist.wrap(self.model, self._ddp)
