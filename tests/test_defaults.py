@@ -89,3 +89,16 @@ def test_grayscale_share_counts_images_whose_channels_are_equal():
     mixed = ImageDataset(list(gray.images) + [colour], [0, 1, 0, 1], ["a", "b"], list("abcd"))
     assert grayscale_share(gray) == 1.0
     assert grayscale_share(mixed) == pytest.approx(0.75)
+
+
+@pytest.mark.parametrize("strategy", ["last_stage", "progressive", "full"])
+def test_fine_tuning_presets_warm_the_head_up_and_keep_batchnorm_statistics(strategy):
+    groups = backbones.group_names(backbones.DEFAULT_BACKBONE)
+    config = strategy_config(strategy, groups)
+    assert 0 < config.warmup_epochs < config.epochs and config.early_stopping > 0
+    assert config.keep_bn_stats and not config.train_bn
+    # rates shrink toward the input: the earliest group that trains moves slowest
+    training = [g for g in groups if g not in config.freeze]
+    rates = [config.lr_multipliers.get(g, 1.0) for g in training]
+    assert rates == sorted(rates) and rates[-1] == 1.0
+    assert not strategy_config("feature_extraction", groups).keep_bn_stats  # nothing in the body trains

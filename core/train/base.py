@@ -103,9 +103,6 @@ class TrainConfig:
             raise ConfigError("Warm-up epochs must be a whole number from 0 to one less than the epochs.")
         if not isinstance(self.early_stopping, int) or not 0 <= self.early_stopping <= 100:
             raise ConfigError("Early stopping patience must be a whole number from 0 (off) to 100 epochs.")
-        if self.train_bn and self.keep_bn_stats:
-            raise ConfigError("Choose one: frozen groups' BatchNorm updating its statistics, or every BatchNorm "
-                              "keeping its pretrained statistics.")
         if not 1 <= self.cached_views <= 16:
             raise ConfigError("Cached views must be between 1 and 16.")
         for name, mult in self.lr_multipliers.items():
@@ -288,16 +285,19 @@ def apply_freeze(model: Classifier, frozen_modules: list[nn.Module], train_bn: b
 def apply_epoch_plan(model: Classifier, by_group: dict[str, list[nn.Parameter]], active: dict[str, float],
                      train_bn: bool, keep_bn_stats: bool = False) -> None:
     """Make this epoch's groups trainable and freeze the rest, BatchNorm statistics included; with
-    ``keep_bn_stats`` every BatchNorm layer normalises with its running statistics and leaves them be."""
+    ``keep_bn_stats`` the BatchNorm layers of the groups that train normalise with their running
+    statistics and leave them be (``train_bn`` still decides for the frozen groups)."""
     for name, params in by_group.items():
         for p in params:
             p.requires_grad_(active.get(name, 0) > 0)
     resting = [model.get_submodule(m) for g in model.layer_groups if active[g.name] == 0 for m in g.modules]
     apply_freeze(model, resting, train_bn)
     if keep_bn_stats:
-        for module in model.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                module.eval()
+        training = [model.get_submodule(m) for g in model.layer_groups if active[g.name] > 0 for m in g.modules]
+        for module in training:
+            for sub in module.modules():
+                if isinstance(sub, nn.modules.batchnorm._BatchNorm):
+                    sub.eval()
 
 
 def make_optimizer(config: TrainConfig, param_groups: list[dict]) -> torch.optim.Optimizer:

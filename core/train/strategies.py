@@ -11,8 +11,9 @@
 - ``full``: after the warm-up every group trains, with discriminative rates from 1/100 of the
   head's rate at the stem.
 
-Every fine-tuning preset stops early once the validation loss stops improving and keeps its best
-epoch, so none ends on a rising validation loss.
+Every fine-tuning preset warms the head up on cached features until it converges (at most 20
+epochs), keeps BatchNorm's pretrained statistics while the body trains, stops early once the
+validation loss stops improving and keeps its best epoch, so none ends on a rising validation loss.
 """
 
 from __future__ import annotations
@@ -36,7 +37,11 @@ _HEAD_ONLY = dict(epochs=60, early_stopping=8, lr=3e-3, batch_size=32, weight_de
 # The warm-up is at most WARMUP epochs of the head alone, on cached features (milliseconds each),
 # ended by early stopping once the head has converged; the fine-tuning epochs come after it.
 WARMUP = 20
-_FINE_TUNE = dict(batch_size=16, weight_decay=1e-2, augment=True, early_stopping=3, warmup_epochs=WARMUP)
+# BatchNorm keeps its pretrained statistics while fine-tuning (keep_bn_stats): batches of 16 of a
+# small, unlike dataset give statistics that wreck the features (full fine-tuning on 300 digits at
+# 64 px: 0.83 with them updating, 0.97 with them kept).
+_FINE_TUNE = dict(batch_size=16, weight_decay=1e-2, augment=True, early_stopping=3, warmup_epochs=WARMUP,
+                  keep_bn_stats=True)
 
 
 def _body(group_names: Sequence[str]) -> list[str]:
