@@ -336,19 +336,15 @@ def hints_ui(epochs: list[dict], status: str, message: str, info: dict) -> None:
 
 
 @st.fragment(run_every=1.0)
-def live_run(run_id: str) -> None:
+def follow_run(run_id: str) -> None:
+    """A queued or running run, redrawn every second by one fragment from the queue to the end.
+
+    One fragment, not one per state: swapping fragments with a full rerun when a run left the queue
+    left some pages (6 of 20 in a classroom load test) polling the old fragment's id, which the
+    server no longer knew, so they showed "running" for ever. A queued run draws little (its
+    heading and its place in the queue), so polling it every second costs the server little."""
     if not show_run(run_id):
         st.rerun()  # finished: redraw the whole page once, without the timer
-
-
-@st.fragment(run_every=3.0)
-def waiting_run(run_id: str) -> None:
-    """A queued run polls less often: in a full classroom most sessions wait here, and their
-    redraws would otherwise take CPU from the run that is training."""
-    snap, _ = run_status(run_id)
-    if snap is None or snap.status != "queued":
-        st.rerun()  # its turn came (or it ended): switch to the live view
-    show_run(run_id)
 
 
 def compare_ui(runs) -> None:
@@ -399,10 +395,8 @@ run_id = ss.current_run
 if run_id:
     job = get_job(run_id)
     snap = job.snapshot() if job is not None else None
-    if snap is not None and snap.status == "queued":
-        waiting_run(run_id)
-    elif snap is not None and not snap.done:
-        live_run(run_id)
+    if snap is not None and not snap.done:
+        follow_run(run_id)
     else:
         show_run(run_id)
 
