@@ -255,6 +255,11 @@ class WarmupWatcher(Callback):
 
     def __init__(self):
         self.cache, self.stem_trains, self.head_at_start, self.head_at_end = [], [], [], []
+        self.first_lr = []  # the head's learning rate at each epoch's first step
+
+    def on_batch_start(self, step):
+        if len(self.first_lr) < len(self.cache):
+            self.first_lr.append(self.trainer.optimizer.param_groups[-1]["lr"])
 
     def on_epoch_start(self, epoch):
         model = self.trainer.model
@@ -287,6 +292,8 @@ def test_the_head_warms_up_on_cached_features_until_it_converges_then_everything
     assert best < warm - 1, "the warm-up ran past its best epoch before it ended"
     assert losses[best] < losses[-1]
     assert torch.equal(watcher.head_at_start[warm], watcher.head_at_end[best])
+    # fine-tuning has a schedule of its own that ramps up over its first epoch to the full rate
+    assert watcher.first_lr[warm] < 0.5 < history.epochs[warm].lr <= 1.0
 
 
 def test_a_warm_up_on_the_cache_trains_the_same_head_as_one_without_it():

@@ -16,6 +16,7 @@ from core.errors import ConfigError
 from core.seeding import seeded
 
 __all__ = [
+    "HEAD_PATIENCE",
     "TrainConfig",
     "EpochMetrics",
     "History",
@@ -414,7 +415,9 @@ def discriminative_multipliers(group_names: Sequence[str], lowest: float = 0.01)
 
 
 # A cache of activations larger than this is not worth the memory: train without it.
-
-
-# A cache of activations larger than this is not worth the memory: train without it.
 CACHE_BUDGET_BYTES = 1_500_000_000
+
+# How many epochs without a better validation loss a head trained alone on cached features waits
+# before it counts as converged: feature extraction's patience, and a fine-tuning warm-up's. Its
+# epochs cost milliseconds, and a head stopped too soon hands fine-tuning a worse start.
+HEAD_PATIENCE = 8

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from core.train.base import Callback, EpochMetrics, FitInfo, History
+from core.train.base import HEAD_PATIENCE, Callback, EpochMetrics, FitInfo, History
 
 __all__ = ["EarlyStopping"]
 
@@ -38,9 +38,10 @@ class EarlyStopping(Callback):
             self._put_back_best()
             self.wait = 0
             return
-        if self.wait < self.patience:
+        warming = metrics.epoch < t.warmup_end
+        if self.wait < (max(self.patience, HEAD_PATIENCE) if warming else self.patience):
             return
-        if metrics.epoch < t.warmup_end:
+        if warming:
             # the head's warm-up has converged: not the end of the run, the start of fine-tuning,
             # from the best head (the last one may already be past it)
             self._put_back_best()

@@ -496,11 +496,22 @@ class Trainer:
 
     def _start_phase(self, epochs: int) -> None:
         """A fresh learning-rate schedule over the next ``epochs`` (after the warm-up: fine-tuning
-        starts at its full rates, as fastai's ``fine_tune`` does)."""
+        reaches its full rates again, as fastai's ``fine_tune`` does). A cosine schedule first ramps
+        up linearly over one epoch: pretrained layers that start training at full rate take a step
+        large enough to undo the warm-up (the validation loss doubled in the first epoch)."""
         for group, lr in zip(self.optimizer.param_groups, self.base_lrs):
             group["lr"] = lr
             group.pop("initial_lr", None)
-        self.scheduler = make_scheduler(self.config, self.optimizer, self.steps * max(1, epochs))
+        total = self.steps * max(1, epochs)
+        if self.config.schedule != "cosine":
+            self.scheduler = make_scheduler(self.config, self.optimizer, total)
+            return
+        ramp = max(1, min(self.steps, total // 2))
+
+        def factor(step: int) -> float:
+            return min(1.0, (step + 1) / ramp) * 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
 
     def _fit_once(self, data: dict) -> History:
         model, objective = self.model, self.objective

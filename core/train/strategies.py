@@ -11,7 +11,7 @@
 - ``full``: after the warm-up every group trains, with discriminative rates from 1/100 of the
   head's rate at the stem.
 
-Every fine-tuning preset warms the head up on cached features until it converges (at most 20
+Every fine-tuning preset warms the head up on cached features until it converges (at most 30
 epochs), keeps BatchNorm's pretrained statistics while the body trains, stops early once the
 validation loss stops improving and keeps its best epoch, so none ends on a rising validation loss.
 """
@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from core.errors import ConfigError
-from core.train.base import TrainConfig, discriminative_multipliers
+from core.train.base import HEAD_PATIENCE, TrainConfig, discriminative_multipliers
 
 __all__ = ["STRATEGIES", "strategy_config", "strategy_of"]
 
@@ -32,11 +32,11 @@ STRATEGIES = {
     "full": "Fine-tune all",
 }
 
-_HEAD_ONLY = dict(epochs=60, early_stopping=8, lr=3e-3, batch_size=32, weight_decay=1e-4, augment=True,
+_HEAD_ONLY = dict(epochs=60, early_stopping=HEAD_PATIENCE, lr=3e-3, batch_size=32, weight_decay=1e-4, augment=True,
                   cached_views=3, warmup_epochs=0, unfreeze_every=0)
 # The warm-up is at most WARMUP epochs of the head alone, on cached features (milliseconds each),
 # ended by early stopping once the head has converged; the fine-tuning epochs come after it.
-WARMUP = 20
+WARMUP = 30
 # BatchNorm keeps its pretrained statistics while fine-tuning (keep_bn_stats): batches of 16 of a
 # small, unlike dataset give statistics that wreck the features (full fine-tuning on 300 digits at
 # 64 px: 0.83 with them updating, 0.97 with them kept).
