@@ -96,10 +96,16 @@ def set_text(page, label: str, value: str):
 
 def add_single_images(page, class_name: str, files: dict[str, bytes], added: int | None = None):
     set_text(page, "Class name", class_name)
+    # the rerun the name's Enter starts must end first: files picked in the middle of it were lost
+    # on a busy CI machine (the Add button never came)
+    wait_until_idle(page)
     page.locator("[data-testid=stFileUploader] input[type=file]").set_input_files(
         [{"name": name, "mimeType": "image/png", "buffer": payload} for name, payload in files.items()])
     n = len(files)
-    page.get_by_role("button", name=f"Add {n} image{'s' if n != 1 else ''} to '{class_name}'").click()
+    add = page.get_by_role("button", name=f"Add {n} image{'s' if n != 1 else ''} to '{class_name}'")
+    expect(add).to_be_enabled(timeout=90_000)
+    wait_until_idle(page)
+    add.click()
     added = n if added is None else added
     expect(page.get_by_text(re.compile(rf"Added {added} images? to '{re.escape(class_name)}'")).first).to_be_visible(
         timeout=30_000)
