@@ -115,7 +115,8 @@ class RunStore:
                 records.append(record)
         return sorted(records, key=lambda r: r.created, reverse=True)
 
-    def save_model(self, run_id: str, model: Classifier) -> None:
+    def save_model(self, run_id: str, model: Classifier, state: dict | None = None) -> None:
+        """The run's model file: ``model``'s weights, or ``state`` (a copy of them taken earlier)."""
         meta = {
             "backbone": model.backbone_name,
             "classes": json.dumps(model.classes),
@@ -126,7 +127,7 @@ class RunStore:
         }
         if getattr(model, "tasks", None):  # a multi-task model: its heads' tasks and classes, in order
             meta["tasks"] = json.dumps(model.tasks)
-        self._write(run_id, "model.safetensors", model.state_dict(), meta)
+        self._write(run_id, "model.safetensors", model.state_dict() if state is None else state, meta)
 
     def save_start(self, run_id: str, model: Classifier, pretrained: bool) -> None:
         """Keep the randomly initialised part of the model a run starts from: its head, or all of

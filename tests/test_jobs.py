@@ -395,3 +395,39 @@ def test_an_early_stop_and_the_epoch_kept_are_in_the_run_record(store):
     after = store.get(record.id)
     assert after.info["stopped"] == "early" and len(after.epochs) < 40
     assert 1 <= after.info["best_epoch"] < len(after.epochs) and "Stopped early" in after.message
+
+
+def test_best_weights_reach_disk_at_once_then_at_most_every_few_seconds(monkeypatch):
+    """An interrupted run keeps its best weights so far; writing the model at every new best took a
+    quarter of a short run, so a newer best within ``every`` seconds waits in memory, unchanged by
+    the epochs that train on after it, until it is due."""
+    from types import SimpleNamespace
+
+    clock = {"now": 100.0}
+    monkeypatch.setattr(worker.time, "monotonic", lambda: clock["now"])
+    written = []
+
+    class Store:
+        def save_model(self, run_id, model, state=None):
+            written.append({k: v.clone() for k, v in (model.state_dict() if state is None else state).items()})
+
+    model = torch.nn.Linear(2, 1)
+    keeper = worker.BestKeeper(Store(), "r")
+
+    def epoch(acc, seconds_later, weight):
+        clock["now"] += seconds_later
+        with torch.no_grad():
+            model.weight.fill_(weight)
+        keeper.epoch_end(model, SimpleNamespace(val_acc=acc, train_loss=1.0))
+
+    epoch(0.5, 1, weight=1.0)  # the first best: written at once
+    assert len(written) == 1 and written[0]["weight"].eq(1.0).all()
+    epoch(0.7, 1, weight=2.0)  # a better one a second later: kept in memory
+    epoch(0.6, 1, weight=3.0)  # worse, not yet due
+    assert len(written) == 1
+    epoch(0.6, keeper.every, weight=4.0)  # worse, but the waiting best is due: the epoch-2 weights
+    assert len(written) == 2 and written[1]["weight"].eq(2.0).all()
+    epoch(0.9, keeper.every, weight=5.0)  # a new best when due: written at once
+    assert len(written) == 3 and written[2]["weight"].eq(5.0).all()
+    epoch(0.2, keeper.every, weight=6.0)  # nothing waiting: nothing written
+    assert len(written) == 3
