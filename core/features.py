@@ -441,15 +441,23 @@ class FeatureCache:
 
     ``get_or_compute`` runs ``compute`` outside the lock, so two threads missing the same key at
     once may both compute it; the last one stored wins. The caller picks keys that change when a
-    model changes (``id(model)`` alone does not notice in-place training).
+    model changes (``id(model)`` alone does not notice in-place training). With ``max_bytes`` the
+    tensors it holds stay under that many bytes too (the newest item is kept whatever its size).
     """
 
-    def __init__(self, max_items: int = 64):
+    def __init__(self, max_items: int = 64, max_bytes: int | None = None):
         if max_items < 1:
             raise ValueError("max_items must be at least 1")
-        self.max_items = max_items
+        self.max_items, self.max_bytes = max_items, max_bytes
         self._items: OrderedDict[Hashable, Any] = OrderedDict()
+        self._sizes: dict[Hashable, int] = {}
         self._lock = threading.Lock()
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the tensors held."""
+        with self._lock:
+            return sum(self._sizes.values())
 
     def get(self, key: Hashable, default: Any = None) -> Any:
         with self._lock:
@@ -468,8 +476,11 @@ class FeatureCache:
         with self._lock:
             self._items[key] = value
             self._items.move_to_end(key)
-            while len(self._items) > self.max_items:
-                self._items.popitem(last=False)
+            self._sizes[key] = value.nbytes if isinstance(value, torch.Tensor) else 0
+            while len(self._items) > self.max_items or (
+                    self.max_bytes is not None and len(self._items) > 1 and sum(self._sizes.values()) > self.max_bytes):
+                old, _ = self._items.popitem(last=False)
+                self._sizes.pop(old, None)
 
     def __contains__(self, key: Hashable) -> bool:
         with self._lock:
@@ -482,6 +493,7 @@ class FeatureCache:
     def clear(self) -> None:
         with self._lock:
             self._items.clear()
+            self._sizes.clear()
 
     def get_or_compute(self, key: Hashable, compute: Callable[[], Any]) -> Any:
         """The cached value for ``key``, computing and storing it on a miss."""

@@ -25,7 +25,7 @@ __all__ = [*_base_names, "fit", "clone_model", "Trainer", "skip_prefix", "prefix
 
 
 def fit(model: Classifier, train_ds, val_ds, config: TrainConfig, callbacks: Sequence[Callback] = (),
-        stop=None, *, distributed=None) -> History:
+        stop=None, *, distributed=None, shared_cache=None) -> History:
     """Train ``model`` in place on ``train_ds``, evaluating on ``val_ds`` after every epoch.
 
     Setting ``stop`` (a ``threading.Event``) ends the run within one batch. A loss that becomes
@@ -33,10 +33,12 @@ def fit(model: Classifier, train_ds, val_ds, config: TrainConfig, callbacks: Seq
     weights of the last good epoch are put back. Layer groups that never train are computed once
     per image (and per cached augmented view) when ``config.cache_features`` allows, and only the
     rest of the network runs. ``distributed``: this process's share of a ``torchrun`` job
-    (``core.train.distributed.Distributed``).
+    (``core.train.distributed.Distributed``). ``shared_cache``: a mapping that keeps those cached
+    activations for later fits (keyed by the frozen layers' weights, the images, the size and the
+    augmentation seed, so a hit is the same tensor a fresh pass would compute).
     """
-    return Trainer(model, Classification(), config, callbacks, stop,
-                   distributed=distributed).fit({"train": train_ds, "val": val_ds})
+    return Trainer(model, Classification(), config, callbacks, stop, distributed=distributed,
+                   shared_cache=shared_cache).fit({"train": train_ds, "val": val_ds})
 
 
 def clone_model(model: Classifier) -> Classifier:

@@ -23,6 +23,7 @@ from PIL import Image
 
 from core import backbones
 from core.errors import UserInputError
+from core.features import FeatureCache
 from core.runs import EVENTS, RunRecord, RunStore
 from core.training import Callback, TrainConfig, encode_images, fit
 
@@ -286,6 +287,12 @@ def kind_function(record: RunRecord):
     return function
 
 
+# A worker's frozen-backbone features, kept between the runs it trains: a class that trains the
+# default feature extraction on the demo set computes the same activations run after run (same
+# backbone, images, size and augmentation seeds; the key says so), about half of such a run.
+BANKS = FeatureCache(max_items=256, max_bytes=192 * 2**20)
+
+
 def train_classifier(store: RunStore, record: RunRecord, stop: StopSignal, log: EventLog, save, distributed=None):
     cfg = record.config
     config = TrainConfig.from_dict(cfg)
@@ -306,7 +313,8 @@ def train_classifier(store: RunStore, record: RunRecord, stop: StopSignal, log: 
         store.save_start(record.id, model, record.pretrained)
         callbacks = [_BestWeights(store, record.id, model, lambda **c: save(**c)), log]  # weights first, then news
     # the loop retries once at half the batch after running out of GPU memory (EventLog says so)
-    history = fit(model, train_ds, val_ds, config, callbacks, stop, distributed=distributed)
+    history = fit(model, train_ds, val_ds, config, callbacks, stop, distributed=distributed,
+                  shared_cache=BANKS if distributed is None else None)
     status = status_of(history.stopped)
     if history.epochs and main:
         store.save_model(record.id, model)

@@ -243,6 +243,23 @@ def test_the_first_point_comes_after_one_cached_view_and_the_others_join_one_per
     assert all(math.isfinite(e.val_loss) for e in history.epochs)
 
 
+def test_a_later_fit_reuses_the_frozen_features_of_an_earlier_one_and_trains_the_same_head():
+    """A worker keeps cached features between runs (a class trains the same defaults on the same
+    images): the second fit computes no backbone pass, and its history is the first one's."""
+    shared = {}
+    cfg = config(freeze=["stem", "block"], augment=True, cached_views=2, epochs=3, early_stopping=0)
+    first = fit(tiny(), Toy(16), VAL, cfg, shared_cache=shared)
+    assert first.cache == "head" and len(shared) == 3  # two augmented views of the training images, plain val
+    model, passes = tiny(), []
+    model.get_submodule("stem").register_forward_hook(lambda module, inputs, out: passes.append(len(inputs[0])))
+    second = fit(model, Toy(16), VAL, cfg, shared_cache=shared)
+    assert passes == [1] and len(shared) == 3  # one image: the probe that sizes the cache
+    assert [(e.train_loss, e.val_loss) for e in second.epochs] == [(e.train_loss, e.val_loss) for e in first.epochs]
+    # other augmentation seeds (or images, or frozen weights) are other features: computed afresh
+    fit(model, Toy(16), VAL, TrainConfig(**{**cfg.to_dict(), "seed": 1}), shared_cache=shared)
+    assert sum(passes) > 1 + 16 and len(shared) == 5  # two new views; the plain validation features were the same
+
+
 def test_an_early_stop_is_recorded_in_the_history_with_the_epoch_it_kept():
     history = fit(tiny(), TRAIN, VAL, config(freeze=["stem", "block"], epochs=60, lr=0.05, early_stopping=1))
     assert history.stopped == "early" and len(history.epochs) < 60

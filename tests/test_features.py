@@ -390,6 +390,19 @@ def test_feature_cache_keeps_the_most_recently_used_items():
     assert calls == [1]
 
 
+def test_feature_cache_with_a_byte_budget_drops_its_oldest_tensors_first():
+    cache = FeatureCache(max_items=10, max_bytes=3000)
+    for name in "abc":
+        cache[name] = torch.zeros(250)  # 1,000 bytes each
+    assert cache.nbytes == 3000 and len(cache) == 3
+    cache["a"]  # now the most recent
+    cache["d"] = torch.zeros(500)  # 2,000 bytes: the two least recent go
+    assert "b" not in cache and "c" not in cache and {"a", "d"} <= {k for k in "abcd" if k in cache}
+    assert cache.nbytes == 3000
+    cache["huge"] = torch.zeros(10_000)  # over the budget alone: kept, everything older goes
+    assert len(cache) == 1 and "huge" in cache
+
+
 def test_feature_cache_stays_bounded_under_concurrent_writers():
     cache = FeatureCache(max_items=8)
 

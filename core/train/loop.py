@@ -354,16 +354,16 @@ class Trainer:
                            if all(epoch[g.name] == 0 for epoch in self.plan[:self.warmup_end])]
             if len(warm_frozen) == len(model.layer_groups) - 1:
                 self._choose_cache(warm_frozen)
-                self.cache_until = self.warmup_end if self.cache_mode == "head" else None
-                if self.cache_mode == "prefix":
-                    self.cache_mode = None
+                if self.cache_mode == "head":
+                    self.cache_until = self.warmup_end
+                else:  # only the head's input can serve a warm-up that ends (_leave_warmup)
+                    self._drop_cache()
 
     def _choose_cache(self, never_trained) -> None:
         """Decide what the cache skips: the longest run of ``never_trained`` groups from the input on."""
         config, model = self.config, self.model
-        self.cache_mode, self.boundary, self.prefix_modules, self.stash = None, None, [], {}
-        self.banks, self.plain_banks, self.filled_views, self.view_seeds = {}, {}, {}, {}
-        self.lazy_cache = False
+        self._drop_cache()
+        self.boundary, self.prefix_modules, self.stash = None, [], {}
         prefix = []
         for g in model.layer_groups:
             if g not in never_trained:
@@ -403,7 +403,7 @@ class Trainer:
         a training view (``view`` given) is shown to the objective too. ``tick``: report each batch
         as progress of the "cache" phase (not for what is cached later, between epochs)."""
         key = (self.cache_mode, self.boundary_name, self.prefix_digest, int(self.config.image_size),
-               str(self.device), tensor_key(images), seed)
+               str(self.device), str(self.amp_dtype), tensor_key(images), seed)
         chosen = augment_batch(images, self.augmenter, seed) if seed is not None else images
         if view is not None:
             self.objective.on_cache_view(self, source, view, chosen)
@@ -607,9 +607,13 @@ class Trainer:
         """The first fine-tuning epoch: the warm-up's cache goes (the body trains now), and the
         schedule starts again over the epochs left."""
         if self.cache_until is not None:
-            self.cache_mode, self.cache_until, self.lazy_cache = None, None, False
-            self.banks, self.plain_banks, self.filled_views, self.view_seeds = {}, {}, {}, {}
+            self._drop_cache()
         self._start_phase(len(self.plan) - epoch + 1)
+
+    def _drop_cache(self) -> None:
+        """No feature cache (any more): every batch runs the whole model."""
+        self.cache_mode, self.cache_until, self.lazy_cache = None, None, False
+        self.banks, self.plain_banks, self.filled_views, self.view_seeds = {}, {}, {}, {}
 
     def _train_epoch(self, epoch: int) -> dict:
         """One pass over the objective's batches; returns the epoch's sums (tensors stay on the device)."""
