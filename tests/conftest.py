@@ -23,3 +23,21 @@ def lite0():
     from core import backbones
 
     return backbones.load()
+
+
+@pytest.fixture(scope="module")
+def pool():
+    """One warm worker process per test module: starting one costs seconds (torch's import)."""
+    from core.tasks import WorkerPool
+
+    workers = WorkerPool(1, threads=1)
+    yield workers
+    workers.close()
+
+
+@pytest.fixture
+def store(tmp_path):
+    """A run store of its own for the test."""
+    from core.runs import RunStore
+
+    return RunStore(tmp_path / "data")

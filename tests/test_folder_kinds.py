@@ -13,8 +13,7 @@ from core.adaptation import adaptation_config, compare_adaptation, comparison_of
 from core.distillation import VARIANTS, start_distillation, students_of
 from core.errors import ConfigError
 from core.jobs import start_run
-from core.runs import RunStore
-from core.tasks import TaskQueue, WorkerPool
+from core.tasks import TaskQueue
 from core.training import TrainConfig, encode_images, evaluate, labels_of
 from tests.test_training import Shapes
 
@@ -22,17 +21,6 @@ ALICE = "a" * 16
 FROZEN = ["stem", "stage1", "stage2", "stage3", "stage4", "stage5", "stage6", "stage7", "top"]
 
 
-@pytest.fixture(scope="module")
-def pool():
-    """One warm worker for the module: starting one costs seconds (torch's import)."""
-    workers = WorkerPool(1, threads=1)
-    yield workers
-    workers.close()
-
-
-@pytest.fixture
-def store(tmp_path):
-    return RunStore(tmp_path / "data")
 
 
 @pytest.fixture(scope="module")

@@ -30,10 +30,6 @@ def pool():
     workers.close()
 
 
-@pytest.fixture
-def store(tmp_path):
-    return RunStore(tmp_path / "data")
-
 
 def quick_config(**changes):
     return TrainConfig(**{"epochs": 2, "batch_size": 8, "freeze": FROZEN, "image_size": 32, **changes})

@@ -6,22 +6,11 @@ import pytest
 
 from core import lessons
 from core.lessons import LessonRun, parse_lesson
-from core.runs import RunStore
-from core.tasks import TaskQueue, WorkerPool
+from core.tasks import TaskQueue
 
 OWNER = "b" * 16
 
 
-@pytest.fixture(scope="module")
-def pool():
-    workers = WorkerPool(1, threads=1)
-    yield workers
-    workers.close()
-
-
-@pytest.fixture
-def store(tmp_path):
-    return RunStore(tmp_path / "data")
 
 
 def tiny(kind: str, rule: str, extra: str = "") -> lessons.Lesson:

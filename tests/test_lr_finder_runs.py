@@ -10,8 +10,7 @@ import pytest
 from core import backbones, cli
 from core.errors import ConfigError
 from core.lr_finder import find_lr, start_lr_sweep, sweep_of
-from core.runs import RunStore
-from core.tasks import TaskQueue, WorkerPool
+from core.tasks import TaskQueue
 from core.training import TrainConfig
 from tests.test_training import Shapes
 
@@ -20,17 +19,6 @@ BACKBONE = backbones.DEFAULT_BACKBONE
 BODY = ["stem", "stage1", "stage2", "stage3", "stage4", "stage5", "stage6", "stage7", "top"]
 
 
-@pytest.fixture(scope="module")
-def pool():
-    """One warm worker for the module: starting one costs seconds (torch's import)."""
-    workers = WorkerPool(1, threads=1)
-    yield workers
-    workers.close()
-
-
-@pytest.fixture
-def store(tmp_path):
-    return RunStore(tmp_path / "data")
 
 
 @pytest.fixture(scope="module")

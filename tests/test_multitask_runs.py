@@ -8,18 +8,12 @@ from core.errors import DataError
 from core.jobs import get_job
 from core.multitask import MultiTaskClassifier, MultiTaskDataset, demo_multitask, predict_tasks, start_multitask_run
 from core.runs import RunStore
-from core.tasks import TaskQueue, WorkerPool
+from core.tasks import TaskQueue
 from core.training import TrainConfig
 
 FROZEN = ["stem", "stage1", "stage2", "stage3", "stage4", "stage5", "stage6", "stage7", "top"]
 OWNER = "c" * 16
 
-
-@pytest.fixture(scope="module")
-def pool():
-    workers = WorkerPool(1, threads=1)
-    yield workers
-    workers.close()
 
 
 def with_gaps(ds: MultiTaskDataset) -> MultiTaskDataset:
