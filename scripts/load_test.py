@@ -10,6 +10,13 @@ by itself after --timeout seconds, whatever the server does.
 
     python scripts/load_test.py --sessions 20
     python scripts/load_test.py --url http://127.0.0.1:8501 --pid 12345 --sessions 5
+    python scripts/load_test.py --sessions 20 --pin   # browsers on the last core, server on the rest
+
+The N browsers of a test share this machine's cores with the server; in a classroom they are on the
+students' own machines. ``--pin`` puts the browsers on the last core and the server (and its
+workers) on the others, so the figures say what the server does. The server this script starts
+dumps its threads' stacks into its log at the end when a session timed out (a page that stopped
+following its run: is a script run stuck on the server, or did the browser stop asking?).
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import argparse
 import asyncio
 import os
 import re
+import signal
 import socket
 import statistics
 import subprocess
@@ -50,6 +58,7 @@ class Session:
     error: str = ""
     poll_errors: int = 0
     exception_boxes: int = 0  # red exception boxes on the page when it timed out
+    page_state: str = ""  # the page's status widget when it timed out ("idle" when it shows none)
 
 
 # --- the server and its memory ------------------------------------------------------------------
@@ -61,16 +70,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(data_dir: str, slots: int | None, log_path: str) -> tuple[subprocess.Popen, str]:
+# The server runs with a stack dump on SIGUSR1 (faulthandler), for sessions that time out.
+SERVE = ("import faulthandler, signal, sys; faulthandler.register(signal.SIGUSR1, all_threads=True); "
+         "from streamlit.web.cli import main; sys.argv = ['streamlit', *sys.argv[1:]]; main()")
+
+
+def start_server(data_dir: str, slots: int | None, log_path: str, cores: set[int] | None = None
+                 ) -> tuple[subprocess.Popen, str]:
     port = free_port()
     env = {**os.environ, "TRANSFER_LAB_DATA_DIR": data_dir}
     if slots:
         env["TRANSFER_LAB_MAX_CONCURRENT_RUNS"] = str(slots)
     log = open(log_path, "w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
+        [sys.executable, "-c", SERVE, "run", "app.py", "--server.port", str(port),
          "--server.address", "127.0.0.1", "--server.headless", "true"],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        preexec_fn=(lambda: os.sched_setaffinity(0, cores)) if cores else None,  # workers inherit it
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
@@ -84,6 +100,15 @@ def start_server(data_dir: str, slots: int | None, log_path: str) -> tuple[subpr
             time.sleep(0.5)
     proc.kill()
     raise SystemExit(f"The server did not answer within 120 s; see {log_path}")
+
+
+def dump_stacks(proc: subprocess.Popen) -> None:
+    """Every server thread's stack into its log (SERVE registered SIGUSR1 for it)."""
+    try:
+        os.kill(proc.pid, signal.SIGUSR1)
+        time.sleep(2)
+    except OSError:
+        pass
 
 
 def stop_server(proc: subprocess.Popen) -> None:
@@ -234,6 +259,10 @@ async def drive(browser, url: str, s: Session, deadline: float, poll: float) -> 
             s.queued_seconds = time.monotonic() - s.clicked
         try:
             s.exception_boxes = await page.get_by_test_id("stException").count()
+            # what the page itself says at the end: a script run in progress ("Running…"), a lost
+            # connection ("Connecting"), or nothing (idle, waiting for its timer)
+            widget = page.get_by_test_id("stStatusWidget")
+            s.page_state = (await widget.inner_text(timeout=3000)).strip() if await widget.count() else "idle"
         except Exception:
             pass
     except Exception as exc:  # one broken session must not stop the others
@@ -308,6 +337,8 @@ def report(sessions: list[Session], wall: float, url: str, sampler: MemorySample
         line = f"{s.index:>7}  {s.state:<10} {secs:>15} {queued:>8} {pos:>9}  {s.run_id or '—':<16}  {'→'.join(s.statuses)}"
         if s.exception_boxes:
             line += f"  [exception box on the page]"
+        if s.page_state:
+            line += f"  [page at the end: {s.page_state!r}]"
         if s.error:
             line += f"  [{s.error}{f'; {s.poll_errors} failed looks' if s.poll_errors else ''}]"
         print(line)
@@ -345,6 +376,7 @@ def main(argv=None) -> int:
     parser.add_argument("--timeout", type=float, default=900, help="stop after this many seconds (default 900)")
     parser.add_argument("--poll", type=float, default=1.0, help="seconds between looks at each page (default 1)")
     parser.add_argument("--stagger", type=float, default=0.0, help="seconds between session starts (default 0)")
+    parser.add_argument("--pin", action="store_true", help="browsers on the last core, the server on the others")
     args = parser.parse_args(argv)
     if not Path(CHROMIUM).exists():
         raise SystemExit(f"{CHROMIUM} is missing (scripts/ensure-chromium.sh)")
@@ -356,16 +388,26 @@ def main(argv=None) -> int:
     else:
         workdir = tempfile.mkdtemp(prefix="transfer-lab-load-")
         log_path = os.path.join(workdir, "server.log")
-        proc, url = start_server(os.path.join(workdir, "data"), args.slots, log_path)
+        cores = sorted(os.sched_getaffinity(0))
+        if args.pin and len(cores) < 2:
+            raise SystemExit("--pin needs at least two cores")
+        server_cores = set(cores[:-1]) if args.pin else None
+        proc, url = start_server(os.path.join(workdir, "data"), args.slots, log_path, server_cores)
         pid = proc.pid
+        if args.pin:  # this process's children (Playwright's driver, Chromium) inherit the last core
+            os.sched_setaffinity(0, {cores[-1]})
+            print(f"server on core(s) {sorted(server_cores)}, browsers on core {cores[-1]}", flush=True)
         slots = str(args.slots) if args.slots else "app default"
         print(f"server pid {pid} at {url}, data and log in {workdir}", flush=True)
     sampler = MemorySampler(pid)
+    sessions = None
     try:
         sessions, wall = asyncio.run(run_sessions(url, args.sessions, args.timeout, args.poll, args.stagger, sampler))
     finally:
         if proc is not None:
             sampler.sample()
+            if any(s.state == "timed out" for s in sessions or []):
+                dump_stacks(proc)
             stop_server(proc)
     report(sessions, wall, url, sampler, log_path, slots)
     return 0 if all(s.state == "finished" for s in sessions) else 1
