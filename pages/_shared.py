@@ -438,6 +438,38 @@ def task_result(name: str, key, title: str):
     return task.result
 
 
+def _panel(draw, args: tuple) -> None:
+    ended = f"_ended:{getattr(draw, '__name__', 'panel')}:{args}"
+    if draw(*args):
+        st.session_state.pop(ended, None)
+        return
+    # It ended. This rerun drew the ended state; the next one asks for the full rerun that stops the
+    # timer. Not both at once: see follow().
+    if st.session_state.get(ended):
+        del st.session_state[ended]
+        st.rerun()
+    st.session_state[ended] = True
+
+
+_live_panel = st.fragment(run_every=1.0)(_panel)
+
+
+def follow(draw, *args, live: bool) -> None:
+    """Draw ``draw(*args)``, which returns True while what it shows is still going: while ``live``
+    in a fragment that redraws it every second, else once.
+
+    When it ends, the fragment draws the ended state once by itself and asks for the full rerun
+    that stops its timer a second later, never in the same run. Under load Streamlit can drop every
+    message of a run whose ScriptRunner was replaced before the messages went out; a full rerun asked
+    for in the same run as the last redraw then lost both, and the page showed "queued" for ever
+    while the server dropped its timer's requests for a fragment it no longer had (3 of 20 pages in
+    the 20-session load test). Now a lost full rerun leaves the ended state on screen."""
+    if live:
+        _live_panel(draw, args)
+    else:
+        draw(*args)
+
+
 @st.fragment(run_every=1.0)
 def _follow_task(name: str, title: str) -> None:
     entry = st.session_state.get(name)

@@ -23,8 +23,8 @@ from core.training import TrainConfig, augment_batch, config_augmenter, encode_i
 from pages._links import locked
 from pages._multitask import (current_multitask, is_multitask, multitask_options_ui, multitask_split,
                               task_curves)
-from pages._shared import (bootstrap, chart_text, current_split, describe_run, my_runs, owns, plain, plan_figure, run_option,
-                           run_curves, run_progress, run_status, run_store, select_run)
+from pages._shared import (bootstrap, chart_text, current_split, describe_run, follow, my_runs, owns, plain, plan_figure,
+                           run_option, run_curves, run_progress, run_status, run_store, select_run)
 
 bootstrap()  # first, before the session is read: see bootstrap's docstring
 
@@ -335,18 +335,6 @@ def hints_ui(epochs: list[dict], status: str, message: str, info: dict) -> None:
         st.warning(f"**Change: {hint.setting}.** {hint.message}", icon=":material/lightbulb:")
 
 
-@st.fragment(run_every=1.0)
-def follow_run(run_id: str) -> None:
-    """A queued or running run, redrawn every second by one fragment from the queue to the end.
-
-    One fragment, not one per state: swapping fragments with a full rerun when a run left the queue
-    left some pages (6 of 20 in a classroom load test) polling the old fragment's id, which the
-    server no longer knew, so they showed "running" for ever. A queued run draws little (its
-    heading and its place in the queue), so polling it every second costs the server little."""
-    if not show_run(run_id):
-        st.rerun()  # finished: redraw the whole page once, without the timer
-
-
 def compare_ui(runs) -> None:
     st.subheader("Compare runs")
     labels = {r.id: describe_run(r) for r in runs}
@@ -395,10 +383,9 @@ run_id = ss.current_run
 if run_id:
     job = get_job(run_id)
     snap = job.snapshot() if job is not None else None
-    if snap is not None and not snap.done:
-        follow_run(run_id)
-    else:
-        show_run(run_id)
+    # live: redrawn every second from the queue to the end (one fragment: swapping a "waiting" one
+    # for a "live" one left pages polling a fragment the server no longer had)
+    follow(show_run, run_id, live=snap is not None and not snap.done)
 
 runs = my_runs()
 if runs:

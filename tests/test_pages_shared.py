@@ -107,3 +107,33 @@ def test_chart_text_leaves_plotly_no_markup_to_interpret(name):
 
 def test_ordinary_class_names_reach_charts_unchanged():
     assert chart_text("thumbs up (left)") == "thumbs up (left)"
+
+
+def test_a_followed_panel_draws_the_end_before_it_asks_for_the_full_rerun(monkeypatch):
+    """``follow`` redraws a going run every second in a fragment. When the run ends, the fragment
+    draws the ended state first and asks for the full rerun (which stops its timer) only in its
+    next run: under load Streamlit can lose every message of one run, and a page that lost the run
+    holding both kept showing "queued" for ever."""
+    import pages._shared as shared
+
+    class Rerun(Exception):
+        pass
+
+    def rerun():
+        raise Rerun
+
+    state: dict = {}
+    monkeypatch.setattr(shared.st, "rerun", rerun)
+    monkeypatch.setattr(shared.st, "session_state", state)
+    drawn = []
+
+    def draw(going):
+        drawn.append(going)
+        return going
+
+    panel = shared._panel  # the fragment's body
+    panel(draw, (True,))  # going: redrawn by its timer, nothing else
+    panel(draw, (False,))  # ended: the ended state is drawn, no rerun yet
+    with pytest.raises(Rerun):
+        panel(draw, (False,))  # the next redraw asks for the full rerun
+    assert drawn == [True, False, False] and not state
