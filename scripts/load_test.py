@@ -59,6 +59,7 @@ class Session:
     poll_errors: int = 0
     exception_boxes: int = 0  # red exception boxes on the page when it timed out
     page_state: str = ""  # the page's status widget when it timed out ("idle" when it shows none)
+    sockets: list = field(default_factory=list)  # (opened, closed or None) per websocket, monotonic seconds
 
 
 # --- the server and its memory ------------------------------------------------------------------
@@ -71,7 +72,8 @@ def free_port() -> int:
 
 
 # The server runs with a stack dump on SIGUSR1 (faulthandler), for sessions that time out.
-SERVE = ("import faulthandler, signal, sys; faulthandler.register(signal.SIGUSR1, all_threads=True); "
+SERVE = ("import faulthandler, os, signal, sys; faulthandler.register(signal.SIGUSR1, all_threads=True); "
+         "exec(open(os.environ['LOAD_DIAG']).read()) if os.environ.get('LOAD_DIAG') else None; "
          "from streamlit.web.cli import main; sys.argv = ['streamlit', *sys.argv[1:]]; main()")
 
 
@@ -225,6 +227,13 @@ async def drive(browser, url: str, s: Session, deadline: float, poll: float) -> 
     context = await browser.new_context(viewport={"width": 1280, "height": 900})
     try:
         page = await context.new_page()
+
+        def opened(ws):
+            entry = [time.monotonic(), None]
+            s.sockets.append(entry)
+            ws.on("close", lambda _: entry.__setitem__(1, time.monotonic()))
+
+        page.on("websocket", opened)
         s.state = "opening"
         await page.goto(url, timeout=left_ms())
         await page.get_by_role("heading", name="Data").first.wait_for(timeout=left_ms())
@@ -336,9 +345,13 @@ def report(sessions: list[Session], wall: float, url: str, sampler: MemorySample
         pos = f"{max(s.queue_positions)}" if s.queue_positions else "—"
         line = f"{s.index:>7}  {s.state:<10} {secs:>15} {queued:>8} {pos:>9}  {s.run_id or '—':<16}  {'→'.join(s.statuses)}"
         if s.exception_boxes:
-            line += f"  [exception box on the page]"
+            line += "  [exception box on the page]"
         if s.page_state:
             line += f"  [page at the end: {s.page_state!r}]"
+        if len(s.sockets) > 1 or any(closed is not None for _, closed in s.sockets):
+            line += "  [websockets: " + ", ".join(
+                f"{opened - s.clicked:+.0f}…{'open' if closed is None else f'{closed - s.clicked:+.0f}'} s"
+                for opened, closed in s.sockets) + " from the click]" if s.clicked else ""
         if s.error:
             line += f"  [{s.error}{f'; {s.poll_errors} failed looks' if s.poll_errors else ''}]"
         print(line)
