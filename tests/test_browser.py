@@ -120,12 +120,22 @@ def assert_no_exception(page):
     assert page.get_by_test_id("stException").count() == 0
 
 
+def wait_until_idle(page):
+    """Until the app's script run is over: a click in the middle of a rerun may be lost, and a widget
+    the rerun replaces stays on screen beside the new one until it ends."""
+    page.wait_for_function(
+        "() => document.querySelector('[data-testid=stApp]')?.dataset.testScriptState === 'notRunning'",
+        timeout=60_000)
+
+
 def set_epochs(page, epochs: int):
+    wait_until_idle(page)
     page.get_by_text("Training settings").click()
     box = page.get_by_label("Epochs", exact=True)
     box.fill(str(epochs))
     box.press("Enter")
-    page.wait_for_timeout(500)
+    page.wait_for_timeout(500)  # the rerun Enter starts, then its end
+    wait_until_idle(page)
 
 
 def wait_for_status(page, status: str, timeout_s: float = 240):

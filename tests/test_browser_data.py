@@ -14,10 +14,10 @@ pytestmark = pytest.mark.browser
 # The server, go_to and friends are test_browser's; importing them also brings its Chromium check.
 try:  # `python -m pytest` puts the repository on sys.path; plain `pytest` puts tests/ there
     from tests.test_browser import (assert_no_exception, new_context, chromium, fresh_page, go_to, open_app,  # noqa: F401
-                                    server, set_epochs, sync_api, wait_for_status)
+                                    server, set_epochs, sync_api, wait_for_status, wait_until_idle)
 except ImportError:
     from test_browser import (assert_no_exception, new_context, chromium, fresh_page, go_to, open_app, server,  # noqa: F401
-                              set_epochs, sync_api, wait_for_status)
+                              set_epochs, sync_api, wait_for_status, wait_until_idle)
 
 expect = sync_api.expect
 PAGE_TITLES = {"Lessons", "Data", "Model", "Train", "Feature maps", "Saliency", "Domain shift", "Few-shot", "Evaluate",
@@ -89,6 +89,9 @@ def choose_source(page, name: str):
 
 
 def set_text(page, label: str, value: str):
+    # until the last rerun has ended: a widget it replaced stays on screen beside the new one till
+    # then (two "Class name" boxes on a busy CI machine, right after an add)
+    wait_until_idle(page)
     box = page.get_by_label(label, exact=True)
     box.fill(value)
     box.press("Enter")
@@ -109,13 +112,6 @@ def add_single_images(page, class_name: str, files: dict[str, bytes], added: int
     added = n if added is None else added
     expect(page.get_by_text(re.compile(rf"Added {added} images? to '{re.escape(class_name)}'")).first).to_be_visible(
         timeout=30_000)
-
-
-def wait_until_idle(page):
-    """Until the app's script run is over: a click in the middle of a rerun may be lost."""
-    page.wait_for_function(
-        "() => document.querySelector('[data-testid=stApp]')?.dataset.testScriptState === 'notRunning'",
-        timeout=60_000)
 
 
 def thumbnails(page):
