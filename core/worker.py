@@ -3,9 +3,10 @@
 The folder holds ``run.json`` (record and config) and ``inputs.safetensors`` (the training and
 validation images, uint8 at the run's size, and their labels). The worker builds the starting
 model, trains it with ``core.training.fit``, appends one JSON line per event to ``events.jsonl``
-(flushed at once, so a page can tail it), writes the best weights so far as epochs end (at most every few
-seconds, ``BestKeeper``) and the final ones at the end (each atomically), and the final record. A ``stop`` file in the folder
-ends the run after the current batch. ``train_run_folder`` also runs in-process (tests, a CLI).
+(flushed at once, so a page can tail it), writes the best weights so far as epochs end (at most
+every few seconds, ``BestKeeper``) and the final ones at the end (each atomically), and the final
+record. A ``stop`` file in the folder ends the run after the current batch. ``train_run_folder``
+also runs in-process (tests, a CLI).
 """
 
 from __future__ import annotations
@@ -290,6 +291,7 @@ def kind_function(record: RunRecord):
 # A worker's frozen-backbone features, kept between the runs it trains: a class that trains the
 # default feature extraction on the demo set computes the same activations run after run (same
 # backbone, images, size and augmentation seeds; the key says so), about half of such a run.
+# They stay on the run's device: on a GPU that is up to this much GPU memory per worker.
 BANKS = FeatureCache(max_items=256, max_bytes=192 * 2**20)
 
 
