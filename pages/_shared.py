@@ -470,19 +470,29 @@ def follow(draw, *args, live: bool) -> None:
         draw(*args)
 
 
-@st.fragment(run_every=1.0)
-def _follow_task(name: str, title: str) -> None:
+def _task_panel(name: str, title: str) -> None:
     entry = st.session_state.get(name)
     if entry is None:
         return
     task = entry["value"]
     snap = task.snapshot()
+    title = f"{title[:1].upper()}{title[1:]}"
+    ended = f"_ended:task:{name}"
     if snap.done:
-        st.rerun()  # finished: redraw the whole page once, with the result and without the timer
-    text = f"{title[:1].upper()}{title[1:]}: {snap.phase or 'starting'}… ({snap.seconds:.0f} s)"
-    st.progress(snap.progress, text=text)
+        # It ended: this redraw says so, and the next one asks for the full rerun that draws the
+        # result without the timer. Not both in one run: see follow().
+        if st.session_state.pop(ended, False):
+            st.rerun()
+        st.session_state[ended] = True
+        st.progress(1.0, text=f"{title}: {snap.status}, drawing the result…")
+        return
+    st.session_state.pop(ended, None)
+    st.progress(snap.progress, text=f"{title}: {snap.phase or 'starting'}… ({snap.seconds:.0f} s)")
     if st.button("Stop", icon=":material/stop:", key=f"{name}-stop"):
         task.cancel()
+
+
+_follow_task = st.fragment(run_every=1.0)(_task_panel)
 
 
 def frozen_groups(record) -> list[str]:

@@ -137,3 +137,32 @@ def test_a_followed_panel_draws_the_end_before_it_asks_for_the_full_rerun(monkey
     with pytest.raises(Rerun):
         panel(draw, (False,))  # the next redraw asks for the full rerun
     assert drawn == [True, False, False] and not state
+
+
+def test_a_followed_task_says_it_ended_before_it_asks_for_the_full_rerun(monkeypatch):
+    """The analysis pages' task follower has the Train page's order: the redraw that finds the task
+    ended says so, and only the next one asks for the full rerun that draws the result."""
+    from types import SimpleNamespace
+
+    import pages._shared as shared
+
+    class Rerun(Exception):
+        pass
+
+    def rerun():
+        raise Rerun
+
+    snap = SimpleNamespace(done=False, status="running", phase="maps", progress=0.5, seconds=3.0)
+    state = {"sanity": {"value": SimpleNamespace(snapshot=lambda: snap)}}
+    bars = []
+    monkeypatch.setattr(shared.st, "rerun", rerun)
+    monkeypatch.setattr(shared.st, "session_state", state)
+    monkeypatch.setattr(shared.st, "progress", lambda value, text: bars.append((value, text)))
+    monkeypatch.setattr(shared.st, "button", lambda *args, **kwargs: False)
+
+    shared._task_panel("sanity", "sanity check")
+    snap.done, snap.status = True, "finished"
+    shared._task_panel("sanity", "sanity check")  # ended: said, no rerun yet
+    with pytest.raises(Rerun):
+        shared._task_panel("sanity", "sanity check")
+    assert bars == [(0.5, "Sanity check: maps… (3 s)"), (1.0, "Sanity check: finished, drawing the result…")]
