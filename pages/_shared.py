@@ -427,7 +427,7 @@ def task_result(name: str, key, title: str):
         if stale:
             st.warning(f"The {title} is still running for an earlier selection; its result will not be shown "
                        "for the choices above. Stop it, or start again.")
-        _follow_task(name, title)
+        follow(_task_progress, name, title, live=True)
         return None
     if snap.status == "failed":
         st.error(plain(snap.message))
@@ -470,29 +470,22 @@ def follow(draw, *args, live: bool) -> None:
         draw(*args)
 
 
-def _task_panel(name: str, title: str) -> None:
+def _task_progress(name: str, title: str) -> bool:
+    """A task's progress bar and Stop button (``follow``'s ``draw``): True while it runs; once it
+    has ended, a full bar that says so (``follow`` then asks for the full rerun that draws the result)."""
     entry = st.session_state.get(name)
     if entry is None:
-        return
+        return True  # nothing of it to draw
     task = entry["value"]
     snap = task.snapshot()
     title = f"{title[:1].upper()}{title[1:]}"
-    ended = f"_ended:task:{name}"
     if snap.done:
-        # It ended: this redraw says so, and the next one asks for the full rerun that draws the
-        # result without the timer. Not both in one run: see follow().
-        if st.session_state.pop(ended, False):
-            st.rerun()
-        st.session_state[ended] = True
         st.progress(1.0, text=f"{title}: {snap.status}, drawing the result…")
-        return
-    st.session_state.pop(ended, None)
+        return False
     st.progress(snap.progress, text=f"{title}: {snap.phase or 'starting'}… ({snap.seconds:.0f} s)")
     if st.button("Stop", icon=":material/stop:", key=f"{name}-stop"):
         task.cancel()
-
-
-_follow_task = st.fragment(run_every=1.0)(_task_panel)
+    return True
 
 
 def frozen_groups(record) -> list[str]:

@@ -160,9 +160,13 @@ def test_a_followed_task_says_it_ended_before_it_asks_for_the_full_rerun(monkeyp
     monkeypatch.setattr(shared.st, "progress", lambda value, text: bars.append((value, text)))
     monkeypatch.setattr(shared.st, "button", lambda *args, **kwargs: False)
 
-    shared._task_panel("sanity", "sanity check")
+    def redraw():  # what the followed fragment runs every second
+        shared._panel(shared._task_progress, ("sanity", "sanity check"))
+
+    redraw()
     snap.done, snap.status = True, "finished"
-    shared._task_panel("sanity", "sanity check")  # ended: said, no rerun yet
+    redraw()  # ended: said, no rerun yet
     with pytest.raises(Rerun):
-        shared._task_panel("sanity", "sanity check")
-    assert bars == [(0.5, "Sanity check: maps… (3 s)"), (1.0, "Sanity check: finished, drawing the result…")]
+        redraw()
+    done = (1.0, "Sanity check: finished, drawing the result…")
+    assert bars == [(0.5, "Sanity check: maps… (3 s)"), done, done]  # the rerun's run draws it again, then asks
