@@ -128,6 +128,23 @@ def wait_until_idle(page):
         timeout=60_000)
 
 
+def click_until(page, button, effect, tries: int = 3, wait_ms: int = 60_000):
+    """Clicks ``button`` until ``effect`` shows. Beside a CPU hog, a click that landed as the page's
+    last rerun ended once had no effect at all (the button stayed enabled, nothing started); a
+    user clicks again, and so does this, up to ``tries`` times, each after the page is idle."""
+    for _ in range(tries - 1):
+        wait_until_idle(page)
+        button.click()
+        try:
+            sync_api.expect(effect).to_be_visible(timeout=wait_ms)
+            return
+        except AssertionError:
+            pass
+    wait_until_idle(page)
+    button.click()
+    sync_api.expect(effect).to_be_visible(timeout=wait_ms)
+
+
 def set_epochs(page, epochs: int):
     wait_until_idle(page)
     page.get_by_text("Training settings").click()

@@ -14,10 +14,10 @@ pytestmark = pytest.mark.browser
 # The server, go_to and friends are test_browser's; importing them also brings its Chromium check.
 try:  # `python -m pytest` puts the repository on sys.path; plain `pytest` puts tests/ there
     from tests.test_browser import (assert_no_exception, new_context, chromium, fresh_page, go_to, open_app,  # noqa: F401
-                                    server, set_epochs, sync_api, wait_for_status, wait_until_idle)
+                                    server, set_epochs, sync_api, wait_for_status, wait_until_idle, click_until)
 except ImportError:
     from test_browser import (assert_no_exception, new_context, chromium, fresh_page, go_to, open_app, server,  # noqa: F401
-                              set_epochs, sync_api, wait_for_status, wait_until_idle)
+                              set_epochs, sync_api, wait_for_status, wait_until_idle, click_until)
 
 expect = sync_api.expect
 PAGE_TITLES = {"Lessons", "Data", "Model", "Train", "Feature maps", "Saliency", "Domain shift", "Few-shot", "Evaluate",
@@ -81,27 +81,43 @@ def data_heading(page):
     return page.get_by_role("heading", name=re.compile(r": \d+ images in \d+ classes"))
 
 
+# A widget only that source draws: the webcam and single images both have a "Class name" box, so
+# an idle check alone, passed before the click's rerun began on a busy machine, let a name be typed
+# into the old source's box just before the rerun replaced it.
+SOURCE_READY = {"Webcam": lambda page: page.get_by_label("Frames to record", exact=True),
+                "Single images": lambda page: page.get_by_test_id("stFileUploader")}
+
+
 def choose_source(page, name: str):
     # the page's first run on a busy machine can take a while after its title shows
     option = page.get_by_test_id("stRadio").filter(has_text="Bring images from").get_by_text(name, exact=True)
     option.click(timeout=90_000)
+    expect(SOURCE_READY[name](page)).to_be_visible(timeout=60_000)
     wait_until_idle(page)
 
 
 def set_text(page, label: str, value: str):
-    # until the last rerun has ended: a widget it replaced stays on screen beside the new one till
-    # then (two "Class name" boxes on a busy CI machine, right after an add)
-    wait_until_idle(page)
+    """Types a value and waits until the app's rerun has kept it. The idle check before typing can
+    pass just before a rerun begins, and a box that rerun replaces loses what was typed, so it types
+    again (at most three times) until the box holds the value once the page is idle."""
     box = page.get_by_label(label, exact=True)
-    box.fill(value)
-    box.press("Enter")
+    for _ in range(3):
+        # until the last rerun has ended: a widget it replaced stays on screen beside the new one
+        # till then (two "Class name" boxes on a busy CI machine, right after an add)
+        wait_until_idle(page)
+        box.fill(value)
+        box.press("Enter")
+        page.wait_for_timeout(500)  # the rerun Enter starts, then its end
+        wait_until_idle(page)
+        if box.input_value() == value:
+            return
+    expect(box).to_have_value(value)
 
 
 def add_single_images(page, class_name: str, files: dict[str, bytes], added: int | None = None):
-    set_text(page, "Class name", class_name)
-    # the rerun the name's Enter starts must end first: files picked in the middle of it were lost
+    # set_text returns once the name's rerun has ended: files picked in the middle of it were lost
     # on a busy CI machine (the Add button never came)
-    wait_until_idle(page)
+    set_text(page, "Class name", class_name)
     page.locator("[data-testid=stFileUploader] input[type=file]").set_input_files(
         [{"name": name, "mimeType": "image/png", "buffer": payload} for name, payload in files.items()])
     n = len(files)
@@ -327,7 +343,9 @@ def test_analysis_pages_fit_a_projector_after_computing_on_them(server, page):
     expect(page.get_by_role("heading", name="fine-tuned")).to_be_visible(timeout=120_000)
     wait_until_idle(page)  # the maps are still being drawn: a click in the middle of that run is lost
     page.get_by_text("Sanity check: does the map depend").click()
-    page.get_by_role("button", name="Run the sanity check").click()
+    # started: its progress bar, or already its result
+    started = page.get_by_test_id("stProgress").filter(has_text="Sanity check").or_(sanity_done)
+    click_until(page, page.get_by_role("button", name="Run the sanity check"), started.first)
     expect(sanity_done).to_be_visible(timeout=300_000)
 
     dan_done = page.get_by_test_id("stMetricLabel").filter(has_text="Source val accuracy").first
