@@ -9,7 +9,7 @@ from core import backbones, transferability
 from core.errors import UserInputError
 from core.jobs import start_run
 from core.training import TrainConfig
-from pages._shared import backbone_catalogue, current_split, preset_freeze, run_status, run_store
+from pages._shared import backbone_catalogue, current_split, follow, preset_freeze, run_status, run_store
 
 RANKING = "_backbone_ranking"
 # Strategies that mean the same thing for any architecture; the others are tied to one's groups.
@@ -49,8 +49,8 @@ def _launch(rows: list[dict], count: int) -> dict[str, str]:
     return runs
 
 
-@st.fragment(run_every=2.0)
-def _progress(runs: dict[str, dict]) -> None:
+def _progress(runs: dict[str, dict]) -> bool:
+    """Each of the top backbones' runs and its status (``follow``'s draw): True while one is going."""
     lines, pending = [], 0
     for run_id, row in runs.items():
         snap, record = run_status(run_id)
@@ -58,9 +58,8 @@ def _progress(runs: dict[str, dict]) -> None:
         done = snap.done if snap else (record is None or record.done)
         pending += not done
         lines.append(f"- {row['title']}: {status}")
-    if not pending:
-        st.rerun()  # every run ended: draw the comparison once, without the timer
     st.markdown(f"Training the top {len(runs)} (one run each, queued like any other run):\n" + "\n".join(lines))
+    return pending > 0
 
 
 def _comparison(runs: dict[str, dict]) -> None:
@@ -156,4 +155,4 @@ def choose_backbone_ui() -> None:
         if ended:
             _comparison(runs)
         else:
-            _progress(runs)
+            follow(_progress, runs, live=True)

@@ -12,8 +12,8 @@ from core.errors import UserInputError
 from pages._links import hidden, locked, page_choice, remember_choice
 from core.jobs import get_job
 from core.tasks import Snapshot
-from pages._shared import (DEMO_LABEL, bootstrap, demo, fit_title, model_picker, plain, run_status, run_store,
-                           session_models, store_result, stored_result)
+from pages._shared import (DEMO_LABEL, bootstrap, demo, fit_title, follow, model_picker, plain, run_status,
+                           run_store, session_models, store_result, stored_result)
 
 bootstrap()  # first, before the session is read: see bootstrap's docstring
 
@@ -121,12 +121,17 @@ def start_analysis(key, model_key, load, ds_a, ds_b, layer, groups, facts, size,
     ss["_domain_analysis"] = {"key": key, "task": domain.Task(work, name="domain-analysis").start()}
 
 
-@st.fragment(run_every=1.0)
-def analysis_progress(task: domain.Task) -> None:
-    state = task.snapshot()
+def analysis_progress() -> bool:
+    """The running analysis's progress (``follow``'s draw): True while it runs."""
+    current = ss.get("_domain_analysis")
+    if current is None:
+        return False
+    state = current["task"].snapshot()
     if state.done:
-        st.rerun()  # finished: draw the results once, without the timer
+        st.progress(1.0, text=f"Analysis {state.status}, drawing the result…")
+        return False
     st.progress(state.progress, text=f"{state.phase or 'Starting…'} ({state.seconds:.0f} s)")
+    return True
 
 
 def null_histogram(result) -> go.Figure:
@@ -292,7 +297,7 @@ def adaptation_ui(ds_a, ds_b, backbone: str, control: bool) -> None:
         st.warning("Still training for the previous selection (other sets or settings): the figures below "
                    "are not for the choices above.")
     if not comparison_state(run_id)[0].done:
-        adaptation_progress(run_id)
+        follow(adaptation_progress, run_id, live=True)
     else:
         show_adaptation(run_id)
 
@@ -322,16 +327,18 @@ def progress_text(state) -> str:
     return f"{arm}: {doing}… ({state.seconds:.0f} s)"
 
 
-@st.fragment(run_every=1.0)
-def adaptation_progress(run_id: str) -> None:
+def adaptation_progress(run_id: str) -> bool:
+    """The plain-vs-DAN comparison's progress and curves (``follow``'s draw): True while it runs."""
     state, record = comparison_state(run_id)
     if state.done:
-        st.rerun()
-    st.progress(state.progress, text=progress_text(state))
-    if st.button("Stop", icon=":material/stop:"):
-        stop_run(run_id)
+        st.progress(1.0, text=f"Plain vs DAN: {state.status}, drawing the result…")
+    else:
+        st.progress(state.progress, text=progress_text(state))
+        if st.button("Stop", icon=":material/stop:"):
+            stop_run(run_id)
     if isinstance(state.epochs, dict):
         epoch_charts(state.epochs, (record.config if record else {}).get("lam", adaptation.DEFAULT_LAMBDA))
+    return not state.done
 
 
 def epoch_charts(epochs: dict, lam: float) -> None:
@@ -422,7 +429,7 @@ if current is None or current["key"] != key:
 task = current["task"]
 st.subheader(f"A: {names[0]} ({len(ds_a)} images) vs B: {names[1]} ({len(ds_b)} images)")
 if not task.done:
-    analysis_progress(task)
+    follow(analysis_progress, live=True)
 else:
     state = task.snapshot()
     if state.status == "failed":

@@ -20,8 +20,8 @@ from core.tasks import Snapshot
 from core.training import TrainConfig
 from pages._multitask import is_multitask, multitask_split, same_tasks
 from pages._shared import (backbone_catalogue, bootstrap, category_axes, chart_text, current_split, fading_scale,
-                           finished_runs, fit_title, model_picker, plain, run_models, run_option, run_status, run_store,
-                           stop_run, store_result, stored_result)
+                           finished_runs, fit_title, follow, model_picker, plain, run_models, run_option, run_status,
+                           run_store, stop_run, store_result, stored_result)
 
 bootstrap()  # first, before the session is read: see bootstrap's docstring
 
@@ -313,16 +313,16 @@ def start_sweep(mc, cfg, inputs, previous) -> None:
                                        "strategy": mc.strategy})
 
 
-@st.fragment(run_every=1.0)
-def follow_sweep() -> None:
-    """The running sweep's progress and a Stop button, redrawn every second on their own."""
+def sweep_progress() -> bool:
+    """The running sweep's progress and a Stop button (``follow``'s draw): True while it runs."""
     entry = ss.get("lr_finder")
     if entry is None:
-        return
+        return False
     run_id = entry["value"]["run_id"]
     snap, _ = run_status(run_id)
     if snap is None or snap.done:
-        st.rerun()  # ended: redraw the whole page once, with the result and without the timer
+        st.progress(1.0, text="Learning-rate sweep: ended, drawing the result…")
+        return False
     if snap.status == "queued":
         st.info("The learning-rate sweep waits for a free training slot…")
     elif "step" in snap.extra:
@@ -333,6 +333,7 @@ def follow_sweep() -> None:
                                         f"({snap.seconds:.0f} s)")
     if st.button("Stop", icon=":material/stop:", key="lr_finder-stop"):
         stop_run(run_id)
+    return True
 
 
 def sweep_result(entry):
@@ -381,7 +382,7 @@ def lr_finder_ui() -> None:
         if stale:
             st.warning("The learning-rate sweep is still running for an earlier selection; its result will not "
                        "be shown for the choices above. Stop it, or start again.")
-        follow_sweep()
+        follow(sweep_progress, live=True)
         return
     result = sweep_result(found)
     if result is None:
@@ -471,18 +472,18 @@ def show_distillation(snap, view: dict) -> None:
     st.plotly_chart(results_figure(view), width="stretch", key="distill-results")
 
 
-@st.fragment(run_every=1.0)
-def live_distillation() -> None:
-    run_id = ss["distill_job"]["value"]
+def live_distillation(run_id: str) -> bool:
+    """The distillation's curves and a Stop button (``follow``'s draw): True while it runs."""
     snap, view = distillation_view(run_id)
     if snap is None:
         st.warning("This distillation is no longer on the server.")
-        return
+        return False
     show_distillation(snap, view)
     if snap.done:
-        st.rerun()  # finished: redraw the whole page once, without the timer
-    elif st.button("Stop", icon=":material/stop:", key="distill-stop"):
+        return False
+    if st.button("Stop", icon=":material/stop:", key="distill-stop"):
         stop_run(run_id)
+    return True
 
 
 def softening_figure(teacher, image, classes, temperature: float) -> go.Figure:
@@ -585,7 +586,7 @@ def distillation_ui() -> None:
         st.warning("Still training for the previous selection (another teacher, dataset or setting): these "
                    "results are not for the choices above. Stop it, or wait, then distil again.")
     if running:
-        live_distillation()
+        follow(live_distillation, ss["distill_job"]["value"], live=True)
     else:
         snap, view = distillation_view(run_id)
         if snap is None:

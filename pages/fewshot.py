@@ -10,7 +10,7 @@ from core import backbones, fewshot
 from core.data import demo_fewshot
 from core.errors import UserInputError
 from core.jobs import get_job, start_folder_run
-from pages._shared import bootstrap, plain, run_curves, run_progress, run_status, run_store
+from pages._shared import bootstrap, follow, plain, run_curves, run_progress, run_status, run_store
 
 bootstrap()  # first, before the session is read: see bootstrap's docstring
 
@@ -206,7 +206,8 @@ def meta_ui(ds, split, n_way: int, k_shot: int, episodes: int) -> None:
         job = get_job(runs[-1])
         snap = job.snapshot() if job is not None else None
         if snap is not None and not snap.done:
-            live_meta_run(runs[-1])
+            # ended: follow asks for the full rerun, so the episode shows the new predictions
+            follow(show_meta_run, runs[-1], live=True)
         else:
             show_meta_run(runs[-1])
 
@@ -264,12 +265,6 @@ def show_meta_run(run_id: str) -> bool:
         st.caption("The episode above and the scores use this model for "
                    f"{SHORT[record.config['method']]} ({record.config['n_way']}-way).")
     return running
-
-
-@st.fragment(run_every=1.0)
-def live_meta_run(run_id: str) -> None:
-    if not show_meta_run(run_id):
-        st.rerun()  # finished: redraw the whole page once, so the episode shows the new predictions
 
 
 n_way, k_shot, episodes, methods = settings_ui()

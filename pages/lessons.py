@@ -6,7 +6,7 @@ from core import lessons as core_lessons
 from core.errors import UserInputError
 from core.tasks import get_queue
 from pages._links import STRATEGY_LABELS, apply_settings
-from pages._shared import ModelChoice, bootstrap, demo, plain, preset_freeze, run_store, select_run
+from pages._shared import ModelChoice, bootstrap, demo, follow, plain, preset_freeze, run_store, select_run
 
 bootstrap()  # first, before the session is read: see bootstrap's docstring
 
@@ -144,20 +144,11 @@ def results_ui(lesson) -> None:
         outcome_ui(lesson, entry["result"])
 
 
-def live_results(slug: str) -> None:
-    lesson = by_slug[slug]
-    results_ui(lesson)
+def live_results(slug: str) -> bool:
+    """The experiment's progress, then its outcome (``follow``'s draw): True while it is going."""
+    results_ui(by_slug[slug])
     entry = state.get(slug)
-    if entry is not None and entry.get("result") is None:
-        return
-    if entry is not None and ss.get("_lesson_polling") == slug:
-        ss.pop("_lesson_polling")
-        st.rerun()  # the whole page: the polling fragment stops once the outcome is in
-
-
-@st.fragment(run_every=1.0)
-def polled_results(slug: str) -> None:
-    live_results(slug)
+    return entry is not None and entry.get("result") is None
 
 
 # --- what to try next ----------------------------------------------------------------------------------------
@@ -197,8 +188,7 @@ with main:
         entry = state.get(slug)
         going = entry is not None and entry.get("result") is None
         if going:
-            ss["_lesson_polling"] = slug
-            polled_results(slug)
+            follow(live_results, slug, live=True)
         else:
             results_ui(lesson)
     if st.button("Run this experiment", type="primary", icon=":material/play_arrow:", key=f"run-{slug}",
