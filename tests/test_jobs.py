@@ -165,6 +165,31 @@ def test_a_killed_worker_fails_its_run_clearly_and_the_server_goes_on(store, poo
     assert len(pool.pids()) == 2
 
 
+@pytest.mark.parametrize("chosen", [None, "ACTIVE"])
+def test_idle_openmp_threads_sleep_unless_the_user_chose_otherwise(chosen):
+    """Spinning idle threads took the cores a run beside other work needed (8.7x slower beside six
+    busy processes: bench/bench_contention.py). ``core`` sets the policy before torch loads OpenMP."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if chosen:
+        env["OMP_WAIT_POLICY"] = chosen
+    code = "import core, torch, os; torch.ones(8).sum(); print(os.environ['OMP_WAIT_POLICY'])"
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[-1] == (chosen or "PASSIVE")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/environ"), reason="reads a process's environment from /proc")
+def test_worker_processes_start_with_the_engines_wait_policy(pool):
+    import core  # noqa: F401  (it set the policy in this process)
+
+    assert pool.wait_ready(120)  # a process still starting shows an empty environment
+    for pid in pool.pids():
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            environ = f.read().split(b"\0")
+        assert f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}".encode() in environ
+
+
 def test_a_crash_inside_a_run_is_reported_and_the_queue_goes_on(store, pool, tmp_path):
     queue = TaskQueue(1, pool=pool)
     broken = tmp_path / "weights.safetensors"
