@@ -60,6 +60,9 @@ class Session:
     exception_boxes: int = 0  # red exception boxes on the page when it timed out
     page_state: str = ""  # the page's status widget when it timed out ("idle" when it shows none)
     sockets: list = field(default_factory=list)  # (opened, closed or None) per websocket, monotonic seconds
+    # the browser console's errors and warnings (Streamlit's frontend logs a websocket it closes for
+    # good, and why): a page whose connection ended says why here
+    console: list = field(default_factory=list)
 
 
 # --- the server and its memory ------------------------------------------------------------------
@@ -234,6 +237,13 @@ async def drive(browser, url: str, s: Session, deadline: float, poll: float) -> 
             ws.on("close", lambda _: entry.__setitem__(1, time.monotonic()))
 
         page.on("websocket", opened)
+
+        def logged(message):
+            text = message.text
+            if message.type in ("error", "warning"):
+                s.console.append(f"{time.monotonic() - (s.clicked or time.monotonic()):+.0f} s {text[:160]}")
+
+        page.on("console", logged)
         s.state = "opening"
         await page.goto(url, timeout=left_ms())
         await page.get_by_role("heading", name="Data").first.wait_for(timeout=left_ms())
@@ -272,6 +282,10 @@ async def drive(browser, url: str, s: Session, deadline: float, poll: float) -> 
             # connection ("Connecting"), or nothing (idle, waiting for its timer)
             widget = page.get_by_test_id("stStatusWidget")
             s.page_state = (await widget.inner_text(timeout=3000)).strip() if await widget.count() else "idle"
+            # a connection Streamlit gave up on shows a dialog with the reason
+            dialog = page.get_by_role("dialog")
+            if await dialog.count():
+                s.page_state += " · dialog: " + " ".join((await dialog.first.inner_text(timeout=3000)).split())[:200]
         except Exception:
             pass
     except Exception as exc:  # one broken session must not stop the others
@@ -352,6 +366,8 @@ def report(sessions: list[Session], wall: float, url: str, sampler: MemorySample
             line += "  [websockets: " + ", ".join(
                 f"{opened - s.clicked:+.0f}…{'open' if closed is None else f'{closed - s.clicked:+.0f}'} s"
                 for opened, closed in s.sockets) + " from the click]" if s.clicked else ""
+        if s.state != "finished" and s.console:
+            line += "  [console: " + " | ".join(s.console[-4:]) + "]"
         if s.error:
             line += f"  [{s.error}{f'; {s.poll_errors} failed looks' if s.poll_errors else ''}]"
         print(line)
