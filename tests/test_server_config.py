@@ -35,3 +35,15 @@ def test_a_served_app_never_watches_or_reloads_its_code(option):
 def test_no_full_garbage_collection_after_every_rerun(option):
     # Left on, 20 live pages' reruns kept the GIL busy with gc.collect() and no run finished.
     assert option("runner.postScriptGC") is False
+
+
+def test_large_elements_are_sent_whole_never_as_references_to_the_browsers_cache(option):
+    # The browser forgets a cached message after one fragment run; a full rerun referring to one it
+    # had just dropped closed the page's connection for good under load ("Cached ForwardMsg MISS").
+    from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
+    from streamlit.runtime.forward_msg_cache import populate_hash_if_needed
+
+    msg = ForwardMsg()
+    msg.delta.new_element.markdown.body = "x" * 2_000_000  # larger than any chart the pages draw
+    populate_hash_if_needed(msg)
+    assert msg.hash and not msg.metadata.cacheable
