@@ -91,7 +91,7 @@ def main() -> None:
         os.environ.pop(setting, None)
     print(f"{cores} cores, {threads} torch threads, {runs} runs per process; load average "
           f"{os.getloadavg()[0]:.1f} at the start")
-    rows, medians = [], {}
+    results = {}  # (case, busy processes) -> the child's seconds per run, or its error
     for hogs in (0, args.hogs):
         hog_processes = [mp.get_context("spawn").Process(target=_spin, daemon=True) for _ in range(hogs)]
         for process in hog_processes:
@@ -100,22 +100,19 @@ def main() -> None:
             for name, env in CASES.items():
                 out = run_child([__file__, "--child", "--runs", str(runs), "--threads", str(threads)],
                                 timeout=1800, env=env)
-                if "error" in out:
-                    rows.append([f"{name}, {hogs} busy", "failed", out["error"], ""])
-                    continue
-                first, repeats = out["seconds"][0], out["seconds"][1:]
-                medians[name, hogs] = statistics.median(repeats)
-                rows.append([f"{name}, {hogs} busy", f"{first:.2f} s", f"{medians[name, hogs]:.2f} s", name, hogs])
+                results[name, hogs] = out.get("error") or out["seconds"]
         finally:
             for process in hog_processes:
                 process.terminate()
+    medians = {key: statistics.median(seconds[1:]) for key, seconds in results.items() if not isinstance(seconds, str)}
     table = []
-    for row in rows:
-        if len(row) == 5:
-            name, hogs = row[3], row[4]
-            base = medians.get((BASE, hogs))
-            row = row[:3] + [fmt_ratio(medians[name, hogs] / base) if base else "n/a"]
-        table.append(row)
+    for (name, hogs), seconds in results.items():
+        if isinstance(seconds, str):
+            table.append([f"{name}, {hogs} busy", "failed", seconds, ""])
+            continue
+        base = medians.get((BASE, hogs))
+        table.append([f"{name}, {hogs} busy", f"{seconds[0]:.2f} s", f"{medians[name, hogs]:.2f} s",
+                      fmt_ratio(medians[name, hogs] / base) if base else "n/a"])
     print_table(("policy, beside", "first run", "repeat run (median)", f"vs {BASE}"), table,
                 title="The default demo run by OpenMP wait policy")
 

@@ -475,7 +475,7 @@ def _task_progress(name: str, title: str) -> bool:
     has ended, a full bar that says so (``follow`` then asks for the full rerun that draws the result)."""
     entry = st.session_state.get(name)
     if entry is None:
-        return True  # nothing of it to draw
+        return False  # it was cleared (a new selection, a reset): the full rerun draws what replaced it
     task = entry["value"]
     snap = task.snapshot()
     title = f"{title[:1].upper()}{title[1:]}"

@@ -177,6 +177,29 @@ class MemorySampler:
         self.peak_total_rss_kib = 0
         self.samples = 0
         self.cpu_start = self.cpu_end = cpu_seconds(pid) if pid else None
+        # CPU seconds per process of each group, (at the start or birth, latest): the server's
+        # workers, and this script's own descendants outside the server (Chromium, Playwright's driver)
+        self.cpu: dict[str, dict[int, list[float]]] = {"workers": {}, "browser": {}}
+        self._account(start=True)
+
+    def _groups(self) -> dict[str, list[int]]:
+        server = set(descendants(self.pid)) if self.pid else set()
+        return {"workers": sorted(server),
+                "browser": [p for p in descendants(os.getpid()) if p not in server and p != self.pid]}
+
+    def _account(self, start: bool = False) -> None:
+        for group, pids in self._groups().items():
+            seen = self.cpu[group]
+            for pid in pids:
+                used = cpu_seconds(pid)
+                if used is None:
+                    continue
+                if pid not in seen:
+                    seen[pid] = [used if start else 0.0, used]
+                seen[pid][1] = used
+
+    def cpu_used(self, group: str) -> float:
+        return sum(latest - first for first, latest in self.cpu[group].values())
 
     def sample(self) -> None:
         if not self.pid:
@@ -189,6 +212,7 @@ class MemorySampler:
         self.peak_total_rss_kib = max(self.peak_total_rss_kib, total)
         self.samples += 1
         self.cpu_end = cpu_seconds(self.pid) or self.cpu_end
+        self._account()
 
     async def run(self, stop: asyncio.Event, every: float = 0.5) -> None:
         while not stop.is_set():
@@ -241,7 +265,8 @@ async def drive(browser, url: str, s: Session, deadline: float, poll: float) -> 
         def logged(message):
             text = message.text
             if message.type in ("error", "warning"):
-                s.console.append(f"{time.monotonic() - (s.clicked or time.monotonic()):+.0f} s {text[:160]}")
+                when = (f"{time.monotonic() - s.clicked:+.0f} s" if s.clicked is not None else "before the click")
+                s.console.append(f"{when} {text[:160]}")
 
         page.on("console", logged)
         s.state = "opening"
@@ -386,6 +411,9 @@ def report(sessions: list[Session], wall: float, url: str, sampler: MemorySample
             used = sampler.cpu_end - sampler.cpu_start
             print(f"server CPU during the test: {used:.0f} s in {wall:.0f} s ({used / max(wall, 1):.2f} cores on average; "
                   f"this machine has {os.cpu_count()}, load average now {os.getloadavg()[0]:.1f})")
+            workers, browser = sampler.cpu_used("workers"), sampler.cpu_used("browser")
+            print(f"CPU of the training workers: {workers:.0f} s ({workers / max(wall, 1):.2f} cores); of the "
+                  f"browser and its driver: {browser:.0f} s ({browser / max(wall, 1):.2f} cores)")
     else:
         print("server peak memory: unknown (pass --pid with --url to sample it)")
     if log_path:

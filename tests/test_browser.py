@@ -145,14 +145,28 @@ def click_until(page, button, effect, tries: int = 3, wait_ms: int = 60_000):
     sync_api.expect(effect).to_be_visible(timeout=wait_ms)
 
 
+def set_text(page, label: str, value: str):
+    """Types a value and waits until the app's rerun has kept it. The idle check before typing can
+    pass just before a rerun begins, and a box that rerun replaces loses what was typed, so it types
+    again (at most three times) until the box holds the value once the page is idle."""
+    box = page.get_by_label(label, exact=True)
+    for _ in range(3):
+        # until the last rerun has ended: a widget it replaced stays on screen beside the new one
+        # till then (two "Class name" boxes on a busy CI machine, right after an add)
+        wait_until_idle(page)
+        box.fill(value)
+        box.press("Enter")
+        page.wait_for_timeout(500)  # the rerun Enter starts, then its end
+        wait_until_idle(page)
+        if box.input_value() == value:
+            return
+    sync_api.expect(box).to_have_value(value)
+
+
 def set_epochs(page, epochs: int):
     wait_until_idle(page)
     page.get_by_text("Training settings").click()
-    box = page.get_by_label("Epochs", exact=True)
-    box.fill(str(epochs))
-    box.press("Enter")
-    page.wait_for_timeout(500)  # the rerun Enter starts, then its end
-    wait_until_idle(page)
+    set_text(page, "Epochs", str(epochs))
 
 
 def wait_for_status(page, status: str, timeout_s: float = 240):

@@ -14,10 +14,10 @@ pytestmark = pytest.mark.browser
 # The server, go_to and friends are test_browser's; importing them also brings its Chromium check.
 try:  # `python -m pytest` puts the repository on sys.path; plain `pytest` puts tests/ there
     from tests.test_browser import (assert_no_exception, new_context, chromium, fresh_page, go_to, open_app,  # noqa: F401
-                                    server, set_epochs, sync_api, wait_for_status, wait_until_idle, click_until)
+                                    server, set_epochs, set_text, sync_api, wait_for_status, wait_until_idle, click_until)
 except ImportError:
     from test_browser import (assert_no_exception, new_context, chromium, fresh_page, go_to, open_app, server,  # noqa: F401
-                              set_epochs, sync_api, wait_for_status, wait_until_idle, click_until)
+                              set_epochs, set_text, sync_api, wait_for_status, wait_until_idle, click_until)
 
 expect = sync_api.expect
 PAGE_TITLES = {"Lessons", "Data", "Model", "Train", "Feature maps", "Saliency", "Domain shift", "Few-shot", "Evaluate",
@@ -94,24 +94,6 @@ def choose_source(page, name: str):
     option.click(timeout=90_000)
     expect(SOURCE_READY[name](page)).to_be_visible(timeout=60_000)
     wait_until_idle(page)
-
-
-def set_text(page, label: str, value: str):
-    """Types a value and waits until the app's rerun has kept it. The idle check before typing can
-    pass just before a rerun begins, and a box that rerun replaces loses what was typed, so it types
-    again (at most three times) until the box holds the value once the page is idle."""
-    box = page.get_by_label(label, exact=True)
-    for _ in range(3):
-        # until the last rerun has ended: a widget it replaced stays on screen beside the new one
-        # till then (two "Class name" boxes on a busy CI machine, right after an add)
-        wait_until_idle(page)
-        box.fill(value)
-        box.press("Enter")
-        page.wait_for_timeout(500)  # the rerun Enter starts, then its end
-        wait_until_idle(page)
-        if box.input_value() == value:
-            return
-    expect(box).to_have_value(value)
 
 
 def add_single_images(page, class_name: str, files: dict[str, bytes], added: int | None = None):
@@ -351,11 +333,7 @@ def test_analysis_pages_fit_a_projector_after_computing_on_them(server, page):
     dan_done = page.get_by_test_id("stMetricLabel").filter(has_text="Source val accuracy").first
     go_to(page, "Domain shift")
     expect(page.get_by_test_id("stMetricLabel").filter(has_text="MMD² (unbiased)")).to_be_visible(timeout=300_000)
-    wait_until_idle(page)
-    epochs = page.get_by_label("Epochs", exact=True)
-    epochs.fill("1")
-    epochs.press("Enter")
-    wait_until_idle(page)
+    set_text(page, "Epochs", "1")
     page.get_by_role("button", name="Train plain and DAN").click()
     expect(dan_done).to_be_visible(timeout=300_000)
 
