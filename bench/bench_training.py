@@ -7,6 +7,7 @@ Run from the repository root: ``python bench/bench_training.py [--device cpu|cud
 3. Last stage fine-tuned with and without a cache of the frozen prefix's activations.
 4. Images per second of every backbone at every input size, frozen and fully fine-tuned.
 5. Peak resident memory and wall time of one epoch on 10,000 images, each in its own process.
+6. A head-only run (the default demo run's settings) against a bare head loop on the same features.
 
 Every ratio compares numbers measured in this one process, one after the other; the machine is
 shared, so read them as +-10 % at best. Nothing is written outside a temporary folder.
@@ -453,9 +454,108 @@ def section_memory(device, quick: bool) -> None:
 # --- main ------------------------------------------------------------------------------------
 
 
+# --- 6. a head-only run: what each epoch costs beyond the head's own arithmetic ----------------
+
+
+def bare_head_loop(features, labels, val_features, val_labels, classes: int, epochs: int, lr: float,
+                   batch_size: int) -> float:
+    """A linear head trained on features computed once, evaluated after every epoch: the work a
+    feature-extraction run's epochs have to do, and nothing else."""
+    import torch
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    head = torch.nn.Linear(features.shape[1], classes)
+    optimizer = torch.optim.AdamW(head.parameters(), lr=lr)
+    shuffler = torch.Generator().manual_seed(0)
+    loss = torch.zeros(())
+    for _ in range(epochs):
+        order = torch.randperm(len(features), generator=shuffler)
+        for b in range(math.ceil(len(features) / batch_size)):
+            idx = order[b * batch_size:(b + 1) * batch_size]
+            loss = F.cross_entropy(head(features[idx]), labels[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        with torch.inference_mode():
+            F.cross_entropy(head(val_features), val_labels).item()
+    return float(loss.detach())
+
+
+def section_head_run(device, quick: bool) -> dict:
+    """The default demo run trains only the head, on cached features, for up to 60 epochs: a few
+    milliseconds of arithmetic per epoch, so whatever else an epoch does (modes, copies of the best
+    weights, the run's record) is most of what a click on Train waits for."""
+    from dataclasses import replace
+
+    import torch
+
+    from core import backbones, data
+    from core.jobs import create_run
+    from core.runs import RunStore
+    from core.train.strategies import strategy_config
+    from core.training import TrainConfig, fit
+    from core.worker import train_run_folder
+
+    epochs, repeats = (10, 2) if quick else (40, 5)
+    train, val = data.split(data.demo_dataset("source", per_class=20, seed=0), 0.25, seed=0)
+    preset = strategy_config("feature_extraction", backbones.group_names(LITE0))
+    config = replace(TrainConfig(), freeze=list(preset.freeze), lr_multipliers=dict(preset.lr_multipliers),
+                     epochs=epochs, early_stopping=0, device=device.type)
+    model = backbones.starting_model(LITE0, train.classes, pretrained=True, seed=0, image_size=config.image_size)
+    size = config.image_size
+    print(f"## 6. a head-only run: the default demo run's settings ({LITE0}, {len(train)} train / {len(val)} "
+          f"val images at {size} px, {config.cached_views} cached views), {epochs} epochs without early "
+          f"stopping; median of {repeats} after a warm-up that fills the feature cache\n")
+
+    def features(ds):
+        from core.training import encode_images, normalise
+
+        x = normalise(encode_images(ds, size).to(device), torch.tensor(model.mean, device=device).view(1, 3, 1, 1),
+                      torch.tensor(model.std, device=device).view(1, 3, 1, 1))
+        with torch.inference_mode():
+            return model.to(device).eval().forward_features(x).float().clone()
+
+    f_train, f_val = features(train), features(val)
+    y_train, y_val = torch.as_tensor(train.labels, device=device), torch.as_tensor(val.labels, device=device)
+    tmp = tempfile.TemporaryDirectory(prefix="bench-training-")
+    store = RunStore(tmp.name)
+
+    def run_bare():
+        return time_once(lambda: bare_head_loop(f_train, y_train, f_val, y_val, len(train.classes), epochs,
+                                                config.lr, config.batch_size), device)
+
+    shared: dict = {}  # the frozen body's features, kept across fits as a worker keeps them
+
+    def run_fit():
+        fresh = backbones.starting_model(LITE0, train.classes, pretrained=True, seed=0, image_size=size)
+        return time_once(lambda: fit(fresh, train, val, config, shared_cache=shared), device)
+
+    def run_folder():
+        record = create_run(store, train, val, backbone=LITE0, pretrained=True, config=config)
+        return time_once(lambda: train_run_folder(store.folder(record.id)), device)
+
+    try:
+        run_bare(), run_fit(), run_folder()  # warm-up: the features of every view are cached now
+        runs = {"bare": [], "fit": [], "run": []}
+        for _ in range(repeats):
+            for name, fn in (("bare", run_bare), ("fit", run_fit), ("run", run_folder)):
+                runs[name].append(fn())
+    finally:
+        tmp.cleanup()
+    b, f, r = (statistics.median(runs[k]) for k in ("bare", "fit", "run"))
+    rows = [("bare head loop", f"{b:.3f}", f"{1000 * b / epochs:.1f}", "1.00x"),
+            ("fit on a fresh model (cache hits, no record)", f"{f:.3f}", f"{1000 * f / epochs:.1f}", fmt_ratio(f / b)),
+            ("a run from its folder (record, events, best weights)", f"{r:.3f}", f"{1000 * r / epochs:.1f}",
+             fmt_ratio(r / b))]
+    print_table(("variant", "seconds", "ms/epoch", "vs bare"), rows)
+    print("all runs (s): " + " | ".join(f"{k} " + " ".join(f"{x:.2f}" for x in v) for k, v in runs.items()) + "\n")
+    return {"fit/bare": f / b, "run/bare": r / b, "run ms/epoch": 1000 * r / epochs}
+
+
 def main() -> None:
     parser = add_common_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
-    parser.add_argument("--sections", default="1,2,3,4,5", help="comma-separated subset, e.g. 2,3")
+    parser.add_argument("--sections", default="1,2,3,4,5,6", help="comma-separated subset, e.g. 2,3")
     parser.add_argument("--memory-child", nargs=4, metavar=("MODE", "N", "SIZE", "DEVICE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     os.environ.setdefault("TRANSFER_LAB_DATA_DIR", tempfile.mkdtemp(prefix="bench-training-data-"))
@@ -487,6 +587,10 @@ def main() -> None:
         section_throughput(device, args.quick)
     if 5 in sections:
         section_memory(device, args.quick)
+    if 6 in sections:
+        r = section_head_run(device, args.quick)
+        summary.append(f"head-only run: fit/bare head loop {fmt_ratio(r['fit/bare'])}, run/bare "
+                       f"{fmt_ratio(r['run/bare'])} ({r['run ms/epoch']:.1f} ms per epoch)")
     if summary:
         print("## summary\n" + "\n".join("- " + s for s in summary))
     print(f"\nbench_training took {time.perf_counter() - started:.0f} s")

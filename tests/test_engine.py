@@ -153,6 +153,42 @@ def test_train_bn_updates_batchnorm_nested_inside_a_frozen_block():
     assert torch.equal(frozen.block[1][0].running_mean, before)
 
 
+class Modes(Callback):
+    """At each training batch, which of the watched modules are in train mode."""
+
+    def __init__(self, **watched):
+        self.watched, self.seen = watched, []
+
+    def on_batch_start(self, step):
+        self.seen.append({name: m.training for name, m in self.watched.items()})
+
+
+def test_every_epoch_trains_with_the_modes_its_plan_sets_after_each_evaluation():
+    """Evaluation puts the model in eval mode between epochs, and an epoch whose groups are the
+    same as the last one's puts back that epoch's modes instead of setting them all again: frozen
+    modules (and their BatchNorm layers) stay in eval mode, a group trains from the epoch it thaws."""
+    model = tiny()
+    watch = Modes(stem=model.stem, stem_bn=model.stem[1], block_bn=model.block[1][0], drop=model.drop, fc=model.fc)
+    fit(model, TRAIN, VAL, config(freeze=["stem"], epochs=3, cache_features=False), callbacks=[watch])
+    assert len(watch.seen) == 9  # 3 batches in each of 3 epochs
+    assert all(seen == dict(stem=False, stem_bn=False, block_bn=True, drop=True, fc=True) for seen in watch.seen)
+
+    model = tiny()
+    watch = Modes(stem_bn=model.stem[1], block_bn=model.block[1][0])
+    fit(model, TRAIN, VAL, config(freeze=["stem", "block"], train_bn=True, epochs=3, cache_features=False),
+        callbacks=[watch])
+    assert all(seen == dict(stem_bn=True, block_bn=True) for seen in watch.seen)
+
+    model = tiny()
+    watch = Modes(stem_bn=model.stem[1], block_bn=model.block[1][0])
+    history = fit(model, TRAIN, VAL, config(unfreeze_every=1, epochs=4, cache_features=False, early_stopping=0),
+                  callbacks=[watch])
+    by_epoch = [watch.seen[3 * e] for e in range(4)]
+    assert len(history.epochs) == 4 and by_epoch == [
+        dict(stem_bn=False, block_bn=False), dict(stem_bn=False, block_bn=True),
+        dict(stem_bn=True, block_bn=True), dict(stem_bn=True, block_bn=True)]
+
+
 def test_unknown_group_in_lr_multipliers_is_refused():
     with pytest.raises(ConfigError, match="blocks"):
         fit(tiny(), TRAIN, VAL, config(lr_multipliers={"blocks": 0.1}))

@@ -46,7 +46,7 @@ from torch import nn
 from core.devices import autocast_dtype, pick_device
 from core.errors import UserInputError
 from core.features import tensor_key
-from core.hooks import capture, preserved
+from core.hooks import capture, modes, preserved, set_modes
 from core.seeding import reseed
 from core.train.base import (
     CACHE_BUDGET_BYTES,
@@ -141,10 +141,19 @@ class DivergenceGuard(Callback):
         t = self.trainer
         if t.stop_reason == "diverged":
             self._blow_up(epoch, "the loss became NaN or infinite")
-        elif not all(torch.isfinite(x).all() for x in self.tensors):
+        elif not self._finite():
             self._blow_up(epoch, "a weight or a BatchNorm statistic is no longer finite")
         elif self.epoch_losses and sum(self.epoch_losses) / len(self.epoch_losses) > BLOW_UP_FACTOR * self._start():
             self._blow_up(epoch, f"the training loss grew to over {BLOW_UP_FACTOR:g}× where it started")
+
+    def _finite(self) -> bool:
+        """Every weight and statistic finite: one fused max-abs per floating tensor (NaN propagates
+        through it), one sync."""
+        floats = [x.detach() for x in self.tensors if x.is_floating_point()]
+        if not floats:
+            return True
+        largest = torch._foreach_norm(floats, float("inf"))
+        return bool(torch.stack([m.float() for m in largest]).isfinite().all())
 
     def on_epoch_end(self, metrics) -> None:
         val_loss = getattr(metrics, "val_loss", math.nan)
@@ -153,8 +162,7 @@ class DivergenceGuard(Callback):
                                          f"{BLOW_UP_FACTOR:g}× the starting loss")
             return
         with torch.no_grad():
-            for x, good in zip(self.tensors, self.last_good):
-                good.copy_(x)
+            torch._foreach_copy_(self.last_good, [x.detach() for x in self.tensors])
 
 
 class Trainer:
@@ -555,6 +563,7 @@ class Trainer:
         self.total_units, self.done_units = self.cache_units + self.steps * config.epochs, 0
         # "warmup": the head cache served the warm-up only; the fine-tuning epochs run the whole model
         cache = "warmup" if self.cache_until is not None else self.cache_mode or ""
+        self._epoch_modes = None  # (plan entry, modes) of the last epoch that applied its plan
         self.history = objective.new_history(plan=self.plan, used_feature_cache=self.cache_mode is not None,
                                              cache=cache)
         trainable = sum(p.numel() for g in self.param_groups for p in g["params"])
@@ -594,8 +603,14 @@ class Trainer:
         """Set which groups train this epoch (and their modes), then tell the objective and callbacks."""
         if self.warmup_end and epoch == self.warmup_end + 1:
             self._leave_warmup(epoch)
-        apply_epoch_plan(self.model, self.by_group, self.plan[epoch - 1], self.config.train_bn,
-                         self.config.keep_bn_stats)
+        active = self.plan[epoch - 1]
+        if self.dist is None and self._epoch_modes is not None and active == self._epoch_modes[0]:
+            # the same groups train as last epoch: put back the modes that epoch's plan set (an
+            # evaluation or a callback may have changed them since) instead of setting them all again
+            set_modes(self._epoch_modes[1])
+        else:
+            apply_epoch_plan(self.model, self.by_group, active, self.config.train_bn, self.config.keep_bn_stats)
+            self._epoch_modes = (dict(active), modes(self.model))
         if self.dist is not None:
             self.dist.freeze_batchnorm(self.model)
             self._ddp = self.dist.wrap(self.model, self._ddp)

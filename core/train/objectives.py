@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.errors import ConfigError
+from core.hooks import eval_mode
 from core.train.base import EpochMetrics, History, labels_of
 
 __all__ = ["Objective", "Classification", "cross_entropy_eval", "check_labels"]
@@ -100,18 +101,13 @@ def cross_entropy_eval(trainer, source: str) -> tuple[float, float]:
     labels = trainer.labels[source]
     if len(labels) == 0:
         return math.nan, math.nan
-    model = trainer.model
-    was_training = model.training
-    model.eval()
     total, correct = 0.0, 0
-    try:
+    with eval_mode(trainer.model):
         for start, x in trainer.eval_inputs(source):
             logits = trainer.logits(x).float()
             y = labels[start:start + len(x)].to(trainer.device)
             total += F.cross_entropy(logits, y, reduction="sum").item()
             correct += (logits.argmax(1) == y).sum().item()
-    finally:
-        model.train(was_training)
     return total / len(labels), correct / len(labels)
 
 
