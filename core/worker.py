@@ -379,8 +379,21 @@ def _fit_info(store: RunStore, run_id: str) -> dict:
     return starts[-1] if starts else {}
 
 
+def own_session() -> None:
+    """Leave the server's session for one of this process's own. Linux (with autogroup, the default
+    on most distributions) shares the CPU fairly between sessions first and between threads within
+    a session second: a worker in the server's session got 2 threads' share of 2 cores against every
+    other thread there, 27 s of CPU in 262 s while 20 pages were open. The worker still ends when
+    the server does: its pipe closes, or the run sees its parent gone (``StopSignal``)."""
+    try:
+        os.setsid()
+    except (AttributeError, OSError):  # not POSIX, or already a session leader
+        pass
+
+
 def serve(conn, threads: int) -> None:
     """A worker process's main loop: train each folder sent through ``conn``, answer its status."""
+    own_session()
     torch.set_num_threads(max(1, int(threads)))
     parent = os.getppid()
     try:

@@ -14,8 +14,10 @@ by itself after --timeout seconds, whatever the server does.
 
 The N browsers of a test share this machine's cores with the server; in a classroom they are on the
 students' own machines. ``--pin`` puts the browsers on the last core and the server (and its
-workers) on the others, so the figures say what the server does. The server this script starts
-dumps its threads' stacks into its log at the end when a session timed out (a page that stopped
+workers) on the others, so the figures say what the server does. Either way the server starts in
+a session of its own, as it does from a terminal or as a service: Linux shares the CPU between
+sessions before it shares it between threads (``--same-session`` puts it beside the browsers). The
+server this script starts dumps its threads' stacks into its log at the end when a session timed out (a page that stopped
 following its run: is a script run stuck on the server, or did the browser stop asking?).
 """
 
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import re
 import signal
@@ -51,6 +54,7 @@ class Session:
     state: str = "not started"  # not started, opening, training, finished, failed, ..., timed out, error
     run_id: str = ""
     clicked: float | None = None
+    clicked_at: float | None = None  # the click in wall-clock time, to compare with the run's record
     seconds: float | None = None  # click to finished
     queued_seconds: float = 0.0  # click to the first sign that the run left the queue
     queue_positions: list[int] = field(default_factory=list)
@@ -80,8 +84,8 @@ SERVE = ("import faulthandler, os, signal, sys; faulthandler.register(signal.SIG
          "from streamlit.web.cli import main; sys.argv = ['streamlit', *sys.argv[1:]]; main()")
 
 
-def start_server(data_dir: str, slots: int | None, log_path: str, cores: set[int] | None = None
-                 ) -> tuple[subprocess.Popen, str]:
+def start_server(data_dir: str, slots: int | None, log_path: str, cores: set[int] | None = None,
+                 own_session: bool = True) -> tuple[subprocess.Popen, str]:
     port = free_port()
     env = {**os.environ, "TRANSFER_LAB_DATA_DIR": data_dir}
     if slots:
@@ -92,6 +96,8 @@ def start_server(data_dir: str, slots: int | None, log_path: str, cores: set[int
          "--server.address", "127.0.0.1", "--server.headless", "true"],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
         preexec_fn=(lambda: os.sched_setaffinity(0, cores)) if cores else None,  # workers inherit it
+        # as from a terminal or a service: not in the session of the browsers this script drives
+        start_new_session=own_session,
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
@@ -278,7 +284,7 @@ async def drive(browser, url: str, s: Session, deadline: float, poll: float) -> 
         train = page.get_by_role("button", name="Train", exact=True)
         await train.wait_for(timeout=left_ms())
         s.state = "training"
-        s.clicked = time.monotonic()
+        s.clicked, s.clicked_at = time.monotonic(), time.time()
         await train.click(timeout=left_ms())
         left_queue = False
         while time.monotonic() < deadline:
@@ -372,8 +378,29 @@ def summary(values: list[float]) -> str:
     return f"median {statistics.median(values):.1f} s, max {max(values):.1f} s"
 
 
+def timeline(sessions: list[Session], data_dir: str) -> dict[str, list[float]]:
+    """Per completed session: the click until the server created its run (the click's script run),
+    the run's creation until the worker finished it (the queue and the training), and that until the
+    page showed "finished" (its follower's redraw, the browser's render and this script's next look)."""
+    stages: dict[str, list[float]] = {"click → run created": [], "created → finished": [], "finished → seen": []}
+    for s in sessions:
+        if s.state != "finished" or not s.run_id or s.clicked_at is None or s.seconds is None:
+            continue
+        found = list(Path(data_dir).glob(f"**/{s.run_id}/run.json"))
+        try:
+            record = json.loads(found[0].read_text()) if found else None
+        except (OSError, ValueError):
+            record = None
+        if not record or not record.get("finished"):
+            continue
+        stages["click → run created"].append(record["created"] - s.clicked_at)
+        stages["created → finished"].append(record["finished"] - record["created"])
+        stages["finished → seen"].append(s.clicked_at + s.seconds - record["finished"])
+    return stages if stages["click → run created"] else {}
+
+
 def report(sessions: list[Session], wall: float, url: str, sampler: MemorySampler, log_path: str | None,
-           slots: str) -> None:
+           slots: str, data_dir: str | None = None) -> None:
     completed = [s for s in sessions if s.state == "finished"]
     failed = [s for s in sessions if s.state != "finished"]
     print(f"\n{len(sessions)} sessions against {url} (training slots: {slots}), wall time {wall:.0f} s")
@@ -402,6 +429,11 @@ def report(sessions: list[Session], wall: float, url: str, sampler: MemorySample
     print(f"click to finished (completed sessions): {summary([s.seconds for s in completed])}")
     print(f"time queued (sessions whose run showed): {summary([s.queued_seconds for s in sessions if s.statuses])}"
           + (" — '+': still queued when the test stopped" if any(s.statuses[-1:] == ["queued"] for s in sessions) else ""))
+    if data_dir:
+        stages = timeline(sessions, data_dir)
+        if stages:
+            print("where the time went (from the runs' records): "
+                  + "; ".join(f"{name} {summary(values)}" for name, values in stages.items()))
     if sampler.pid:
         children = sum(sampler.children_hwm_kib.values())
         print(f"server peak memory: VmHWM {mib(sampler.server_hwm_kib)} (pid {sampler.pid}); "
@@ -434,11 +466,14 @@ def main(argv=None) -> int:
     parser.add_argument("--poll", type=float, default=1.0, help="seconds between looks at each page (default 1)")
     parser.add_argument("--stagger", type=float, default=0.0, help="seconds between session starts (default 0)")
     parser.add_argument("--pin", action="store_true", help="browsers on the last core, the server on the others")
+    parser.add_argument("--same-session", action="store_true",
+                        help="start the server in this script's session, beside the browsers, as every test "
+                             "before 2026-11-30 did: Linux then shares the CPU among all their threads alike")
     args = parser.parse_args(argv)
     if not Path(CHROMIUM).exists():
         raise SystemExit(f"{CHROMIUM} is missing (scripts/ensure-chromium.sh)")
 
-    proc = log_path = None
+    proc = log_path = data_dir = None
     if args.url:
         url, pid = args.url.rstrip("/"), args.pid
         slots = "server's own"
@@ -449,7 +484,8 @@ def main(argv=None) -> int:
         if args.pin and len(cores) < 2:
             raise SystemExit("--pin needs at least two cores")
         server_cores = set(cores[:-1]) if args.pin else None
-        proc, url = start_server(os.path.join(workdir, "data"), args.slots, log_path, server_cores)
+        data_dir = os.path.join(workdir, "data")
+        proc, url = start_server(data_dir, args.slots, log_path, server_cores, own_session=not args.same_session)
         pid = proc.pid
         if args.pin:  # this process's children (Playwright's driver, Chromium) inherit the last core
             os.sched_setaffinity(0, {cores[-1]})
@@ -466,7 +502,7 @@ def main(argv=None) -> int:
             if any(s.state == "timed out" for s in sessions or []):
                 dump_stacks(proc)
             stop_server(proc)
-    report(sessions, wall, url, sampler, log_path, slots)
+    report(sessions, wall, url, sampler, log_path, slots, data_dir)
     return 0 if all(s.state == "finished" for s in sessions) else 1
 
 

@@ -190,6 +190,35 @@ def test_worker_processes_start_with_the_engines_wait_policy(pool):
         assert f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}".encode() in environ
 
 
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="reads sessions and process states from /proc")
+def test_workers_train_in_a_session_of_their_own_and_still_end_with_the_server(tmp_path):
+    """Linux shares the CPU between sessions before threads: a worker in the server's session got a
+    sliver of it beside a classroom's open pages. Its own session must not outlive the server."""
+    code = ("import sys, time; sys.path.insert(0, sys.argv[1]); from core.tasks import WorkerPool; "
+            "pool = WorkerPool(1, threads=1); assert pool.wait_ready(120); print(pool.pids()[0], flush=True); "
+            "time.sleep(600)")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    server = subprocess.Popen([sys.executable, "-c", code, root], stdout=subprocess.PIPE, text=True, cwd=root)
+    try:
+        worker_pid = int(server.stdout.readline())
+        assert os.getsid(worker_pid) == worker_pid != os.getsid(server.pid)
+    finally:
+        server.kill()  # as abruptly as a server can end: no clean-up of its own runs
+        server.wait(30)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and _alive(worker_pid):
+        time.sleep(0.2)
+    assert not _alive(worker_pid)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def test_a_crash_inside_a_run_is_reported_and_the_queue_goes_on(store, pool, tmp_path):
     queue = TaskQueue(1, pool=pool)
     broken = tmp_path / "weights.safetensors"
