@@ -451,12 +451,13 @@ def _panel(draw, args: tuple) -> None:
     st.session_state[ended] = True
 
 
-_live_panel = st.fragment(run_every=1.0)(_panel)
+# one fragment per redraw interval a page uses
+_live_panels = {every: st.fragment(run_every=every)(_panel) for every in (1.0, 2.0)}
 
 
-def follow(draw, *args, live: bool) -> None:
+def follow(draw, *args, live: bool, every: float = 1.0) -> None:
     """Draw ``draw(*args)``, which returns True while what it shows is still going: while ``live``
-    in a fragment that redraws it every second, else once.
+    in a fragment that redraws it every ``every`` seconds (1 or 2), else once.
 
     When it ends, the fragment draws the ended state once by itself and asks for the full rerun
     that stops its timer a second later, never in the same run. Under load Streamlit can drop every
@@ -465,7 +466,7 @@ def follow(draw, *args, live: bool) -> None:
     while the server dropped its timer's requests for a fragment it no longer had (3 of 20 pages in
     the 20-session load test). Now a lost full rerun leaves the ended state on screen."""
     if live:
-        _live_panel(draw, args)
+        _live_panels[every](draw, args)
     else:
         draw(*args)
 

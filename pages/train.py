@@ -367,9 +367,15 @@ def compare_ui(runs) -> None:
         column_config={"val acc": st.column_config.NumberColumn(format="percent")})
 
 
-@st.fragment(run_every=2.0)
-def live_compare() -> None:
+def comparison_going() -> bool:
+    """Whether a run of the comparison started together still trains or waits."""
+    return any(job is not None and not job.snapshot().done for job in map(get_job, ss.get("compare", [])))
+
+
+def comparison() -> bool:
+    """``follow``'s draw for the comparison: True while one of its runs is still going."""
     compare_ui(my_runs())
+    return comparison_going()
 
 
 for note in run_store().notes(ss.owner):
@@ -390,11 +396,8 @@ if run_id:
 runs = my_runs()
 if runs:
     st.divider()
-    comparing = [get_job(r) for r in ss.get("compare", [])]
-    if any(job is not None and not job.snapshot().done for job in comparing):
-        live_compare()
-    else:
-        compare_ui(runs)
+    # every 2 s, not every second: a chart of a few runs' epochs, and the run above already has a timer
+    follow(comparison, live=comparison_going(), every=2.0)
     st.divider()
     st.subheader("Your runs")
     labels = {r.id: f"{run_option(r)} · {r.status}" for r in runs}
