@@ -1,7 +1,7 @@
 """A run beside other work, by how OpenMP's idle threads wait: sleep at once (PASSIVE), spin a little, or
 spin for libgomp's default 300,000 rounds.
 
-    python bench/bench_contention.py [--hogs 6] [--runs 3] [--quick]
+    python bench/bench_contention.py [--hogs 6] [--runs 3] [--quick] [--own-session]
 
 A classroom server never trains alone: page reruns, analyses and other runs share its cores. Each
 case runs the default demo run (feature extraction, as a click on Train does) ``--runs`` times in
@@ -33,6 +33,8 @@ from common import fmt_ratio, print_table, run_child  # noqa: E402
 CASES = {"PASSIVE": {"OMP_WAIT_POLICY": "PASSIVE"},
          "spin 10k": {"GOMP_SPINCOUNT": "10000"},
          "default": {}}
+# with --own-session: the engine's choice (PASSIVE), with the pool's threads and with one
+SESSION_CASES = {"PASSIVE": ({"OMP_WAIT_POLICY": "PASSIVE"}, 0), "PASSIVE, 1 thread": ({"OMP_WAIT_POLICY": "PASSIVE"}, 1)}
 BASE = "PASSIVE"
 
 
@@ -79,6 +81,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="two runs per process")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--own-session", action="store_true",
+                        help="each run in a session of its own, as the engine's workers are, with the pool's "
+                             "threads and with one")
     args = parser.parse_args()
     runs = 2 if args.quick else max(2, args.runs)
     cores = os.cpu_count() or 2
@@ -97,9 +102,10 @@ def main() -> None:
         for process in hog_processes:
             process.start()
         try:
-            for name, env in CASES.items():
-                out = run_child([__file__, "--child", "--runs", str(runs), "--threads", str(threads)],
-                                timeout=1800, env=env)
+            cases = SESSION_CASES if args.own_session else {name: (env, 0) for name, env in CASES.items()}
+            for name, (env, case_threads) in cases.items():
+                out = run_child([__file__, "--child", "--runs", str(runs), "--threads", str(case_threads or threads)],
+                                timeout=1800, env=env, new_session=args.own_session)
                 results[name, hogs] = out.get("error") or out["seconds"]
         finally:
             for process in hog_processes:
@@ -114,7 +120,8 @@ def main() -> None:
         table.append([f"{name}, {hogs} busy", f"{seconds[0]:.2f} s", f"{medians[name, hogs]:.2f} s",
                       fmt_ratio(medians[name, hogs] / base) if base else "n/a"])
     print_table(("policy, beside", "first run", "repeat run (median)", f"vs {BASE}"), table,
-                title="The default demo run by OpenMP wait policy")
+                title="The default demo run in a session of its own, by torch threads" if args.own_session
+                else "The default demo run by OpenMP wait policy")
 
 
 if __name__ == "__main__":

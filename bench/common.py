@@ -107,17 +107,19 @@ def ru_maxrss_mib() -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024
 
 
-def run_child(argv: Sequence[str], timeout: float | None = None, env: dict | None = None) -> dict:
+def run_child(argv: Sequence[str], timeout: float | None = None, env: dict | None = None,
+              new_session: bool = False) -> dict:
     """Run ``python argv...`` from the repository root in a fresh process; returns the JSON object
     printed on its last stdout line, plus ``wall_s`` (the child's wall time seen from here).
 
     A fresh process has a memory map of its own, so its ``peak_rss_mib()`` is the peak of that
-    one workload. On failure returns ``{"error": last stderr line}``.
+    one workload. ``new_session``: the child starts a session of its own, as the engine's workers
+    do. On failure returns ``{"error": last stderr line}``.
     """
     start = time.perf_counter()
     try:
         done = subprocess.run([sys.executable, *argv], capture_output=True, text=True, cwd=ROOT,
-                              timeout=timeout, env={**os.environ, **(env or {})})
+                              timeout=timeout, env={**os.environ, **(env or {})}, start_new_session=new_session)
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout:.0f} s"}
     wall = time.perf_counter() - start

@@ -246,7 +246,9 @@ def train_run_folder(folder: str | Path, parent_pid: int | None = None, distribu
     main = distributed is None or distributed.main
     log = (log or EventLog(folder / EVENTS)) if main else _Silent()
     world = {"world_size": distributed.world_size} if distributed is not None else {}
-    state = {"record": replace(record, status="running", worker_pid=os.getpid(), info={**record.info, **world})}
+    # the thread count changes a run's arithmetic (not only its speed): the record keeps it
+    info = {**record.info, **world, "cpu_threads": torch.get_num_threads()}
+    state = {"record": replace(record, status="running", worker_pid=os.getpid(), info=info)}
 
     def save(**changes) -> None:
         state["record"] = replace(state["record"], **changes)

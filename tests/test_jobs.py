@@ -219,6 +219,20 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def test_a_runs_record_keeps_the_torch_threads_it_trained_with(store):
+    """Fine-tuning with one thread and with two gives different curves (summation order), so the
+    thread count is part of what reproduces a run."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        record = create_run(store, Shapes(8, 0), Shapes(4, 1), backbone="efficientnet_lite0", pretrained=True,
+                            config=quick_config(epochs=1))
+        assert worker.train_run_folder(store.folder(record.id)) == "finished"
+        assert store.get(record.id).info["cpu_threads"] == 1
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_a_crash_inside_a_run_is_reported_and_the_queue_goes_on(store, pool, tmp_path):
     queue = TaskQueue(1, pool=pool)
     broken = tmp_path / "weights.safetensors"
