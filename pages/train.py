@@ -249,8 +249,8 @@ def progress_text(snap, record) -> str:
     return text
 
 
-def show_run(run_id: str) -> bool:
-    """Draw the run; True while it is still going."""
+def show_run(run_id: str, waiting: bool = False) -> bool:
+    """Draw the run; True while it is still going (drawn ``waiting``: while it is still queued)."""
     snap, record = run_status(run_id)
     if record is None:
         st.warning("No run with this link on this server (it may have been removed to free disk space).")
@@ -323,7 +323,7 @@ def show_run(run_id: str) -> bool:
             st.warning("This run had no validation images (every class had a single image, and a class's "
                        "only image goes to training), so nothing measured how well it does. Add more images "
                        "per class on the Data page and train again.")
-    return running
+    return running and not (waiting and status != "queued")
 
 
 def hints_ui(epochs: list[dict], status: str, message: str, info: dict) -> None:
@@ -389,9 +389,11 @@ run_id = ss.current_run
 if run_id:
     job = get_job(run_id)
     snap = job.snapshot() if job is not None else None
-    # live: redrawn every second from the queue to the end (one fragment: swapping a "waiting" one
-    # for a "live" one left pages polling a fragment the server no longer had)
-    follow(show_run, run_id, live=snap is not None and not snap.done)
+    # A queued run changes only its place in the queue: redrawn every 2 s until it leaves the queue,
+    # then (after the full rerun show_run asks for) every second to its end. Both are one fragment
+    # (same function, same place), whose timer the browser replaces when its interval changes.
+    waiting = snap is not None and snap.status == "queued"
+    follow(show_run, run_id, waiting, live=snap is not None and not snap.done, every=2.0 if waiting else 1.0)
 
 runs = my_runs()
 if runs:
