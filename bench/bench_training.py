@@ -451,9 +451,6 @@ def section_memory(device, quick: bool) -> None:
           f"{uint8 / 2**20:.0f} MiB, and the decoded PIL images the dataset holds are as large again.\n")
 
 
-# --- main ------------------------------------------------------------------------------------
-
-
 # --- 6. a head-only run: what each epoch costs beyond the head's own arithmetic ----------------
 
 
@@ -551,6 +548,9 @@ def section_head_run(device, quick: bool) -> dict:
     print_table(("variant", "seconds", "ms/epoch", "vs bare"), rows)
     print("all runs (s): " + " | ".join(f"{k} " + " ".join(f"{x:.2f}" for x in v) for k, v in runs.items()) + "\n")
     return {"fit/bare": f / b, "run/bare": r / b, "run ms/epoch": 1000 * r / epochs}
+
+
+# --- main ------------------------------------------------------------------------------------
 
 
 def main() -> None:

@@ -451,7 +451,9 @@ def _panel(draw, args: tuple) -> None:
     st.session_state[ended] = True
 
 
-# one fragment per redraw interval a page uses
+# the redraw intervals a page may ask for. Both wrap _panel, so at one place on a page they are one
+# fragment (Streamlit names a fragment by its function and place); the browser replaces its timer
+# when the interval changes.
 _live_panels = {every: st.fragment(run_every=every)(_panel) for every in (1.0, 2.0)}
 
 

@@ -17,8 +17,9 @@ students' own machines. ``--pin`` puts the browsers on the last core and the ser
 workers) on the others, so the figures say what the server does. Either way the server starts in
 a session of its own, as it does from a terminal or as a service: Linux shares the CPU between
 sessions before it shares it between threads (``--same-session`` puts it beside the browsers). The
-server this script starts dumps its threads' stacks into its log at the end when a session timed out (a page that stopped
-following its run: is a script run stuck on the server, or did the browser stop asking?).
+server this script starts dumps its threads' stacks into its log at the end when a session timed
+out (a page that stopped following its run: is a script run stuck on the server, or did the
+browser stop asking?).
 """
 
 from __future__ import annotations
@@ -186,15 +187,13 @@ class MemorySampler:
         # CPU seconds per process of each group, (at the start or birth, latest): the server's
         # workers, and this script's own descendants outside the server (Chromium, Playwright's driver)
         self.cpu: dict[str, dict[int, list[float]]] = {"workers": {}, "browser": {}}
-        self._account(start=True)
+        self._account(descendants(pid) if pid else [], start=True)
 
-    def _groups(self) -> dict[str, list[int]]:
-        server = set(descendants(self.pid)) if self.pid else set()
-        return {"workers": sorted(server),
-                "browser": [p for p in descendants(os.getpid()) if p not in server and p != self.pid]}
-
-    def _account(self, start: bool = False) -> None:
-        for group, pids in self._groups().items():
+    def _account(self, workers: list[int], start: bool = False) -> None:
+        """Add the latest CPU seconds of the server's ``workers`` and of the browser's processes."""
+        server = set(workers)
+        browser = [p for p in descendants(os.getpid()) if p not in server and p != self.pid]
+        for group, pids in (("workers", workers), ("browser", browser)):
             seen = self.cpu[group]
             for pid in pids:
                 used = cpu_seconds(pid)
@@ -212,13 +211,14 @@ class MemorySampler:
             return
         self.server_hwm_kib = max(self.server_hwm_kib, _status_kib(self.pid, "VmHWM"))
         total = _status_kib(self.pid, "VmRSS")
-        for child in descendants(self.pid):
+        workers = descendants(self.pid)
+        for child in workers:
             self.children_hwm_kib[child] = max(self.children_hwm_kib.get(child, 0), _status_kib(child, "VmHWM"))
             total += _status_kib(child, "VmRSS")
         self.peak_total_rss_kib = max(self.peak_total_rss_kib, total)
         self.samples += 1
         self.cpu_end = cpu_seconds(self.pid) or self.cpu_end
-        self._account()
+        self._account(workers)
 
     async def run(self, stop: asyncio.Event, every: float = 0.5) -> None:
         while not stop.is_set():

@@ -191,7 +191,7 @@ def test_worker_processes_start_with_the_engines_wait_policy(pool):
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="reads sessions and process states from /proc")
-def test_workers_train_in_a_session_of_their_own_and_still_end_with_the_server(tmp_path):
+def test_workers_train_in_a_session_of_their_own_and_still_end_with_the_server():
     """Linux shares the CPU between sessions before threads: a worker in the server's session got a
     sliver of it beside a classroom's open pages. Its own session must not outlive the server."""
     code = ("import sys, time; sys.path.insert(0, sys.argv[1]); from core.tasks import WorkerPool; "
