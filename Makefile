@@ -1,10 +1,10 @@
-# `make run` installs the app into .venv and serves it; `make test` installs and runs every test.
+# `make run` installs the app into .venv and serves it; `make test` installs, lints and runs every test.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PORT ?= 8501
 
-.PHONY: run test install install-dev browser bench gpu-check clean
+.PHONY: run test lint install install-dev browser bench gpu-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +26,12 @@ run: install
 browser:
 	@bash scripts/ensure-chromium.sh
 
-test: install-dev browser
+# The floors of core/ (import-linter's contracts in pyproject.toml) and ruff's checks, before any test.
+lint: install-dev
+	$(BIN)/ruff check .
+	$(BIN)/lint-imports
+
+test: install-dev browser lint
 	$(BIN)/python -m pytest
 
 bench: install-dev

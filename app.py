@@ -8,9 +8,9 @@ from pathlib import Path
 import pandas  # noqa: F401
 import streamlit as st
 
-from pages._links import apply_link, classroom_link_ui, show_link_notes, sync_link
-from pages._shared import init_session, link_notes, run_page, sidebar
-from core.tasks import get_pool
+from core.runs.tasks import get_pool
+from pages.ui.links import apply_link, classroom_link_ui, show_link_notes, sync_link
+from pages.ui.session import init_session, link_notes, run_page, sidebar
 
 # The app's own icon, served by this server: a ":material/…:" page icon makes the browser fetch
 # the favicon from fonts.gstatic.com on every page, which fails offline (classrooms often are).

@@ -50,22 +50,22 @@ def child(runs: int, threads: int) -> None:
     torch.set_num_threads(threads)
     from dataclasses import replace
 
-    from core import backbones, data
-    from core.jobs import create_run
+    from core import data, models
     from core.runs import RunStore
+    from core.runs.jobs import create_run
+    from core.runs.worker import train_run_folder
+    from core.train.base import TrainConfig
     from core.train.strategies import strategy_config
-    from core.training import TrainConfig
-    from core.worker import train_run_folder
 
     train_ds, val_ds = data.split(data.demo_dataset("source", per_class=20, seed=0), 0.25, seed=0)
-    preset = strategy_config("feature_extraction", backbones.group_names(backbones.DEFAULT_BACKBONE))
+    preset = strategy_config("feature_extraction", models.group_names(models.DEFAULT_BACKBONE))
     config = replace(TrainConfig(), freeze=list(preset.freeze), lr_multipliers=dict(preset.lr_multipliers))
-    backbones.load(backbones.DEFAULT_BACKBONE, pretrained=True)
+    models.load(models.DEFAULT_BACKBONE, pretrained=True)
     seconds = []
     with tempfile.TemporaryDirectory() as tmp:
         store = RunStore(tmp)
         for _ in range(runs):
-            record = create_run(store, train_ds, val_ds, backbone=backbones.DEFAULT_BACKBONE, pretrained=True,
+            record = create_run(store, train_ds, val_ds, backbone=models.DEFAULT_BACKBONE, pretrained=True,
                                 config=config)
             started = time.perf_counter()
             status = train_run_folder(store.folder(record.id))

@@ -1,6 +1,6 @@
 """Accuracy at the defaults on real image sets: every preset strategy against a linear probe.
 
-For each real set (core.samples: pictures that ship inside scikit-learn and scikit-image) and
+For each real set (core.data.samples: pictures that ship inside scikit-learn and scikit-image) and
 each preset strategy, one run of ``fit`` at ``strategy_config``'s defaults, beside a scikit-learn
 ``LogisticRegression`` probe on the very same frozen features (best of C in {0.01, 0.1, 1, 10}).
 Prints per set and strategy: the probe, our default, the gap (ours − probe, in points), the epochs
@@ -20,14 +20,13 @@ from __future__ import annotations
 import argparse
 import time
 
-from common import add_common_args, machine_line, print_table, resolve_device
-
 import numpy as np
 import torch
+from common import add_common_args, machine_line, print_table, resolve_device
 
 
 def pooled_features(model, ds, size: int, device) -> np.ndarray:
-    from core.training import encode_images, normalise
+    from core.data.encoded import encode_images, normalise
 
     images = encode_images(ds, size)
     mean = torch.tensor(model.mean, device=device).view(1, 3, 1, 1)
@@ -71,13 +70,15 @@ def main() -> None:
     device = resolve_device(args.device)
     strategies = ["feature_extraction"] if args.quick else args.strategies.split(",")
 
-    from core import backbones
+    from core import models
     from core.data import split
-    from core.samples import sample_dataset
-    from core.training import fit, labels_of, strategy_config
+    from core.data.encoded import labels_of
+    from core.data.samples import sample_dataset
+    from core.train.fitting import fit
+    from core.train.strategies import strategy_config
 
     print(machine_line(device))
-    base = backbones.load()
+    base = models.load()
     groups = [g.name for g in base.layer_groups]
     rows = []
     for name in args.sets.split(","):
@@ -85,18 +86,18 @@ def main() -> None:
         train, val = split(ds, 0.25, seed=args.seed)
         size = args.size or strategy_config("feature_extraction", groups).image_size
         started = time.perf_counter()
-        probe_model = backbones.classifier(base, len(ds.classes), classes=ds.classes, image_size=size)
+        probe_model = models.classifier(base, len(ds.classes), classes=ds.classes, image_size=size)
         probe = probe_accuracy(pooled_features(probe_model, train, size, device), labels_of(train).numpy(),
                                pooled_features(probe_model, val, size, device), labels_of(val).numpy())
         rows.append([name, "logistic-regression probe", f"{probe:.3f}", "", "", "", f"{time.perf_counter() - started:.1f}"])
         for strategy in strategies:
             config = strategy_config(strategy, groups, device=str(device), seed=args.seed,
                                      **({"image_size": args.size} if args.size else {}))
-            model = backbones.starting_model(base.name, ds.classes, seed=args.seed, image_size=config.image_size)
+            model = models.starting_model(base.name, ds.classes, seed=args.seed, image_size=config.image_size)
             started = time.perf_counter()
             history = fit(model, train, val, config)
             seconds = time.perf_counter() - started
-            from core.evaluation import evaluate_dataset
+            from core.analysis.evaluation import evaluate_dataset
 
             acc = evaluate_dataset(model, val, device).accuracy
             rows.append([name, strategy, f"{acc:.3f}", f"{100 * (acc - probe):+.1f}",

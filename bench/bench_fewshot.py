@@ -21,8 +21,9 @@ import time
 
 from common import machine_line, print_table  # first: it puts the repository on sys.path
 
-from core import backbones, fewshot
+from core import models
 from core.data import demo_fewshot
+from core.methods import fewshot
 
 
 def anil_epoch(backbone, ds, split, episodes: int) -> None:
@@ -68,12 +69,12 @@ def main() -> None:
     import torch
 
     print(machine_line(torch.device("cpu")))
-    backbone = backbones.load()
+    backbone = models.load()
     ds = demo_fewshot(n_classes=20, per_class=20)
     split = fewshot.split_classes(ds.classes, seed=0)
     anil_epoch(backbone, ds, split, 20 if args.quick else 100)
     if args.table:
-        from core.samples import sample_dataset
+        from core.data.samples import sample_dataset
 
         sets = [("demo", ds), ("digits", sample_dataset("digits", per_class=20, size=64))]
         episodes = 20 if args.quick else args.episodes

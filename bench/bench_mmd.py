@@ -1,4 +1,4 @@
-"""Time and peak memory of core.mmd.mmd_test against the course deck's broadcast MMD.
+"""Time and peak memory of core.analysis.mmd.mmd_test against the course deck's broadcast MMD.
 
 Run from the repository root: ``python bench/bench_mmd.py``. Each case runs in a fresh child
 process so that its peak resident memory (ru_maxrss) is its own.
@@ -63,7 +63,7 @@ def peak_mib() -> float:
 def child(kind: str, n: int) -> None:
     import torch
 
-    from core.mmd import mmd_test
+    from core.analysis.mmd import mmd_test
 
     x, y = features(n, seed=n)
     small_x, small_y = features(8, seed=1)
@@ -103,7 +103,8 @@ def main() -> None:
     import torch
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, width {WIDTH}, {PERMUTATIONS} permutations")
-    print("load average at start (other work on the machine slows every case): %.2f %.2f %.2f" % os.getloadavg())
+    load = " ".join(f"{v:.2f}" for v in os.getloadavg())
+    print(f"load average at start (other work on the machine slows every case): {load}")
     print(f"mmd_test: best of {REPEATS} runs; deck: one run. peak = the child's ru_maxrss;")
     print("start = its maxrss after imports and data, before the call\n")
     ours = {n: run_case("ours", n) for n in OURS_SIZES}

@@ -1,7 +1,7 @@
 """Seconds per saliency map for each method on the default backbone (EfficientNet-Lite0), at 224x224.
 
 Run from the repository root: ``python bench/bench_saliency.py [--size 224] [--repeats 3]``.
-Each method is timed with its defaults (core.saliency.DEFAULTS), best of ``--repeats`` runs, and
+Each method is timed with its defaults (core.analysis.saliency.DEFAULTS), best of ``--repeats`` runs, and
 also shown as a ratio to one forward pass timed right before each run in the same process, which
 keeps the ratio meaningful when other work shares the CPU.
 """
@@ -18,7 +18,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core import saliency  # noqa: E402
+from core.analysis import saliency
 
 MEAN, STD = 0.498, 0.502
 
@@ -73,7 +73,7 @@ def main() -> None:
         base, seconds = float("inf"), float("inf")
         for _ in range(args.repeats):
             base = min(base, best_seconds(forward, 3))
-            seconds = min(seconds, best_seconds(lambda: saliency.attribute(model, image, target, method), 1))
+            seconds = min(seconds, best_seconds(lambda m=method: saliency.attribute(model, image, target, m), 1))
         options = {k: v for k, v in saliency.DEFAULTS[method].items() if v is not None}
         print(f"{method:22s} {seconds:8.3f} {base:10.3f} {seconds / base:10.1f}  {options}")
 

@@ -1,4 +1,4 @@
-"""Speed and memory of core.training.fit: overhead, feature caches, throughput per backbone, peak RSS.
+"""Speed and memory of core.train.fit: overhead, feature caches, throughput per backbone, peak RSS.
 
 Run from the repository root: ``python bench/bench_training.py [--device cpu|cuda|auto] [--quick]``.
 
@@ -25,6 +25,7 @@ import sys
 import tempfile
 import threading
 import time
+from itertools import pairwise
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -35,12 +36,13 @@ from common import (  # noqa: E402
     machine_line,
     peak_rss_mib,
     print_table,
-    ru_maxrss_mib,
     resolve_device,
+    ru_maxrss_mib,
     run_child,
     time_once,
 )
-from core.training import Callback  # noqa: E402  (common put the repository on sys.path)
+
+from core.train.base import Callback
 
 LITE0 = "efficientnet_lite0"
 BACKBONES = (LITE0, "resnet18", "resnet50", "mobilenet_v3_large", "efficientnet_b0", "convnext_tiny")
@@ -54,7 +56,7 @@ TARGET_CACHE_SPEEDUP = 20.0
 
 def _model(name: str, classes, size: int):
     """A fresh classifier; only Lite0 has offline weights, and speed does not depend on them."""
-    from core.backbones import starting_model
+    from core.models.heads import starting_model
 
     return starting_model(name, list(classes), pretrained=name == LITE0, seed=0, image_size=size)
 
@@ -102,11 +104,11 @@ class Clock(Callback):
         """Wall seconds of each epoch, evaluation included; the first counts from on_fit_start,
         so it includes the cache pass."""
         marks = [self.fit_start] + self.epoch_ends
-        return [b - a for a, b in zip(marks, marks[1:])]
+        return [b - a for a, b in pairwise(marks)]
 
 
 def _timed_fit(model, train, val, config):
-    from core.training import fit
+    from core.train.fitting import fit
 
     clock = Clock()
     start = time.perf_counter()
@@ -124,7 +126,7 @@ def bare_loop(model, images, labels, config, device) -> float:
     import torch
     import torch.nn.functional as F
 
-    from core.training import normalise
+    from core.data.encoded import normalise
 
     model.to(device)
     if device.type == "cuda":
@@ -160,10 +162,13 @@ def section_overhead(device, quick: bool) -> dict:
     import torch
 
     from core.data import demo_dataset
-    from core.jobs import start_run
+    from core.data.encoded import encode_images
     from core.runs import RunStore
-    from core.tasks import TaskQueue, WorkerPool
-    from core.training import TrainConfig, encode_images, fit
+    from core.runs.jobs import start_run
+    from core.runs.processes import WorkerPool
+    from core.runs.tasks import TaskQueue
+    from core.train.base import TrainConfig
+    from core.train.fitting import fit
 
     size, per_class, repeats = 128, (8 if quick else 16), (1 if quick else 3)
     ds = demo_dataset("source", per_class=per_class, seed=0, size=size)
@@ -257,7 +262,7 @@ def _training_data(quick: bool):
 
 
 def section_frozen(device, quick: bool) -> dict:
-    from core.training import TrainConfig
+    from core.train.base import TrainConfig
 
     size = 128
     ds, train, val = _training_data(quick)
@@ -304,7 +309,7 @@ def section_frozen(device, quick: bool) -> dict:
 
 
 def section_last_stage(device, quick: bool) -> dict:
-    from core.training import TrainConfig
+    from core.train.base import TrainConfig
 
     size = 128
     ds, train, val = _training_data(quick)
@@ -367,13 +372,13 @@ def section_throughput(device, quick: bool) -> None:
             x32 = torch.randn(32, 3, size, size, device=device).contiguous(memory_format=fmt)
             x16, y16 = x32[:16].contiguous(memory_format=fmt), torch.randint(0, 4, (16,), device=device)
 
-            def forward():
+            def forward(model=model, x32=x32):
                 with torch.inference_mode(), torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                     model(x32)
 
             optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
-            def step():
+            def step(model=model, x16=x16, y16=y16, optimizer=optimizer):
                 with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                     loss = F.cross_entropy(model(x16).float(), y16)
                 optimizer.zero_grad(set_to_none=True)
@@ -400,7 +405,8 @@ def section_throughput(device, quick: bool) -> None:
 def memory_child(mode: str, n_images: int, size: int, device_name: str) -> None:
     """In a fresh process: generate the images, train one epoch, print one JSON line."""
     from core.data import demo_dataset, split
-    from core.training import TrainConfig, fit
+    from core.train.base import TrainConfig
+    from core.train.fitting import fit
 
     after_imports = peak_rss_mib()
     start = time.perf_counter()
@@ -487,26 +493,27 @@ def section_head_run(device, quick: bool) -> dict:
 
     import torch
 
-    from core import backbones, data
-    from core.jobs import create_run
+    from core import data, models
     from core.runs import RunStore
+    from core.runs.jobs import create_run
+    from core.runs.worker import train_run_folder
+    from core.train.base import TrainConfig
+    from core.train.fitting import fit
     from core.train.strategies import strategy_config
-    from core.training import TrainConfig, fit
-    from core.worker import train_run_folder
 
     epochs, repeats = (10, 2) if quick else (40, 5)
     train, val = data.split(data.demo_dataset("source", per_class=20, seed=0), 0.25, seed=0)
-    preset = strategy_config("feature_extraction", backbones.group_names(LITE0))
+    preset = strategy_config("feature_extraction", models.group_names(LITE0))
     config = replace(TrainConfig(), freeze=list(preset.freeze), lr_multipliers=dict(preset.lr_multipliers),
                      epochs=epochs, early_stopping=0, device=device.type)
-    model = backbones.starting_model(LITE0, train.classes, pretrained=True, seed=0, image_size=config.image_size)
+    model = models.starting_model(LITE0, train.classes, pretrained=True, seed=0, image_size=config.image_size)
     size = config.image_size
     print(f"## 6. a head-only run: the default demo run's settings ({LITE0}, {len(train)} train / {len(val)} "
           f"val images at {size} px, {config.cached_views} cached views), {epochs} epochs without early "
           f"stopping; median of {repeats} after a warm-up that fills the feature cache\n")
 
     def features(ds):
-        from core.training import encode_images, normalise
+        from core.data.encoded import encode_images, normalise
 
         x = normalise(encode_images(ds, size).to(device), torch.tensor(model.mean, device=device).view(1, 3, 1, 1),
                       torch.tensor(model.std, device=device).view(1, 3, 1, 1))
@@ -525,7 +532,7 @@ def section_head_run(device, quick: bool) -> dict:
     shared: dict = {}  # the frozen body's features, kept across fits as a worker keeps them
 
     def run_fit():
-        fresh = backbones.starting_model(LITE0, train.classes, pretrained=True, seed=0, image_size=size)
+        fresh = models.starting_model(LITE0, train.classes, pretrained=True, seed=0, image_size=size)
         return time_once(lambda: fit(fresh, train, val, config, shared_cache=shared), device)
 
     def run_folder():

@@ -27,29 +27,31 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=128)
     args = parser.parse_args()
 
-    from core import backbones
+    from core import models
     from core.data import demo_dataset, split
-    from core.jobs import start_run
     from core.runs import RunStore
-    from core.tasks import TaskQueue, WorkerPool
-    from core.training import BatchProgress, Callback, TrainConfig, fit
+    from core.runs.jobs import start_run
+    from core.runs.processes import WorkerPool
+    from core.runs.tasks import TaskQueue
+    from core.train.base import BatchProgress, Callback, TrainConfig
+    from core.train.fitting import fit
 
     started = time.perf_counter()
     pool = WorkerPool(1)
     assert pool.wait_ready(300), "the worker did not start"
     spawn = time.perf_counter() - started
-    print(f"spawn + import torch + load {backbones.DEFAULT_BACKBONE}: {spawn:.1f} s "
+    print(f"spawn + import torch + load {models.DEFAULT_BACKBONE}: {spawn:.1f} s "
           f"({pool.threads} torch thread(s) per worker)")
 
     train_ds, val_ds = split(demo_dataset("source"), 0.25, 0)
-    groups = backbones.group_names(backbones.DEFAULT_BACKBONE)
+    groups = models.group_names(models.DEFAULT_BACKBONE)
     config = TrainConfig(epochs=2, image_size=args.size, freeze=[g for g in groups if g != "head"])
     queue = TaskQueue(1, pool=pool)
     firsts, totals = [], []
     with tempfile.TemporaryDirectory() as tmp:
         store = RunStore(tmp)
         for _ in range(args.runs):
-            job = start_run(store, train_ds, val_ds, backbone=backbones.DEFAULT_BACKBONE, pretrained=True,
+            job = start_run(store, train_ds, val_ds, backbone=models.DEFAULT_BACKBONE, pretrained=True,
                             config=config, queue=queue)
             while not job.join(0.05):
                 pass
@@ -72,7 +74,7 @@ def main() -> None:
     in_process = []
     for _ in range(args.runs):
         t0 = time.perf_counter()
-        model = backbones.starting_model(backbones.DEFAULT_BACKBONE, train_ds.classes, image_size=args.size)
+        model = models.starting_model(models.DEFAULT_BACKBONE, train_ds.classes, image_size=args.size)
         cb = First()
         cb.t0 = t0
         fit(model, train_ds, val_ds, config, [cb])

@@ -141,7 +141,7 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]], title:
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
 
     def line(row):
-        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
 
     if title:
         print(title)
@@ -166,5 +166,5 @@ def machine_line(device) -> str:
         where = f"GPU {torch.cuda.get_device_name(0)}"
     else:
         where = f"CPU, {torch.get_num_threads()} torch threads, {os.cpu_count()} cores"
-    load = "%.2f %.2f %.2f" % os.getloadavg() if hasattr(os, "getloadavg") else "n/a"
+    load = " ".join(f"{v:.2f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
     return f"torch {torch.__version__} on {where}; load average {load} (shared machine: expect noise)"

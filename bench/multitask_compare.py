@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import sys
 
-from core import backbones, data
-from core.multitask import compare_shared_separate, digits_multitask
-from core.training import strategy_config
+from core import data, models
+from core.data.samples import digits_multitask
+from core.methods.multitask import compare_shared_separate
+from core.train.strategies import strategy_config
 
 
 def table(title: str, result) -> str:
@@ -26,7 +27,7 @@ def table(title: str, result) -> str:
 
 
 def main(quick: bool = False) -> None:
-    backbone = backbones.load()
+    backbone = models.load()
     groups = [g.name for g in backbone.layer_groups]
     sets = {
         "multi-task demo (shape / colour / size), 80 images": (data.demo_multitask(per_class=20, seed=0), 128),

@@ -94,7 +94,7 @@ def main() -> int:
         out_dir = HERE / "out" / time.strftime("%Y%m%d-%H%M%S")
         out_dir.mkdir(parents=True, exist_ok=True)
 
-    load = "%.2f %.2f %.2f" % os.getloadavg() if hasattr(os, "getloadavg") else "n/a"
+    load = " ".join(f"{v:.2f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
     print(f"run_all: {len(chosen)} benchmark(s), device {args.device}{', quick' if args.quick else ''}; "
           f"{os.cpu_count()} cores, load average {load} at start (other work on the machine skews timings)")
     results = []

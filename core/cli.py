@@ -7,10 +7,11 @@
 
 ``train`` creates a run folder in the store the app reads (``TRANSFER_LAB_DATA_DIR`` unless ``--data-dir``
 says otherwise) with owner "command line" and trains it in this process with the app's worker code
-(``core.worker.train_run_folder``), shows a progress bar on stderr, and prints one JSON line
+(``core.runs.worker.train_run_folder``), shows a progress bar on stderr, and prints one JSON line
 last: ``{"run_id", "status", "val_acc", "world_size"}``. Exit status: 0 when the run finished, 2
 for input a person can fix (the app's own messages), 1 otherwise. Under ``torchrun`` every rank
 trains its share of each global batch (see ``core.train.distributed``); rank 0 alone writes.
+Each command imports the engine when it runs, so ``--help`` and a mistyped argument answer at once.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from core.errors import ConfigError, DataError, UserInputError
 __all__ = ["main", "config_for", "command_for", "OWNER", "load_data", "read_config"]
 
 OWNER = "command line"
-DEMO_LABEL = "Demo shapes"  # the app's name for the demo set (pages/_shared.py), so runs read alike
+DEMO_LABEL = "Demo shapes"  # the app's name for the demo set (pages/ui/session.py), so runs read alike
 DEFAULT_VAL_FRACTION = 0.25  # the app's defaults for the split
 DEFAULT_PER_CLASS = 20
 
@@ -65,7 +66,8 @@ def load_data(spec: str, per_class: int = DEFAULT_PER_CLASS):
 
 def read_config(path: str | None, group_names: list[str], strategy: str | None = None):
     """A TrainConfig from CONFIG.json's fields, on top of ``strategy``'s preset when one is given."""
-    from core.training import TrainConfig, strategy_config
+    from core.train.base import TrainConfig
+    from core.train.strategies import strategy_config
 
     values = {}
     if path:
@@ -94,7 +96,7 @@ def read_config(path: str | None, group_names: list[str], strategy: str | None =
 
 def config_for(record) -> dict:
     """The CONFIG.json that reproduces ``record``: its TrainConfig fields, nothing derived."""
-    from core.training import TrainConfig
+    from core.train.base import TrainConfig
 
     names = [f.name for f in fields(TrainConfig)]
     return {k: record.config[k] for k in names if k in record.config}
@@ -147,7 +149,7 @@ def _progress_log(path: Path, total_epochs: int):
     steps, with the last loss."""
     from tqdm import tqdm
 
-    from core.worker import EventLog
+    from core.runs.recording import EventLog
 
     class ProgressLog(EventLog):
         bar = None
@@ -190,8 +192,7 @@ def _create_folder(store, args, config, train_ds, val_ds, label: str, world: int
     """The run's folder (record and encoded images), as the app writes one, with what reproduces it."""
     from dataclasses import replace
 
-    from core.jobs import new_record
-    from core.worker import encode_inputs
+    from core.runs.jobs import encode_inputs, new_record
 
     pretrained = not args.scratch and args.weights is None
     record = new_record(train_ds, val_ds, backbone=args.backbone, pretrained=pretrained, config=config,
@@ -206,12 +207,14 @@ def _create_folder(store, args, config, train_ds, val_ds, label: str, world: int
 
 def train(args) -> int:
     """Write a run folder and train it in this process with the app's workers' code
-    (``core.worker.train_run_folder``); under ``torchrun`` rank 0 writes the folder and every
+    (``core.runs.worker.train_run_folder``); under ``torchrun`` rank 0 writes the folder and every
     rank trains from it."""
     import torch
 
-    from core import backbones, data, worker
-    from core.runs import EVENTS, RunStore
+    from core import data
+    from core.models import backbones
+    from core.runs import worker
+    from core.runs.store import EVENTS, RunStore
     from core.settings import get_settings
     from core.train.distributed import Distributed, launched_by_torchrun
 
@@ -286,11 +289,11 @@ def train_folder(args) -> int:
     """Train a run folder the app made (``torchrun`` ranks share it; rank 0 alone writes)."""
     import torch
 
-    from core import worker
     from core.devices import pick_device
-    from core.runs import RunStore
+    from core.runs import worker
+    from core.runs.store import RunStore
+    from core.train.base import TrainConfig
     from core.train.distributed import Distributed, launched_by_torchrun
-    from core.training import TrainConfig
 
     folder = Path(args.folder)
     record = RunStore(folder.parent.parent).get(folder.name)
@@ -310,7 +313,7 @@ def train_folder(args) -> int:
 
 
 def _store(args):
-    from core.runs import RunStore
+    from core.runs.store import RunStore
     from core.settings import get_settings
 
     return RunStore(Path(args.data_dir).expanduser() if args.data_dir else get_settings().data_dir)
@@ -333,7 +336,7 @@ def export(args) -> int:
 
 
 def list_runs(args) -> int:
-    from core.lr_finder import SWEEP_KIND
+    from core.runs.kinds.lr_find import SWEEP_KIND
 
     # the runs that train a model: a learning-rate sweep keeps only its curve, for the page that asked
     runs = [r for r in _store(args).list() if r.config.get("kind") != SWEEP_KIND]

@@ -24,10 +24,11 @@ import torch
 from torch import nn
 from torchvision.transforms import v2 as T
 
-from core import backbones
-from core.backbones import Classifier
+from core.data.encoded import normalise
 from core.errors import CheckpointError, ConfigError
-from core.training import normalise
+from core.models import backbones
+from core.models.heads import Classifier, classifier
+from core.models.multitask import multitask_classifier
 
 __all__ = [
     "KINDS",
@@ -249,14 +250,12 @@ def load_safetensors(path) -> Classifier:
         pre = info["preprocessing"]
         base = backbones.load(info["backbone"], pretrained=False)
         if "tasks" in info:  # one head per task
-            from core.multitask import multitask_classifier
-
             model = multitask_classifier(base, info["tasks"], info.get("head", "linear"),
                                          image_size=int(pre["image_size"]))
         else:
             classes = list(info["classes"])
-            model = backbones.classifier(base, len(classes), head=info.get("head", "linear"), classes=classes,
-                                         image_size=int(pre["image_size"]))
+            model = classifier(base, len(classes), head=info.get("head", "linear"), classes=classes,
+                               image_size=int(pre["image_size"]))
         model.load_state_dict(load_file(str(path), device="cpu"))
     except (KeyError, TypeError, ValueError, RuntimeError, OSError) as exc:
         raise CheckpointError(f"{path.name} is not a Transfer Lab export ({type(exc).__name__}: {exc}).") from exc
@@ -299,7 +298,7 @@ def _reloaded_logits(path: Path, kind: str, x: torch.Tensor) -> dict[str, torch.
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         name = session.get_inputs()[0].name
         names = [o.name for o in session.get_outputs()]
-        return {n: torch.from_numpy(v).float() for n, v in zip(names, session.run(None, {name: x.numpy()}))}
+        return {n: torch.from_numpy(v).float() for n, v in zip(names, session.run(None, {name: x.numpy()}), strict=True)}
     reloaded = load_safetensors(path)
     with torch.inference_mode():
         return _outputs(reloaded(x))

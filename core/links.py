@@ -16,7 +16,8 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 
-from core.training import TrainConfig
+from core.models import backbones
+from core.train.base import TrainConfig
 
 __all__ = ["DEFAULTS", "IMAGE_SIZES", "LEARNING_RATES", "LOCKABLE", "SECTIONS", "STRATEGIES", "FOREIGN", "KEYS",
            "encode", "decode"]
@@ -135,14 +136,10 @@ def _subset(options) -> Callable[[str, dict], list[str]]:
 
 
 def _backbone_names() -> list[str]:
-    from core import backbones
-
     return [info.name for info in backbones.list_backbones()]
 
 
 def _groups(so_far: dict) -> list[str]:
-    from core import backbones
-
     return backbones.group_names(so_far.get("backbone", DEFAULTS["backbone"]))
 
 

@@ -104,7 +104,7 @@ class ProgressTracker:
 
 def fit_phase_units(*, epochs: int, batches_per_epoch: int, n_train: int, n_val: int, batch_size: int,
                     cached_views: int = 0) -> dict[str, int]:
-    """The units ``core.training.fit`` counts in its progress fraction, per phase.
+    """The units ``core.train.fit`` counts in its progress fraction, per phase.
 
     With a feature cache it first runs the frozen part once per cached view of every training
     image and once over the validation images (one unit per batch), then trains for ``epochs``

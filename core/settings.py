@@ -43,7 +43,7 @@ class Settings:
     processes_per_run: int = 1  # above 1, a run trains under torchrun with this many processes (one per GPU)
 
     @classmethod
-    def from_env(cls) -> "Settings":
+    def from_env(cls) -> Settings:
         data_dir = Path(os.environ.get("TRANSFER_LAB_DATA_DIR", "transfer-lab-data")).expanduser()
         return cls(
             data_dir=data_dir,

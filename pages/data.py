@@ -10,8 +10,10 @@ import streamlit as st
 
 from core import data
 from core.errors import UserInputError
-from pages._links import hidden, locked
-from pages._shared import bootstrap, DEMO_LABEL, demo, category_axes, chart_text, plain
+from pages.ui.charts import category_axes
+from pages.ui.links import hidden, locked
+from pages.ui.session import DEMO_LABEL, bootstrap, demo
+from pages.ui.text import chart_text, plain
 
 bootstrap()  # first, before the session is read: see bootstrap's docstring
 
@@ -231,7 +233,7 @@ def webcam_ui() -> None:
     per_row = 3
     for start in range(0, len(burst), per_row):
         cols = frames.columns(per_row)
-        for col, (i, frame) in zip(cols, enumerate(burst[start:start + per_row], start=start + 1)):
+        for col, (i, frame) in zip(cols, enumerate(burst[start:start + per_row], start=start + 1), strict=False):
             col.image(frame["bytes"], caption=f"frame {i}", width="stretch")
             col.button("Remove", key=f"drop-{frame['digest'][:16]}", on_click=drop_frame,
                        args=(frame["digest"],), icon=":material/close:", help=f"Remove frame {i}")
@@ -312,7 +314,7 @@ for class_name in ds.classes:
     indices = [i for i, label in enumerate(ds.labels) if ds.classes[label] == class_name][:8]
     st.markdown(f"**{plain(class_name)}** ({counts.get(class_name, 0)})")
     cols = st.columns(8)
-    for col, i in zip(cols, indices):
+    for col, i in zip(cols, indices, strict=False):
         col.image(ds[i][0], caption=plain(short(ds.names[i])), width="stretch")
 if len(ds.classes) > 0 and not locked("data"):
     with st.expander("Remove a class"):

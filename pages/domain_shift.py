@@ -7,13 +7,20 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
-from core import adaptation, backbones, data, domain
+from core import data, models
+from core.analysis import domain
 from core.errors import UserInputError
-from pages._links import hidden, locked, page_choice, remember_choice
-from core.jobs import get_job
-from core.tasks import Snapshot
-from pages._shared import (DEMO_LABEL, bootstrap, demo, fit_title, follow, model_picker, plain, run_status,
-                           run_store, session_models, store_result, stored_result)
+from core.methods import adaptation
+from core.runs.jobs import get_job
+from core.runs.kinds.dan import comparison_of, start_comparison
+from core.runs.tasks import Snapshot, Task
+from pages.ui.charts import fit_title
+from pages.ui.links import hidden, locked, page_choice, remember_choice
+from pages.ui.models import model_picker, session_models
+from pages.ui.runs import run_status, run_store
+from pages.ui.session import DEMO_LABEL, bootstrap, demo
+from pages.ui.tasks import follow, store_result, stored_result
+from pages.ui.text import plain
 
 bootstrap()  # first, before the session is read: see bootstrap's docstring
 
@@ -33,7 +40,7 @@ SIZES = [64, 96, 128, 160, 224]
 @st.cache_data(show_spinner=False)
 def backbone_facts(name: str) -> dict:
     """What the page needs to know about an architecture, without its weights (plain data)."""
-    bb = backbones.load(name, pretrained=False)
+    bb = models.load(name, pretrained=False)
     return {"groups": [(g.name, list(g.modules)) for g in bb.layer_groups], "head_module": bb.head_module,
             "mean": bb.mean, "std": bb.std}
 
@@ -86,8 +93,8 @@ def model_ui():
         store = run_store()
         return f"run:{run_id}", record.backbone, lambda: store.load_model(run_id), int(
             record.config.get("image_size", 128))
-    name = backbones.DEFAULT_BACKBONE
-    return f"pretrained:{name}", name, lambda: backbones.load(name).model, 96
+    name = models.DEFAULT_BACKBONE
+    return f"pretrained:{name}", name, lambda: models.load(name).model, 96
 
 
 def layer_label(layer: str, groups) -> str:
@@ -103,13 +110,13 @@ def start_analysis(key, model_key, load, ds_a, ds_b, layer, groups, facts, size,
     # the session's one model cache, read here (the task's thread has no session); the "domain" key
     # keeps the hooks an analysis puts on its model off the models other pages show, and the lock
     # runs this session's analyses one at a time
-    models, lock = session_models(), ss.setdefault("_domain_lock", threading.Lock())
-    layer_groups = [backbones.LayerGroup(g, modules) for g, modules in groups]
+    cache, lock = session_models(), ss.setdefault("_domain_lock", threading.Lock())
+    layer_groups = [models.LayerGroup(g, modules) for g, modules in groups]
 
-    def work(task: domain.Task):
+    def work(task: Task):
         with lock:
             task.report(0.0, "Loading the model…")
-            model = models.get(("domain", model_key), load)
+            model = cache.get(("domain", model_key), load)
             return domain.analyse_shift(
                 model, ds_a, ds_b, layer, layer_groups, size, model_key=model_key, bandwidth=bandwidth,
                 method=method, mean=facts["mean"], std=facts["std"], head_module=facts["head_module"],
@@ -118,7 +125,7 @@ def start_analysis(key, model_key, load, ds_a, ds_b, layer, groups, facts, size,
     old = ss.get("_domain_analysis")
     if old is not None and not old["task"].done:
         old["task"].cancel()
-    ss["_domain_analysis"] = {"key": key, "task": domain.Task(work, name="domain-analysis").start()}
+    ss["_domain_analysis"] = {"key": key, "task": Task(work, name="domain-analysis").start()}
 
 
 def analysis_progress() -> bool:
@@ -281,7 +288,7 @@ def adaptation_ui(ds_a, ds_b, backbone: str, control: bool) -> None:
         try:
             train, val = data.split(ds_a, 0.25, 0)
             old = run_id if stale else None
-            job = adaptation.start_comparison(
+            job = start_comparison(
                 train, val, ds_b, config, lam, store=run_store(), backbone=backbone,
                 target_eval=ds_b if labelled else None, owner=ss.owner, dataset=ss.dataset_label)
             run_id = job.run_id
@@ -371,7 +378,7 @@ def show_adaptation(run_id: str) -> None:
     if state.status == "failed":
         st.error(plain(state.message))
         return
-    result = adaptation.comparison_of(record)
+    result = comparison_of(record)
     if result is None:
         st.info(plain(state.message) or "The comparison was stopped.")
         return

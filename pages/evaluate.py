@@ -9,19 +9,24 @@ import plotly.graph_objects as go
 import streamlit as st
 import torch
 
-from core import backbones, saliency
+from core import models
+from core.analysis import saliency
+from core.analysis.evaluation import cell_examples, confusion_by_task, evaluate_dataset, worst_mistakes
+from core.analysis.overlay import overlay
 from core.devices import pick_device
-from core.distillation import VARIANTS, soften, start_distillation, students_of
 from core.errors import UserInputError
-from core.evaluation import cell_examples, evaluate_dataset, worst_mistakes
-from core.lr_finder import start_lr_sweep, sweep_of
-from core.multitask import confusion_by_task
-from core.tasks import Snapshot
-from core.training import TrainConfig
-from pages._multitask import is_multitask, multitask_split, same_tasks
-from pages._shared import (backbone_catalogue, bootstrap, category_axes, chart_text, current_split, fading_scale,
-                           finished_runs, fit_title, follow, model_picker, plain, run_models, run_option, run_status,
-                           run_store, stop_run, store_result, stored_result)
+from core.methods.distillation import soften
+from core.runs.kinds.distill import VARIANTS, start_distillation, students_of
+from core.runs.kinds.lr_find import start_lr_sweep, sweep_of
+from core.runs.tasks import Snapshot
+from core.train.base import TrainConfig
+from pages.ui.charts import category_axes, fading_scale, fit_title
+from pages.ui.models import backbone_catalogue, model_picker, run_models
+from pages.ui.multitask import is_multitask, multitask_split, same_tasks
+from pages.ui.runs import finished_runs, run_option, run_status, run_store, stop_run
+from pages.ui.session import bootstrap, current_split
+from pages.ui.tasks import follow, store_result, stored_result
+from pages.ui.text import chart_text, plain
 
 bootstrap()  # first, before the session is read: see bootstrap's docstring
 
@@ -99,15 +104,15 @@ def gradcams(run_id: str, indices: list[int], targets: list[int]):
     cache = ss.setdefault("_gallery_gradcams", {})
     pair = run_models(run_id)
     _, val_ds = current_split()
-    keys = [(run_id, *split_key(), i, t) for i, t in zip(indices, targets)]
+    keys = [(run_id, *split_key(), i, t) for i, t in zip(indices, targets, strict=True)]
     todo = [n for n, key in enumerate(keys) if key not in cache]
     if todo:
         images = [val_ds[indices[n]][0] for n in todo]
         x = torch.stack([pair.preprocess(image) for image in images])
         with st.spinner(f"Grad-CAM for {len(todo)} images…"):
             maps = saliency.gradcam_maps(pair.after, x, [targets[n] for n in todo])
-        for n, image, cam in zip(todo, images, maps):
-            cache[keys[n]] = saliency.overlay(backbones.display_crop(image, x.shape[-1]), cam, 0.45)
+        for n, image, cam in zip(todo, images, maps, strict=True):
+            cache[keys[n]] = overlay(models.display_crop(image, x.shape[-1]), cam, 0.45)
         while len(cache) > 4 * GALLERY_CAP:
             cache.pop(next(iter(cache)))
     return [cache[key] for key in keys]
@@ -125,7 +130,7 @@ def gallery(run_id: str, ev, examples, what: str) -> None:
         _, val_ds = current_split()
         pictures = [val_ds[e.index][0] for e in shown]
     for row in range(0, len(shown), 4):  # a row of columns at a time: read in order, worst first
-        for column, e, picture in zip(st.columns(4), shown[row:row + 4], pictures[row:row + 4]):
+        for column, e, picture in zip(st.columns(4), shown[row:row + 4], pictures[row:row + 4], strict=False):
             column.image(picture, width="stretch", caption=f"{plain(e.true)} → {plain(e.predicted)} · "
                                                            f"{e.confidence:.0%} sure · loss {e.loss:.2f}")
 
@@ -244,7 +249,7 @@ def multitask_evaluation_ui(run_id: str, record) -> None:
         st.error(plain(exc))
         return
     columns = st.columns(len(tasks))
-    for column, (task, matrix) in zip(columns, confusion.items()):
+    for column, (task, matrix) in zip(columns, confusion.items(), strict=False):
         total = int(matrix.sum())
         column.metric(f"Validation accuracy: {plain(task)}", f"{np.trace(matrix) / total:.1%}" if total else "—",
                       help=f"Over the {total} validation images labelled for this task.")
@@ -457,7 +462,7 @@ def show_distillation(snap, view: dict) -> None:
     columns = st.columns(3)
     titles = {VARIANTS[0]: f"With the teacher (T = {view['temperature']:g}, α = {view['alpha']:g})",
               VARIANTS[1]: "Without the teacher (α = 0, labels only)"}
-    for column, variant in zip(columns, VARIANTS):
+    for column, variant in zip(columns, VARIANTS, strict=False):
         epochs = view["epochs"][variant]
         column.markdown(f"**{titles[variant]}**")
         if epochs:
@@ -533,7 +538,7 @@ def distillation_ui() -> None:
         return
     catalogue = {info["name"]: info for info in backbone_catalogue()}
     c1, c2, c3 = st.columns(3)
-    student = c1.selectbox("Student backbone", list(catalogue), index=list(catalogue).index(backbones.DEFAULT_BACKBONE),
+    student = c1.selectbox("Student backbone", list(catalogue), index=list(catalogue).index(models.DEFAULT_BACKBONE),
                            format_func=lambda n: f"{catalogue[n]['title']} · {catalogue[n]['params_millions']:.1f} M")
     offline = catalogue[student]["offline"]
     pretrained = c1.checkbox("Student starts from ImageNet weights", offline, disabled=not offline,

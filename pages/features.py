@@ -5,11 +5,15 @@ import plotly.graph_objects as go
 import streamlit as st
 import torch
 
-from core import features
+from core.analysis import features
+from core.cache import FeatureCache, tensor_key
 from core.errors import UserInputError
-from pages._multitask import is_multitask, task_pair
-from pages._shared import (bootstrap, diverging_scale, first_trained_epoch, fit_title, image_picker, model_picker, plain,
-                           run_models)
+from pages.ui.charts import diverging_scale, fit_title
+from pages.ui.models import image_picker, model_picker, run_models
+from pages.ui.multitask import is_multitask, task_pair
+from pages.ui.runs import first_trained_epoch
+from pages.ui.session import bootstrap
+from pages.ui.text import plain
 
 bootstrap()  # first, before the session is read: see bootstrap's docstring
 
@@ -34,7 +38,7 @@ if is_multitask(record):  # one head per task on a shared body: look through one
 if not pair.compared:
     st.info("No finished run picked: showing the pretrained backbone alone. Train a run to compare before and after.")
 
-cache = ss.setdefault("_feature_cache", features.FeatureCache(max_items=48))
+cache = ss.setdefault("_feature_cache", FeatureCache(max_items=48))
 left, right = st.columns([1, 2])
 with left:
     image, caption = image_picker("fm")
@@ -43,7 +47,7 @@ with left:
 if image is None:
     st.stop()
 x = pair.preprocess(image)
-image_key = features.tensor_key(x)
+image_key = tensor_key(x)
 
 layers = features.layer_names(pair.after)
 by_group = {g.name: [name for name in layers if any(name == m or name.startswith(m + ".") for m in g.modules)]
@@ -114,7 +118,7 @@ if pair.compared:
     batch = [ss.dataset[i][0] for i in range(0, len(ss.dataset), max(1, len(ss.dataset) // 32))][:32]
     images = torch.stack([pair.preprocess(img) for img in batch])
     profile = cache.get_or_compute(
-        (run_id, head_task, "profile", features.tensor_key(images)),
+        (run_id, head_task, "profile", tensor_key(images)),
         lambda: features.depth_profile(pair.before, pair.after, pair.layer_groups, images),
     )
     names = [p["group"] for p in profile]
@@ -141,7 +145,7 @@ if st.toggle("Find them in the current dataset", help="One pass over up to 64 im
     channel = st.selectbox("Channel", channels, format_func=lambda c: f"channel {c}")
     pool = [ss.dataset[i][0] for i in range(0, len(ss.dataset), max(1, len(ss.dataset) // 64))][:64]
     pool_tensor = torch.stack([pair.preprocess(img) for img in pool])
-    pool_key = features.tensor_key(pool_tensor)
+    pool_key = tensor_key(pool_tensor)
     sides = [("before", pair.before)] + ([("after", pair.after)] if pair.compared else [])
     for which, model in sides:
         # every channel's mean activation per image, once per model and layer: picking another
@@ -150,5 +154,5 @@ if st.toggle("Find them in the current dataset", help="One pass over up to 64 im
                                      lambda m=model: features.channel_means(m, pool_tensor, layer))
         st.markdown(f"**{which}**")
         cols = st.columns(6)
-        for col, (i, value) in zip(cols, features.top_activating(model, pool_tensor, layer, channel, 6, means=means)):
+        for col, (i, value) in zip(cols, features.top_activating(model, pool_tensor, layer, channel, 6, means=means), strict=False):
             col.image(pool[i], caption=f"{value:.2f}", width="stretch")

@@ -6,11 +6,17 @@ import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 
-from core import backbones, fewshot
+from core import models
 from core.data import demo_fewshot
 from core.errors import UserInputError
-from core.jobs import get_job, start_folder_run
-from pages._shared import bootstrap, follow, plain, run_curves, run_progress, run_status, run_store
+from core.methods import fewshot
+from core.methods.episodes import sample_episodes, split_classes
+from core.runs.jobs import get_job, start_folder_run
+from core.runs.kinds.meta import load_meta_run, meta_run
+from pages.ui.runs import run_curves, run_progress, run_status, run_store
+from pages.ui.session import bootstrap
+from pages.ui.tasks import follow
+from pages.ui.text import plain
 
 bootstrap()  # first, before the session is read: see bootstrap's docstring
 
@@ -37,9 +43,9 @@ N_QUERY_SHOWN = 2  # query pictures per class in the example episode
 
 
 @st.cache_resource(show_spinner="Loading the pretrained backbone…")
-def _backbone() -> backbones.Backbone:
+def _backbone() -> models.Backbone:
     # read-only: every few-shot method works on its own copy
-    return backbones.load()
+    return models.load()
 
 
 @st.cache_data(show_spinner="Generating the many-class demo…")
@@ -73,11 +79,11 @@ def meta_trained(n_way: int) -> dict[str, str]:
 @st.cache_data(max_entries=64, show_spinner="Each method names the query pictures…")
 def _predictions(n_way: int, k_shot: int, seed: int, method: str, run_id: str | None) -> np.ndarray:
     ds = _demo(**DEMO)
-    split = fewshot.split_classes(ds.classes, seed=0)
+    split = split_classes(ds.classes, seed=0)
     novel_ids = [ds.classes.index(c) for c in split.novel]
-    episode = fewshot.sample_episodes(ds.labels, novel_ids, n_way, k_shot, N_QUERY_SHOWN, 1, seed=seed)[0]
+    episode = sample_episodes(ds.labels, novel_ids, n_way, k_shot, N_QUERY_SHOWN, 1, seed=seed)[0]
     # a fresh copy of the run's model: adapting patches modules for a moment, never a shared one
-    model, meta, _ = fewshot.load_meta_run(run_store(), run_id) if run_id else (None, None, None)
+    model, meta, _ = load_meta_run(run_store(), run_id) if run_id else (None, None, None)
     return fewshot.predict_episode(_backbone(), ds, episode, method, meta=meta, meta_model=model)
 
 
@@ -90,7 +96,7 @@ def episode_ui(ds, split, n_way: int, k_shot: int, methods: list[str]) -> None:
                        help="The same number always draws the same episode: give it to someone to compare.")
     seed = int(ss.get("fs_seed", 0))
     try:
-        episode = fewshot.sample_episodes(ds.labels, novel_ids, n_way, k_shot, N_QUERY_SHOWN, 1, seed=seed)[0]
+        episode = sample_episodes(ds.labels, novel_ids, n_way, k_shot, N_QUERY_SHOWN, 1, seed=seed)[0]
     except UserInputError as exc:
         st.error(plain(exc))
         return
@@ -136,7 +142,7 @@ def scores_ui(ds, split, n_way: int, episodes: int, methods: list[str]) -> None:
             for j, (method, k) in enumerate(jobs):
                 progress.progress(j / len(jobs), f"{LABELS[method]}, {k}-shot…")
                 # a method meta-trained below is scored as trained there; otherwise evaluate meta-trains one
-                model, meta, _ = fewshot.load_meta_run(run_store(), runs[method]) if method in runs else (None,) * 3
+                model, meta, _ = load_meta_run(run_store(), runs[method]) if method in runs else (None,) * 3
                 results[method, k] = fewshot.evaluate(_backbone(), ds, method, n_way, k, n_query=5,
                                                       episodes=min(episodes, 30) if method in ("maml", "fomaml")
                                                       else episodes, split=split, meta=meta, meta_model=model)
@@ -193,7 +199,7 @@ def meta_ui(ds, split, n_way: int, k_shot: int, episodes: int) -> None:
     if st.button("Meta-train", icon=":material/play_arrow:"):
         try:
             config = fewshot.meta_config(method, epochs=epochs, episodes=per_epoch)
-            record, inputs = fewshot.meta_run(ds, split, method, n_way, k_shot, config, owner=ss.get("owner", ""),
+            record, inputs = meta_run(ds, split, method, n_way, k_shot, config, owner=ss.get("owner", ""),
                                               dataset_label=DEMO_LABEL, eval_episodes=episodes)
             start_folder_run(run_store(), record, inputs)
         except UserInputError as exc:
@@ -215,7 +221,7 @@ def meta_ui(ds, split, n_way: int, k_shot: int, episodes: int) -> None:
 def meta_curves(epochs: list[dict], batch_losses) -> go.Figure:
     fig = make_subplots(rows=1, cols=2, subplot_titles=("Query loss after adaptation", "Query accuracy"))
     if batch_losses:
-        xs, ys = zip(*batch_losses)
+        xs, ys = zip(*batch_losses, strict=True)
         fig.add_trace(go.Scatter(x=xs, y=ys, name="base classes (per batch of episodes)", mode="lines",
                                  line=dict(width=1, color="rgba(31,119,180,0.35)")), 1, 1)
     if epochs:
@@ -269,7 +275,7 @@ def show_meta_run(run_id: str) -> bool:
 
 n_way, k_shot, episodes, methods = settings_ui()
 ds = _demo(**DEMO)
-split = fewshot.split_classes(ds.classes, seed=0)
+split = split_classes(ds.classes, seed=0)
 st.caption(f"Demo: {len(ds.classes)} classes (colour × shape), {len(ds)} images. "
            f"Base: {', '.join(split.base)}. Novel: {', '.join(split.novel)}.")
 episode_ui(ds, split, n_way, k_shot, methods)

@@ -4,9 +4,13 @@ import streamlit as st
 
 from core import lessons as core_lessons
 from core.errors import UserInputError
-from core.tasks import get_queue
-from pages._links import STRATEGY_LABELS, apply_settings
-from pages._shared import ModelChoice, bootstrap, demo, follow, plain, preset_freeze, run_store, select_run
+from core.runs.tasks import get_queue
+from pages.ui.links import STRATEGY_LABELS, apply_settings
+from pages.ui.models import ModelChoice, preset_freeze
+from pages.ui.runs import run_store
+from pages.ui.session import bootstrap, demo, select_run
+from pages.ui.tasks import follow
+from pages.ui.text import plain
 
 bootstrap()  # first, before the session is read: see bootstrap's docstring
 
@@ -61,9 +65,9 @@ def use_setup(lesson) -> None:
 
 
 def _groups(backbone: str) -> list[str]:
-    from core import backbones
+    from core import models
 
-    return backbones.group_names(backbone)
+    return models.group_names(backbone)
 
 
 def start(lesson) -> None:

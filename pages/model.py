@@ -5,13 +5,16 @@ from pathlib import Path
 
 import streamlit as st
 
-from core import backbones
+from core import models
 from core.errors import UserInputError
-from core.training import discriminative_multipliers, training_plan
-from pages._choose_backbone import choose_backbone_ui
-from pages._links import hidden, locked
-from pages._shared import (PRESETS, ModelChoice, backbone_catalogue, bootstrap, group_table, plain, plan_figure,
-                           preset_config, run_store, sidebar, upload_store)
+from core.train.base import discriminative_multipliers, training_plan
+from pages.ui.charts import plan_figure
+from pages.ui.choose_backbone import choose_backbone_ui
+from pages.ui.links import hidden, locked
+from pages.ui.models import PRESETS, ModelChoice, backbone_catalogue, group_table, preset_config
+from pages.ui.runs import run_store, upload_store
+from pages.ui.session import bootstrap, sidebar
+from pages.ui.text import plain
 
 bootstrap()  # first, before the session is read: see bootstrap's docstring
 
@@ -62,12 +65,12 @@ with col1:
         st.warning(
             f"{catalogue[name]['title']}'s ImageNet weights are not in this server's torch cache. "
             "They download on first use when the server has internet; otherwise training will stop "
-            f"with instructions. {catalogue[backbones.DEFAULT_BACKBONE]['title']} always works offline."
+            f"with instructions. {catalogue[models.DEFAULT_BACKBONE]['title']} always works offline."
         )
         if st.button("Try to fetch the weights now"):
             try:
                 with st.spinner("Downloading…"):
-                    backbones.load(name, pretrained=True)
+                    models.load(name, pretrained=True)
             except UserInputError as exc:
                 st.error(plain(exc))
             else:
@@ -79,7 +82,7 @@ with col1:
             if upload is not None and st.button("Check and use this file"):
                 try:
                     stored = upload_store().add(upload.getvalue(), upload.name,
-                                                check=lambda path: backbones.load(name, pretrained=False, weights_path=path))
+                                                check=lambda path: models.load(name, pretrained=False, weights_path=path))
                 except UserInputError as exc:
                     st.error(plain(exc))
                     if choice.weights_path:

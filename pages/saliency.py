@@ -5,12 +5,19 @@ import copy
 import plotly.graph_objects as go
 import streamlit as st
 
-from core import backbones, features, saliency
+from core import models
+from core.analysis import saliency
+from core.analysis.overlay import overlay
+from core.analysis.sanity import sanity_check
+from core.cache import FeatureCache, tensor_key
 from core.errors import UserInputError
-from pages._links import hidden, locked, page_choice, remember_choice
-from pages._multitask import is_multitask, task_pair
-from pages._shared import (bootstrap, image_picker, model_picker, run_models, category_axes, chart_text,
-                           convergence_note, plain, sanity_figure, start_task, stored_result, task_result)
+from pages.ui.charts import category_axes, convergence_note, sanity_figure
+from pages.ui.links import hidden, locked, page_choice, remember_choice
+from pages.ui.models import image_picker, model_picker, run_models
+from pages.ui.multitask import is_multitask, task_pair
+from pages.ui.session import bootstrap
+from pages.ui.tasks import start_task, stored_result, task_result
+from pages.ui.text import chart_text, plain
 
 bootstrap()  # first, before the session is read: see bootstrap's docstring
 
@@ -37,7 +44,7 @@ def imagenet_model(name: str):
 run_id, record = model_picker("Run")
 try:
     pair = run_models(run_id)
-    backbone_name = record.backbone if record else backbones.DEFAULT_BACKBONE
+    backbone_name = record.backbone if record else models.DEFAULT_BACKBONE
     pretrained_side = imagenet_model(backbone_name) if (record is None or record.pretrained) else pair.before
 except UserInputError as exc:
     st.error(plain(exc))
@@ -47,7 +54,7 @@ if is_multitask(record):  # one head per task: explain one head at a time
     head_task = st.selectbox("Head to explain", list(record.config["tasks"]), key="sal-task",
                              help="The tasks share the backbone but each has its own head: where does each look?")
     pair = task_pair(pair, head_task)
-categories = backbones.imagenet_categories()
+categories = models.imagenet_categories()
 
 left, right = st.columns([1, 2])
 with left:
@@ -68,10 +75,10 @@ with right:
                                  disabled="gradcam" not in methods)
     opacity = c2.slider("Overlay opacity", 0.0, 1.0, 0.55)
 
-cache = ss.setdefault("_saliency_cache", features.FeatureCache(max_items=64))
-image_key = features.tensor_key(x)
+cache = ss.setdefault("_saliency_cache", FeatureCache(max_items=64))
+image_key = tensor_key(x)
 # Integrated Gradients' black baseline lives in the model's normalised space.
-reference = backbones.load(backbone_name, pretrained=False)
+reference = models.load(backbone_name, pretrained=False)
 mean, std = reference.mean, reference.std
 
 
@@ -92,10 +99,10 @@ def top5_chart(top, title):
 sides = [("pretrained (ImageNet)", pretrained_side, categories if (record is None or record.pretrained) else None)]
 if pair.compared:
     sides.append(("fine-tuned", pair.after, pair.classes))
-rgb = backbones.display_crop(image, x.shape[-1])
+rgb = models.display_crop(image, x.shape[-1])
 
 columns = st.columns(len(sides))
-for col, (name, model, classes) in zip(columns, sides):
+for col, (name, model, classes) in zip(columns, sides, strict=True):
     with col:
         st.subheader(name)
         top = saliency.top_classes(model, x, k=5, categories=classes)
@@ -111,7 +118,7 @@ for col, (name, model, classes) in zip(columns, sides):
                 st.error(plain(exc))
                 continue
             label = saliency.METHOD_LABELS[method][0]
-            st.image(saliency.overlay(rgb, result.map, opacity), width="stretch",
+            st.image(overlay(rgb, result.map, opacity), width="stretch",
                      caption=f"{label} · {result.seconds:.2f} s")
             if result.delta is not None:
                 st.caption(convergence_note(result.delta, result.raw),
@@ -126,7 +133,7 @@ def sanity_task(model, x, methods, layer_groups, gradcam_layer, mean, std):
     def body(task):
         task.report(0.0, "computing the original maps")
         target = saliency.predicted_class(model, x)
-        result = saliency.sanity_check(
+        result = sanity_check(
             model, x, target, methods, layers=[g.modules for g in layer_groups], gradcam_layer=gradcam_layer,
             options={"integrated_gradients": {"mean": mean, "std": std}}, stop=task.stop,
             progress=lambda i, n, step: task.report(i / n, f"randomised down to {step}"))

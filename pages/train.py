@@ -10,21 +10,23 @@ import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 
+from core.analysis.diagnosis import diagnose
 from core.cli import command_for, config_for
-from core.data import check_split
+from core.data import augmentation_note, check_split
+from core.data.encoded import encode_images
 from core.errors import UserInputError
-from core.data import augmentation_note
-from core.diagnosis import diagnose
-from core.jobs import cancel_waiting, get_job, start_run
-from core.multitask import start_multitask_run
 from core.progress import ProgressTracker, fit_phase_units
-from core.tasks import get_queue
-from core.training import TrainConfig, augment_batch, config_augmenter, encode_images
-from pages._links import locked
-from pages._multitask import (current_multitask, is_multitask, multitask_options_ui, multitask_split,
-                              task_curves)
-from pages._shared import (bootstrap, chart_text, current_split, describe_run, follow, my_runs, owns, plain, plan_figure,
-                           run_option, run_curves, run_progress, run_status, run_store, select_run)
+from core.runs.jobs import cancel_waiting, get_job, start_run
+from core.runs.kinds.multitask import start_multitask_run
+from core.runs.tasks import get_queue
+from core.train.base import TrainConfig, augment_batch, config_augmenter
+from pages.ui.charts import plan_figure
+from pages.ui.links import locked
+from pages.ui.multitask import current_multitask, is_multitask, multitask_options_ui, multitask_split, task_curves
+from pages.ui.runs import describe_run, my_runs, run_curves, run_option, run_progress, run_status, run_store
+from pages.ui.session import bootstrap, current_split, owns, select_run
+from pages.ui.tasks import follow
+from pages.ui.text import chart_text, plain
 
 bootstrap()  # first, before the session is read: see bootstrap's docstring
 
@@ -118,7 +120,7 @@ def preview_augmentation(config: TrainConfig, seed: int) -> None:
     columns = st.columns(4)
     for view in range(3):
         batch = augment_batch(images, augmenter, seed * 1000 + view)
-        for column, img in zip(columns, batch):
+        for column, img in zip(columns, batch, strict=False):
             column.image(img.permute(1, 2, 0).numpy(), width="stretch")
     st.caption("Each column: one training image, three random views (crops"
                + (", flips" if config.flip else "") + (", colour jitter" if config.color_jitter else "")
@@ -193,7 +195,7 @@ def launch(variants, compare: bool = False, multitask: dict | None = None) -> No
 def curves(epochs: list[dict], batch_losses) -> go.Figure:
     fig = make_subplots(rows=1, cols=2, subplot_titles=("Loss", "Accuracy"))
     if batch_losses:
-        xs, ys = zip(*batch_losses)
+        xs, ys = zip(*batch_losses, strict=True)
         fig.add_trace(go.Scatter(x=xs, y=ys, name="train loss (per batch)", mode="lines",
                                  line=dict(width=1, color="rgba(31,119,180,0.35)")), 1, 1)
     if epochs:
@@ -317,7 +319,7 @@ def show_run(run_id: str, waiting: bool = False) -> bool:
         if record.finished:
             c4.metric("Time, start to end", f"{record.finished - record.created:.1f} s")
         by_task = last.get("val_acc_by_task") or {}
-        for column, (task, acc) in zip(st.columns(max(1, len(by_task))), by_task.items()):
+        for column, (task, acc) in zip(st.columns(max(1, len(by_task))), by_task.items(), strict=False):
             column.metric(f"Validation accuracy: {plain(task)}", f"{acc:.1%}" if not math.isnan(acc) else "—")
         if math.isnan(last["val_acc"]) and not record.config.get("n_val"):
             st.warning("This run had no validation images (every class had a single image, and a class's "

@@ -4,14 +4,16 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from core import data as core_data
+from core.analysis.ood import fit_ood
+from core.analysis.predict import predict_proba, predict_tasks
 from core.errors import UserInputError
 from core.export import KINDS, build_bundle, onnx_available, onnx_export_available
-from core.multitask import predict_tasks
-from core.ood import fit_ood
-from core.training import predict_proba
-from pages._multitask import is_multitask, multitask_split, same_tasks
-from pages._shared import (bootstrap, category_axes, chart_text, current_split, finished_runs, model_picker, plain, run_models,
-                           sample_photos)
+from pages.ui.charts import category_axes
+from pages.ui.models import model_picker, run_models, sample_photos
+from pages.ui.multitask import is_multitask, multitask_split, same_tasks
+from pages.ui.runs import finished_runs
+from pages.ui.session import bootstrap, current_split
+from pages.ui.text import chart_text, plain
 
 bootstrap()  # first, before the session is read: see bootstrap's docstring
 
@@ -126,7 +128,7 @@ def predictions_ui(run_id: str, model) -> None:
     probs = predict_proba(model, [img for img, _ in images])
     detector = ood_detector(run_id, model)
     scores = detector.score_images(model, [img for img, _ in images]) if detector is not None else None
-    for n, ((image, caption), p) in enumerate(zip(images, probs)):
+    for n, ((image, caption), p) in enumerate(zip(images, probs, strict=True)):
         left, right = st.columns([1, 3])
         left.image(image, caption=plain(caption), width="stretch")
         best = int(p.argmax())
@@ -192,7 +194,7 @@ def export_ui(run_id: str, model) -> None:
     _, val_ds = current_split()
     check_images = [val_ds[i][0] for i in range(min(8, len(val_ds)))]
     columns = st.columns(len(KINDS))
-    for column, kind in zip(columns, KINDS):
+    for column, kind in zip(columns, KINDS, strict=True):
         title, about = FORMATS[kind]
         with column:
             st.markdown(f"**{title}**")

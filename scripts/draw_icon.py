@@ -4,6 +4,7 @@ Run once after changing the drawing: `python scripts/draw_icon.py`. The PNG is c
 the app never fetches an icon from the internet.
 """
 
+from itertools import pairwise
 from pathlib import Path
 
 from PIL import Image, ImageDraw
@@ -18,7 +19,7 @@ def draw() -> Image.Image:
     d.rounded_rectangle((8, 8, SIZE - 8, SIZE - 8), radius=48, fill=(24, 52, 102))
     columns = [(56, [64, 104, 152, 192]), (128, [84, 128, 172]), (200, [104, 152])]
     frozen, head = (150, 190, 240), (255, 140, 40)
-    for (x0, ys0), (x1, ys1) in zip(columns, columns[1:]):
+    for (x0, ys0), (x1, ys1) in pairwise(columns):
         colour = head if x1 == columns[-1][0] else frozen
         for y0 in ys0:
             for y1 in ys1:

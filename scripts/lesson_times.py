@@ -40,8 +40,8 @@ def main() -> int:
 def measure(args) -> int:
     from core import lessons
     from core.runs import RunStore
+    from core.runs.tasks import get_pool, get_queue, reset
     from core.settings import get_settings
-    from core.tasks import get_pool, get_queue, reset
 
     found, problems = lessons.load_lessons()
     for problem in problems:

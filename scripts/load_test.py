@@ -225,7 +225,7 @@ class MemorySampler:
             self.sample()
             try:
                 await asyncio.wait_for(stop.wait(), every)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
         self.sample()
 

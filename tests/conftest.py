@@ -20,15 +20,15 @@ def isolated_dirs(tmp_path, monkeypatch):
 @pytest.fixture(scope="session")
 def lite0():
     """The default backbone, loaded once; tests that change it must copy it first."""
-    from core import backbones
+    from core import models
 
-    return backbones.load()
+    return models.load()
 
 
 @pytest.fixture(scope="module")
 def pool():
     """One warm worker process per test module: starting one costs seconds (torch's import)."""
-    from core.tasks import WorkerPool
+    from core.runs.processes import WorkerPool
 
     workers = WorkerPool(1, threads=1)
     yield workers

@@ -1,4 +1,4 @@
-"""Specifications of core.adaptation: DAN training, its safeguards, and the plain-vs-DAN comparison."""
+"""Specifications of core.methods.adaptation: DAN training, its safeguards, and the plain-vs-DAN comparison."""
 
 import math
 import threading
@@ -6,12 +6,14 @@ import threading
 import pytest
 import torch
 
-from core import adaptation, backbones, data, domain, mmd
-from core.adaptation import DANEpoch, adaptation_config, compare_adaptation, default_freeze, fit_dan
+from core import data, models
+from core.analysis import domain, mmd
 from core.errors import ConfigError
-from core.training import Callback
+from core.methods.adaptation import DANEpoch, adaptation_config, compare_adaptation, default_freeze, fit_dan
+from core.runs.kinds.dan import start_comparison
+from core.train.base import Callback
 
-GROUPS = backbones.group_names(backbones.DEFAULT_BACKBONE)
+GROUPS = models.group_names(models.DEFAULT_BACKBONE)
 
 
 @pytest.fixture(scope="module")
@@ -25,12 +27,12 @@ def small():
 
 @pytest.fixture(scope="module")
 def start():
-    base = backbones.load()
+    base = models.load()
 
     def make():
         with torch.random.fork_rng():
             torch.manual_seed(0)
-            return backbones.classifier(base, 4, classes=list(data.DEMO_CLASSES), image_size=32)
+            return models.classifier(base, 4, classes=list(data.DEMO_CLASSES), image_size=32)
 
     return make
 
@@ -72,7 +74,7 @@ def test_dan_lowers_the_mmd_at_the_adapted_layer_compared_with_plain_fine_tuning
 def test_both_arms_start_from_the_same_model_and_differ_only_by_lambda(small):
     train, val, target = small
     result = compare_adaptation(train, val, target, config(epochs=1), lam=0.0, keep_models=True)
-    for a, b in zip(result.plain.model.state_dict().values(), result.dan.model.state_dict().values()):
+    for a, b in zip(result.plain.model.state_dict().values(), result.dan.model.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b)
 
 
@@ -85,7 +87,7 @@ def test_adaptation_with_every_group_before_the_head_frozen_is_a_config_error(sm
     with pytest.raises(ConfigError, match="(?i)adaptation needs trainable layers before the adapted layer"):
         fit_dan(start(), train, val, target, frozen, lam=0.5)
     with pytest.raises(ConfigError, match="(?i)adaptation needs trainable layers before the adapted layer"):
-        adaptation.start_comparison(train, val, target, frozen, lam=0.5)
+        start_comparison(train, val, target, frozen, lam=0.5)
     # a layer deep inside the frozen part cannot move either, whatever trains after it
     with pytest.raises(ConfigError, match="(?i)trainable layers before the adapted layer"):
         fit_dan(start(), train, val, target, config(), lam=0.5, layer="_blocks.3")

@@ -9,9 +9,11 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from core import backbones
-from core.backbones import DEFAULT_BACKBONE, classifier, group_parameters, load
+from core import models
 from core.errors import CheckpointError, ConfigError
+from core.models import backbones, weights
+from core.models.backbones import DEFAULT_BACKBONE, load
+from core.models.heads import classifier, group_parameters
 
 skimage_data = pytest.importorskip("skimage.data")
 
@@ -23,14 +25,14 @@ def top_label(bb, image: Image.Image) -> str:
 
 
 def test_default_backbone_is_offline_and_labels_real_photos(lite0):
-    info = {i.name: i for i in backbones.list_backbones()}[DEFAULT_BACKBONE]
+    info = {i.name: i for i in models.list_backbones()}[DEFAULT_BACKBONE]
     assert info.offline and info.source == "bundled"
     assert not lite0.model.training
     assert top_label(lite0, Image.fromarray(skimage_data.coffee())) == "espresso"
     assert "cat" in top_label(lite0, Image.fromarray(skimage_data.chelsea())).lower()
 
 
-@pytest.mark.parametrize("name", [i.name for i in backbones.list_backbones()])
+@pytest.mark.parametrize("name", [i.name for i in models.list_backbones()])
 def test_every_parameter_belongs_to_exactly_one_layer_group(name):
     bb = load(name, pretrained=False)
     groups = group_parameters(bb.model, bb.layer_groups)
@@ -72,7 +74,7 @@ def test_torchvision_weights_missing_offline_give_instructions(monkeypatch):
         raise urllib.error.URLError("Name or service not known")
 
     monkeypatch.setattr("torchvision.models._api.load_state_dict_from_url", no_network)
-    assert not {i.name: i for i in backbones.list_backbones()}["resnet18"].offline
+    assert not {i.name: i for i in models.list_backbones()}["resnet18"].offline
     with pytest.raises(CheckpointError) as err:
         load("resnet18", pretrained=True)
     message = str(err.value)
@@ -86,7 +88,7 @@ def test_torchvision_weights_in_the_torch_cache_load_offline():
     torch.save(reference.model.state_dict(), cache / "resnet18-f37072fd.pth")
     backbones._state_dict_cache.pop("resnet18", None)
     try:
-        assert {i.name: i for i in backbones.list_backbones()}["resnet18"].offline
+        assert {i.name: i for i in models.list_backbones()}["resnet18"].offline
         loaded = load("resnet18", pretrained=True)
     finally:
         backbones._state_dict_cache.pop("resnet18", None)
@@ -135,7 +137,7 @@ def test_weights_of_another_architecture_are_explained(tmp_path):
 def test_oversized_or_foreign_weights_files_are_refused(tmp_path, monkeypatch):
     path = tmp_path / "big.pt"
     torch.save({"w": torch.zeros(1000)}, path)
-    monkeypatch.setattr(backbones, "MAX_WEIGHTS_BYTES", 100)
+    monkeypatch.setattr(weights, "MAX_WEIGHTS_BYTES", 100)
     with pytest.raises(CheckpointError, match="MB"):
         load(DEFAULT_BACKBONE, weights_path=path)
     (tmp_path / "w.onnx").write_bytes(b"x")

@@ -17,11 +17,29 @@ pytestmark = pytest.mark.browser
 # The server (two training slots), the browser and a fresh page per test are test_browser's
 # fixtures; importing them also brings its Chromium check (skip locally, fail in CI).
 try:  # `python -m pytest` puts the repository on sys.path; plain `pytest` puts tests/ there
-    from tests.test_browser import (assert_no_exception, new_context, browser, go_to, open_app, page, server,  # noqa: F401
-                                    set_epochs, sync_api)
+    from tests.test_browser import (  # noqa: F401
+        assert_no_exception,
+        browser,
+        go_to,
+        new_context,
+        open_app,
+        page,
+        server,
+        set_epochs,
+        sync_api,
+    )
 except ImportError:
-    from test_browser import (assert_no_exception, new_context, browser, go_to, open_app, page, server,  # noqa: F401
-                              set_epochs, sync_api)
+    from test_browser import (  # noqa: F401
+        assert_no_exception,
+        browser,
+        go_to,
+        new_context,
+        open_app,
+        page,
+        server,
+        set_epochs,
+        sync_api,
+    )
 
 DEMO_HEADING = "Demo shapes (source look): 80 images in 4 classes"
 RUN_IN_URL = re.compile(r"[?&]run=([0-9a-f]{16})")

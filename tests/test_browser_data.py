@@ -13,11 +13,37 @@ pytestmark = pytest.mark.browser
 
 # The server, go_to and friends are test_browser's; importing them also brings its Chromium check.
 try:  # `python -m pytest` puts the repository on sys.path; plain `pytest` puts tests/ there
-    from tests.test_browser import (assert_no_exception, new_context, chromium, fresh_page, go_to, open_app,  # noqa: F401
-                                    server, set_epochs, set_text, sync_api, wait_for_status, wait_until_idle, click_until)
+    from tests.test_browser import (  # noqa: F401
+        assert_no_exception,
+        chromium,
+        click_until,
+        fresh_page,
+        go_to,
+        new_context,
+        open_app,
+        server,
+        set_epochs,
+        set_text,
+        sync_api,
+        wait_for_status,
+        wait_until_idle,
+    )
 except ImportError:
-    from test_browser import (assert_no_exception, new_context, chromium, fresh_page, go_to, open_app, server,  # noqa: F401
-                              set_epochs, set_text, sync_api, wait_for_status, wait_until_idle, click_until)
+    from test_browser import (  # noqa: F401
+        assert_no_exception,
+        chromium,
+        click_until,
+        fresh_page,
+        go_to,
+        new_context,
+        open_app,
+        server,
+        set_epochs,
+        set_text,
+        sync_api,
+        wait_for_status,
+        wait_until_idle,
+    )
 
 expect = sync_api.expect
 PAGE_TITLES = {"Lessons", "Data", "Model", "Train", "Feature maps", "Saliency", "Domain shift", "Few-shot", "Evaluate",

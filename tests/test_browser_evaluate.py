@@ -28,7 +28,7 @@ def untrained_run(data_dir) -> tuple[str, list[str]]:
     """A finished run on disk, as the command line leaves it, whose head never trained: it makes mistakes."""
     import torch
 
-    from core import backbones
+    from core import models
     from core.cli import OWNER
     from core.data import demo_dataset
     from core.runs import RunRecord, RunStore, new_run_id
@@ -36,11 +36,11 @@ def untrained_run(data_dir) -> tuple[str, list[str]]:
     classes = list(demo_dataset("source").classes)
     store = RunStore(data_dir)
     record = store.create(RunRecord(
-        id=new_run_id(), status="finished", created=time.time(), backbone=backbones.DEFAULT_BACKBONE,
+        id=new_run_id(), status="finished", created=time.time(), backbone=models.DEFAULT_BACKBONE,
         pretrained=True, classes=classes, config={"epochs": 1, "image_size": 64, "seed": 0}, owner=OWNER,
         dataset="Demo shapes (source look)"))
     torch.manual_seed(3)
-    store.save_model(record.id, backbones.classifier(backbones.load(), len(classes), classes=classes, image_size=64))
+    store.save_model(record.id, models.classifier(models.load(), len(classes), classes=classes, image_size=64))
     return record.id, classes
 
 

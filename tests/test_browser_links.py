@@ -9,11 +9,33 @@ import pytest
 pytestmark = pytest.mark.browser
 
 try:  # `python -m pytest` puts the repository on sys.path; plain `pytest` puts tests/ there
-    from tests.test_browser import (assert_no_exception, new_context, browser, go_to, open_app, page, serve, server,  # noqa: F401
-                                    set_epochs, sync_api, wait_for_status)
+    from tests.test_browser import (  # noqa: F401
+        assert_no_exception,
+        browser,
+        go_to,
+        new_context,
+        open_app,
+        page,
+        serve,
+        server,
+        set_epochs,
+        sync_api,
+        wait_for_status,
+    )
 except ImportError:
-    from test_browser import (assert_no_exception, new_context, browser, go_to, open_app, page, serve, server,  # noqa: F401
-                              set_epochs, sync_api, wait_for_status)
+    from test_browser import (  # noqa: F401
+        assert_no_exception,
+        browser,
+        go_to,
+        new_context,
+        open_app,
+        page,
+        serve,
+        server,
+        set_epochs,
+        sync_api,
+        wait_for_status,
+    )
 
 expect = sync_api.expect
 PAGES = ["Lessons", "Data", "Model", "Train", "Feature maps", "Saliency", "Domain shift", "Evaluate", "Use the model"]
@@ -108,10 +130,10 @@ def test_a_refused_weights_file_leaves_the_earlier_one_in_use_and_messages_use_t
 
     import torch
 
-    from core import backbones
+    from core import models
 
     buffer = io.BytesIO()
-    torch.save(backbones.load(backbones.DEFAULT_BACKBONE, pretrained=False).model.state_dict(), buffer)
+    torch.save(models.load(models.DEFAULT_BACKBONE, pretrained=False).model.state_dict(), buffer)
     open_app(page, server)
     go_to(page, "Model")
     page.get_by_text("Or start from your own weights file").click()

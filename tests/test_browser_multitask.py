@@ -14,12 +14,30 @@ pytestmark = pytest.mark.browser
 # The server, the browser and a fresh page per test are test_browser's fixtures; importing them
 # also brings its Chromium check (skip locally, fail in CI).
 try:  # `python -m pytest` puts the repository on sys.path; plain `pytest` puts tests/ there
-    from tests.test_browser import (assert_no_exception, browser, go_to, open_app, page, server,  # noqa: F401
-                                    set_epochs, sync_api, wait_for_status)
+    from tests.test_browser import (  # noqa: F401
+        assert_no_exception,
+        browser,
+        go_to,
+        open_app,
+        page,
+        server,
+        set_epochs,
+        sync_api,
+        wait_for_status,
+    )
     from tests.test_browser_classroom import upload_zip, wait_idle
 except ImportError:
-    from test_browser import (assert_no_exception, browser, go_to, open_app, page, server,  # noqa: F401
-                              set_epochs, sync_api, wait_for_status)
+    from test_browser import (  # noqa: F401
+        assert_no_exception,
+        browser,
+        go_to,
+        open_app,
+        page,
+        server,
+        set_epochs,
+        sync_api,
+        wait_for_status,
+    )
     from test_browser_classroom import upload_zip, wait_idle
 
 expect = sync_api.expect

@@ -15,7 +15,7 @@ import torch
 
 from core import cli
 from core.runs import RunStore
-from core.training import strategy_config
+from core.train.strategies import strategy_config
 
 ROOT = Path(__file__).resolve().parent.parent
 # resnet18 from random weights has no dropout, so runs can be compared weight for weight. SGD:
@@ -83,7 +83,7 @@ def test_train_creates_a_run_the_app_can_open_and_prints_json_last(tmp_path, cap
 
 
 def test_a_command_line_run_is_a_run_folder_trained_by_the_apps_worker_code(tmp_path, capsys):
-    from core.jobs import snapshot_of
+    from core.runs.jobs import snapshot_of
 
     config = write_config(tmp_path, **{**EXACT, "epochs": 2})
     assert cli.main(train_args(tmp_path / "data", config, "--strategy", "feature_extraction")) == 0
@@ -149,9 +149,9 @@ def test_a_runs_command_line_reproduces_its_settings(tmp_path, capsys):
     args = cli.parser().parse_args(words[3:])
     assert (args.data, args.backbone, args.config, args.scratch) == ("demo:source", "resnet18", "again.json", True)
     assert (args.per_class, args.val_fraction) == (8, 0.5)
-    from core import backbones
+    from core import models
 
-    rebuilt = cli.read_config(write_config(tmp_path, **again), backbones.group_names("resnet18"), args.strategy)
+    rebuilt = cli.read_config(write_config(tmp_path, **again), models.group_names("resnet18"), args.strategy)
     assert rebuilt.to_dict() == again
 
 
@@ -320,15 +320,15 @@ def test_the_app_trains_a_run_under_torchrun_when_a_run_may_use_several_processe
     """TRANSFER_LAB_PROCESSES_PER_RUN=2 (a two-GPU server; gloo on this CPU): the app's run folder is
     trained by two data-parallel processes, and the run opens like any other."""
     from core.data import demo_dataset, split
-    from core.jobs import start_run
-    from core.tasks import TaskQueue
-    from core.training import TrainConfig
+    from core.runs.jobs import start_run
+    from core.runs.tasks import TaskQueue
+    from core.train.base import TrainConfig
 
     monkeypatch.setenv("TRANSFER_LAB_PROCESSES_PER_RUN", "2")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     store = RunStore(tmp_path / "data")
     train_ds, val_ds = split(demo_dataset(per_class=6), 0.25)
-    from core.backbones import group_names
+    from core.models.backbones import group_names
 
     config = TrainConfig(**{**EXACT, "freeze": group_names("efficientnet_lite0")[:-1]})
     job = start_run(store, train_ds, val_ds, backbone="efficientnet_lite0", pretrained=True, config=config,

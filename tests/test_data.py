@@ -18,6 +18,7 @@ from core.data import (
     LoadReport,
     dataset_warnings,
     demo_dataset,
+    limits,
     load_images,
     load_zip,
     open_image,
@@ -229,11 +230,11 @@ ARCHIVE_CASES = [
 ]
 
 
-@pytest.mark.parametrize("build, limits, outcome, where, fragment", ARCHIVE_CASES)
-def test_hostile_and_odd_archives_are_handled(build, limits, outcome, where, fragment, monkeypatch):
+@pytest.mark.parametrize("build, caps, outcome, where, fragment", ARCHIVE_CASES)
+def test_hostile_and_odd_archives_are_handled(build, caps, outcome, where, fragment, monkeypatch):
     payload = build()
-    for name, value in limits.items():
-        monkeypatch.setattr(data, name, value)
+    for name, value in caps.items():
+        monkeypatch.setattr(limits, name, value)
     if outcome == "error":
         with pytest.raises(DataError, match=fragment):
             load_zip(payload)
@@ -415,7 +416,7 @@ def test_files_that_are_not_allowed_images_raise_data_error(payload, fragment):
 
 
 def test_pixel_cap_is_checked_from_the_header(monkeypatch):
-    monkeypatch.setattr(data, "MAX_IMAGE_PIXELS", 100)
+    monkeypatch.setattr(limits, "MAX_IMAGE_PIXELS", 100)
     with pytest.raises(DataError, match="too many pixels"):
         open_image(png(size=(11, 10)))
     assert open_image(png(size=(10, 10))).size == (10, 10)
@@ -428,7 +429,7 @@ def test_pillows_decompression_bomb_warning_is_an_error(monkeypatch):
 
 
 def test_file_size_cap(monkeypatch):
-    monkeypatch.setattr(data, "MAX_FILE_BYTES", 100)
+    monkeypatch.setattr(limits, "MAX_FILE_BYTES", 100)
     with pytest.raises(DataError, match="images up to 100 bytes"):
         open_image(noisy_png())
 
@@ -441,7 +442,7 @@ def test_load_images_skips_bad_files_with_reasons_and_caps_pixels(monkeypatch):
     assert images == [] and "None of the 1 files" in report.warnings[0]
     with pytest.raises(DataError, match="name"):
         load_images([], "  ")
-    monkeypatch.setattr(data, "MAX_TOTAL_PIXELS", 300)
+    monkeypatch.setattr(limits, "MAX_TOTAL_PIXELS", 300)
     with pytest.raises(DataError, match="megapixels"):
         load_images([("a.png", png()), ("c.png", png())], "cats")
 
@@ -524,7 +525,7 @@ def test_load_zip_raises_only_data_error_on_random_archives(entries, compression
     except DataError:
         return
     assert len(ds.classes) >= 2 and report.loaded == len(ds)
-    assert all(img.mode == "RGB" and max(img.size) <= data.MAX_SIDE for img, _ in ds)
+    assert all(img.mode == "RGB" and max(img.size) <= limits.MAX_SIDE for img, _ in ds)
 
 
 # --- datasets ------------------------------------------------------------------------------

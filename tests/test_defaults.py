@@ -5,18 +5,19 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-
 from torch import nn
 
-from core import backbones
-from core.backbones import Classifier, LayerGroup
+from core import models
 from core.data import ImageDataset, grayscale_share
+from core.models.backbones import LayerGroup
+from core.models.heads import Classifier
 from core.train import Classification, Trainer
-from core.training import TrainConfig, strategy_config
+from core.train.base import TrainConfig
+from core.train.strategies import strategy_config
 
 
 def test_train_config_defaults_are_the_feature_extraction_preset():
-    groups = backbones.group_names(backbones.DEFAULT_BACKBONE)
+    groups = models.group_names(models.DEFAULT_BACKBONE)
     preset = strategy_config("feature_extraction", groups).to_dict()
     default = TrainConfig().to_dict()
     for settings in (preset, default):
@@ -93,7 +94,7 @@ def test_grayscale_share_counts_images_whose_channels_are_equal():
 
 @pytest.mark.parametrize("strategy", ["last_stage", "progressive", "full"])
 def test_fine_tuning_presets_warm_the_head_up_and_keep_batchnorm_statistics(strategy):
-    groups = backbones.group_names(backbones.DEFAULT_BACKBONE)
+    groups = models.group_names(models.DEFAULT_BACKBONE)
     config = strategy_config(strategy, groups)
     assert 0 < config.warmup_epochs < config.epochs and config.early_stopping > 0
     assert config.keep_bn_stats and not config.train_bn

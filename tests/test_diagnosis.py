@@ -1,13 +1,13 @@
 """Hints read from a run's curves: each names what went wrong and the one setting to change."""
 
-from core.diagnosis import diagnose
-from core.training import EpochMetrics, History
+from core.analysis.diagnosis import diagnose
+from core.train.base import EpochMetrics, History
 
 
 def run(train_loss, train_acc, val_loss, val_acc=None, stopped=None):
     val_acc = val_acc or [0.5] * len(train_loss)
     epochs = [EpochMetrics(i + 1, tl, ta, vl, va, 0.1)
-              for i, (tl, ta, vl, va) in enumerate(zip(train_loss, train_acc, val_loss, val_acc))]
+              for i, (tl, ta, vl, va) in enumerate(zip(train_loss, train_acc, val_loss, val_acc, strict=True))]
     return History(epochs=epochs, stopped=stopped)
 
 

@@ -4,12 +4,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
-from core import backbones
-from core.distillation import distill, distillation_loss, paired_views, soften
-from core.errors import ConfigError
-from core.training import TrainConfig, augment_batch, encode_images, make_augmenter
 from test_training import Shapes
+
+from core import models
+from core.data.encoded import encode_images
+from core.errors import ConfigError
+from core.methods.distillation import distill, distillation_loss, paired_views, soften
+from core.train.base import TrainConfig, augment_batch, make_augmenter
 
 
 def reference_loss(student, teacher, targets, T, alpha):
@@ -88,7 +89,7 @@ def head_only(model):
 
 def make(lite0, seed, classes=("disc", "square")):
     torch.manual_seed(seed)
-    return backbones.classifier(lite0, len(classes), image_size=32, classes=list(classes))
+    return models.classifier(lite0, len(classes), image_size=32, classes=list(classes))
 
 
 def test_a_short_distillation_trains_the_student_and_leaves_the_teacher_alone(lite0, data):
@@ -140,7 +141,7 @@ def teacher_inputs(teacher):
 def test_the_teacher_sees_the_datasets_images_at_its_own_size_not_the_students_scaled_up(lite0, cached):
     train, val = Shapes(12, 0, size=64), Shapes(4, 1, size=64)
     torch.manual_seed(1)
-    teacher = backbones.classifier(lite0, 2, image_size=64, classes=["disc", "square"])
+    teacher = models.classifier(lite0, 2, image_size=64, classes=["disc", "square"])
     student = make(lite0, 2)  # 32 px
     seen = teacher_inputs(teacher)
     config = TrainConfig(epochs=1, batch_size=4, image_size=32, freeze=head_only(student), augment=False,
@@ -176,21 +177,22 @@ class InProcess:
     """A worker pool that trains a run folder in this process, so a test can watch the teacher."""
 
     def run(self, folder, on_start=None):
-        from core.worker import train_run_folder
+        from core.runs.worker import train_run_folder
 
         return train_run_folder(folder), ""
 
 
 def test_a_distillation_run_folder_teaches_from_the_training_images_at_the_teachers_size(tmp_path, monkeypatch):
-    from core.distillation import Distillation, start_distillation
-    from core.jobs import create_run
+    from core.methods.distillation import Distillation
     from core.runs import RunStore
-    from core.tasks import TaskQueue
-    from core.worker import train_run_folder
+    from core.runs.jobs import create_run
+    from core.runs.kinds.distill import start_distillation
+    from core.runs.tasks import TaskQueue
+    from core.runs.worker import train_run_folder
 
     store = RunStore(tmp_path / "data")
     train, val = Shapes(8, 0, size=64), Shapes(4, 1, size=64)
-    frozen = [g for g in backbones.group_names("efficientnet_lite0") if g != "head"]
+    frozen = [g for g in models.group_names("efficientnet_lite0") if g != "head"]
     teacher = create_run(store, train, val, backbone="efficientnet_lite0", pretrained=True,
                          config=TrainConfig(epochs=1, batch_size=8, freeze=frozen, image_size=64))
     assert train_run_folder(store.folder(teacher.id)) == "finished"
@@ -209,7 +211,7 @@ def test_a_distillation_run_folder_teaches_from_the_training_images_at_the_teach
 
 
 def test_a_run_folders_images_at_another_size_are_resized_not_an_endless_loop():
-    from core.worker import EncodedDataset
+    from core.data.encoded import EncodedDataset
 
     train = Shapes(4, 0, size=64)
     ds = EncodedDataset(encode_images(train, 64), train.labels, train.classes)

@@ -1,4 +1,4 @@
-"""Specifications of core.domain: pooled features with a cache, MMD by depth, pictures, the control."""
+"""Specifications of core.analysis.domain: pooled features with a cache, MMD by depth, pictures, the control."""
 
 import math
 import threading
@@ -9,10 +9,12 @@ import pytest
 import torch
 from torch import nn
 
-from core import data, domain, mmd
-from core.backbones import LayerGroup
+from core import data
+from core.analysis import domain, mmd
+from core.data.encoded import encode_images, normalise
 from core.errors import ConfigError, UserInputError
-from core.training import encode_images, normalise
+from core.models.backbones import LayerGroup
+from core.runs.tasks import Task
 
 
 class Tiny(nn.Module):
@@ -229,7 +231,7 @@ def test_a_task_runs_in_the_background_and_keeps_its_result():
         release.wait(5)
         return 42
 
-    task = domain.Task(work).start()
+    task = Task(work).start()
     assert not task.done
     release.set()
     assert task.join(5)
@@ -241,6 +243,6 @@ def test_a_task_shows_a_user_error_as_its_message():
     def work(_task):
         raise ConfigError("Pick another layer.")
 
-    task = domain.Task(work).start()
+    task = Task(work).start()
     assert task.join(5)
     assert task.snapshot().status == "failed" and task.snapshot().message == "Pick another layer."

@@ -14,12 +14,13 @@ import torch
 from PIL import Image
 from torch import nn
 
-from core import backbones
-from core.backbones import Classifier, LayerGroup
 from core.errors import ConfigError
 from core.hooks import capture, preserved
+from core.models.backbones import LayerGroup
+from core.models.heads import Classifier
 from core.train import Callback, Classification, Trainer
-from core.training import TrainConfig, fit
+from core.train.base import TrainConfig
+from core.train.fitting import fit
 
 
 class TinyNet(nn.Module):
@@ -418,7 +419,7 @@ def test_every_trainer_goes_through_one_backward_call():
 
 
 def test_the_lr_sweep_is_a_callback_that_ends_the_fit():
-    from core.lr_finder import find_lr
+    from core.methods.lr_finder import find_lr
 
     model = tiny()
     before = copy.deepcopy(model.state_dict())

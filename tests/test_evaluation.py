@@ -2,13 +2,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_training import Shapes
 from torch import nn
 
-from core import backbones
+from core import models
+from core.analysis.evaluation import Evaluation, cell_examples, evaluate_dataset, worst_mistakes
+from core.analysis.predict import predict_proba
 from core.errors import ConfigError, DataError
-from core.evaluation import Evaluation, cell_examples, evaluate_dataset, worst_mistakes
-from core.training import predict_proba
-from test_training import Shapes
 
 
 class ColourModel(nn.Module):
@@ -140,7 +140,7 @@ def test_worst_mistakes_are_only_the_wrong_ones_sorted_by_loss_not_by_confidence
 
 
 def test_a_real_classifier_is_evaluated_with_predict_proba_and_keeps_its_modes(lite0):
-    model = backbones.classifier(lite0, 2, image_size=32, classes=["disc", "square"])
+    model = models.classifier(lite0, 2, image_size=32, classes=["disc", "square"])
     model.train()
     model.get_submodule("_bn0").eval()  # a frozen BatchNorm, as fit leaves it while training
     ds = Shapes(6, 3)

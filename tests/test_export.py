@@ -4,11 +4,11 @@ import zipfile
 
 import pytest
 import torch
+from test_training import Shapes
 
-from core import backbones, export
+from core import export, models
 from core.errors import ConfigError
 from core.export import build_bundle, check_export, export_bundle, export_onnx, export_safetensors, export_torchscript
-from test_training import Shapes
 
 CLASSES = ["disc", "square", "triangle"]
 
@@ -16,7 +16,7 @@ CLASSES = ["disc", "square", "triangle"]
 @pytest.fixture(scope="module")
 def model(lite0):
     torch.manual_seed(0)
-    m = backbones.classifier(lite0, 3, image_size=32, classes=CLASSES)
+    m = models.classifier(lite0, 3, image_size=32, classes=CLASSES)
     with torch.no_grad():  # a head far from zero, so the classes really compete
         m.head.weight.normal_(0, 0.5)
     return m
@@ -86,7 +86,7 @@ def test_safetensors_rebuilds_the_same_classifier_from_its_sidecar(model, images
 
 def test_a_wrong_export_is_caught_by_the_check(model, images, tmp_path):
     path = export_safetensors(model, tmp_path / "m.safetensors")
-    other = backbones.classifier(backbones.load(pretrained=False), 3, image_size=32, classes=CLASSES)
+    other = models.classifier(models.load(pretrained=False), 3, image_size=32, classes=CLASSES)
     check = check_export(other, path, "safetensors", images)
     assert check.max_abs_diff > 1e-3
 

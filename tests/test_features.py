@@ -1,4 +1,4 @@
-"""Specification of core.features: layer listing, hooks, weight change, CKA and channel tools."""
+"""Specification of core.analysis.features: layer listing, hooks, weight change, CKA and channel tools."""
 
 import copy
 import math
@@ -8,19 +8,18 @@ import pytest
 import torch
 from torch import nn
 
-from core.errors import ConfigError
-from core.features import (
-    FeatureCache,
+from core.analysis.features import (
     activations,
     channel_order,
     cka_by_layer,
     feature_maps,
     layer_names,
     linear_cka,
-    tensor_key,
     top_activating,
     weight_change,
 )
+from core.cache import FeatureCache, tensor_key
+from core.errors import ConfigError
 
 TINY_LAYERS = ["0", "0.0", "0.1", "1", "1.0", "1.1", "2", "2.0", "2.1"]
 
@@ -292,7 +291,7 @@ def test_weight_change_pools_a_groups_parameters_and_is_zero_for_a_frozen_group(
     b = [p for m in (before[1], before[2]) for p in m.parameters()]
     a = [p for m in (after[1], after[2]) for p in m.parameters()]
     diff = math.sqrt(sum(float((q.detach().double() - p.detach().double()).square().sum())
-                         for p, q in zip(b, a)))
+                         for p, q in zip(b, a, strict=True)))
     base = math.sqrt(sum(float(p.detach().double().square().sum()) for p in b))
     assert change["middle"] == pytest.approx(diff / base, rel=1e-12)
     assert change["head"] > 0
@@ -429,13 +428,14 @@ def test_tensor_key_changes_with_values_and_shape():
 
 
 def test_after_fit_frozen_groups_keep_their_maps_and_the_depth_profile_shows_where_training_acted():
-    from core import backbones
-    from core.features import depth_profile
-    from core.training import TrainConfig, fit
+    from core import models
+    from core.analysis.features import depth_profile
+    from core.train.base import TrainConfig
+    from core.train.fitting import fit
     from tests.test_training import Shapes
 
-    before = backbones.starting_model("efficientnet_lite0", ["disc", "square"], image_size=32, seed=3)
-    after = backbones.starting_model("efficientnet_lite0", ["disc", "square"], image_size=32, seed=3)
+    before = models.starting_model("efficientnet_lite0", ["disc", "square"], image_size=32, seed=3)
+    after = models.starting_model("efficientnet_lite0", ["disc", "square"], image_size=32, seed=3)
     frozen = ["stem", "stage1", "stage2", "stage3", "stage4", "stage5"]
     fit(after, Shapes(16, 0), Shapes(6, 1), TrainConfig(epochs=2, batch_size=8, freeze=frozen, image_size=32))
     image = torch.randn(3, 32, 32)

@@ -7,10 +7,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core import fewshot
-from core.backbones import Classifier, LayerGroup
 from core.data import demo_fewshot
 from core.errors import ConfigError, DataError
+from core.methods import fewshot
+from core.models.backbones import LayerGroup
+from core.models.heads import Classifier
+from core.runs.kinds.meta import load_meta_run, meta_run
 
 # --- MAML's inner loop --------------------------------------------------------------------------
 
@@ -50,7 +52,7 @@ def test_adapt_gives_the_query_loss_gradient_of_a_hand_written_maml(steps, first
     rw, rb = _reference_adapt(w, b, xs, ys, lr, steps, first_order)
     assert torch.allclose(adapted["weight"], rw, atol=1e-5) and torch.allclose(adapted["bias"], rb, atol=1e-5)
     want = torch.autograd.grad(F.cross_entropy(xq @ rw.T + rb, yq), [w, b])
-    for g, r in zip(got, want):
+    for g, r in zip(got, want, strict=True):
         assert torch.allclose(g, r, atol=1e-5), (g, r)
 
 
@@ -138,10 +140,10 @@ def test_the_same_seed_gives_the_same_episodes():
     c = fewshot.sample_episodes(LABELS, range(10), 5, 1, 3, 20, seed=8)
     same = lambda x, y: x.classes == y.classes and np.array_equal(x.support, y.support) and np.array_equal(  # noqa
         x.query, y.query)
-    assert all(same(x, y) for x, y in zip(a, b))
-    assert not all(same(x, y) for x, y in zip(a, c))
+    assert all(same(x, y) for x, y in zip(a, b, strict=True))
+    assert not all(same(x, y) for x, y in zip(a, c, strict=True))
     # more episodes never change the first ones
-    assert all(same(x, y) for x, y in zip(a, fewshot.sample_episodes(LABELS, range(10), 5, 1, 3, 5, seed=7)))
+    assert all(same(x, y) for x, y in zip(a, fewshot.sample_episodes(LABELS, range(10), 5, 1, 3, 5, seed=7), strict=False))
 
 
 def test_too_few_images_or_classes_for_an_episode_is_a_clear_message():
@@ -211,7 +213,7 @@ def test_anil_meta_trains_the_head_on_cached_features_and_leaves_the_body_alone(
     history = fewshot.meta_train(model, colours, 3, 2, config)
     assert history.cache == "head" and len(history.epochs) == 1
     assert 0 <= history.epochs[0].train_acc <= 1
-    assert all(torch.equal(a, b) for a, b in zip(body, model.body.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(body, model.body.parameters(), strict=True))
     assert not torch.equal(head, model.fc.weight)
 
 
@@ -345,16 +347,17 @@ def test_meta_training_scores_novel_episodes_after_each_epoch(colours):
 
 
 def test_a_meta_training_run_finishes_in_a_worker_and_its_record_carries_the_epochs(tmp_path):
-    from core.jobs import start_folder_run
     from core.runs import RunStore
-    from core.tasks import TaskQueue, WorkerPool
+    from core.runs.jobs import start_folder_run
+    from core.runs.processes import WorkerPool
+    from core.runs.tasks import TaskQueue
 
     ds = demo_fewshot(n_classes=6, per_class=6, size=32)
     split = fewshot.split_classes(ds.classes, seed=0)
     config = fewshot.meta_config("anil", epochs=2, episodes=4, episodes_per_batch=2, n_query=2, image_size=32,
                                  test_steps=2, val_episodes=3)
     store = RunStore(tmp_path / "data")
-    record, inputs = fewshot.meta_run(ds, split, "anil", 3, 1, config, owner="a" * 16, eval_episodes=5)
+    record, inputs = meta_run(ds, split, "anil", 3, 1, config, owner="a" * 16, eval_episodes=5)
     pool = WorkerPool(1, threads=1)
     try:
         job = start_folder_run(store, record, inputs, queue=TaskQueue(1, pool=pool))
@@ -368,5 +371,5 @@ def test_a_meta_training_run_finishes_in_a_worker_and_its_record_carries_the_epo
     assert all(0 <= e["train_acc"] <= 1 and 0 <= e["val_acc"] <= 1 for e in after.epochs)
     assert after.info["cache"] == "head"  # ANIL: the body frozen, its features computed once
     assert set(after.info["novel"]) == {"1"} and len(after.info["novel"]["1"]["curve"]) == 3  # 5 shots: too few images
-    model, meta, cfg = fewshot.load_meta_run(store, record.id)
+    model, meta, cfg = load_meta_run(store, record.id)
     assert model.classes == ["way 1", "way 2", "way 3"] and meta == config and cfg["novel_classes"] == list(split.novel)

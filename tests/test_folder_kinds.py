@@ -8,13 +8,15 @@ import time
 import pytest
 import torch
 
-from core import backbones, data
-from core.adaptation import adaptation_config, compare_adaptation, comparison_of, default_freeze, start_comparison
-from core.distillation import VARIANTS, start_distillation, students_of
+from core import data, models
+from core.data.encoded import encode_images, labels_of
 from core.errors import ConfigError
-from core.jobs import start_run
-from core.tasks import TaskQueue
-from core.training import TrainConfig, encode_images, evaluate, labels_of
+from core.methods.adaptation import adaptation_config, compare_adaptation, default_freeze
+from core.runs.jobs import start_run
+from core.runs.kinds.dan import comparison_of, start_comparison
+from core.runs.kinds.distill import VARIANTS, start_distillation, students_of
+from core.runs.tasks import TaskQueue
+from core.train.base import TrainConfig, evaluate
 from tests.test_training import Shapes
 
 ALICE = "a" * 16
@@ -59,7 +61,7 @@ def test_a_comparison_queued_as_a_run_gives_the_arms_of_the_same_comparison_in_p
     assert record.config["kind"] == "dan" and record.owner == ALICE and job.worker_pid != os.getpid()
     queued = comparison_of(record)  # from the record alone
     assert [a.name for a in queued.arms] == ["plain", "DAN"] and [a.lam for a in queued.arms] == [0.0, 1.0]
-    for mine, theirs in zip(queued.arms, here.arms):
+    for mine, theirs in zip(queued.arms, here.arms, strict=True):
         assert len(mine.history.epochs) == 2
         assert numbers(mine) == pytest.approx(numbers(theirs), rel=1e-4, abs=1e-6)  # same seed, same split
         assert (mine.mmd_before, mine.mmd_after) == pytest.approx((theirs.mmd_before, theirs.mmd_after), rel=1e-4)
@@ -72,7 +74,7 @@ def test_a_comparison_queued_as_a_run_gives_the_arms_of_the_same_comparison_in_p
 
 def test_a_comparison_with_nothing_trainable_before_the_layer_is_refused_before_it_is_queued(store, small):
     train, val, target = small
-    frozen = dan_config(freeze=default_freeze(backbones.group_names(backbones.DEFAULT_BACKBONE), trainable=0))
+    frozen = dan_config(freeze=default_freeze(models.group_names(models.DEFAULT_BACKBONE), trainable=0))
     with pytest.raises(ConfigError, match="trainable layers before the adapted layer"):
         start_comparison(train, val, target, frozen, 1.0, store=store, queue=TaskQueue(1))
     assert store.list() == []

@@ -9,9 +9,11 @@ import gc
 import pytest
 import torch
 
-from core import backbones
+from core import models
 from core.data import demo_dataset, split
-from core.training import TrainConfig, encode_images, fit
+from core.data.encoded import encode_images
+from core.train.base import TrainConfig
+from core.train.fitting import fit
 
 pytestmark = [
     pytest.mark.gpu,
@@ -33,7 +35,7 @@ def snapshot(model):
 
 
 def test_fit_on_cuda_trains_in_mixed_precision_and_reports_finite_metrics(lite0, shapes):
-    model = backbones.classifier(lite0, 4, image_size=SIZE)
+    model = models.classifier(lite0, 4, image_size=SIZE)
     seen = []
     # the head's output dtype shows what autocast ran the network in
     handle = model.head.register_forward_hook(lambda _m, _a, out: seen.append((out.dtype, out.device.type)))
@@ -53,7 +55,7 @@ def test_fit_on_cuda_trains_in_mixed_precision_and_reports_finite_metrics(lite0,
 
 @pytest.mark.parametrize("cache_features", [False, True], ids=["plain", "prefix-cache"])
 def test_frozen_groups_stay_exactly_as_they_were_on_the_gpu(lite0, shapes, cache_features):
-    model = backbones.classifier(lite0, 4, image_size=SIZE)
+    model = models.classifier(lite0, 4, image_size=SIZE)
     frozen = BODY[:7]  # stem .. stage6; stage7, top and head train
     before = snapshot(model)
     fit(model, *shapes, TrainConfig(epochs=1, batch_size=8, lr=1e-2, freeze=frozen, augment=False,
@@ -76,10 +78,10 @@ def test_a_model_on_cuda_predicts_the_same_classes_as_on_the_cpu(lite0):
     mean = torch.tensor(lite0.mean).view(1, 3, 1, 1)
     std = torch.tensor(lite0.std).view(1, 3, 1, 1)
     x = (images.float() / 255 - mean) / std
-    cpu_model = backbones.load().model  # pretrained: ImageNet logits, so the argmax means something
+    cpu_model = models.load().model  # pretrained: ImageNet logits, so the argmax means something
     with torch.inference_mode():
         on_cpu = cpu_model(x)
-    gpu_model = backbones.load().model.cuda()
+    gpu_model = models.load().model.cuda()
     matmul_tf32, cudnn_tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False  # full fp32, as on the CPU
     try:
@@ -98,7 +100,7 @@ def test_gpu_memory_returns_to_where_it_was_once_the_model_is_deleted(lite0, sha
     config = TrainConfig(epochs=1, batch_size=8, lr=1e-3, augment=False, device="cuda", image_size=SIZE)
 
     def one_run() -> None:
-        model = backbones.classifier(lite0, 4, image_size=SIZE)
+        model = models.classifier(lite0, 4, image_size=SIZE)
         fit(model, *shapes, config)
         del model
         gc.collect()

@@ -9,13 +9,16 @@ import time
 import pytest
 import torch
 
-from core import backbones, worker
-from core.backbones import Classifier
+from core import models
+from core.data.encoded import encode_images, labels_of
 from core.errors import CheckpointError
-from core.jobs import cancel_waiting, create_run, get_job, start_run
-from core.runs import RunStore, is_run_id
-from core.tasks import QueueFullError, TaskQueue, WorkerPool
-from core.training import TrainConfig, encode_images, evaluate, labels_of
+from core.models.heads import Classifier
+from core.runs import RunStore, is_run_id, recording, worker
+from core.runs.jobs import cancel_waiting, create_run, get_job, start_run
+from core.runs.kinds import classify
+from core.runs.processes import WorkerPool
+from core.runs.tasks import QueueFullError, TaskQueue
+from core.train.base import Callback, TrainConfig, evaluate
 from tests.test_training import Shapes
 
 FROZEN = ["stem", "stage1", "stage2", "stage3", "stage4", "stage5", "stage6", "stage7", "top"]
@@ -194,7 +197,7 @@ def test_worker_processes_start_with_the_engines_wait_policy(pool):
 def test_workers_train_in_a_session_of_their_own_and_still_end_with_the_server():
     """Linux shares the CPU between sessions before threads: a worker in the server's session got a
     sliver of it beside a classroom's open pages. Its own session must not outlive the server."""
-    code = ("import sys, time; sys.path.insert(0, sys.argv[1]); from core.tasks import WorkerPool; "
+    code = ("import sys, time; sys.path.insert(0, sys.argv[1]); from core.runs.processes import WorkerPool; "
             "pool = WorkerPool(1, threads=1); assert pool.wait_ready(120); print(pool.pids()[0], flush=True); "
             "time.sleep(600)")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -261,7 +264,7 @@ def test_one_person_cannot_fill_the_queue_and_can_clear_their_waiting_runs(store
 
 def test_a_run_keeps_its_exact_starting_model(store, pool):
     """The Feature maps page compares a run's "before" with its "after"."""
-    built = backbones.starting_model("resnet18", ["disc", "square"], pretrained=False, seed=7, image_size=32)
+    built = models.starting_model("resnet18", ["disc", "square"], pretrained=False, seed=7, image_size=32)
     job = run(store, TaskQueue(1, pool=pool), quick_config(freeze=[], seed=7, epochs=1), backbone="resnet18",
               pretrained=False)
     assert wait(job).status == "finished"
@@ -293,12 +296,12 @@ def test_damaged_weights_files_of_a_run_are_a_clear_error(store, pool):
 
 def test_out_of_gpu_memory_retries_once_with_half_the_batch_then_stops_with_a_message(store, monkeypatch):
     """The loop retries at half the batch; the worker's record and events say so."""
-    real_fit = worker.fit
+    real_fit = classify.fit
     batch_sizes = []
 
     def fit_that_runs_out(times: int):
         def fit(model, train_ds, val_ds, config, callbacks, stop, **kwargs):
-            class OutOfMemory(worker.Callback):
+            class OutOfMemory(Callback):
                 def on_fit_start(self, info):
                     batch_sizes.append(self.trainer.config.batch_size)
 
@@ -313,7 +316,7 @@ def test_out_of_gpu_memory_retries_once_with_half_the_batch_then_stops_with_a_me
         return create_run(store, Shapes(8, 0), Shapes(4, 1), backbone="efficientnet_lite0", pretrained=True,
                           config=quick_config(epochs=1))
 
-    monkeypatch.setattr(worker, "fit", fit_that_runs_out(1))
+    monkeypatch.setattr(classify, "fit", fit_that_runs_out(1))
     record = new_run()
     assert worker.train_run_folder(store.folder(record.id)) == "finished" and batch_sizes == [8, 4]
     record = store.get(record.id)
@@ -322,7 +325,7 @@ def test_out_of_gpu_memory_retries_once_with_half_the_batch_then_stops_with_a_me
     assert [e["batch_size"] for e in events if e["event"] == "retry"] == [4]
 
     batch_sizes.clear()
-    monkeypatch.setattr(worker, "fit", fit_that_runs_out(2))
+    monkeypatch.setattr(classify, "fit", fit_that_runs_out(2))
     record = new_run()
     assert worker.train_run_folder(store.folder(record.id)) == "failed" and batch_sizes == [8, 4]
     assert "ran out of memory" in store.get(record.id).message
@@ -331,17 +334,17 @@ def test_out_of_gpu_memory_retries_once_with_half_the_batch_then_stops_with_a_me
 def test_a_run_left_running_by_a_killed_server_is_marked_interrupted_and_keeps_its_best_weights(store, monkeypatch):
     """kill -9 of the server: its record says "running" and no process trains it any more."""
     epochs_seen = []
-    real_fit = worker.fit
+    real_fit = classify.fit
 
     def fit_killed_after_the_first_epoch(model, train_ds, val_ds, config, callbacks, stop, **kwargs):
-        class Die(worker.Callback):
+        class Die(Callback):
             def on_epoch_end(self, metrics):
                 epochs_seen.append(metrics.epoch)
                 raise KeyboardInterrupt  # the process dies here, record and all
 
         return real_fit(model, train_ds, val_ds, config, [*callbacks, Die()], stop, **kwargs)
 
-    monkeypatch.setattr(worker, "fit", fit_killed_after_the_first_epoch)
+    monkeypatch.setattr(classify, "fit", fit_killed_after_the_first_epoch)
     record = create_run(store, Shapes(8, 0), Shapes(4, 1), backbone="efficientnet_lite0", pretrained=True,
                         config=quick_config(epochs=3), owner=ALICE)
     with pytest.raises(KeyboardInterrupt):
@@ -453,7 +456,7 @@ def test_a_run_folder_of_an_unknown_kind_fails_with_a_message_naming_the_known_k
 def test_an_early_stop_and_the_epoch_kept_are_in_the_run_record(store):
     record = create_run(store, Shapes(8, 0), Shapes(4, 1), backbone="efficientnet_lite0", pretrained=True,
                         config=TrainConfig(epochs=40, batch_size=4, image_size=32, lr=0.05, early_stopping=1,
-                                           freeze=[g for g in backbones.group_names("efficientnet_lite0")
+                                           freeze=[g for g in models.group_names("efficientnet_lite0")
                                                    if g != "head"]))
     assert worker.train_run_folder(store.folder(record.id)) == "finished"
     after = store.get(record.id)
@@ -468,7 +471,7 @@ def test_best_weights_reach_disk_at_once_then_at_most_every_few_seconds(monkeypa
     from types import SimpleNamespace
 
     clock = {"now": 100.0}
-    monkeypatch.setattr(worker.time, "monotonic", lambda: clock["now"])
+    monkeypatch.setattr(recording.time, "monotonic", lambda: clock["now"])
     written = []
 
     class Store:
@@ -476,7 +479,7 @@ def test_best_weights_reach_disk_at_once_then_at_most_every_few_seconds(monkeypa
             written.append({k: v.clone() for k, v in (model.state_dict() if state is None else state).items()})
 
     model = torch.nn.Linear(2, 1)
-    keeper = worker.BestKeeper(Store(), "r")
+    keeper = recording.BestKeeper(Store(), "r")
 
     def epoch(acc, seconds_later, weight):
         clock["now"] += seconds_later
@@ -506,7 +509,7 @@ def test_a_waiting_best_copies_what_the_fit_trains_and_keeps_the_frozen_body_by_
     from tests.test_engine import tiny
 
     clock = {"now": 100.0}
-    monkeypatch.setattr(worker.time, "monotonic", lambda: clock["now"])
+    monkeypatch.setattr(recording.time, "monotonic", lambda: clock["now"])
     written = []
 
     class Store:
@@ -521,7 +524,7 @@ def test_a_waiting_best_copies_what_the_fit_trains_and_keeps_the_frozen_body_by_
     # the block's weights thaw in a later epoch: in the optimizer, frozen for now
     trainer = SimpleNamespace(model=model, optimizer=SimpleNamespace(param_groups=[
         {"params": [model.fc.weight, model.fc.bias]}, {"params": list(model.block.parameters())}]))
-    keeper = worker.BestKeeper(Store(), "r")
+    keeper = recording.BestKeeper(Store(), "r")
     keeper.reset(trainer)
     keeper.epoch_end(model, SimpleNamespace(val_acc=0.5, train_loss=1.0))  # written at once
     clock["now"] += 1

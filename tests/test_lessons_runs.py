@@ -6,7 +6,7 @@ import pytest
 
 from core import lessons
 from core.lessons import LessonRun, parse_lesson
-from core.tasks import TaskQueue
+from core.runs.tasks import TaskQueue
 
 OWNER = "b" * 16
 
@@ -96,7 +96,7 @@ def test_the_inside_lesson_fine_tunes_in_a_run_then_compares_its_saved_start_and
 
 
 def test_the_tasks_lesson_trains_the_shared_model_and_each_separate_one_as_multitask_runs(store, pool):
-    from core.multitask import DEMO_TASKS
+    from core.data.demo import DEMO_TASKS
 
     lesson = tiny("tasks", "shared.acc >= 0 and separate.acc >= 0 and pretrained.acc >= 0",
                   "episodes = 2\nclasses = 6\nn_way = 3\nk_shot = 2\nfewshot_per_class = 10")

@@ -1,12 +1,12 @@
 import numpy as np
 import pytest
 import torch
-
-from core import backbones
-from core.errors import ConfigError
-from core.lr_finder import find_lr, smooth, suggest_lr
-from core.training import TrainConfig
 from test_training import Shapes
+
+from core import models
+from core.errors import ConfigError
+from core.methods.lr_finder import find_lr, smooth, suggest_lr
+from core.train.base import TrainConfig
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +19,7 @@ def body(model):
 
 
 def test_the_callers_model_is_untouched_weights_flags_and_modes(lite0, shapes):
-    model = backbones.classifier(lite0, 2, image_size=32)
+    model = models.classifier(lite0, 2, image_size=32)
     model.train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     config = TrainConfig(batch_size=8, image_size=32, freeze=body(model)[:-2])  # the top and head train
@@ -31,7 +31,7 @@ def test_the_callers_model_is_untouched_weights_flags_and_modes(lite0, shapes):
 
 
 def test_the_learning_rates_grow_geometrically_from_start_to_end(lite0, shapes):
-    model = backbones.classifier(lite0, 2, image_size=32)
+    model = models.classifier(lite0, 2, image_size=32)
     result = find_lr(model, shapes, TrainConfig(batch_size=8, image_size=32, freeze=body(model)),
                      start=1e-5, end=1e-2, steps=10)
     lrs = np.array(result.lrs)
@@ -43,7 +43,7 @@ def test_the_learning_rates_grow_geometrically_from_start_to_end(lite0, shapes):
 
 
 def test_on_an_easy_problem_the_suggestion_lies_inside_the_sweep(lite0, shapes):
-    model = backbones.classifier(lite0, 2, image_size=32)
+    model = models.classifier(lite0, 2, image_size=32)
     result = find_lr(model, shapes, TrainConfig(batch_size=8, image_size=32, freeze=body(model)), steps=30)
     assert result.lrs[0] < result.suggestion < result.lrs[-1]
     assert result.suggestion in result.lrs
@@ -51,7 +51,7 @@ def test_on_an_easy_problem_the_suggestion_lies_inside_the_sweep(lite0, shapes):
 
 
 def test_the_sweep_stops_once_the_loss_blows_up(lite0, shapes):
-    model = backbones.classifier(lite0, 2, image_size=32)
+    model = models.classifier(lite0, 2, image_size=32)
     config = TrainConfig(batch_size=8, image_size=32, freeze=body(model), optimizer="sgd")
     result = find_lr(model, shapes, config, start=1e-3, end=1e6, steps=40)
     assert result.stopped_early and len(result.lrs) < 40
@@ -91,6 +91,6 @@ def test_a_curve_that_only_rises_falls_back_to_a_tenth_of_its_minimum():
 
 
 def test_impossible_sweeps_are_refused(lite0, shapes):
-    model = backbones.classifier(lite0, 2, image_size=32)
+    model = models.classifier(lite0, 2, image_size=32)
     with pytest.raises(ConfigError, match="start < end"):
         find_lr(model, shapes, TrainConfig(image_size=32), start=1.0, end=1e-3)

@@ -7,15 +7,16 @@ import time
 
 import pytest
 
-from core import backbones, cli
+from core import cli, models
 from core.errors import ConfigError
-from core.lr_finder import find_lr, start_lr_sweep, sweep_of
-from core.tasks import TaskQueue
-from core.training import TrainConfig
+from core.methods.lr_finder import find_lr
+from core.runs.kinds.lr_find import start_lr_sweep, sweep_of
+from core.runs.tasks import TaskQueue
+from core.train.base import TrainConfig
 from tests.test_training import Shapes
 
 ALICE = "a" * 16
-BACKBONE = backbones.DEFAULT_BACKBONE
+BACKBONE = models.DEFAULT_BACKBONE
 BODY = ["stem", "stage1", "stage2", "stage3", "stage4", "stage5", "stage6", "stage7", "top"]
 
 
@@ -40,7 +41,7 @@ def wait_for(condition, timeout=120):
 def test_a_sweep_in_a_worker_suggests_what_the_same_sweep_suggests_in_process(store, pool, shapes, capsys):
     job = start_lr_sweep(store, shapes, config(), backbone=BACKBONE, pretrained=True, steps=20, owner=ALICE,
                          queue=TaskQueue(1, pool=pool))
-    model = backbones.starting_model(BACKBONE, shapes.classes, pretrained=True, seed=3, image_size=32)
+    model = models.starting_model(BACKBONE, shapes.classes, pretrained=True, seed=3, image_size=32)
     here = find_lr(model, shapes, config(), steps=20)
     assert job.join(180), "the sweep did not end in time"
     record = store.get(job.run_id)

@@ -1,4 +1,4 @@
-"""Specifications of core.mmd: the statistic, its permutation test, the training loss, the words."""
+"""Specifications of core.analysis.mmd: the statistic, its permutation test, the training loss, the words."""
 
 import itertools
 import math
@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from core.errors import ConfigError, UserInputError
-from core.mmd import (
+from core.analysis.mmd import (
     MMDResult,
     bandwidths,
     kernel_matrix,
@@ -19,6 +18,7 @@ from core.mmd import (
     proxy_a_distance,
     verdict,
 )
+from core.errors import ConfigError, UserInputError
 
 
 def gaussian(n, d=4, shift=0.0, seed=0):
@@ -27,7 +27,7 @@ def gaussian(n, d=4, shift=0.0, seed=0):
 
 
 def kernel_by_hand(a, b, sigmas):
-    squared = sum((ai - bi) ** 2 for ai, bi in zip(a, b))
+    squared = sum((ai - bi) ** 2 for ai, bi in zip(a, b, strict=True))
     return sum(math.exp(-squared / (2 * s * s)) for s in sigmas) / len(sigmas)
 
 

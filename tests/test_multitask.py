@@ -12,12 +12,15 @@ import torch
 from PIL import Image
 from torch import nn
 
-from core import data
-from core.backbones import Backbone, LayerGroup
+from core import data, models
+from core.data.multitask import MultiTaskDataset
 from core.errors import ConfigError, DataError
-from core.multitask import (MultiTask, MultiTaskDataset, compare_shared_separate, fit_multitask,
-                            multitask_classifier, task_view)
-from core.training import TrainConfig
+from core.methods.multitask import compare_shared_separate
+from core.models.backbones import Backbone, LayerGroup
+from core.models.multitask import multitask_classifier, task_view
+from core.train.base import TrainConfig
+from core.train.fitting import fit
+from core.train.multitask import MultiTask, fit_multitask
 
 
 class TinyNet(nn.Module):
@@ -228,6 +231,25 @@ def test_manual_weights_for_unknown_tasks_and_single_task_data_are_refused():
         fit_multitask(model, data.demo_dataset(per_class=2), None, config(), MultiTask())
 
 
+def test_fit_trains_a_multitask_model_on_every_task_as_fit_multitask_does_with_equal_weights():
+    torch.manual_seed(0)
+    model = multitask_classifier(tiny_backbone(), TASKS)
+    twin = multitask_classifier(tiny_backbone(), TASKS)
+    twin.load_state_dict(model.state_dict())
+    history = fit(model, toy(24, 0, missing=0.2), toy(8, 1), config())
+    reference = fit_multitask(twin, toy(24, 0, missing=0.2), toy(8, 1), config(), MultiTask())
+    assert [set(e.val_acc_by_task) for e in history.epochs] == [set(TASKS)] * 2
+    assert [e.train_loss for e in history.epochs] == [e.train_loss for e in reference.epochs]
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), twin.state_dict().values(),
+                                                 strict=True))
+
+
+def test_fit_refuses_labels_for_several_tasks_on_a_model_with_one_head_and_names_what_to_use():
+    model = models.classifier(tiny_backbone(), 2)
+    with pytest.raises(ConfigError, match="multitask_classifier.*as_single_task"):
+        fit(model, toy(8), toy(4), config())
+
+
 def test_frozen_pretrained_backbone_with_linear_heads_learns_every_demo_task(lite0):
     ds = data.demo_multitask()
     train, val = data.split(ds, 0.2, seed=0)
@@ -280,7 +302,7 @@ def test_pcgrad_gives_the_shared_body_a_gradient_that_conflicts_with_no_task():
 
 
 def test_saliency_explains_each_head_on_its_own():
-    from core import saliency
+    from core.analysis import saliency
 
     model = multitask_classifier(tiny_backbone(), TASKS)
     image = torch.randn(3, 32, 32, generator=torch.Generator().manual_seed(0))
@@ -290,7 +312,8 @@ def test_saliency_explains_each_head_on_its_own():
 
 
 def test_every_task_is_predicted_at_once_and_confusion_counts_only_labelled_images():
-    from core.multitask import confusion_by_task, predict_tasks
+    from core.analysis.evaluation import confusion_by_task
+    from core.analysis.predict import predict_tasks
 
     model = multitask_classifier(tiny_backbone(), TASKS)
     val = toy(12, 1, missing=0.3)
@@ -342,7 +365,7 @@ def test_a_task_view_names_its_layers_as_the_model_does_and_follows_its_mode():
 
 
 def test_the_accuracy_per_task_a_run_kept_is_its_best_epochs_with_early_stopping_else_its_last():
-    from core.multitask import kept_accuracy_by_task
+    from core.methods.multitask import kept_accuracy_by_task
 
     epochs = [{"epoch": 1, "val_acc_by_task": {"shape": 0.5}}, {"epoch": 2, "val_acc_by_task": {"shape": 0.9}},
               {"epoch": 3, "val_acc_by_task": {"shape": 0.7}}]

@@ -1,15 +1,19 @@
-"""Multi-task runs as the app trains them: queued through core.jobs, trained in a worker process
+"""Multi-task runs as the app trains them: queued through core.runs.jobs, trained in a worker process
 over the run's folder, and reloaded from disk with one head per task."""
 
 import pytest
 import torch
 
+from core.analysis.predict import predict_tasks
+from core.data.demo import demo_multitask
+from core.data.multitask import MultiTaskDataset
 from core.errors import DataError
-from core.jobs import get_job
-from core.multitask import MultiTaskClassifier, MultiTaskDataset, demo_multitask, predict_tasks, start_multitask_run
+from core.models.multitask import MultiTaskClassifier
 from core.runs import RunStore
-from core.tasks import TaskQueue
-from core.training import TrainConfig
+from core.runs.jobs import get_job
+from core.runs.kinds.multitask import start_multitask_run
+from core.runs.tasks import TaskQueue
+from core.train.base import TrainConfig
 
 FROZEN = ["stem", "stage1", "stage2", "stage3", "stage4", "stage5", "stage6", "stage7", "top"]
 OWNER = "c" * 16

@@ -6,17 +6,17 @@ import pytest
 from PIL import Image
 from skimage import data as skdata
 
-from core import backbones
+from core import models
+from core.analysis.ood import fit_ood
 from core.data import demo_dataset, split
 from core.errors import DataError
-from core.ood import fit_ood
 
 
 @pytest.fixture(scope="module")
 def shapes_model(lite0):
     # Feature extraction leaves the backbone as it was, so a new head on Lite0 reads exactly the
     # features a shapes model trained with the default strategy reads.
-    return backbones.classifier(lite0, 4, image_size=64)
+    return models.classifier(lite0, 4, image_size=64)
 
 
 def test_a_cat_photo_is_flagged_and_unseen_shapes_mostly_are_not(shapes_model):

@@ -1,7 +1,6 @@
 """Each page, driven through Streamlit's AppTest (no browser)."""
 
 import pytest
-
 from pages_helpers import fresh_app, open_page, texts, train, wait_for_run
 
 
@@ -70,7 +69,7 @@ def test_pretrained_vs_scratch_trains_both_and_overlays_them(app):
     assert not app.error, texts(app.error)
     compare = app.session_state.compare
     assert len(compare) == 2
-    from core.jobs import get_job
+    from core.runs.jobs import get_job
 
     for run_id in compare:
         assert get_job(run_id).join(240)
@@ -120,8 +119,8 @@ def test_saliency_explains_a_real_photo_with_the_pretrained_model(app):
 def test_one_person_may_queue_only_their_share_and_can_cancel_their_waiting_runs(app, monkeypatch):
     import threading
 
-    from core.jobs import get_job
-    from core.tasks import get_queue
+    from core.runs.jobs import get_job
+    from core.runs.tasks import get_queue
 
     queue = get_queue()
     monkeypatch.setattr(queue, "per_person", 1)

@@ -1,15 +1,16 @@
 """The strategy presets reach the Train page, the augmentation toggles and preview, run hints, and
 the "unlike anything it was trained on" warning, driven through Streamlit's AppTest."""
 
-from core import backbones
-from core.training import strategy_config
 from pages_helpers import fresh_app, open_page, texts, train, widget
+
+from core import models
+from core.train.strategies import strategy_config
 
 
 def test_a_strategy_brings_its_preset_to_the_train_page():
     at = open_page(fresh_app(timeout=240), "model")
     widget(at.radio, "Strategy").set_value("Fine-tune all").run()
-    preset = strategy_config("full", backbones.group_names(backbones.DEFAULT_BACKBONE))
+    preset = strategy_config("full", models.group_names(models.DEFAULT_BACKBONE))
     config = at.session_state.train_config
     assert (config.epochs, config.lr, config.warmup_epochs, config.early_stopping) == (
         preset.epochs, preset.lr, preset.warmup_epochs, preset.early_stopping)

@@ -1,7 +1,6 @@
 """The Domain shift page, driven through Streamlit's AppTest (no browser)."""
 
 import pytest
-
 from pages_helpers import fresh_app, messages, open_page, texts, wait_for
 
 

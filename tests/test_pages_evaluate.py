@@ -7,14 +7,14 @@ import zipfile
 import numpy as np
 import pytest
 import torch
-
-from core import backbones
-from core.data import split
-from core.evaluation import evaluate_dataset
-from core.jobs import get_job
-from core.runs import RunRecord, RunStore, new_run_id
-from core.settings import get_settings
 from pages_helpers import button, charts, fresh_app, open_page, texts, train, widget
+
+from core import models
+from core.analysis.evaluation import evaluate_dataset
+from core.data import split
+from core.runs import RunRecord, RunStore, new_run_id
+from core.runs.jobs import get_job
+from core.settings import get_settings
 
 
 @pytest.fixture
@@ -101,7 +101,7 @@ def untrained_run(lite0, classes) -> str:
         id=new_run_id(), status="finished", created=time.time(), backbone=lite0.name, pretrained=True,
         classes=classes, config={"epochs": 1, "image_size": 64, "seed": 0}, owner=OWNER, dataset="demo"))
     torch.manual_seed(3)  # the same random head every time
-    store.save_model(record.id, backbones.classifier(lite0, len(classes), classes=classes, image_size=64))
+    store.save_model(record.id, models.classifier(lite0, len(classes), classes=classes, image_size=64))
     return record.id
 
 

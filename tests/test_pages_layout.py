@@ -1,10 +1,10 @@
-"""Chart helpers of pages/_shared.py: titles that fit a projector's column, colours that follow the theme."""
+"""Chart helpers of pages/ui/charts.py: titles that fit a projector's column, colours that follow the theme."""
 
 import re
 
 import pytest
 
-from pages._shared import NEUTRAL_PLOT, diverging_scale, fading_scale, fit_title, plan_figure, wrap_title
+from pages.ui.charts import NEUTRAL_PLOT, diverging_scale, fading_scale, fit_title, plan_figure, wrap_title
 
 
 def alpha(colour: str) -> float:

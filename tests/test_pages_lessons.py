@@ -64,9 +64,10 @@ def test_a_next_step_link_applies_its_settings_and_opens_its_page():
 
 
 def test_a_distillation_lesson_shows_its_runs_progress_and_stops_them():
+    from pages_helpers import texts, wait_for
+
     from core.runs import RunStore
     from core.settings import get_settings
-    from pages_helpers import texts, wait_for
 
     at = open_lessons()
     found, _ = lessons.load_lessons()
@@ -84,9 +85,10 @@ def test_a_distillation_lesson_shows_its_runs_progress_and_stops_them():
 
 
 def test_the_tasks_lesson_queues_its_models_as_runs_shows_each_ones_progress_and_stops_them():
+    from pages_helpers import texts, wait_for
+
     from core.runs import RunStore
     from core.settings import get_settings
-    from pages_helpers import texts, wait_for
 
     at = open_lessons()
     found, _ = lessons.load_lessons()

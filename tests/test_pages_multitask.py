@@ -48,7 +48,7 @@ def test_a_multitask_dataset_trains_every_task_at_once_then_is_evaluated_and_use
     assert not at.error, [e.value for e in at.error]
     assert "finished" in wait_until_done(at)
     record = at.session_state.current_run
-    from pages._shared import run_store
+    from pages.ui.runs import run_store
 
     assert run_store().get(record).config["kind"] == "multitask"
     assert any("Validation accuracy by task" in c.proto.spec for c in at.get("plotly_chart"))

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 from core.runs import RunRecord
-from pages._shared import (chart_text, convergence_note, describe_run, first_trained_epoch, frozen_groups, plain,
-                           run_strategy, sanity_figure)
+from pages.ui.charts import convergence_note, sanity_figure
+from pages.ui.runs import describe_run, first_trained_epoch, frozen_groups, run_strategy
+from pages.ui.text import chart_text, plain
 
 GROUPS = ["stem", "stage1", "stage2", "head"]
 
@@ -75,12 +76,12 @@ def test_the_sanity_chart_fits_points_below_zero():
 
 
 def test_meta_training_runs_are_not_offered_as_models_of_a_data_set(monkeypatch):
+    from types import SimpleNamespace
+
     import streamlit as st
 
     from core.runs import new_run_id
-    from pages._shared import finished_runs, run_store
-
-    from types import SimpleNamespace
+    from pages.ui.runs import finished_runs, run_store
 
     monkeypatch.setattr(st, "session_state", SimpleNamespace(owner="a" * 16))
     store = run_store()
@@ -114,7 +115,7 @@ def test_a_followed_panel_draws_the_end_before_it_asks_for_the_full_rerun(monkey
     draws the ended state first and asks for the full rerun (which stops its timer) only in its
     next run: under load Streamlit can lose every message of one run, and a page that lost the run
     holding both kept showing "queued" for ever."""
-    import pages._shared as shared
+    import pages.ui.tasks as shared
 
     class Rerun(Exception):
         pass
@@ -144,7 +145,7 @@ def test_a_followed_task_says_it_ended_before_it_asks_for_the_full_rerun(monkeyp
     ended says so, and only the next one asks for the full rerun that draws the result."""
     from types import SimpleNamespace
 
-    import pages._shared as shared
+    import pages.ui.tasks as shared
 
     class Rerun(Exception):
         pass

@@ -4,11 +4,11 @@ and each session keeps its own bounded cache of models."""
 from dataclasses import replace
 
 import torch
+from pages_helpers import APP, button, charts, open_page, texts
 from streamlit.testing.v1 import AppTest
 
-from core.jobs import get_job
-from pages._shared import ModelCache
-from pages_helpers import APP, button, charts, open_page, texts
+from core.runs.jobs import get_job
+from pages.ui.models import ModelCache
 
 
 def finish(at, name):
@@ -73,7 +73,7 @@ def test_the_sanity_check_runs_as_a_task_and_its_chart_appears_when_it_is_done()
 def _session_script():
     import streamlit as st
 
-    from pages._shared import run_models
+    from pages.ui.models import run_models
 
     model = run_models(None).after
     if st.session_state.get("mine") is None:

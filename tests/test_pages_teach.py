@@ -3,10 +3,10 @@
 import time
 
 import pytest
+from pages_helpers import button, fresh_app, open_page
 
 from core.data import demo_dataset
-from core.training import TrainConfig
-from pages_helpers import button, fresh_app, open_page
+from core.train.base import TrainConfig
 
 
 @pytest.fixture

@@ -6,11 +6,11 @@ Driven through Streamlit's AppTest (no browser).
 import json
 import re
 
+from pages_helpers import button, fresh_app, open_page, texts, train
 from PIL import Image
 
 from core.data import ImageDataset
-from core.jobs import get_job
-from pages_helpers import button, fresh_app, open_page, texts, train
+from core.runs.jobs import get_job
 
 MARKDOWN_NAME = "**bold** :red[red] $x^2$"
 IMAGE_LINK_NAME = "![x](http://evil.example/x.png)"

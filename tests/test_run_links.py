@@ -55,7 +55,7 @@ def open_train_page(at):
 
 def test_a_shared_run_link_opens_a_running_run_read_only(monkeypatch):
     """The owner's link, even one carrying the old ?u=<owner>, gives a stranger no Stop and no runs list."""
-    from core.jobs import get_job
+    from core.runs.jobs import get_job
 
     owner = AppTest.from_file(APP, default_timeout=120)
     owner.run()

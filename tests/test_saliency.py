@@ -1,4 +1,4 @@
-"""Specification of core.saliency on tiny hand-built models, on the CPU."""
+"""Specification of core.analysis.saliency (and its sanity check) on tiny hand-built models, on the CPU."""
 
 from __future__ import annotations
 
@@ -7,9 +7,11 @@ import pytest
 import torch
 from torch import nn
 
-from core import saliency
+from core.analysis import saliency
+from core.analysis.overlay import overlay
+from core.analysis.saliency import METHODS, attribute, explain, top_classes
+from core.analysis.sanity import sanity_check
 from core.errors import ConfigError
-from core.saliency import METHODS, attribute, explain, overlay, sanity_check, top_classes
 
 GRADIENT_LIKE = ("gradient", "smoothgrad", "integrated_gradients", "gradcam")
 
@@ -269,7 +271,7 @@ def test_gradcam_maps_of_a_batch_are_the_maps_of_each_image_and_leave_the_model_
     maps = saliency.gradcam_maps(model, images, targets, batch_size=2)  # two batches: 2 + 1
     assert_untouched(model, before)
     assert maps.shape == (3, 12, 20) and maps.dtype == np.float32
-    for image, target, got in zip(images, targets, maps):
+    for image, target, got in zip(images, targets, maps, strict=True):
         assert np.allclose(got, attribute(model, image, target, "gradcam"), rtol=1e-4, atol=1e-8)
     with pytest.raises(ConfigError, match="One class per image"):
         saliency.gradcam_maps(model, images, [0])

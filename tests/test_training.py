@@ -7,9 +7,10 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from core import backbones
+from core import models
 from core.errors import ConfigError
-from core.training import Callback, TrainConfig, build_param_groups, discriminative_multipliers, fit, training_plan
+from core.train.base import Callback, TrainConfig, build_param_groups, discriminative_multipliers, training_plan
+from core.train.fitting import fit
 
 
 class Shapes:
@@ -51,7 +52,7 @@ def snapshot(model):
 
 
 def test_frozen_groups_stay_exactly_as_they_were_batchnorm_statistics_too(lite0, data):
-    model = backbones.classifier(lite0, 2, image_size=48)
+    model = models.classifier(lite0, 2, image_size=48)
     before = snapshot(model)
     frozen = ["stem", "stage1", "stage2", "stage3", "stage4", "stage5"]
     fit(model, *data, TrainConfig(epochs=1, batch_size=8, freeze=frozen, image_size=48))
@@ -68,7 +69,7 @@ def test_frozen_groups_stay_exactly_as_they_were_batchnorm_statistics_too(lite0,
 
 
 def test_param_groups_carry_each_groups_learning_rate(lite0):
-    model = backbones.classifier(lite0, 2)
+    model = models.classifier(lite0, 2)
     config = TrainConfig(lr=0.01, freeze=["stem", "stage1"], lr_multipliers={"stage7": 0.1, "top": 0.5, "stage2": 0})
     groups = {g["name"]: g for g in build_param_groups(model, config)}
     assert "stem" not in groups and "stage1" not in groups and "stage2" not in groups
@@ -79,9 +80,9 @@ def test_param_groups_carry_each_groups_learning_rate(lite0):
 
 
 def test_training_only_the_head_uses_cached_features_and_matches_the_plain_path(data):
-    base = backbones.load("resnet18", pretrained=False)
+    base = models.load("resnet18", pretrained=False)
     torch.manual_seed(0)
-    model = backbones.classifier(base, 2, image_size=32)
+    model = models.classifier(base, 2, image_size=32)
     twin = copy.deepcopy(model)
     config = TrainConfig(epochs=3, batch_size=8, freeze=body_groups(model), augment=False, image_size=32)
     cached = fit(model, *data, config)
@@ -102,7 +103,7 @@ def test_stop_ends_the_run_within_one_batch(lite0, data):
             if progress.phase == "train":
                 stop.set()
 
-    model = backbones.classifier(lite0, 2, image_size=48)
+    model = models.classifier(lite0, 2, image_size=48)
     history = fit(model, *data, TrainConfig(epochs=5, batch_size=4, freeze=[], image_size=48),
                   [StopAtFirstBatch()], stop)
     assert history.stopped == "cancelled"
@@ -124,7 +125,7 @@ def test_a_loss_that_blows_up_stops_with_a_message_and_keeps_the_last_good_weigh
                 with torch.no_grad():
                     model.head.weight.fill_(float("inf"))
 
-    model = backbones.classifier(lite0, 2, image_size=48)
+    model = models.classifier(lite0, 2, image_size=48)
     history = fit(model, *data, TrainConfig(epochs=4, batch_size=8, freeze=body_groups(model), image_size=48),
                   [BlowUpInEpochTwo()])
     assert history.stopped == "diverged"
@@ -135,7 +136,7 @@ def test_a_loss_that_blows_up_stops_with_a_message_and_keeps_the_last_good_weigh
 
 
 def test_a_last_batch_of_one_does_not_break_batchnorm(lite0):
-    model = backbones.classifier(lite0, 2, image_size=32)
+    model = models.classifier(lite0, 2, image_size=32)
     history = fit(model, Shapes(9, 3), Shapes(4, 4), TrainConfig(epochs=1, batch_size=8, freeze=[], image_size=32))
     assert len(history.epochs) == 1 and math.isfinite(history.epochs[0].train_loss)
 
@@ -153,13 +154,13 @@ def test_a_last_batch_of_one_does_not_break_batchnorm(lite0):
     ],
 )
 def test_settings_that_cannot_work_are_refused_with_a_reason(lite0, data, config, message):
-    model = backbones.classifier(lite0, 2, image_size=32)
+    model = models.classifier(lite0, 2, image_size=32)
     with pytest.raises(ConfigError, match=message):
         fit(model, *data, config)
 
 
 def test_one_training_image_is_refused(lite0):
-    model = backbones.classifier(lite0, 2, image_size=32)
+    model = models.classifier(lite0, 2, image_size=32)
     with pytest.raises(ConfigError, match="two training images"):
         fit(model, Shapes(1, 0), Shapes(2, 1), TrainConfig(image_size=32))
 
@@ -169,7 +170,7 @@ def test_feature_extraction_on_the_demo_set_is_well_above_chance(lite0):
     from core.data import demo_dataset, split
 
     train_ds, val_ds = split(demo_dataset("source", per_class=15, seed=0), 0.25, seed=0)
-    model = backbones.classifier(lite0, len(train_ds.classes), image_size=96)
+    model = models.classifier(lite0, len(train_ds.classes), image_size=96)
     history = fit(model, train_ds, val_ds, TrainConfig(epochs=3, freeze=body_groups(model), image_size=96))
     chance = 1 / len(train_ds.classes)
     assert history.used_feature_cache
@@ -178,13 +179,13 @@ def test_feature_extraction_on_the_demo_set_is_well_above_chance(lite0):
 
 def test_a_frozen_prefix_is_cached_and_trains_exactly_like_the_plain_path(data):
     torch.manual_seed(0)
-    model = backbones.classifier(backbones.load("resnet18", pretrained=False), 2, image_size=32)
+    model = models.classifier(models.load("resnet18", pretrained=False), 2, image_size=32)
     twin = copy.deepcopy(model)
     config = TrainConfig(epochs=2, batch_size=8, freeze=["stem", "layer1", "layer2"], augment=False, image_size=32)
     cached = fit(model, *data, config)
     plain = fit(twin, *data, TrainConfig(**{**config.to_dict(), "cache_features": False}))
     assert cached.cache == "prefix" and plain.cache == ""
-    for (name, a), b in zip(model.state_dict().items(), twin.state_dict().values()):
+    for (name, a), b in zip(model.state_dict().items(), twin.state_dict().values(), strict=True):
         assert torch.allclose(a.float(), b.float(), atol=1e-5), name
     assert [round(e.val_loss, 5) for e in cached.epochs] == [round(e.val_loss, 5) for e in plain.epochs]
     x = torch.randn(2, 3, 32, 32)
@@ -204,7 +205,7 @@ def test_progressive_unfreezing_plans_the_top_group_first_then_one_more_every_k_
 
 
 def test_fit_follows_the_unfreezing_plan(lite0, data):
-    model = backbones.classifier(lite0, 2, image_size=32)
+    model = models.classifier(lite0, 2, image_size=32)
     changed_by_epoch = []
     start = snapshot(model)
 
@@ -235,9 +236,9 @@ def test_pretrained_features_beat_training_from_scratch_on_the_demo_set(lite0):
 
     train_ds, val_ds = split(demo_dataset("source", per_class=20, seed=0), 0.25, seed=0)  # 15 a class to train
     assert min(train_ds.counts().values()) == 15
-    frozen = backbones.classifier(lite0, len(train_ds.classes), image_size=96)
+    frozen = models.classifier(lite0, len(train_ds.classes), image_size=96)
     pretrained = fit(frozen, train_ds, val_ds, TrainConfig(epochs=5, freeze=body_groups(frozen), image_size=96))
-    scratch_model = backbones.starting_model("efficientnet_lite0", train_ds.classes, pretrained=False, image_size=96)
+    scratch_model = models.starting_model("efficientnet_lite0", train_ds.classes, pretrained=False, image_size=96)
     scratch = fit(scratch_model, train_ds, val_ds, TrainConfig(epochs=5, image_size=96))
     assert pretrained.epochs[-1].val_acc >= 0.85
     assert pretrained.epochs[-1].val_acc - scratch.epochs[-1].val_acc >= 0.3

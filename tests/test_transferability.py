@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from core import transferability
+from core.analysis import transferability
+from core.analysis.transferability import balanced_subset, kendall_tau, logme, max_evidence
 from core.errors import UserInputError
-from core.transferability import balanced_subset, kendall_tau, logme, max_evidence
+from core.models import backbones
 
 
 def direct_log_evidence(f: np.ndarray, y: np.ndarray, alpha: float, beta: float) -> float:
@@ -84,8 +85,9 @@ def test_kendall_tau_of_orders_that_agree_and_disagree():
 
 
 def test_a_balanced_subset_keeps_every_class():
-    from core.data import ImageDataset
     from PIL import Image
+
+    from core.data import ImageDataset
 
     img = Image.new("RGB", (4, 4))
     ds = ImageDataset.from_items([(img, "a")] * 30 + [(img, "b")] * 3)
@@ -113,14 +115,15 @@ def digits_dataset(per_class: int = 12, classes=(0, 1, 7), size: int = 64):
 
 
 def test_pretrained_features_rank_above_random_init_features_of_the_same_network():
-    from core import backbones, domain
+    from core import models
+    from core.analysis import domain
 
     ds = digits_dataset()
     labels = np.asarray(ds.labels)
     scores = {}
     for pretrained in (True, False):
         torch.manual_seed(0)
-        bb = backbones.load(backbones.DEFAULT_BACKBONE, pretrained=pretrained)
+        bb = models.load(models.DEFAULT_BACKBONE, pretrained=pretrained)
         feats = domain.extract_features(bb.model, ds, [domain.HEAD_INPUT], 64, mean=bb.mean, std=bb.std,
                                         head_module=bb.head_module)[domain.HEAD_INPUT]
         scores[pretrained] = logme(feats.numpy(), labels)
@@ -128,28 +131,28 @@ def test_pretrained_features_rank_above_random_init_features_of_the_same_network
 
 
 def test_rank_backbones_scores_the_offline_ones_and_notes_the_rest(monkeypatch):
-    from core import backbones
+    from core import models
 
-    real = backbones.list_backbones()
+    real = models.list_backbones()
     # pretend one torchvision backbone is missing its weights, whatever this machine's cache holds
-    fake = [info if info.name != "resnet18" else backbones.BackboneInfo(info.name, info.title, info.source, False,
+    fake = [info if info.name != "resnet18" else models.BackboneInfo(info.name, info.title, info.source, False,
                                                                         info.params_millions)
             for info in real]
     monkeypatch.setattr(backbones, "list_backbones", lambda: fake)
     seen = []
-    rows = transferability.rank_backbones(digits_dataset(per_class=6), ["resnet18", backbones.DEFAULT_BACKBONE],
+    rows = transferability.rank_backbones(digits_dataset(per_class=6), ["resnet18", models.DEFAULT_BACKBONE],
                                           image_size=64, max_images=12,
                                           progress=lambda i, n, name: seen.append((i, n)))
-    assert [r["name"] for r in rows] == [backbones.DEFAULT_BACKBONE, "resnet18"]
+    assert [r["name"] for r in rows] == [models.DEFAULT_BACKBONE, "resnet18"]
     assert math.isfinite(rows[0]["logme"]) and rows[0]["params"] > 1_000_000
     assert rows[1]["logme"] is None and "not on this server" in rows[1]["note"]
     assert seen[-1] == (2, 2)
 
 
 def test_rank_backbones_can_add_the_random_weight_baseline_which_ranks_below_pretrained():
-    from core import backbones
+    from core import models
 
-    rows = transferability.rank_backbones(digits_dataset(per_class=6), [backbones.DEFAULT_BACKBONE],
+    rows = transferability.rank_backbones(digits_dataset(per_class=6), [models.DEFAULT_BACKBONE],
                                           image_size=64, from_scratch=True)
     assert [r["pretrained"] for r in rows] == [True, False]
     assert rows[0]["logme"] > rows[1]["logme"]

@@ -6,10 +6,10 @@ import time
 import pytest
 import torch
 
-from core import backbones
+from core import models
 from core.errors import CheckpointError
 from core.runs import RunRecord, RunStore
-from core.uploads import UploadStore
+from core.runs.uploads import UploadStore
 
 
 def weights_bytes(tmp_path, fill: float) -> bytes:
@@ -19,13 +19,13 @@ def weights_bytes(tmp_path, fill: float) -> bytes:
 
 
 def read_w(path):
-    return backbones.read_state_dict(path)["w"]
+    return models.read_state_dict(path)["w"]
 
 
 def test_a_later_upload_under_the_same_name_leaves_the_earlier_file_as_it_was(tmp_path):
     store = UploadStore(tmp_path / "data")
-    first = store.add(weights_bytes(tmp_path, 1.0), "weights.pt", check=backbones.read_state_dict)
-    second = store.add(weights_bytes(tmp_path, 2.0), "weights.pt", check=backbones.read_state_dict)
+    first = store.add(weights_bytes(tmp_path, 1.0), "weights.pt", check=models.read_state_dict)
+    second = store.add(weights_bytes(tmp_path, 2.0), "weights.pt", check=models.read_state_dict)
     assert first.path != second.path
     assert first.path.parent == second.path.parent == tmp_path / "data" / "uploads"
     assert first.path.name == f"{first.sha256}.pt" and len(first.sha256) == 64
@@ -37,9 +37,9 @@ def test_a_later_upload_under_the_same_name_leaves_the_earlier_file_as_it_was(tm
 
 def test_a_refused_upload_keeps_the_earlier_good_file_and_names_the_persons_file(tmp_path):
     store = UploadStore(tmp_path / "data")
-    good = store.add(weights_bytes(tmp_path, 1.0), "mine.pt", check=backbones.read_state_dict)
+    good = store.add(weights_bytes(tmp_path, 1.0), "mine.pt", check=models.read_state_dict)
     with pytest.raises(CheckpointError, match=r"^my model \(v2\)\.pt is not a plain PyTorch state_dict"):
-        store.add(b"not a torch file", "my model (v2).pt", check=backbones.read_state_dict)
+        store.add(b"not a torch file", "my model (v2).pt", check=models.read_state_dict)
     assert torch.equal(read_w(good.path), torch.full((4,), 1.0))
     assert store.files() == [good.path]
     assert sorted(p.name for p in store.root.iterdir()) == [good.path.name]  # no half-checked leftovers
@@ -49,13 +49,13 @@ def test_a_refused_upload_keeps_the_earlier_good_file_and_names_the_persons_file
 
 def test_a_weights_file_that_does_not_fit_is_explained_under_its_own_name(tmp_path):
     store = UploadStore(tmp_path / "data")
-    state = backbones.load(backbones.DEFAULT_BACKBONE, pretrained=False).model.state_dict()
+    state = models.load(models.DEFAULT_BACKBONE, pretrained=False).model.state_dict()
     state["_fc.bias"] = torch.zeros(3)
     path = tmp_path / "x.pt"
     torch.save(state, path)
     with pytest.raises(CheckpointError, match=r"^finetuned\.pt's classifier head _fc\.bias"):
         store.add(path.read_bytes(), "finetuned.pt",
-                  check=lambda p: backbones.load(backbones.DEFAULT_BACKBONE, pretrained=False, weights_path=p))
+                  check=lambda p: models.load(models.DEFAULT_BACKBONE, pretrained=False, weights_path=p))
     assert store.files() == []
 
 

@@ -11,8 +11,9 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.transforms import v2 as T
 
-from core.backbones import Classifier, group_parameters
+from core.data.encoded import normalise
 from core.errors import ConfigError
+from core.models.heads import Classifier, group_parameters
 from core.seeding import seeded
 
 __all__ = [
@@ -23,23 +24,20 @@ __all__ = [
     "FitInfo",
     "BatchProgress",
     "Callback",
-    "encode_images",
-    "labels_of",
     "make_augmenter",
     "config_augmenter",
     "augment_batch",
-    "normalise",
     "apply_freeze",
     "apply_epoch_plan",
     "make_optimizer",
     "make_scheduler",
     "evaluate",
-    "predict_proba",
     "frozen_groups",
     "build_param_groups",
     "training_plan",
     "discriminative_multipliers",
     "CACHE_BUDGET_BYTES",
+    "FitCancelled",
 ]
 
 OPTIMIZERS = ("adamw", "sgd")
@@ -125,7 +123,7 @@ class TrainConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "TrainConfig":
+    def from_dict(cls, data: dict) -> TrainConfig:
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in data.items() if k in known})
 
@@ -182,6 +180,10 @@ class BatchProgress:
     phase: str = "train"  # "cache" while the frozen backbone's features are computed
 
 
+class FitCancelled(Exception):
+    """Raised inside a fit when its stop flag is set between batches; the fit ends as "cancelled"."""
+
+
 class Callback:
     """Hooks that the training loop calls; each does nothing unless overridden.
 
@@ -213,31 +215,8 @@ class Callback:
         """Called once, after the last epoch or a stop."""
 
 
-# --- data ----------------------------------------------------------------------------------
-
-
-def encode_images(ds, size: int) -> torch.Tensor:
-    """All images of ``ds`` as uint8 Tensor[N, 3, size, size]: short side resized, centre crop.
-
-    A dataset that already holds its images encoded (a run folder's inputs) hands them over."""
-    encoded = getattr(ds, "encoded", None)
-    if callable(encoded):
-        return encoded(size)
-    resize = T.Compose([T.ToImage(), T.Resize(size, antialias=True), T.CenterCrop(size)])
-    if len(ds) == 0:
-        return torch.empty(0, 3, size, size, dtype=torch.uint8)
-    return torch.stack([resize(ds[i][0]) for i in range(len(ds))])
-
-
 # --- the loop's building blocks, shared with the other trainers (adaptation, distillation, the
 # learning-rate finder) so that every one of them freezes, augments and normalises alike ---------
-
-
-def labels_of(ds) -> torch.Tensor:
-    labels = getattr(ds, "labels", None)
-    if labels is None:
-        labels = [ds[i][1] for i in range(len(ds))]
-    return torch.as_tensor(list(labels), dtype=torch.long)
 
 
 def make_augmenter(size: int, flip: bool = False, color_jitter: bool = False) -> T.Compose:
@@ -250,7 +229,7 @@ def make_augmenter(size: int, flip: bool = False, color_jitter: bool = False) ->
     return T.Compose(steps)
 
 
-def config_augmenter(config: "TrainConfig"):
+def config_augmenter(config: TrainConfig):
     """The augmenter ``config`` asks for, or None without augmentation."""
     if not config.augment:
         return None
@@ -261,10 +240,6 @@ def augment_batch(images: torch.Tensor, augmenter, generator_seed: int) -> torch
     # torchvision's v2 transforms draw from torch's global RNG: seed it for this batch alone.
     with seeded(generator_seed):
         return torch.stack([augmenter(img) for img in images])
-
-
-def normalise(batch_uint8: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    return (batch_uint8.float().div_(255) - mean) / std
 
 
 # --- model state -----------------------------------------------------------------------------
@@ -337,23 +312,6 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, mean,
     finally:
         model.train(was_training)
     return total_loss / len(images), correct / len(images)
-
-
-def predict_proba(model: Classifier, images, device: str | torch.device = "cpu", batch_size: int = 64) -> torch.Tensor:
-    """Class probabilities for a list of PIL images (or a dataset), Tensor[N, classes]."""
-    device = torch.device(device)
-    size = model.image_size
-    resize = T.Compose([T.ToImage(), T.Resize(size, antialias=True), T.CenterCrop(size)])
-    batch = torch.stack([resize(img) for img in images])
-    mean = torch.tensor(model.mean, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(model.std, device=device).view(1, 3, 1, 1)
-    model.eval()
-    out = []
-    with torch.inference_mode():
-        for start in range(0, len(batch), batch_size):
-            x = normalise(batch[start:start + batch_size].to(device), mean, std)
-            out.append(model(x).float().softmax(1).cpu())
-    return torch.cat(out)
 
 
 # --- fit -----------------------------------------------------------------------------------

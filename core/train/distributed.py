@@ -55,7 +55,7 @@ class Distributed:
     local_rank: int = 0
 
     @classmethod
-    def from_env(cls, device_type: str = "cpu", timeout_s: float = 600) -> "Distributed":
+    def from_env(cls, device_type: str = "cpu", timeout_s: float = 600) -> Distributed:
         """Join the job ``torchrun`` started (gloo on CPU, NCCL on CUDA); its variables say where."""
         from datetime import timedelta
 
@@ -102,7 +102,7 @@ class Distributed:
         keys = sorted(sums)
         values = torch.tensor([float(sums[k]) for k in keys], dtype=torch.float64)
         dist.all_reduce(values)
-        return {k: v for k, v in zip(keys, values.tolist())}
+        return {k: v for k, v in zip(keys, values.tolist(), strict=True)}
 
     def rows(self, n: int) -> tuple[int, int]:
         """This rank's contiguous share of ``n`` rows (for computing a cache in parts)."""

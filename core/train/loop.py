@@ -7,12 +7,7 @@ trainable groups, the feature caches, the optimizer, scheduler and mixed-precisi
 after running out of GPU memory. An :class:`~core.train.objectives.Objective` says what a batch
 is and what its loss is; callbacks (fastai's idea) do everything else that varies.
 
-Feature caches. Layer groups that never train are computed once per image (and per augmented
-view) before the first epoch when ``config.cache_features`` allows: with only the head training
-(``"head"``) the cache holds the pooled features and each step runs the head alone; with a
-longer frozen prefix (``"prefix"``) it holds the prefix's output and each step runs the rest.
-Objectives see the same methods either way (:meth:`Trainer.inputs`, :meth:`Trainer.logits`,
-:meth:`Trainer.features`, :meth:`Trainer.head`), so a cache never changes what is trained.
+Feature caches: layer groups that never train are computed once (``core.train.caches``).
 
 The head's warm-up (linear probing, then fine-tuning: Kumar et al. 2022, "LP-FT"). With
 ``config.warmup_epochs`` the new head trains alone first. While it does, the body is frozen, so
@@ -33,139 +28,42 @@ ranks; see that module. Without it, none of this runs.
 from __future__ import annotations
 
 import gc
-import hashlib
 import math
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import replace
 
 import torch
 from torch import nn
 
+from core.data.encoded import encode_images, normalise
 from core.devices import autocast_dtype, pick_device
 from core.errors import UserInputError
-from core.features import tensor_key
-from core.hooks import capture, modes, preserved, set_modes
+from core.hooks import modes, preserved, set_modes
 from core.seeding import reseed
 from core.train.base import (
-    CACHE_BUDGET_BYTES,
     BatchProgress,
     Callback,
+    FitCancelled,
     FitInfo,
     History,
     TrainConfig,
     apply_epoch_plan,
     augment_batch,
     build_param_groups,
-    encode_images,
     config_augmenter,
     make_optimizer,
     make_scheduler,
-    normalise,
     training_plan,
 )
+from core.train.caches import FeatureCaching, skip_prefix
+from core.train.callbacks import DivergenceGuard, EarlyStopping
 
-__all__ = ["Trainer", "DivergenceGuard", "skip_prefix", "prefix_key"]
-
-# A loss this many times its starting value (or a validation loss this many times the starting
-# training loss) is a run that blew up without producing a NaN.
-BLOW_UP_FACTOR = 10.0
+__all__ = ["Trainer"]
 
 
-class _Cancelled(Exception):
-    pass
-
-
-@contextmanager
-def skip_prefix(modules: list[nn.Module], boundary: nn.Module, stash: dict):
-    """Make the frozen prefix free: its modules pass their input through, and the boundary
-    module returns the cached activation in ``stash["x"]`` instead of computing it."""
-    try:
-        for module in modules:
-            module.forward = lambda x, *args, **kwargs: x
-        boundary.forward = lambda *args, **kwargs: stash["x"]
-        yield
-    finally:
-        for module in modules + [boundary]:
-            module.__dict__.pop("forward", None)
-
-
-def prefix_key(modules: list[nn.Module]) -> str:
-    """A digest of the frozen prefix's weights and buffers: equal digests compute equal activations."""
-    digest = hashlib.sha1()
-    for module in modules:
-        for tensor in list(module.parameters()) + list(module.buffers()):
-            digest.update(tensor_key(tensor.detach()).encode())
-    return digest.hexdigest()
-
-
-class DivergenceGuard(Callback):
-    """Ends a run whose loss becomes NaN or infinite, whose weights or BatchNorm statistics stop
-    being finite, or whose loss grows far beyond where it started; the last good epoch's weights
-    and buffers are put back."""
-
-    def __init__(self, what: str = "Training"):
-        self.what = what
-
-    def on_fit_start(self, info: FitInfo) -> None:
-        t = self.trainer
-        self.tensors = [p for g in t.param_groups for p in g["params"]] + list(t.model.buffers())
-        self.last_good = [x.detach().clone() for x in self.tensors]
-        self.first_losses: list[float] = []
-        self.epoch_losses: list[float] = []
-
-    def on_epoch_start(self, epoch: int) -> None:
-        self.epoch_losses = []
-
-    def on_batch_end(self, progress: BatchProgress) -> None:
-        if progress.phase == "train" and math.isfinite(progress.loss):
-            if len(self.first_losses) < 5:
-                self.first_losses.append(progress.loss)
-            self.epoch_losses.append(progress.loss)
-
-    def _start(self) -> float:
-        return max(sum(self.first_losses) / len(self.first_losses), 0.5) if self.first_losses else math.inf
-
-    def _blow_up(self, epoch: int, why: str) -> None:
-        t = self.trainer
-        with torch.no_grad():
-            for x, good in zip(self.tensors, self.last_good):
-                x.copy_(good)
-        lr = t.config.lr
-        t.request_stop("diverged", f"{self.what} stopped in epoch {epoch}: {why}, which usually means the "
-                                   f"learning rate ({lr:g}) is too high. The weights of the last good epoch "
-                                   f"were kept; try a learning rate 10× smaller ({lr / 10:g}).")
-
-    def on_train_epoch_end(self, epoch: int) -> None:
-        t = self.trainer
-        if t.stop_reason == "diverged":
-            self._blow_up(epoch, "the loss became NaN or infinite")
-        elif not self._finite():
-            self._blow_up(epoch, "a weight or a BatchNorm statistic is no longer finite")
-        elif self.epoch_losses and sum(self.epoch_losses) / len(self.epoch_losses) > BLOW_UP_FACTOR * self._start():
-            self._blow_up(epoch, f"the training loss grew to over {BLOW_UP_FACTOR:g}× where it started")
-
-    def _finite(self) -> bool:
-        """Every weight and statistic finite: one fused max-abs per floating tensor (NaN propagates
-        through it), one sync."""
-        floats = [x.detach() for x in self.tensors if x.is_floating_point()]
-        if not floats:
-            return True
-        largest = torch._foreach_norm(floats, float("inf"))
-        return bool(torch.stack([m.float() for m in largest]).isfinite().all())
-
-    def on_epoch_end(self, metrics) -> None:
-        val_loss = getattr(metrics, "val_loss", math.nan)
-        if math.isfinite(val_loss) and val_loss > BLOW_UP_FACTOR * self._start():
-            self._blow_up(metrics.epoch, f"the validation loss ({val_loss:.3g}) grew to over "
-                                         f"{BLOW_UP_FACTOR:g}× the starting loss")
-            return
-        with torch.no_grad():
-            torch._foreach_copy_(self.last_good, [x.detach() for x in self.tensors])
-
-
-class Trainer:
+class Trainer(FeatureCaching):
     """Trains ``model`` in place with ``objective``; see the module docstring."""
 
     def __init__(self, model: nn.Module, objective, config: TrainConfig, callbacks: Sequence[Callback] = (),
@@ -178,8 +76,6 @@ class Trainer:
         self.validate = validate
         self.stop_event = stop
         self.shared_cache = shared_cache if shared_cache is not None else {}
-        from core.train.callbacks import EarlyStopping
-
         stopping = [EarlyStopping(config.early_stopping)] if config.early_stopping and validate else []
         self.callbacks = ([DivergenceGuard(objective.title)] if guard else []) + stopping + list(callbacks)
 
@@ -316,11 +212,6 @@ class Trainer:
         for name in ("banks", "plain_banks", "filled_views", "view_seeds", "images", "optimizer", "scaler"):
             self.__dict__.pop(name, None)
 
-    def _stand_in(self, x: torch.Tensor) -> torch.Tensor:
-        # the skipped prefix never reads its input: a tiny stand-in carries the batch size
-        self.stash["x"] = x
-        return torch.zeros(len(x), 3, 8, 8, device=self.device)
-
     def _setup(self, data: dict) -> None:
         config, model = self.config, self.model
         self.device = pick_device(config.device)
@@ -355,135 +246,7 @@ class Trainer:
         self.augmenter = config_augmenter(config)
         self.warmup_end = min(config.warmup_epochs, len(self.plan))  # may come sooner: end_warmup
         self.cache_until = None  # the last epoch a warm-up-only cache serves
-        self._choose_cache(never_trained)
-        if self.cache_mode is None and self.warmup_end and self.dist is None:
-            # only the head trains in the warm-up: cache the body's features for those epochs
-            warm_frozen = [g for g in model.layer_groups
-                           if all(epoch[g.name] == 0 for epoch in self.plan[:self.warmup_end])]
-            if len(warm_frozen) == len(model.layer_groups) - 1:
-                self._choose_cache(warm_frozen)
-                if self.cache_mode == "head":
-                    self.cache_until = self.warmup_end
-                else:  # only the head's input can serve a warm-up that ends (_leave_warmup)
-                    self._drop_cache()
-
-    def _choose_cache(self, never_trained) -> None:
-        """Decide what the cache skips: the longest run of ``never_trained`` groups from the input on."""
-        config, model = self.config, self.model
-        self._drop_cache()
-        self.boundary, self.prefix_modules, self.stash = None, [], {}
-        prefix = []
-        for g in model.layer_groups:
-            if g not in never_trained:
-                break
-            prefix.append(g)
-        if not (config.cache_features and prefix and not (config.train_bn and never_trained)
-                and "other" not in self.by_group and hasattr(model, "forward_head")):
-            return
-        if len(prefix) == len(model.layer_groups) - 1:
-            mode, boundary_name, where = "head", model.head_path[0], "input"
-        else:
-            mode, boundary_name, where = "prefix", prefix[-1].modules[-1], "output"
-        if not self.objective.cache_ok(model, mode, boundary_name):
-            return
-        boundary = model.get_submodule(boundary_name)
-        first = next(iter(self.images.values()))
-        with torch.inference_mode(), preserved(model):
-            model.eval()
-            probe = capture(model, boundary, normalise(first[:1].to(self.device), self.mean, self.std), where)
-        views = config.cached_views if self.augmenter is not None else 1
-        n_train = sum(len(self.images[s]) for s in self.objective.sources)
-        n_all = sum(len(v) for v in self.images.values())
-        if probe[0].numel() * 4 * (n_train * views + n_all) > CACHE_BUDGET_BYTES:
-            return
-        self.cache_mode, self.boundary_name, self.boundary, self.where = mode, boundary_name, boundary, where
-        self.views = views
-        # the head cache can grow between epochs (see _build_caches); so can nothing under DDP,
-        # whose ranks must reach every collective together: there all views come first
-        self.lazy_cache = mode == "head" and self.dist is None
-        if mode == "prefix":
-            self.prefix_modules = [model.get_submodule(m) for g in prefix for m in g.modules if m != boundary_name]
-        self.prefix_digest = prefix_key([model.get_submodule(m) for g in prefix for m in g.modules])
-
-    def _collect(self, images: torch.Tensor, seed: int | None, source: str, view: int | None = None,
-                 tick: bool = True) -> torch.Tensor:
-        """The cached activation at the boundary for every image (augmented with ``seed`` when given);
-        a training view (``view`` given) is shown to the objective too. ``tick``: report each batch
-        as progress of the "cache" phase (not for what is cached later, between epochs)."""
-        key = (self.cache_mode, self.boundary_name, self.prefix_digest, int(self.config.image_size),
-               str(self.device), str(self.amp_dtype), tensor_key(images), seed)
-        chosen = augment_batch(images, self.augmenter, seed) if seed is not None else images
-        if view is not None:
-            self.objective.on_cache_view(self, source, view, chosen)
-        if key in self.shared_cache:
-            if tick:
-                self._tick(0, 0, math.nan, "cache", math.ceil(len(images) / self.config.batch_size))
-            return self.shared_cache[key]
-        model, bs, out = self.model, self.config.batch_size, []
-        lo, hi = (0, len(chosen)) if self.dist is None else self.dist.rows(len(chosen))
-        with torch.inference_mode():
-            for start in range(lo, hi, bs):
-                if self.cancelled():
-                    raise _Cancelled
-                x = normalise(chosen[start:min(start + bs, hi)].to(self.device, non_blocking=True), self.mean, self.std)
-                with self.autocast():
-                    out.append(capture(model, self.boundary, x, self.where).float())
-                if tick:
-                    self._tick(0, 0, math.nan, "cache")
-        if self.dist is not None and not out and len(chosen):  # an empty share still needs the shape
-            with torch.inference_mode():
-                x = normalise(chosen[:1].to(self.device), self.mean, self.std)
-                out.append(capture(model, self.boundary, x, self.where).float()[:0])
-        bank = torch.cat(out) if out else torch.empty(0)
-        if self.dist is not None:  # each rank computed its share: put the whole cache together
-            with torch.inference_mode():
-                bank = self.dist.gather_rows(bank, len(chosen))
-        self.shared_cache[key] = bank
-        return bank
-
-    def _plain_bank(self, source: str) -> torch.Tensor | None:
-        if self.lazy_cache and self.cache_mode and source not in self.plain_banks and source in self.images:
-            with preserved(self.model):  # BatchNorm reads its running statistics, as in the first pass
-                self.model.eval()
-                self.plain_banks[source] = self._collect(self.images[source], None, source, tick=False)
-        return self.plain_banks.get(source)
-
-    def _build_caches(self) -> None:
-        """Before the first epoch: each training source's augmented views, and every source plain.
-
-        With a frozen body (the "head" cache) only the first view is computed now, so the curve's
-        first point comes after one pass over the training images instead of ``views + 2``: one more
-        view joins before each later epoch (``_grow_caches``), and a plain bank is computed when
-        first read. The prefix cache cannot wait: its stand-in replaces the prefix during the fit."""
-        seed0 = self.config.seed * 1000
-        for i, source in enumerate(self.objective.sources):
-            images = self.images[source]
-            seeds = [None] if self.augmenter is None else [seed0 + 500 * i + v for v in range(self.views)]
-            self.view_seeds[source] = seeds
-            first = self._collect(images, seeds[0], source, 0)
-            self.banks[source] = bank = first.new_empty((len(seeds), *first.shape))
-            bank[0] = first
-            self.filled_views[source] = 1
-            if not self.lazy_cache:
-                self._grow_caches(every=True)
-        if not self.lazy_cache:
-            for source, images in self.images.items():
-                self.plain_banks[source] = self._collect(images, None, source)
-
-    def _grow_caches(self, every: bool = False) -> None:
-        """Cache the next augmented view of each training source (``every``: all that are missing)."""
-        for source, seeds in self.view_seeds.items():
-            while self.filled_views[source] < len(seeds):
-                v = self.filled_views[source]
-                if self.lazy_cache:
-                    with preserved(self.model):
-                        self.model.eval()
-                        self.banks[source][v] = self._collect(self.images[source], seeds[v], source, v, tick=False)
-                else:
-                    self.banks[source][v] = self._collect(self.images[source], seeds[v], source, v)
-                self.filled_views[source] = v + 1
-                if not every:
-                    break
+        self._plan_caches(never_trained)
 
     def _tick(self, epoch: int, batch: int, loss: float, phase: str = "train", count: int = 1) -> None:
         self.done_units += count
@@ -507,7 +270,7 @@ class Trainer:
         reaches its full rates again, as fastai's ``fine_tune`` does). A cosine schedule first ramps
         up linearly over one epoch: pretrained layers that start training at full rate take a step
         large enough to undo the warm-up (the validation loss doubled in the first epoch)."""
-        for group, lr in zip(self.optimizer.param_groups, self.base_lrs):
+        for group, lr in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
             group["lr"] = lr
             group.pop("initial_lr", None)
         total = self.steps * max(1, epochs)
@@ -536,7 +299,7 @@ class Trainer:
                         if not self._run_epoch(epoch):
                             break
                         epoch += 1
-            except _Cancelled:
+            except FitCancelled:
                 self.request_stop("cancelled")
             self._finish_history(history)
             objective.on_fit_end(self, history)
@@ -624,11 +387,6 @@ class Trainer:
         if self.cache_until is not None:
             self._drop_cache()
         self._start_phase(len(self.plan) - epoch + 1)
-
-    def _drop_cache(self) -> None:
-        """No feature cache (any more): every batch runs the whole model."""
-        self.cache_mode, self.cache_until, self.lazy_cache = None, None, False
-        self.banks, self.plain_banks, self.filled_views, self.view_seeds = {}, {}, {}, {}
 
     def _train_epoch(self, epoch: int) -> dict:
         """One pass over the objective's batches; returns the epoch's sums (tensors stay on the device)."""

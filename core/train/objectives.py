@@ -14,9 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.data.encoded import labels_of
 from core.errors import ConfigError
 from core.hooks import eval_mode
-from core.train.base import EpochMetrics, History, labels_of
+from core.train.base import EpochMetrics, History
 
 __all__ = ["Objective", "Classification", "cross_entropy_eval", "check_labels"]
 
@@ -117,6 +118,12 @@ class Classification(Objective):
     def check(self, model, data, config) -> None:
         if len(data["train"]) < 2:
             raise ConfigError("Training needs at least two training images.")
+        tasks = getattr(data["train"], "tasks", None) or {}
+        if len(tasks) > 1:
+            raise ConfigError(
+                f"These images carry a label for each of {len(tasks)} tasks, but the model has one head. Build it "
+                "with core.models.multitask.multitask_classifier (then fit trains every task), or train one task "
+                "on the dataset's as_single_task(name).")
         check_labels(model, labels_of(data["train"]))
 
     def loss(self, trainer, batch):

@@ -62,7 +62,7 @@ def strategy_config(strategy: str, group_names: Sequence[str], **overrides) -> T
         settings = dict(_HEAD_ONLY, freeze=body, lr_multipliers={})
     elif strategy == "last_stage":
         trainable = body[-2:] if len(body) > 2 else body[-1:]
-        rates = {g: m for g, m in zip(trainable, (0.1, 0.3)[-len(trainable):])}
+        rates = {g: m for g, m in zip(trainable, (0.1, 0.3)[-len(trainable):], strict=True)}
         settings = dict(_FINE_TUNE, epochs=WARMUP + 10, lr=2e-3, freeze=[g for g in body if g not in trainable],
                         lr_multipliers={**rates, head: 1.0})
     elif strategy == "progressive":

@@ -1,0 +1,161 @@
+"""One browser session: the handover to app.py, who owns its runs, its defaults, its data split, the
+run on screen and the sidebar's summary."""
+
+from __future__ import annotations
+
+import runpy
+import secrets
+from pathlib import Path
+
+import streamlit as st
+
+from core import data
+from core.models import DEFAULT_BACKBONE
+from core.runs.store import is_run_id
+from core.train.base import TrainConfig
+from pages.ui.models import ModelChoice, device_label, group_table, preset_config
+from pages.ui.text import plain
+
+__all__ = ["DEMO_LABEL", "APP_SCRIPT", "run_page", "bootstrap", "OWNER_COOKIE", "keep_owner_in_browser", "owns",
+           "init_session", "link_notes", "current_split", "select_run", "sidebar", "demo"]
+
+DEMO_LABEL = "Demo shapes"
+APP_SCRIPT = Path(__file__).resolve().parents[2] / "app.py"
+_THROUGH_APP = "_page_reached_through_app"
+
+
+def run_page(navigation) -> None:
+    """app.py's last step: run the page st.navigation picked, marked as reached through app.py."""
+    st.session_state[_THROUGH_APP] = True
+    navigation.run()
+
+
+def bootstrap() -> None:
+    """The first call of every page: make sure app.py ran first in this script run.
+
+    Beside a pages/ folder, Streamlit starts in its automatic multipage mode and stays there until
+    some session runs app.py's st.navigation (streamlit/streamlit#9624). So the first request after
+    a server start, when it is a link to a page, runs that page's file alone: no init_session(),
+    and a sidebar listing the raw files of pages/. Handing over to app.py here gives that request
+    the real app: app.py initialises the session, calls st.navigation (which ends the automatic
+    mode for the whole server) and runs this page again, this time through it.
+    """
+    if st.session_state.pop(_THROUGH_APP, False):
+        return
+    runpy.run_path(str(APP_SCRIPT), run_name="__main__")
+    st.stop()  # the page has been drawn, through app.py; nothing more to do in this run
+
+
+@st.cache_data(show_spinner="Generating the demo images…")
+def _demo(domain: str, per_class: int, seed: int) -> data.ImageDataset:
+    return data.demo_dataset(domain, per_class=per_class, seed=seed)
+
+
+def demo(domain: str = "source", per_class: int = 20, seed: int = 0) -> data.ImageDataset:
+    return _demo(domain, per_class, seed)
+
+
+OWNER_COOKIE = "transfer_lab_owner"
+
+
+def _cookie(name: str) -> str | None:
+    try:
+        return st.context.cookies.get(name)
+    except Exception:  # no browser behind this session (AppTest, bare mode): no cookies
+        return None
+
+
+def keep_owner_in_browser() -> None:
+    """Store this session's owner secret in a cookie, once, so a refresh keeps the person's runs.
+
+    Streamlit reads cookies (st.context.cookies) but cannot set them, so a line of JavaScript does.
+    The value is 16 hex digits made here, never text from a request.
+    """
+    ss = st.session_state
+    if ss.pop("owner_cookie_due", False) and is_run_id(ss.owner):
+        st.html(f"<script>document.cookie = '{OWNER_COOKIE}={ss.owner}; path=/; max-age=31536000; "
+                "SameSite=Strict';</script>", unsafe_allow_javascript=True)
+
+
+def owns(record) -> bool:
+    """Whether this browser owns ``record``: only then may it stop, export or list it."""
+    return record is not None and bool(record.owner) and record.owner == st.session_state.get("owner")
+
+
+def init_session() -> None:
+    """Defaults for a new browser session: the demo set and the offline default backbone."""
+    ss = st.session_state
+    if "owner" not in ss:
+        # Who owns runs here (sees "your runs", stops and exports them) is this browser's secret, kept
+        # in a cookie across refreshes and never in a link: anyone can be sent a link.
+        kept = _cookie(OWNER_COOKIE)
+        ss.owner = kept if is_run_id(kept) else secrets.token_hex(8)
+        ss.owner_cookie_due = kept != ss.owner
+    if "u" in st.query_params:
+        # Older links carried the owner (?u=…): it gave whoever opened them the owner's runs.
+        del st.query_params["u"]
+    if "dataset" not in ss:
+        ss.dataset = demo()
+        ss.dataset_label = f"{DEMO_LABEL} (source look)"
+        ss.load_report = None
+    ss.setdefault("val_fraction", 0.25)
+    ss.setdefault("split_seed", 0)
+    if "model_choice" not in ss:
+        groups = [g["group"] for g in group_table(DEFAULT_BACKBONE)]
+        preset = preset_config("Feature extraction", groups)
+        ss.model_choice = ModelChoice(freeze=list(preset.freeze), lr_multipliers=dict(preset.lr_multipliers))
+    ss.setdefault("train_config", TrainConfig())
+    if "current_run" not in ss:
+        run_id = st.query_params.get("run", "")
+        ss.current_run = run_id if is_run_id(run_id) else None
+        if "run" in st.query_params and ss.current_run is None:
+            # A mistyped or cut link would otherwise stay in the address bar and fail silently.
+            del st.query_params["run"]
+            ss.link_note = ("This link's run id is not valid (a run id is 16 characters, 0–9 and a–f), so it was "
+                            "removed from the address bar. Check the link you were given.")
+    # Page switches clear the address bar's query; put the run on screen back every time, so a
+    # refresh or a bookmark finds it.
+    if ss.current_run and st.query_params.get("run") != ss.current_run:
+        st.query_params["run"] = ss.current_run
+
+
+def link_notes() -> None:
+    """Say once what was wrong with the link this session was opened with."""
+    note = st.session_state.pop("link_note", None)
+    if note:
+        st.warning(note, icon=":material/link_off:")
+
+
+def current_split():
+    ss = st.session_state
+    return data.split(ss.dataset, ss.val_fraction, ss.split_seed)
+
+
+def select_run(run_id: str | None) -> None:
+    st.session_state.current_run = run_id
+    if run_id:
+        st.query_params["run"] = run_id
+    elif "run" in st.query_params:
+        del st.query_params["run"]
+
+
+def sidebar(refresh: bool = False) -> None:
+    """The sidebar's summary, in one slot. app.py draws it before the page, and a page may change
+    what it shows (the Model page's strategy): such a page calls ``sidebar(refresh=True)`` at its
+    end, which redraws the same slot, so the sidebar never lags a click behind."""
+    ss = st.session_state
+    if not refresh:
+        with st.sidebar:
+            keep_owner_in_browser()
+    if not refresh or "_sidebar_slot" not in ss:
+        ss["_sidebar_slot"] = st.sidebar.empty()  # a new script run: the old slot is gone
+    with ss["_sidebar_slot"].container():
+        st.caption(f"Device: **{device_label()}**")
+        ds = ss.get("dataset")
+        if ds is not None:
+            st.caption(f"Data: {plain(ss.dataset_label)} — {len(ds)} images, {len(ds.classes)} classes")
+        mc = ss.get("model_choice")
+        if mc is not None:
+            st.caption(f"Model: {mc.backbone}{'' if mc.pretrained else ' (no pretraining)'} — {mc.strategy}")
+        if ss.get("current_run"):
+            st.caption(f"Run: `{ss.current_run}`")
