@@ -17,7 +17,7 @@ from pages.ui.models import ModelChoice, device_label, group_table, preset_confi
 from pages.ui.text import plain
 
 __all__ = ["DEMO_LABEL", "APP_SCRIPT", "run_page", "bootstrap", "OWNER_COOKIE", "keep_owner_in_browser", "owns",
-           "init_session", "link_notes", "current_split", "select_run", "sidebar", "demo"]
+           "init_session", "link_notes", "current_split", "split_key", "select_run", "sidebar", "demo"]
 
 DEMO_LABEL = "Demo shapes"
 APP_SCRIPT = Path(__file__).resolve().parents[2] / "app.py"
@@ -129,6 +129,12 @@ def link_notes() -> None:
 def current_split():
     ss = st.session_state
     return data.split(ss.dataset, ss.val_fraction, ss.split_seed)
+
+
+def split_key() -> tuple:
+    """What the session's split is made of: a result computed on it belongs to these inputs."""
+    ss = st.session_state
+    return ss.dataset.fingerprint, ss.val_fraction, ss.split_seed
 
 
 def select_run(run_id: str | None) -> None:
