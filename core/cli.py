@@ -216,7 +216,6 @@ def train(args) -> int:
     from core.runs import worker
     from core.runs.store import EVENTS, RunStore
     from core.settings import get_settings
-    from core.train.distributed import Distributed, launched_by_torchrun
 
     settings = get_settings()
     group_names = backbones.group_names(args.backbone)
@@ -226,12 +225,7 @@ def train(args) -> int:
     if len(train_ds.classes) < 2:
         raise DataError("Training needs at least two classes.")
 
-    distributed = None
-    if launched_by_torchrun():
-        from core.devices import pick_device
-
-        distributed = Distributed.from_env(pick_device(config.device).type)
-        distributed.check(config.batch_size)
+    distributed = _distributed(config)
     world = distributed.world_size if distributed else 1
     main_rank = distributed is None or distributed.main
 
@@ -269,6 +263,18 @@ def train(args) -> int:
     return 0 if status == "finished" else 1
 
 
+def _distributed(config):
+    """This process's share of a ``torchrun`` job (checked against the batch), or None outside one."""
+    from core.devices import pick_device
+    from core.train.distributed import Distributed, launched_by_torchrun
+
+    if not launched_by_torchrun():
+        return None
+    distributed = Distributed.from_env(pick_device(config.device).type)
+    distributed.check(config.batch_size)
+    return distributed
+
+
 def _stopped(store, run_id: str, status: str, why: str, log) -> None:
     """The record of a run this process was told to stop mid-fit (SIGTERM, Ctrl-C)."""
     from dataclasses import replace
@@ -289,21 +295,15 @@ def train_folder(args) -> int:
     """Train a run folder the app made (``torchrun`` ranks share it; rank 0 alone writes)."""
     import torch
 
-    from core.devices import pick_device
     from core.runs import worker
     from core.runs.store import RunStore
     from core.train.base import TrainConfig
-    from core.train.distributed import Distributed, launched_by_torchrun
 
     folder = Path(args.folder)
     record = RunStore(folder.parent.parent).get(folder.name)
     if record is None:
         raise UserInputError(f"There is no run in {folder}.")
-    distributed = None
-    if launched_by_torchrun():
-        config = TrainConfig.from_dict(record.config)
-        distributed = Distributed.from_env(pick_device(config.device).type)
-        distributed.check(config.batch_size)
+    distributed = _distributed(TrainConfig.from_dict(record.config))
     try:
         status = worker.train_run_folder(folder, distributed=distributed)
     finally:

@@ -271,7 +271,32 @@ def show_run(run_id: str, waiting: bool = False) -> bool:
     epochs, batch_losses, message = run_curves(snap, record)
     if running:
         run_progress(run_id, snap, lambda: progress_text(snap, record), can_stop=mine)
-    info = (snap.info.__dict__ if snap and snap.info else record.info) or {}
+    how_it_trained((snap.info.__dict__ if snap and snap.info else record.info) or {}, record)
+    if status in ("failed", "diverged"):
+        st.error(plain(message))
+    elif status == "interrupted":
+        st.warning(plain(message))
+    elif message:
+        st.info(plain(message))
+    if epochs or batch_losses:
+        st.plotly_chart(curves(epochs, batch_losses), width="stretch", key=f"curves-{run_id}")
+    if epochs and "val_acc_by_task" in epochs[-1]:  # a multi-task run: a curve per task
+        st.plotly_chart(task_curves(epochs), width="stretch", key=f"task-curves-{run_id}")
+    if epochs and not running:
+        hints_ui(epochs, status, message, record.info or {})
+    if not is_multitask(record):  # the command line trains one head per run
+        command_line_ui(record)
+    plan = record.config.get("plan")
+    if plan:
+        with st.expander("Strategy timeline: which groups trained in which epoch"):
+            st.plotly_chart(plan_figure(plan), width="stretch", key=f"plan-{run_id}")
+    if epochs and not running:
+        final_metrics(epochs[-1], record)
+    return running and not (waiting and status != "queued")
+
+
+def how_it_trained(info: dict, record) -> None:
+    """What the run's feature cache skipped, and how many parameters trained how fast where."""
     if info.get("cache") == "head" or (info.get("uses_feature_cache") and not info.get("cache")):
         st.caption(":material/bolt: Only the head trains: the frozen backbone's features were computed once and are "
                    "reused every epoch (a few augmented views of each image are cached too).")
@@ -292,40 +317,23 @@ def show_run(run_id: str, waiting: bool = False) -> bool:
                    f"{info.get('frozen_params', 0):,} frozen, on {info.get('device', '?')}"
                    + (f" · {speed:,.0f} images/s{where} at {record.config.get('image_size')} px" if speed else "")
                    + ".")
-    if status in ("failed", "diverged"):
-        st.error(plain(message))
-    elif status == "interrupted":
-        st.warning(plain(message))
-    elif message:
-        st.info(plain(message))
-    if epochs or batch_losses:
-        st.plotly_chart(curves(epochs, batch_losses), width="stretch", key=f"curves-{run_id}")
-    if epochs and "val_acc_by_task" in epochs[-1]:  # a multi-task run: a curve per task
-        st.plotly_chart(task_curves(epochs), width="stretch", key=f"task-curves-{run_id}")
-    if epochs and not running:
-        hints_ui(epochs, status, message, record.info or {})
-    if not is_multitask(record):  # the command line trains one head per run
-        command_line_ui(record)
-    plan = record.config.get("plan")
-    if plan:
-        with st.expander("Strategy timeline: which groups trained in which epoch"):
-            st.plotly_chart(plan_figure(plan), width="stretch", key=f"plan-{run_id}")
-    if epochs and not running:
-        last = epochs[-1]
-        c1, c2, c3, c4 = st.columns(4)
-        c1.metric("Validation accuracy", f"{last['val_acc']:.1%}" if not math.isnan(last["val_acc"]) else "—")
-        c2.metric("Validation loss", f"{last['val_loss']:.3f}" if not math.isnan(last["val_loss"]) else "—")
-        c3.metric("Train accuracy", f"{last['train_acc']:.1%}")
-        if record.finished:
-            c4.metric("Time, start to end", f"{record.finished - record.created:.1f} s")
-        by_task = last.get("val_acc_by_task") or {}
-        for column, (task, acc) in zip(st.columns(max(1, len(by_task))), by_task.items(), strict=False):
-            column.metric(f"Validation accuracy: {plain(task)}", f"{acc:.1%}" if not math.isnan(acc) else "—")
-        if math.isnan(last["val_acc"]) and not record.config.get("n_val"):
-            st.warning("This run had no validation images (every class had a single image, and a class's "
-                       "only image goes to training), so nothing measured how well it does. Add more images "
-                       "per class on the Data page and train again.")
-    return running and not (waiting and status != "queued")
+
+
+def final_metrics(last: dict, record) -> None:
+    """The finished run's headline figures (a multi-task run's per task too)."""
+    c1, c2, c3, c4 = st.columns(4)
+    c1.metric("Validation accuracy", f"{last['val_acc']:.1%}" if not math.isnan(last["val_acc"]) else "—")
+    c2.metric("Validation loss", f"{last['val_loss']:.3f}" if not math.isnan(last["val_loss"]) else "—")
+    c3.metric("Train accuracy", f"{last['train_acc']:.1%}")
+    if record.finished:
+        c4.metric("Time, start to end", f"{record.finished - record.created:.1f} s")
+    by_task = last.get("val_acc_by_task") or {}
+    for column, (task, acc) in zip(st.columns(max(1, len(by_task))), by_task.items(), strict=False):
+        column.metric(f"Validation accuracy: {plain(task)}", f"{acc:.1%}" if not math.isnan(acc) else "—")
+    if math.isnan(last["val_acc"]) and not record.config.get("n_val"):
+        st.warning("This run had no validation images (every class had a single image, and a class's "
+                   "only image goes to training), so nothing measured how well it does. Add more images "
+                   "per class on the Data page and train again.")
 
 
 def hints_ui(epochs: list[dict], status: str, message: str, info: dict) -> None:

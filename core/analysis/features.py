@@ -133,6 +133,15 @@ def _first_tensor(output: Any) -> torch.Tensor | None:
     return None
 
 
+def _known_layers(model: nn.Module, modules: dict, layers: Iterable[str] | str) -> list[str]:
+    """``layers`` once each, in order; ConfigError naming the valid layers for one the model lacks."""
+    wanted = list(dict.fromkeys([layers] if isinstance(layers, str) else layers))
+    for name in wanted:
+        if not name or name not in modules:
+            raise _unknown_layer(model, name)
+    return wanted
+
+
 def activations(model: nn.Module, images: torch.Tensor, layers: Iterable[str]) -> dict[str, torch.Tensor]:
     """Each layer's output for ``images`` (Tensor[B, 3, H, W]) from one forward pass in eval mode.
 
@@ -140,15 +149,10 @@ def activations(model: nn.Module, images: torch.Tensor, layers: Iterable[str]) -
     called more than once gives its first output. The model runs on its own device; its hooks and
     the train/eval mode of every submodule are put back afterwards, also after an error.
     """
-    if isinstance(layers, str):
-        layers = [layers]
-    wanted = list(dict.fromkeys(layers))
     if images.ndim != 4:
         raise ValueError(f"images must be a Tensor[B, C, H, W], got shape {tuple(images.shape)}")
     modules = dict(model.named_modules())
-    for name in wanted:
-        if not name or name not in modules:
-            raise _unknown_layer(model, name)
+    wanted = _known_layers(model, modules, layers)
     if not wanted:
         return {}
 

@@ -126,6 +126,19 @@ def _reinitialize(module: nn.Module) -> None:
                 param.normal_(0.0, 1.0 / math.sqrt(max(1, fan_in)))
 
 
+def _groups(model: nn.Module, x: torch.Tensor, layers: Sequence[Any] | None) -> list[tuple[str, list[str]]]:
+    """The groups to randomize, input to output, as (label, module names): ``layers`` as given, else
+    every module holding parameters, in the order the forward pass runs them."""
+    if layers is None:
+        with borrowed(model):
+            groups = [(name, [name]) for name in _execution_order(model, x)]
+    else:
+        groups = _group_names(model, layers)
+    if not groups:
+        raise ConfigError("This model has no layers with weights to randomize.")
+    return groups
+
+
 def sanity_check(model: nn.Module, image: torch.Tensor, target: int, methods: Sequence[str], *,
                  layers: Sequence[Any] | None = None, seed: int = 0, gradcam_layer: str | None = None,
                  options: dict[str, dict[str, Any]] | None = None, map_size: int | None = 64,
@@ -152,13 +165,7 @@ def sanity_check(model: nn.Module, image: torch.Tensor, target: int, methods: Se
     x = prepare_image(image, device, model_dtype(model))
 
     copied = copy.deepcopy(model)
-    if layers is None:
-        with borrowed(copied):
-            groups = [(name, [name]) for name in _execution_order(copied, x)]
-    else:
-        groups = _group_names(copied, layers)
-    if not groups:
-        raise ConfigError("This model has no layers with weights to randomize.")
+    groups = _groups(copied, x, layers)
     if "gradcam" in methods and gradcam_layer is None:
         gradcam_layer = default_gradcam_layer(copied, image)
 

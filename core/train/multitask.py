@@ -161,8 +161,7 @@ class MultiTask(Objective):
         if len(terms) < 2 or not shared:
             return total
         grads = [torch.autograd.grad(term, shared, retain_graph=True, allow_unused=True) for term in terms.values()]
-        flat = [torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1).float()
-                           for g, p in zip(gs, shared, strict=True)]) for gs in grads]
+        flat = [_flat(gs, shared) for gs in grads]
         order = torch.Generator().manual_seed(seed)
         combined = torch.zeros_like(flat[0])
         for i, g in enumerate(flat):
@@ -256,6 +255,23 @@ def _shared_parameters(trainer) -> list[nn.Parameter]:
     return [p for g in trainer.param_groups for p in g["params"] if id(p) not in heads and p.requires_grad]
 
 
+def _flat(grads, like: list[torch.Tensor]) -> torch.Tensor:
+    """Gradients as one float vector; a tensor a loss does not reach counts as zeros."""
+    return torch.cat([(g if g is not None else torch.zeros_like(w)).reshape(-1).float()
+                      for g, w in zip(grads, like, strict=True)])
+
+
+def _unit_gradients(per_task: dict, wrt: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Each task's loss gradient with respect to ``wrt``, as a unit vector (tasks with none left out)."""
+    vectors = {}
+    for t, (loss, _, _) in per_task.items():
+        flat = _flat(torch.autograd.grad(loss, wrt, retain_graph=True, allow_unused=True), wrt)
+        norm = flat.norm()
+        if norm > 0:
+            vectors[t] = flat / norm
+    return vectors
+
+
 def gradient_conflict(trainer, objective: MultiTask, batches: int = 4, seed: int = 0) -> dict | None:
     """Cosine similarity between the tasks' loss gradients on the shared part of the model.
 
@@ -290,15 +306,7 @@ def gradient_conflict(trainer, objective: MultiTask, batches: int = 4, seed: int
                     outputs, wrt = trainer.head(f), [f]
                 else:
                     outputs, wrt = trainer.logits(x), shared
-                per_task = objective.task_losses(outputs, y)
-                vectors = {}
-                for t, (loss, _, _) in per_task.items():
-                    grads = torch.autograd.grad(loss, wrt, retain_graph=True, allow_unused=True)
-                    flat = torch.cat([(g if g is not None else torch.zeros_like(w)).reshape(-1).float()
-                                      for g, w in zip(grads, wrt, strict=True)])
-                    norm = flat.norm()
-                    if norm > 0:
-                        vectors[t] = flat / norm
+                vectors = _unit_gradients(objective.task_losses(outputs, y), wrt)
                 present = [k for k, t in enumerate(tasks) if t in vectors]
                 if not present:
                     continue

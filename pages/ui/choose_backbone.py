@@ -98,12 +98,20 @@ def _comparison(runs: dict[str, dict]) -> None:
 
 
 def choose_backbone_ui() -> None:
-    ss = st.session_state
     st.write(
         "Training every backbone to find the best one takes a while. LogME (You et al., 2021) predicts it from "
         "one forward pass: it asks how well a Bayesian linear model on the backbone's pooled features explains "
         "your labels. The parameter count beside it is the plain baseline, \"bigger is better\"."
     )
+    _rank_ui()
+    ranking = st.session_state.get(RANKING)
+    if ranking is not None:
+        _check_ui(ranking)
+
+
+def _rank_ui() -> None:
+    """The backbones to score and the button that ranks them on the session's images."""
+    ss = st.session_state
     catalogue = {info["name"]: info for info in backbone_catalogue()}
     offline = [n for n, info in catalogue.items() if info["offline"]]
     c1, c3 = st.columns([4, 1])
@@ -131,9 +139,11 @@ def choose_backbone_ui() -> None:
             bar.empty()
         ss[RANKING] = {"rows": rows, "fingerprint": ss.dataset.fingerprint, "dataset": ss.dataset_label,
                        "size": size, "runs": {}}
-    ranking = ss.get(RANKING)
-    if ranking is None:
-        return
+
+
+def _check_ui(ranking: dict) -> None:
+    """The ranking, and fine-tuning its top few to check it."""
+    ss = st.session_state
     current = ranking["fingerprint"] == ss.dataset.fingerprint
     st.caption(f"On {ranking['dataset']} at {ranking['size']} px.")
     if not current:
