@@ -15,10 +15,28 @@ from core.data.images import normalise_image
 from core.data.names import clean_class_name, sorted_names
 from core.errors import DataError
 
-__all__ = ["ImageDataset", "LoadReport"]
+__all__ = ["HeldImages", "ImageDataset", "LoadReport"]
 
 
-class ImageDataset:
+class HeldImages:
+    """What every dataset held in memory shares: its images and their names, in order."""
+
+    _images: tuple[Image.Image, ...]
+    _names: tuple[str, ...]
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._names)
+
+    @property
+    def images(self) -> list[Image.Image]:
+        return list(self._images)
+
+    def __len__(self) -> int:
+        return len(self._images)
+
+
+class ImageDataset(HeldImages):
     """Labelled RGB images held in memory; every change returns a new dataset.
 
     ``ds[i]`` gives the stored ``PIL.Image`` itself: treat it as read-only.
@@ -84,17 +102,6 @@ class ImageDataset:
     @property
     def labels(self) -> list[int]:
         return list(self._labels)
-
-    @property
-    def names(self) -> list[str]:
-        return list(self._names)
-
-    @property
-    def images(self) -> list[Image.Image]:
-        return list(self._images)
-
-    def __len__(self) -> int:
-        return len(self._images)
 
     def __getitem__(self, i: int) -> tuple[Image.Image, int]:
         i = operator.index(i)

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import torch
 from PIL import Image
 
-from core.data.datasets import ImageDataset
+from core.data.datasets import HeldImages, ImageDataset
 from core.data.images import normalise_image
 from core.errors import DataError
 
@@ -42,7 +42,7 @@ class TaskNames:
         return list(next(iter(self._tasks.values())))
 
 
-class MultiTaskDataset(TaskNames):
+class MultiTaskDataset(TaskNames, HeldImages):
     """RGB images with one label per task; ``-1`` marks an image not labelled for a task.
 
     ``ds[i]`` is ``(PIL image, {task: class index or -1})``. ``labels`` (the first task's labels)
@@ -84,17 +84,6 @@ class MultiTaskDataset(TaskNames):
         if not self._images:
             return torch.empty(0, len(tasks), dtype=torch.long)
         return torch.tensor([self._labels[t] for t in tasks], dtype=torch.long).T.contiguous()
-
-    @property
-    def names(self) -> list[str]:
-        return list(self._names)
-
-    @property
-    def images(self) -> list[Image.Image]:
-        return list(self._images)
-
-    def __len__(self) -> int:
-        return len(self._images)
 
     def __getitem__(self, i: int) -> tuple[Image.Image, dict[str, int]]:
         i = operator.index(i)
