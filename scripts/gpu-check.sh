@@ -21,7 +21,7 @@ fi
 
 echo
 echo "== GPU tests =="
-"$PYTHON" -m pytest -m gpu tests/test_gpu.py -q
+"$PYTHON" -m pytest -m gpu -q  # every test marked gpu, wherever it lives
 tests=$?
 
 # The command line on one GPU, then data parallel on every GPU of the machine (when it has several).
