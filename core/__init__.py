@@ -1,4 +1,5 @@
-"""Transfer Lab's engine: data, backbones, training and analysis, with no UI code."""
+"""Transfer Lab's engine, with no UI code, in floors whose imports only go down (docs/API.md draws them):
+applications (cli, lessons, export, links) over runs, methods, train, analysis, models, data and the basics."""
 
 import os
 
