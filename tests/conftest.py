@@ -1,4 +1,10 @@
-"""Fixtures shared by the test files: an isolated data folder and torch cache for every test run."""
+"""Fixtures shared by the test files: an isolated data folder and torch cache for every test run.
+
+The tests are grouped by floor, as core/ is: tests/basics, data, models, train, analysis, methods, runs,
+apps (lessons, links, export, the command line), app_pages (the pages under Streamlit's AppTest),
+browser (the app in headless Chromium) and project (the floors themselves, the docs). Toy datasets
+and the tiny model that several floors use are in tests/toys.py.
+"""
 
 import os
 

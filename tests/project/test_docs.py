@@ -1,0 +1,55 @@
+"""The README and docs/API.md: what a user's own clone needs, and names that exist."""
+
+import importlib
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_readme_points_inside_the_repository_and_names_the_port_and_occlusion():
+    readme = (ROOT / "README.md").read_text()
+    assert "../shared" not in readme and "shared/API.md" not in readme
+    assert "docs/API.md" in readme and (ROOT / "docs" / "API.md").exists()
+    assert "PORT" in readme
+    assert "Occlusion" in readme
+
+
+def _resolve(dotted: str):
+    """The module or attribute a dotted name such as ``core.runs.jobs.start_run`` names."""
+    parts = dotted.split(".")
+    for k in range(len(parts), 0, -1):
+        try:
+            found = importlib.import_module(".".join(parts[:k]))
+        except ModuleNotFoundError:
+            continue
+        for name in parts[k:]:
+            found = getattr(found, name)
+        return found
+    raise ModuleNotFoundError(dotted)
+
+
+def test_every_function_the_api_guide_lists_under_a_module_exists():
+    guide = (ROOT / "docs" / "API.md").read_text()
+    checked = 0
+    for section in re.split(r"^## ", guide, flags=re.M)[1:]:
+        heading = section.splitlines()[0].strip()
+        if not re.fullmatch(r"core(\.\w+)+", heading):
+            continue
+        module = importlib.import_module(heading)
+        for name in re.findall(r"^- `(\w+)[(`]", section, flags=re.M):
+            assert hasattr(module, name), f"{heading}.{name} is in docs/API.md but not in the code"
+            checked += 1
+    assert checked >= 10
+
+
+def test_every_dotted_name_the_api_guide_gives_exists():
+    """``core.runs.jobs.start_run``, ``core.data.limits``: each name the guide spells out is where it says."""
+    guide = (ROOT / "docs" / "API.md").read_text()
+    names = set(re.findall(r"`(core(?:\.\w+)+)", guide))
+    assert len(names) >= 30
+    for dotted in sorted(names):
+        try:
+            _resolve(dotted)
+        except (ModuleNotFoundError, AttributeError):
+            raise AssertionError(f"docs/API.md names {dotted}, which does not exist") from None
