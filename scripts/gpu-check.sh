@@ -21,7 +21,7 @@ fi
 
 echo
 echo "== GPU tests =="
-"$PYTHON" -m pytest -m gpu -q  # every test marked gpu, wherever it lives
+"$PYTHON" -m pytest -m gpu -q -n 0  # every test marked gpu, wherever it lives, in one process (one CUDA context)
 tests=$?
 
 # The command line on one GPU, then data parallel on every GPU of the machine (when it has several).

@@ -4,6 +4,11 @@ The tests are grouped by floor, as core/ is: tests/basics, data, models, train, 
 apps (lessons, links, export, the command line), app_pages (the pages under Streamlit's AppTest),
 browser (the app in headless Chromium) and project (the floors themselves, the docs). Toy datasets
 and the tiny model that several floors use are in tests/toys.py.
+
+pytest.ini runs the tests in two pytest-xdist workers, a test module at a time, the slowest floors
+first. Most browser tests go to one worker as one unit (each module starts a server and Chromium; two
+of those at once on two cores only slow each other), while the other worker starts with the longest
+browser module and then both share the rest.
 """
 
 import os
@@ -13,7 +18,41 @@ import torch
 
 # Keep the tests' torch cache and run folder away from the user's.
 os.environ.setdefault("TRANSFER_LAB_TEST", "1")
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# Two pytest workers share the machine: one torch thread each (two when pytest runs alone).
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // WORKERS)))
+BROWSER = "tests/browser/"
+# The data-page browser tests (projector sizes, webcam) are the longest browser module: a unit of their own
+# that the second worker starts with while the first runs the other browser tests.
+BROWSER_ALONE = (BROWSER + "test_browser_data.py",)
+# Floors in the order their tests are handed out, the slowest first, so the two workers end together.
+FLOOR_ORDER = ["browser", "app_pages", "apps", "runs", "train", "methods", "analysis", "data", "models", "basics",
+               "project"]
+
+
+def _rank(nodeid: str) -> tuple[int, int]:
+    floor = nodeid.split("/")[1] if nodeid.count("/") >= 2 else ""
+    return (FLOOR_ORDER.index(floor) if floor in FLOOR_ORDER else len(FLOOR_ORDER), nodeid.startswith(BROWSER_ALONE))
+
+
+def pytest_collection_modifyitems(items):
+    """Tests in FLOOR_ORDER (pytest.ini keeps xdist to this order with --no-loadscope-reorder); a stable
+    sort, so each module's tests keep their order."""
+    items.sort(key=lambda item: _rank(item.nodeid))
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """Test modules as units of work (they share module fixtures: worker pools, servers, models), except
+    the browser tests outside BROWSER_ALONE: one unit, so one worker runs them one after another."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class BrowserTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            if nodeid.startswith(BROWSER) and not nodeid.startswith(BROWSER_ALONE):
+                return BROWSER
+            return super()._split_scope(nodeid)
+
+    return BrowserTogether(config, log)
 
 
 @pytest.fixture(autouse=True)
