@@ -80,6 +80,18 @@ def pool():
     workers.close()
 
 
+@pytest.fixture(scope="module")
+def small_domains():
+    """The demo source (split 3:1 into train and validation) and target at 32 px, three images a class:
+    a DAN step or a plain-vs-DAN comparison trains on them in seconds."""
+    from core import data
+
+    source = data.demo_dataset("source", per_class=3, size=32)
+    target = data.demo_dataset("target", per_class=3, size=32)
+    train, val = data.split(source, 0.25, 0)
+    return train, val, target
+
+
 @pytest.fixture
 def store(tmp_path):
     """A run store of its own for the test."""

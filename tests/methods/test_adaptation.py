@@ -17,15 +17,6 @@ GROUPS = models.group_names(models.DEFAULT_BACKBONE)
 
 
 @pytest.fixture(scope="module")
-def small():
-    """Demo source (split) and target at 32 px: enough to train a step, in a fraction of a second."""
-    source = data.demo_dataset("source", per_class=3, size=32)
-    target = data.demo_dataset("target", per_class=3, size=32)
-    train, val = data.split(source, 0.25, 0)
-    return train, val, target
-
-
-@pytest.fixture(scope="module")
 def start():
     base = models.load()
 
@@ -71,8 +62,8 @@ def test_dan_lowers_the_mmd_at_the_adapted_layer_compared_with_plain_fine_tuning
     assert 0 <= result.plain.target_acc <= 1 and 0 <= result.dan.target_acc <= 1
 
 
-def test_both_arms_start_from_the_same_model_and_differ_only_by_lambda(small):
-    train, val, target = small
+def test_both_arms_start_from_the_same_model_and_differ_only_by_lambda(small_domains):
+    train, val, target = small_domains
     result = compare_adaptation(train, val, target, config(epochs=1), lam=0.0, keep_models=True)
     for a, b in zip(result.plain.model.state_dict().values(), result.dan.model.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b)
@@ -81,8 +72,8 @@ def test_both_arms_start_from_the_same_model_and_differ_only_by_lambda(small):
 # ----------------------------------------------------------------------------- safeguards
 
 
-def test_adaptation_with_every_group_before_the_head_frozen_is_a_config_error(small, start):
-    train, val, target = small
+def test_adaptation_with_every_group_before_the_head_frozen_is_a_config_error(small_domains, start):
+    train, val, target = small_domains
     frozen = config(freeze=default_freeze(GROUPS, trainable=0))
     with pytest.raises(ConfigError, match="(?i)adaptation needs trainable layers before the adapted layer"):
         fit_dan(start(), train, val, target, frozen, lam=0.5)
@@ -96,8 +87,8 @@ def test_adaptation_with_every_group_before_the_head_frozen_is_a_config_error(sm
     assert len(history.epochs) == 1
 
 
-def test_a_negative_lambda_or_an_unknown_layer_is_a_config_error(small, start):
-    train, val, target = small
+def test_a_negative_lambda_or_an_unknown_layer_is_a_config_error(small_domains, start):
+    train, val, target = small_domains
     with pytest.raises(ConfigError, match="λ"):
         fit_dan(start(), train, val, target, config(), lam=-1.0)
     with pytest.raises(ConfigError, match="no layer"):
@@ -107,8 +98,8 @@ def test_a_negative_lambda_or_an_unknown_layer_is_a_config_error(small, start):
 # ----------------------------------------------------------------------------- the training loop
 
 
-def test_fit_dan_puts_back_requires_grad_and_modes_and_removes_its_hooks(small, start):
-    train, val, target = small
+def test_fit_dan_puts_back_requires_grad_and_modes_and_removes_its_hooks(small_domains, start):
+    train, val, target = small_domains
     model = start()
     model.train()
     model._bn0.eval()
@@ -121,8 +112,8 @@ def test_fit_dan_puts_back_requires_grad_and_modes_and_removes_its_hooks(small, 
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
 
 
-def test_frozen_groups_and_every_batchnorm_statistic_stay_exactly_as_they_were(small, start):
-    train, val, target = small
+def test_frozen_groups_and_every_batchnorm_statistic_stay_exactly_as_they_were(small_domains, start):
+    train, val, target = small_domains
     model = start()
     before = snapshot(model)
     fit_dan(model, train, val, target, config(epochs=2), lam=1.0)
@@ -136,8 +127,8 @@ def test_frozen_groups_and_every_batchnorm_statistic_stay_exactly_as_they_were(s
     assert any(not torch.equal(after[k], before[k]) for k in before if any(k.startswith(m + ".") for m in trained))
 
 
-def test_each_epoch_reports_the_loss_its_two_terms_and_both_accuracies(small, start):
-    train, val, target = small
+def test_each_epoch_reports_the_loss_its_two_terms_and_both_accuracies(small_domains, start):
+    train, val, target = small_domains
     history = fit_dan(start(), train, val, target, config(epochs=2), lam=0.5, target_eval=target)
     assert len(history.epochs) == 2 and all(isinstance(e, DANEpoch) for e in history.epochs)
     for e in history.epochs:
@@ -148,8 +139,8 @@ def test_each_epoch_reports_the_loss_its_two_terms_and_both_accuracies(small, st
     assert math.isnan(unlabelled.epochs[0].target_acc)
 
 
-def test_plain_fine_tuning_still_reports_the_mmd_term_but_does_not_train_on_it(small, start):
-    train, val, target = small
+def test_plain_fine_tuning_still_reports_the_mmd_term_but_does_not_train_on_it(small_domains, start):
+    train, val, target = small_domains
     history = fit_dan(start(), train, val, target, config(), lam=0.0)
     e = history.epochs[0]
     assert e.train_loss == pytest.approx(e.ce) and e.mmd != 0
@@ -167,8 +158,8 @@ class Steps(Callback):
                 self.stop.set()
 
 
-def test_an_epoch_lasts_as_long_as_the_larger_set_cycling_the_smaller(small, start):
-    train, val, target = small
+def test_an_epoch_lasts_as_long_as_the_larger_set_cycling_the_smaller(small_domains, start):
+    train, val, target = small_domains
     assert (len(train), len(target)) == (8, 12)
     steps = Steps()
     fit_dan(start(), train, val, target, config(batch_size=3), lam=1.0, callbacks=[steps])
@@ -178,8 +169,8 @@ def test_an_epoch_lasts_as_long_as_the_larger_set_cycling_the_smaller(small, sta
     assert steps.batches == {3}  # ceil(8 / 3): now the 4 target images are cycled
 
 
-def test_setting_stop_ends_the_run_within_one_batch(small, start):
-    train, val, target = small
+def test_setting_stop_ends_the_run_within_one_batch(small_domains, start):
+    train, val, target = small_domains
     stop = threading.Event()
     steps = Steps(stop)
     history = fit_dan(start(), train, val, target, config(epochs=3, batch_size=2), lam=1.0,

@@ -25,15 +25,6 @@ FROZEN = ["stem", "stage1", "stage2", "stage3", "stage4", "stage5", "stage6", "s
 
 
 
-@pytest.fixture(scope="module")
-def small():
-    """Demo source (split) and target at 32 px: a comparison trains in seconds."""
-    source = data.demo_dataset("source", per_class=3, size=32)
-    target = data.demo_dataset("target", per_class=3, size=32)
-    train, val = data.split(source, 0.25, 0)
-    return train, val, target
-
-
 def dan_config(**changes):
     return adaptation_config(**{"epochs": 2, "batch_size": 4, "image_size": 32, **changes})
 
@@ -50,8 +41,8 @@ def numbers(arm):
             for v in (e.train_loss, e.ce, e.mmd, e.val_loss, e.val_acc, e.target_acc, e.layer_mmd)]
 
 
-def test_a_comparison_queued_as_a_run_gives_the_arms_of_the_same_comparison_in_process(store, pool, small):
-    train, val, target = small
+def test_a_comparison_queued_as_a_run_gives_the_arms_of_the_same_comparison_in_process(store, pool, small_domains):
+    train, val, target = small_domains
     job = start_comparison(train, val, target, dan_config(), 1.0, store=store, owner=ALICE,
                            queue=TaskQueue(1, pool=pool))
     here = compare_adaptation(train, val, target, dan_config(), 1.0)  # in this process, meanwhile
@@ -72,16 +63,16 @@ def test_a_comparison_queued_as_a_run_gives_the_arms_of_the_same_comparison_in_p
     assert not (store.folder(job.run_id) / "inputs.safetensors").exists()
 
 
-def test_a_comparison_with_nothing_trainable_before_the_layer_is_refused_before_it_is_queued(store, small):
-    train, val, target = small
+def test_a_comparison_with_nothing_trainable_before_the_layer_is_refused_before_it_is_queued(store, small_domains):
+    train, val, target = small_domains
     frozen = dan_config(freeze=default_freeze(models.group_names(models.DEFAULT_BACKBONE), trainable=0))
     with pytest.raises(ConfigError, match="trainable layers before the adapted layer"):
         start_comparison(train, val, target, frozen, 1.0, store=store, queue=TaskQueue(1))
     assert store.list() == []
 
 
-def test_stop_ends_a_comparison_and_a_killed_worker_fails_the_next_one_clearly(store, pool, small):
-    train, val, target = small
+def test_stop_ends_a_comparison_and_a_killed_worker_fails_the_next_one_clearly(store, pool, small_domains):
+    train, val, target = small_domains
     queue = TaskQueue(1, pool=pool)
     slow = dan_config(epochs=40, batch_size=2)
     job = start_comparison(train, val, target, slow, 1.0, store=store, queue=queue)
