@@ -63,17 +63,25 @@ def test_a_next_step_link_applies_its_settings_and_opens_its_page():
     assert at.session_state.model_choice.strategy == "Fine-tune all"
 
 
+def run_lesson_of_kind(kind: str):
+    """Open Lessons, pick the lesson whose experiment is of ``kind`` and press "Run this experiment"."""
+    from tests.app_pages.pages_helpers import texts
+
+    at = open_lessons()
+    found, _ = lessons.load_lessons()
+    lesson = next(x for x in found if x.experiment.kind == kind)
+    at.radio(key="lesson-pick").set_value(lesson.slug).run()
+    [b for b in at.button if b.label == "Run this experiment"][0].click().run()
+    assert not at.exception and not at.error, texts(at.error)
+    return at, lesson
+
+
 def test_a_distillation_lesson_shows_its_runs_progress_and_stops_them():
     from core.runs import RunStore
     from core.settings import get_settings
     from tests.app_pages.pages_helpers import texts, wait_for
 
-    at = open_lessons()
-    found, _ = lessons.load_lessons()
-    lesson = next(x for x in found if x.experiment.kind == "distill")
-    at.radio(key="lesson-pick").set_value(lesson.slug).run()
-    [b for b in at.button if b.label == "Run this experiment"][0].click().run()
-    assert not at.exception and not at.error, texts(at.error)
+    at, lesson = run_lesson_of_kind("distill")
     progress = " ".join(p.proto.text for p in at.get("progress"))
     assert "teacher:" in progress and "students: waiting" in progress  # the students wait for their teacher
     at.button(key=f"lesson-stop-{lesson.slug}").click().run()
@@ -88,12 +96,7 @@ def test_the_tasks_lesson_queues_its_models_as_runs_shows_each_ones_progress_and
     from core.settings import get_settings
     from tests.app_pages.pages_helpers import texts, wait_for
 
-    at = open_lessons()
-    found, _ = lessons.load_lessons()
-    lesson = next(x for x in found if x.experiment.kind == "tasks")
-    at.radio(key="lesson-pick").set_value(lesson.slug).run()
-    [b for b in at.button if b.label == "Run this experiment"][0].click().run()
-    assert not at.exception and not at.error, texts(at.error)
+    at, lesson = run_lesson_of_kind("tasks")
     progress = " ".join(p.proto.text for p in at.get("progress"))
     # two runs fill this person's share of the queue: the others wait for room
     assert "shared model:" in progress and "shape alone:" in progress, progress

@@ -274,15 +274,27 @@ def close_sidebar(page):
     expect(page.get_by_test_id("stSidebarNav")).not_to_be_visible()
 
 
-@pytest.mark.parametrize("size, sidebar", [((1024, 768), "open"), ((800, 600), "closed")])
-def test_every_page_fits_a_projector_after_a_demo_run(server, page, size, sidebar):
-    """Readable at 1024×768 beside the open sidebar; usable at 800×600 with the sidebar folded."""
+def train_one_demo_epoch(page, server):
+    """Open the app and train the demo set for one epoch, to the run's "finished"."""
     open_app(page, server)
     wait_until_idle(page)
     go_to(page, "Train")
     set_epochs(page, 1)
     page.get_by_role("button", name="Train", exact=True).click()
     wait_for_status(page, "finished")
+
+
+def fits(page) -> list[str]:
+    """What overflows its box on the page once it is drawn (OVERFLOW's findings)."""
+    wait_until_idle(page)
+    page.wait_for_timeout(500)  # plotly lays its charts out after the script run
+    return page.evaluate(OVERFLOW)
+
+
+@pytest.mark.parametrize("size, sidebar", [((1024, 768), "open"), ((800, 600), "closed")])
+def test_every_page_fits_a_projector_after_a_demo_run(server, page, size, sidebar):
+    """Readable at 1024×768 beside the open sidebar; usable at 800×600 with the sidebar folded."""
+    train_one_demo_epoch(page, server)
     page.set_viewport_size({"width": size[0], "height": size[1]})
     open_sidebar(page)
     problems = {}
@@ -290,9 +302,7 @@ def test_every_page_fits_a_projector_after_a_demo_run(server, page, size, sideba
         go_to(page, name)
         if sidebar == "closed":
             close_sidebar(page)
-        wait_until_idle(page)
-        page.wait_for_timeout(500)  # plotly lays its charts out after the script run
-        found = page.evaluate(OVERFLOW)
+        found = fits(page)
         if found:
             problems[name] = found
         assert_no_exception(page)
@@ -311,21 +321,10 @@ HEATMAP_SIZES = """() => [...document.querySelectorAll('[data-testid=stMain] .js
   })"""
 
 
-def fits(page) -> list[str]:
-    wait_until_idle(page)
-    page.wait_for_timeout(500)  # plotly lays its charts out after the script run
-    return page.evaluate(OVERFLOW)
-
-
 def test_analysis_pages_fit_a_projector_after_computing_on_them(server, page):
     """Saliency with its sanity check, Domain shift with an analysis and a DAN comparison, and
     Feature maps' tiles, after a demo run: readable at 1024×768 beside the sidebar, usable at 800×600."""
-    open_app(page, server)
-    wait_until_idle(page)
-    go_to(page, "Train")
-    set_epochs(page, 1)
-    page.get_by_role("button", name="Train", exact=True).click()
-    wait_for_status(page, "finished")
+    train_one_demo_epoch(page, server)
 
     sanity_done = page.get_by_text("Re-initialising BatchNorm resets its running statistics")
     go_to(page, "Saliency")
