@@ -114,6 +114,9 @@ def read_dicom(data: bytes, label: str, budget=None, frames: str = "middle",
     modality = _text(ds, "Modality")
     if "PixelData" not in ds:
         kind = _NO_IMAGE.get(modality) or _sop_class(pydicom, ds)
+        if kind.endswith("Image Storage"):
+            raise DataError(f"{label} has no pixel data although it is an image ({kind[2:]}): it may be cut "
+                            "short. Export it again.")
         raise DataError(f"{label} holds no image ({kind}), so there is nothing to train on.")
     count, used = _check_header(ds, label, syntax, frames)
     if budget is not None:
