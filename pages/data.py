@@ -83,7 +83,10 @@ def frames_ui(key: str) -> str:
 
 
 def zip_ui() -> None:
-    upload = st.file_uploader("A ZIP with one folder per class (e.g. cats/…, dogs/…)", type=["zip"])
+    # A fresh key once a ZIP is loaded empties the uploader, so the server lets go of the archive's
+    # bytes (DICOM headers in it name patients): the dataset keeps only the decoded pixels.
+    n = ss.setdefault("zip_round", 0)
+    upload = st.file_uploader("A ZIP with one folder per class (e.g. cats/…, dogs/…)", type=["zip"], key=f"zip-{n}")
     st.caption("Several labels per image: add a labels.csv to the ZIP (image path, then one column per "
                "task; an empty cell means not labelled for that task). JPEG, PNG, GIF, BMP, WEBP, TIFF and DICOM "
                "(.dcm, or files without an extension as scanners name them).")
@@ -98,6 +101,7 @@ def zip_ui() -> None:
             use_multitask(ds, upload.name, report)
         else:
             use_dataset(ds, (upload.name, tuple(ds.classes)), report)
+        ss.zip_round = n + 1
         st.rerun()
 
 

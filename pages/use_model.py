@@ -65,7 +65,8 @@ def pick_images(run_classes: list[str], validation=None) -> list:
         images = []
         for upload in uploads[:MAX_UPLOADS]:
             try:
-                images.append((core_data.open_image(upload.getvalue(), upload.name), upload.name))
+                # a 12-bit scan is seen through the dataset's window, as the model was trained
+                images.append((core_data.open_image(upload.getvalue(), upload.name, ss.dataset.window), upload.name))
             except UserInputError as exc:
                 st.error(plain(exc))
         return images

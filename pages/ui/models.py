@@ -207,7 +207,8 @@ def image_picker(key: str):
     if upload is None:
         return None, ""
     try:
-        return core_data.open_image(upload.getvalue(), upload.name), upload.name
+        # a 12-bit scan is seen through the dataset's window, as on the Data page
+        return core_data.open_image(upload.getvalue(), upload.name, ds.window), upload.name
     except UserInputError as exc:
         st.error(plain(exc))
         return None, ""
