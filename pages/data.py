@@ -4,6 +4,7 @@ choose the window through which images of more than 8 bits (X-ray, CT, microscop
 import base64
 import binascii
 import hashlib
+from itertools import zip_longest
 from pathlib import Path
 
 import plotly.graph_objects as go
@@ -353,11 +354,14 @@ def window_ui(ds) -> None:
                       step=step, format=fmt, key=f"win-width-{key}",
                       help="The range of values spread over the grey levels: narrower shows more contrast.")
     chosen = data.Window.from_centre_width(centre, width)
-    st.plotly_chart(window_figure(counts, edges, chosen.low, chosen.high), width="stretch", key="win-histogram")
+    st.plotly_chart(window_figure(counts, edges, chosen.low, chosen.high), width="stretch", key="win-histogram",
+                    config={"displayModeBar": False})  # it would hide the "white" end's label
     state = "set by hand" if ds.window_chosen else "the default, 0.5–99.5 percentiles"
     st.caption(f"In use: {win.low:.6g} to {win.high:.6g} (centre {win.centre:.6g}, width {win.width:.6g}; {state}). "
                f"Shown below: {chosen.low:.6g} to {chosen.high:.6g}.")
-    picks = [i for i in range(len(ds)) if ds.full_depth_image(i) is not None][:6]
+    by_class = [[i for i, label in enumerate(ds.labels) if label == k and ds.full_depth_image(i) is not None]
+                for k in range(len(ds.classes))]
+    picks = [i for row in zip_longest(*by_class) for i in row if i is not None][:6]  # every class, in turn
     cols = st.columns(6)
     for col, i in zip(cols, picks, strict=False):
         col.image(data.apply_window(ds.full_depth_image(i), chosen), caption=plain(short(ds.names[i])),
