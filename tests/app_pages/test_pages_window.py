@@ -58,3 +58,19 @@ def test_an_eight_bit_dataset_shows_no_window(app_data_page):
 @pytest.fixture
 def app_data_page():
     return open_page(fresh_app(), "data")
+
+
+def test_the_session_keeps_no_patient_data_after_the_data_and_train_pages(dicom_page):
+    import pickle
+
+    at = open_page(dicom_page, "train")
+    assert at.session_state.dataset.window is not None
+    inner = at._session_state._state  # every value the session holds, widgets' included
+    held = {**inner._old_state, **inner._new_session_state, **inner._new_widget_state}
+    assert "dataset" in held
+    for key, value in held.items():
+        try:
+            blob = pickle.dumps(value)
+        except Exception:  # locks and the like: their text is all that could hold a name
+            blob = repr(value).encode()
+        assert DICOM_PATIENT.encode() not in blob and b"Zqxwv" not in blob, key

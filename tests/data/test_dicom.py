@@ -213,3 +213,18 @@ def test_reading_never_logs_or_warns_a_patients_name(caplog):
 
 def test_the_report_keeps_its_notes_when_built_by_position():
     assert LoadReport(1, [], []).notes == [] and ImageDataset().window is None
+
+
+def test_jpeg_compressed_pixels_are_decoded_where_a_decoder_is_installed():
+    from PIL import Image
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGBaseline8Bit
+
+    ramp = (np.add.outer(np.arange(32), np.arange(32)) * 4).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(ramp, "L").save(buf, "JPEG", quality=95)
+    payload = dicom_bytes(None, syntax=JPEGBaseline8Bit, Rows=32, Columns=32, SamplesPerPixel=1, BitsAllocated=8,
+                          BitsStored=8, HighBit=7, PixelRepresentation=0, PhotometricInterpretation="MONOCHROME2",
+                          PixelData=encapsulate([buf.getvalue()]))
+    mode, seen = values(payload)
+    assert mode == "RGB" and np.abs(seen[..., 0].astype(int) - ramp).max() <= 2
