@@ -80,7 +80,7 @@ FRAME_LABELS = {"middle": "its middle frame", "each": "every frame, one image ea
 def frames_ui(key: str) -> str:
     """How a multi-frame DICOM (a cine loop, a stack of slices) is read."""
     return st.radio("A multi-frame DICOM gives", data.FRAME_CHOICES, format_func=FRAME_LABELS.get, horizontal=True,
-                    key=key, help="Files of more frames than the cap are skipped with their reason.")
+                    key=key, help=f"Files of more than {data.limits.MAX_FRAMES} frames are skipped with their reason.")
 
 
 def zip_ui() -> None:

@@ -51,7 +51,6 @@ def _library():
         import pydicom.pixels
 
         pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
-        pydicom.config.settings.writing_validation_mode = pydicom.config.IGNORE
         logging.getLogger("pydicom").setLevel(logging.CRITICAL)
         _pydicom = pydicom
     return _pydicom
