@@ -1,8 +1,10 @@
-"""Data: pick the demo set or bring images (a ZIP of class folders, single files, the webcam)."""
+"""Data: pick the demo set or bring images (a ZIP of class folders, single files, the webcam), and
+choose the window through which images of more than 8 bits (X-ray, CT, microscopy) are seen."""
 
 import base64
 import binascii
 import hashlib
+from itertools import zip_longest
 from pathlib import Path
 
 import plotly.graph_objects as go
@@ -72,13 +74,27 @@ def demo_ui() -> None:
         st.rerun()
 
 
+FRAME_LABELS = {"middle": "its middle frame", "each": "every frame, one image each"}
+
+
+def frames_ui(key: str) -> str:
+    """How a multi-frame DICOM (a cine loop, a stack of slices) is read."""
+    return st.radio("A multi-frame DICOM gives", data.FRAME_CHOICES, format_func=FRAME_LABELS.get, horizontal=True,
+                    key=key, help=f"Files of more than {data.limits.MAX_FRAMES} frames are skipped with their reason.")
+
+
 def zip_ui() -> None:
-    upload = st.file_uploader("A ZIP with one folder per class (e.g. cats/…, dogs/…)", type=["zip"])
+    # A fresh key once a ZIP is loaded empties the uploader, so the server lets go of the archive's
+    # bytes (DICOM headers in it name patients): the dataset keeps only the decoded pixels.
+    n = ss.setdefault("zip_round", 0)
+    upload = st.file_uploader("A ZIP with one folder per class (e.g. cats/…, dogs/…)", type=["zip"], key=f"zip-{n}")
     st.caption("Several labels per image: add a labels.csv to the ZIP (image path, then one column per "
-               "task; an empty cell means not labelled for that task).")
+               "task; an empty cell means not labelled for that task). JPEG, PNG, GIF, BMP, WEBP, TIFF and DICOM "
+               "(.dcm, or files without an extension as scanners name them).")
+    frames = frames_ui("zip-frames")
     if upload is not None and st.button("Load this ZIP", type="primary"):
         try:
-            ds, report = data.load_zip(upload.getvalue())
+            ds, report = data.load_zip(upload.getvalue(), frames=frames)
         except UserInputError as exc:
             st.error(f"{plain(upload.name)}: {plain(exc)} Your current dataset is unchanged.")
             return
@@ -86,6 +102,7 @@ def zip_ui() -> None:
             use_multitask(ds, upload.name, report)
         else:
             use_dataset(ds, (upload.name, tuple(ds.classes)), report)
+        ss.zip_round = n + 1
         st.rerun()
 
 
@@ -105,17 +122,18 @@ def target_ui() -> None:
              help="A new dataset holds only your images; the current one keeps what it has and gains a class.")
 
 
-def add_own(files: list[tuple[str, bytes]], class_name: str) -> bool:
+def add_own(files: list[tuple[str, bytes]], class_name: str, frames: str = "middle") -> bool:
     """Add exactly ``files`` to ``class_name``; says what happened next to the button. True when added."""
     start_new = ss.get("own_target", NEW) == NEW
     base_ds = data.ImageDataset() if start_new else ss.dataset
     try:
-        ds, report = data.add_images(base_ds, files, class_name)
+        ds, report = data.add_images(base_ds, files, class_name, frames)
     except UserInputError as exc:
         ss.data_notice = ("error", f"{plain(exc)} Your current dataset is unchanged.", [])
         return False
     # the warnings go next to the button (below), the skipped files stay listed under the dataset
-    use_dataset(ds, None if start_new else ss.dataset_base, data.LoadReport(report.loaded, report.skipped))
+    use_dataset(ds, None if start_new else ss.dataset_base,
+                data.LoadReport(report.loaded, report.skipped, [], report.notes))
     if start_new:
         ss._target_reset = True  # the next class goes into the dataset just made, not another new one
     count = ds.counts()[class_name.strip()]
@@ -151,12 +169,14 @@ def files_ui() -> None:
     # from nothing and never gets the previous class's files.
     n = ss.setdefault("files_round", 0)
     class_name = st.text_input("Class name", placeholder="e.g. mug", key=f"files_class-{n}").strip()
-    files = st.file_uploader("Images", type=sorted(data.IMAGE_EXTENSIONS), accept_multiple_files=True,
+    # No type filter: DICOM files from a scanner often have no extension; the decoder judges every file.
+    files = st.file_uploader("Images (JPEG, PNG, GIF, BMP, WEBP, TIFF, DICOM)", accept_multiple_files=True,
                              key=f"files-{n}")
+    frames = frames_ui("files-frames")
     label = f"Add {len(files)} image{'s' if len(files) != 1 else ''} to {class_name!r}" if files and class_name \
         else "Add to class"
     if st.button(label, type="primary", disabled=not (files and class_name), key="files-add"):
-        if add_own([(f.name, f.getvalue()) for f in files], class_name):
+        if add_own([(f.name, f.getvalue()) for f in files], class_name, frames):
             ss.files_round = n + 1
         st.rerun()
     show_notice()
@@ -269,6 +289,8 @@ ds = ss.dataset
 report = ss.get("load_report")
 st.subheader(f"{plain(ss.dataset_label)}: {len(ds)} images in {len(ds.classes)} classes")
 if report is not None:
+    for note in getattr(report, "notes", []):  # a report kept from before notes existed has none
+        st.info(plain(note), icon=":material/info:")  # it names files
     if report.skipped:
         with st.expander(f"{len(report.skipped)} file(s) could not be used"):
             st.table([{"file": name, "reason": reason} for name, reason in report.skipped])
@@ -281,6 +303,87 @@ elif warnings:
     st.warning(f"{len(warnings)} things to fix before training; the first: {plain(warnings[0])}")
     with st.expander(f"All {len(warnings)} warnings"):
         st.markdown("\n".join(f"- {plain(w)}" for w in warnings))
+
+
+
+@st.cache_data(show_spinner=False, max_entries=4)
+def full_depth_histogram(fingerprint: str, _images: list) -> tuple:
+    """The dataset's full-depth pixel values as a histogram (cached by the dataset's fingerprint)."""
+    return data.histogram(_images, bins=120)
+
+
+def set_window(window) -> None:
+    """See the session's dataset (and the multi-task set it came from) through ``window``."""
+    ss.dataset = ss.dataset.with_window(window)
+    if ss.get("multitask") is not None:
+        ss.multitask = {**ss.multitask, "dataset": ss.multitask["dataset"].with_window(window)}
+
+
+def window_figure(counts, edges, low: float, high: float) -> go.Figure:
+    centres = (edges[:-1] + edges[1:]) / 2
+    fig = go.Figure(go.Bar(x=centres, y=counts, width=edges[1] - edges[0], marker_color="#888",
+                           hovertemplate="%{x:.4g}: %{y} pixels<extra></extra>"))
+    fig.add_vrect(x0=low, x1=high, fillcolor="#f0b400", opacity=0.25, line_width=0)
+    for x, text in ((low, "black"), (high, "white")):
+        fig.add_vline(x=x, line_color="#f0b400", annotation_text=text, annotation_position="top")
+    fig.update_layout(height=220, margin=dict(l=0, r=0, t=24, b=0), yaxis_type="log", bargap=0,
+                      xaxis_title="pixel value (full depth)", yaxis_title="pixels", showlegend=False)
+    return fig
+
+
+def window_ui(ds) -> None:
+    """The window of the images of more than 8 bits: a histogram, centre and width, a live preview."""
+    full = ds.full_depth
+    st.subheader("Window (images of more than 8 bits)")
+    st.write(f"{len(full)} of the {len(ds)} images hold more than 8 bits per pixel (a 12-bit X-ray has 4,096 grey "
+             "levels). The model sees 256: the window says which values become black (its low end and below), "
+             "which white (its high end and above), and spreads those between over the grey levels. The default "
+             "spans the 0.5–99.5 percentiles of the dataset's pixel values, so a few hot pixels do not darken "
+             "the rest. Training, Feature maps and Saliency all see the images through this window.")
+    counts, edges = full_depth_histogram(ds.fingerprint, full)
+    lo, hi = float(edges[0]), float(edges[-1])
+    span = hi - lo
+    step = 1.0 if span >= 200 else span / 200
+    fmt = "%.0f" if step >= 1 else "%.4g"
+    win = ds.window
+    key = ds.fingerprint[:12]  # new sliders once the dataset or its window changes
+    c1, c2 = st.columns(2)
+    centre = c1.slider("Window centre", lo, hi, min(max(win.centre, lo), hi), step=step, format=fmt,
+                       key=f"win-centre-{key}", help="The value shown mid-grey.")
+    width = c2.slider("Window width", step, max(span, step) * 2, min(max(win.width, step), max(span, step) * 2),
+                      step=step, format=fmt, key=f"win-width-{key}",
+                      help="The range of values spread over the grey levels: narrower shows more contrast.")
+    chosen = data.Window.from_centre_width(centre, width)
+    st.plotly_chart(window_figure(counts, edges, chosen.low, chosen.high), width="stretch", key="win-histogram",
+                    config={"displayModeBar": False})  # it would hide the "white" end's label
+    state = "set by hand" if ds.window_chosen else "the default, 0.5–99.5 percentiles"
+    st.caption(f"In use: {win.low:.6g} to {win.high:.6g} (centre {win.centre:.6g}, width {win.width:.6g}; {state}). "
+               f"Shown below: {chosen.low:.6g} to {chosen.high:.6g}.")
+    by_class = [[i for i, label in enumerate(ds.labels) if label == k and ds.full_depth_image(i) is not None]
+                for k in range(len(ds.classes))]
+    picks = [i for row in zip_longest(*by_class) for i in row if i is not None][:6]  # every class, in turn
+    cols = st.columns(6)
+    for col, i in zip(cols, picks, strict=False):
+        col.image(data.apply_window(ds.full_depth_image(i), chosen), caption=plain(short(ds.names[i])),
+                  width="stretch")
+    b1, b2 = st.columns(2)
+    if b1.button("Use this window", type="primary", disabled=chosen == win, key="win-use"):
+        set_window(chosen)
+        st.rerun()
+    if b2.button("Back to the default window", disabled=not ds.window_chosen, key="win-default"):
+        set_window(None)
+        st.rerun()
+
+
+def short(name: str, most: int = 18) -> str:
+    """A file name cut in the middle, so both its start and its extension stay readable."""
+    name = name.rsplit("/", 1)[-1]
+    return name if len(name) <= most else f"{name[:most // 2 - 1]}…{name[-(most // 2):]}"
+
+
+if ds.window is not None:
+    with st.container(border=True):
+        window_ui(ds)
 
 counts = ds.counts()
 left, right = st.columns([2, 3])
@@ -301,12 +404,6 @@ with right:
         data.check_split(train_ds, val_ds)
     except UserInputError as exc:
         st.error(plain(exc))
-
-
-def short(name: str, most: int = 18) -> str:
-    """A file name cut in the middle, so both its start and its extension stay readable."""
-    name = name.rsplit("/", 1)[-1]
-    return name if len(name) <= most else f"{name[:most // 2 - 1]}…{name[-(most // 2):]}"
 
 
 st.subheader("Preview")

@@ -58,14 +58,17 @@ def pick_images(run_classes: list[str], validation=None) -> list:
         name = st.selectbox("Photo (from scikit-image)", list(photos), key="use-photo")
         return [(photos[name], name)]
     if source == "Upload":
-        uploads = st.file_uploader("Photos", type=sorted(e.lstrip(".") for e in core_data.IMAGE_EXTENSIONS),
-                                   accept_multiple_files=True, key="use-uploads")
+        # no type filter: its list of eleven extensions overflowed a projector, and scanners write
+        # DICOMs without one; the decoder judges every file and says what it reads
+        uploads = st.file_uploader("Photos (JPEG, PNG, GIF, BMP, WEBP, TIFF, DICOM)", accept_multiple_files=True,
+                                   key="use-uploads")
         if len(uploads) > MAX_UPLOADS:
             st.warning(f"Showing the first {MAX_UPLOADS} of {len(uploads)} images.")
         images = []
         for upload in uploads[:MAX_UPLOADS]:
             try:
-                images.append((core_data.open_image(upload.getvalue(), upload.name), upload.name))
+                # a 12-bit scan is seen through the dataset's window, as the model was trained
+                images.append((core_data.open_image(upload.getvalue(), upload.name, ss.dataset.window), upload.name))
             except UserInputError as exc:
                 st.error(plain(exc))
         return images

@@ -75,3 +75,82 @@ class Toy:
 
     def __getitem__(self, i):
         return self.images[i], self.labels[i]
+
+
+# --- DICOM files made here, never downloaded ---------------------------------------------------------
+
+DICOM_PATIENT = "Zqxwv^Uniquename-7f3a"  # a patient name found nowhere but inside the DICOM files made here
+
+
+def dicom_bytes(pixels, *, photometric: str = "MONOCHROME2", bits_stored: int = 12, modality: str = "CR",
+                patient: str = DICOM_PATIENT, window=None, rescale=None, syntax=None, preamble: bool = True,
+                **tags) -> bytes:
+    """A DICOM Part 10 file holding ``pixels`` (uint8/uint16/int16 array: (rows, cols), (frames, rows,
+    cols) or (..., 3) for colour; None for no pixel data) with identifying tags set, as scanners write."""
+    import io
+
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = tags.pop("sop_class", SecondaryCaptureImageStorage)
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = syntax or ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.PatientName, ds.PatientID, ds.PatientBirthDate = patient, "ID-" + patient, "19500101"
+    ds.AccessionNumber, ds.InstitutionName, ds.Modality = "ACC" + patient[:8], "Hospital of " + patient, modality
+    if pixels is not None:
+        arr = np.asarray(pixels)
+        colour = arr.shape[-1] == 3 and photometric in ("RGB", "YBR_FULL")
+        frames = arr.shape[0] if arr.ndim == (4 if colour else 3) else 1
+        ds.Rows, ds.Columns = arr.shape[-3:-1] if colour else arr.shape[-2:]
+        if frames > 1:
+            ds.NumberOfFrames = frames
+        ds.SamplesPerPixel = 3 if colour else 1
+        if colour:
+            ds.PlanarConfiguration = 0
+        ds.PhotometricInterpretation = photometric
+        ds.BitsAllocated = arr.dtype.itemsize * 8
+        ds.BitsStored = min(bits_stored, ds.BitsAllocated)
+        ds.HighBit = ds.BitsStored - 1
+        ds.PixelRepresentation = int(arr.dtype.kind == "i")
+        ds.PixelData = arr.tobytes()
+    if window is not None:
+        ds.WindowCenter, ds.WindowWidth = window
+    if rescale is not None:
+        ds.RescaleSlope, ds.RescaleIntercept = rescale
+    for keyword, value in tags.items():
+        setattr(ds, keyword, value)
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    data = buf.getvalue()
+    return data if preamble else data[132:]
+
+
+def twelve_bit_scan(label: int, seed: int, size: int = 48) -> np.ndarray:
+    """A synthetic 12-bit scan: noise on a dark field and a bright blob, round (0) or square (1)."""
+    rng = np.random.default_rng(seed)
+    img = rng.normal(900, 120, (size, size))
+    y, x = np.mgrid[:size, :size]
+    cy, cx = (int(v) for v in rng.integers(size // 3, 2 * size // 3, 2))
+    r = int(rng.integers(size // 6, size // 4))
+    blob = (y - cy) ** 2 + (x - cx) ** 2 <= r * r if label == 0 else (abs(y - cy) <= r) & (abs(x - cx) <= r)
+    img[blob] += 2400
+    return np.clip(img, 0, 4095).astype(np.uint16)
+
+
+def dicom_zip(per_class: int = 6, patient: str = DICOM_PATIENT, classes=("round", "square"), seed: int = 0,
+              names=lambda c, i: f"{c}/IM{i:04d}.dcm") -> bytes:
+    """A ZIP of class folders holding synthetic 12-bit DICOMs whose patient name is ``patient``."""
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for label, c in enumerate(classes):
+            for i in range(per_class):
+                zf.writestr(names(c, i), dicom_bytes(twelve_bit_scan(label, seed + 1000 * label + i),
+                                                    patient=patient))
+    return buf.getvalue()

@@ -24,6 +24,7 @@ from core.data.entries import (
     entry_problem,
     extension,
     is_junk,
+    mark_images,
     safe_parts,
     skipped_hint,
     too_many_entries,
@@ -41,12 +42,13 @@ _LAYOUT_HINT = (
 )
 
 
-def load_zip(source: bytes | str | Path):
+def load_zip(source: bytes | str | Path, frames: str = "middle"):
     """Read a ZIP with one folder per class (or a ``labels.csv``) into a dataset, in memory.
 
     Returns ``(ImageDataset, LoadReport)``, or a ``MultiTaskDataset`` for a ZIP with a
     ``labels.csv``. Unsafe, unreadable or irrelevant entries are skipped with a reason; an archive
-    that cannot be used at all raises `DataError`.
+    that cannot be used at all raises `DataError`. ``frames`` says what a multi-frame DICOM gives:
+    its ``"middle"`` frame, or ``"each"`` frame as an image of its own.
     """
     if isinstance(source, (bytes, bytearray, memoryview)):
         fp = io.BytesIO(source)
@@ -69,20 +71,21 @@ def load_zip(source: bytes | str | Path):
                 "Create it again with your system's 'Compress' command."
             ) from None
         with zf:
-            return _load_archive(zf)
+            return _load_archive(zf, frames)
     finally:
         if fp is not source:
             fp.close()
 
 
-def _load_archive(zf: zipfile.ZipFile):
+def _load_archive(zf: zipfile.ZipFile, frames: str):
     infos = zf.infolist()
     if len(infos) > limits.MAX_ENTRIES:
         raise too_many_entries(len(infos))
     if is_labelled_archive(zf):  # several labels per image, from labels.csv
-        return load_labelled_archive(zf)
+        return load_labelled_archive(zf, frames)
     report = LoadReport()
     files, folders = _scan(infos, report)
+    mark_images(zf, files)
     planned, seen_folders, nested = _plan_classes(files, folders, report)
     total = sum(entry.info.file_size for entry, _ in planned)
     if total > limits.MAX_TOTAL_UNCOMPRESSED:
@@ -90,7 +93,7 @@ def _load_archive(zf: zipfile.ZipFile):
             f"Unpacked, this ZIP would be {human_bytes(total)}; at most "
             f"{human_bytes(limits.MAX_TOTAL_UNCOMPRESSED)} is accepted. Use fewer or smaller images."
         )
-    items = decode_entries(zf, planned, report)
+    items = decode_entries(zf, planned, report, frames=frames)
     return _dataset(items, seen_folders, nested, report), report
 
 
@@ -122,7 +125,7 @@ def _scan(infos: list[zipfile.ZipInfo], report: LoadReport) -> tuple[list[Entry]
 def _plan_classes(files: list[Entry], folders: list[list[str]], report: LoadReport):
     """Each readable image's class (its first folder below the wrapping ones); the folders seen and
     the classes holding images in sub-folders, for the report."""
-    prefix = _wrapper([e.parts for e in files if extension(e.parts[-1]) in IMAGE_EXTENSIONS])
+    prefix = _wrapper([e.parts for e in files if e.image])
     depth = len(prefix)
     planned: list[tuple[Entry, str]] = []
     seen_folders = {normalise_name(p[depth]) for p in folders if len(p) > depth and p[:depth] == prefix}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import operator
 import struct
@@ -13,16 +14,44 @@ from PIL import Image
 from core.data import limits
 from core.data.images import normalise_image
 from core.data.names import clean_class_name, sorted_names
+from core.data.window import Window, apply_window, default_window, is_full_depth
 from core.errors import DataError
 
 __all__ = ["HeldImages", "ImageDataset", "LoadReport"]
 
 
 class HeldImages:
-    """What every dataset held in memory shares: its images and their names, in order."""
+    """What every dataset held in memory shares: its images and their names, in order.
+
+    An image of more than 8 bits is held twice: at full depth (``"F"``) and as the RGB image the
+    dataset's ``window`` makes of it, which is what ``ds[i]``, training and every page see. The
+    window is the dataset's own, by default the 0.5–99.5 percentiles of all its full-depth pixels.
+    """
 
     _images: tuple[Image.Image, ...]
     _names: tuple[str, ...]
+    _full: tuple[Image.Image | None, ...]
+    _window: Window | None
+    _window_chosen: bool
+    _fingerprint: str | None
+
+    def _hold(self, images: Sequence[Image.Image], window: Window | None = None) -> None:
+        """Keep normalised images (RGB or ``"F"``), the full-depth ones seen through ``window``, or
+        through the default window of this dataset when ``window`` is None."""
+        full = tuple(img if is_full_depth(img) else None for img in images)
+        depth = [f for f in full if f is not None]
+        self._window_chosen = bool(depth) and window is not None
+        self._window = (window if window is not None else default_window(depth)) if depth else None
+        self._full = full
+        self._images = tuple(img if f is None else apply_window(f, self._window)
+                             for img, f in zip(images, full, strict=True))
+
+    def _parts(self, idx: Sequence[int]) -> tuple[list[Image.Image], list[Image.Image | None]]:
+        return [self._images[i] for i in idx], [self._full[i] for i in idx]
+
+    def _sources(self) -> list[Image.Image]:
+        """Each image as it was decoded: at full depth where it has more than 8 bits."""
+        return [f if f is not None else img for img, f in zip(self._images, self._full, strict=True)]
 
     @property
     def names(self) -> list[str]:
@@ -34,6 +63,32 @@ class HeldImages:
 
     def __len__(self) -> int:
         return len(self._images)
+
+    @property
+    def window(self) -> Window | None:
+        """The window of the full-depth images; None when every image has 8 bits."""
+        return self._window
+
+    @property
+    def window_chosen(self) -> bool:
+        """Whether the window was set by hand (``with_window``) rather than the default percentiles."""
+        return self._window_chosen
+
+    @property
+    def full_depth(self) -> list[Image.Image]:
+        """The images held at more than 8 bits (``"F"``), in dataset order."""
+        return [f for f in self._full if f is not None]
+
+    def full_depth_image(self, i: int) -> Image.Image | None:
+        """Image ``i`` at full depth, or None when it has 8 bits."""
+        return self._full[operator.index(i)]
+
+    def with_window(self, window: Window | None = None):
+        """The same dataset seen through ``window`` (None: back to the default percentiles)."""
+        new = copy.copy(self)
+        new._hold(self._sources(), window)
+        new._fingerprint = None
+        return new
 
 
 class ImageDataset(HeldImages):
@@ -48,6 +103,7 @@ class ImageDataset(HeldImages):
         labels: Sequence[int] = (),
         classes: Sequence[str] = (),
         names: Sequence[str] | None = None,
+        window: Window | None = None,
     ):
         images = [normalise_image(img) for img in images]
         labels = [operator.index(label) for label in labels]
@@ -61,11 +117,24 @@ class ImageDataset(HeldImages):
             raise DataError("Two classes have the same name; give every class its own name.")
         if any(not 0 <= label < len(classes) for label in labels):
             raise ValueError("every label must index into classes")
-        self._images = tuple(images)
+        self._hold(images, window)
         self._labels = tuple(labels)
         self._classes = tuple(classes)
         self._names = tuple(names)
-        self._fingerprint: str | None = None
+        self._fingerprint = None
+
+    @classmethod
+    def _assemble(cls, views, full, labels, classes, names, window: Window | None, chosen: bool) -> ImageDataset:
+        """A dataset of images already seen through ``window`` (taken from another dataset): nothing
+        is windowed again, so a split of thousands of images stays instant."""
+        new = cls.__new__(cls)
+        new._images, new._full = tuple(views), tuple(full)
+        new._window, new._window_chosen = window, chosen and any(f is not None for f in full)
+        if not any(f is not None for f in full):
+            new._window = None
+        new._labels, new._classes, new._names = tuple(labels), tuple(classes), tuple(names)
+        new._fingerprint = None
+        return new
 
     @classmethod
     def from_items(
@@ -135,14 +204,15 @@ class ImageDataset(HeldImages):
     # --- new datasets ---
 
     def subset(self, indices: Iterable[int]) -> ImageDataset:
-        """The images at ``indices`` (in that order), keeping every class."""
+        """The images at ``indices`` (in that order), keeping every class and the dataset's window."""
         idx = [operator.index(i) for i in indices]
-        return ImageDataset(
-            [self._images[i] for i in idx],
-            [self._labels[i] for i in idx],
-            self._classes,
-            [self._names[i] for i in idx],
-        )
+        views, full = self._parts(idx)
+        return ImageDataset._assemble(views, full, [self._labels[i] for i in idx], self._classes,
+                                      [self._names[i] for i in idx], self._window, self._window_chosen)
+
+    def _chosen_window(self) -> Window | None:
+        """The window a dataset made from this one keeps: the one set by hand, else its own default."""
+        return self._window if self._window_chosen else None
 
     def with_images(
         self,
@@ -150,7 +220,9 @@ class ImageDataset(HeldImages):
         class_name: str,
         names: Sequence[str] | None = None,
     ) -> ImageDataset:
-        """A new dataset with ``images`` added to ``class_name``; a new class goes last."""
+        """A new dataset with ``images`` added to ``class_name``; a new class goes last.
+
+        A window set by hand stays; a default one is worked out again with the new images."""
         class_name = clean_class_name(class_name)
         # Copies: the caller may go on drawing on its own images.
         images = [normalise_image(img).copy() for img in images]
@@ -168,10 +240,11 @@ class ImageDataset(HeldImages):
         elif len(names) != len(images):
             raise ValueError("names must match images")
         return ImageDataset(
-            list(self._images) + images,
+            self._sources() + images,
             list(self._labels) + [label] * len(images),
             classes,
             list(self._names) + list(names),
+            self._chosen_window(),
         )
 
     def without_class(self, name: str) -> ImageDataset:
@@ -180,11 +253,13 @@ class ImageDataset(HeldImages):
             raise DataError(f"There is no class called {name!r}.")
         gone = self._classes.index(name)
         keep = [i for i, label in enumerate(self._labels) if label != gone]
+        sources = self._sources()
         return ImageDataset(
-            [self._images[i] for i in keep],
+            [sources[i] for i in keep],
             [label - (label > gone) for label in (self._labels[i] for i in keep)],
             [c for c in self._classes if c != name],
             [self._names[i] for i in keep],
+            self._chosen_window(),
         )
 
     def merge(self, other: ImageDataset) -> ImageDataset:
@@ -194,10 +269,11 @@ class ImageDataset(HeldImages):
         classes = list(self._classes) + [c for c in other._classes if c not in self._classes]
         index = {c: i for i, c in enumerate(classes)}
         return ImageDataset(
-            list(self._images) + list(other._images),
+            self._sources() + other._sources(),
             list(self._labels) + [index[other._classes[label]] for label in other._labels],
             classes,
             list(self._names) + list(other._names),
+            self._chosen_window(),
         )
 
 
@@ -208,4 +284,5 @@ class LoadReport:
     loaded: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (entry name, reason)
     warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # worth knowing, nothing to fix (what DICOM headers gave)
 

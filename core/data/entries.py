@@ -17,12 +17,13 @@ from PIL import Image
 
 from core.data import limits
 from core.data.datasets import LoadReport
-from core.data.images import IMAGE_EXTENSIONS, BudgetExceeded, PixelBudget, decode, skip_reason
+from core.data.dicom import is_dicom
+from core.data.images import IMAGE_EXTENSIONS, BudgetExceeded, Upload, decode_file, frame_name, skip_reason
 from core.data.names import human_bytes
 from core.errors import DataError
 
-__all__ = ["Entry", "display_name", "safe_parts", "is_junk", "extension", "entry_problem", "read_entry",
-           "check_directory_size", "too_many_entries", "skipped_hint", "decode_entries"]
+__all__ = ["Entry", "display_name", "safe_parts", "is_junk", "extension", "mark_images", "entry_problem",
+           "read_entry", "check_directory_size", "too_many_entries", "skipped_hint", "decode_entries"]
 
 _ARCHIVE_EXTENSIONS = (
     ".zip", ".tar", ".gz", ".tgz", ".bz2", ".xz", ".7z", ".rar", ".zst", ".lz", ".cab", ".jar",
@@ -36,6 +37,7 @@ class Entry:
     info: zipfile.ZipInfo
     name: str  # as shown to the person
     parts: list[str]  # path parts, "." and empty parts dropped
+    image: bool = False  # an image by its extension, or a DICOM by its content (see mark_images)
 
 
 
@@ -81,6 +83,29 @@ def extension(filename: str) -> str:
 
 
 
+def _may_be_dicom(ext: str) -> bool:
+    """Scanners name files IM000001 or by their UID (1.2.840.113619.2.55.3): no extension, or digits."""
+    return ext == "" or ext[1:].isdigit()
+
+
+def _starts_like_dicom(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> bool:
+    try:
+        with zf.open(info) as f:
+            return is_dicom(f.read(132))
+    except Exception:  # encrypted, damaged: entry_problem or read_entry says why
+        return False
+
+
+def mark_images(zf: zipfile.ZipFile, entries: Sequence[Entry]) -> list[Entry]:
+    """Mark which entries are images: by extension, or by the DICOM marker for names a scanner
+    gives (no extension, or digits); only those entries' first 132 bytes are read. Returns them."""
+    for entry in entries:
+        ext = extension(entry.parts[-1])
+        entry.image = ext in IMAGE_EXTENSIONS or (
+            _may_be_dicom(ext) and not entry.info.is_dir() and _starts_like_dicom(zf, entry.info))
+    return list(entries)
+
+
 def entry_problem(entry: Entry) -> str | None:
     """Why an entry is not read, judged from its directory record alone; None if it is fine."""
     info = entry.info
@@ -94,8 +119,8 @@ def entry_problem(entry: Entry) -> str | None:
     ext = extension(entry.parts[-1])
     if ext in _ARCHIVE_EXTENSIONS:
         return "it is an archive inside the archive; unpack it and zip its folders instead"
-    if ext not in IMAGE_EXTENSIONS:
-        return "it is not an image file (use .jpg, .png, .gif, .bmp, .webp or .tif)"
+    if not entry.image:
+        return "it is not an image file (use .jpg, .png, .gif, .bmp, .webp, .tif or .dcm)"
     if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
         # bzip2/LZMA decompress a whole chunk at once, unbounded; real image zips use deflate.
         return "it uses an unusual compression method; zip the folders again with standard settings"
@@ -185,13 +210,16 @@ def skipped_hint(report: LoadReport) -> str:
 
 
 def decode_entries(zf: zipfile.ZipFile, planned: Sequence[tuple[Entry, Any]], report: LoadReport,
-                   check: Callable[[Entry], str | None] | None = None) -> list[tuple[Image.Image, Any, str]]:
-    """Decode the planned entries in order: ``(image, label, entry name)`` for each readable one.
+                   check: Callable[[Entry], str | None] | None = None,
+                   frames: str = "middle") -> list[tuple[Image.Image, Any, str]]:
+    """Decode the planned entries in order: ``(image, label, name)`` for each readable picture (one
+    per frame used of a multi-frame DICOM, its name saying which).
 
     Every image of one upload shares one pixel budget; running out fails the whole upload. An entry
-    that ``check`` finds a problem with, or that does not decode, is skipped with its reason.
+    that ``check`` finds a problem with, or that does not decode, is skipped with its reason. What
+    the DICOM files were goes into ``report.notes``.
     """
-    budget = PixelBudget(limits.MAX_TOTAL_PIXELS)
+    upload = Upload(frames)
     items = []
     for entry, label in planned:
         problem = check(entry) if check is not None else None
@@ -199,9 +227,12 @@ def decode_entries(zf: zipfile.ZipFile, planned: Sequence[tuple[Entry, Any]], re
             report.skipped.append((entry.name, problem))
             continue
         try:
-            items.append((decode(read_entry(zf, entry.info), entry.parts[-1], budget), label, entry.name))
+            pictures = decode_file(read_entry(zf, entry.info), entry.parts[-1], upload)
         except BudgetExceeded:
             raise
         except DataError as e:
             report.skipped.append((entry.name, skip_reason(e, entry.parts[-1])))
+            continue
+        items += [(img, label, frame_name(entry.name, frame)) for img, frame in pictures]
+    report.notes += upload.dicom.notes()
     return items

@@ -18,12 +18,11 @@ from core.data.entries import (
     decode_entries,
     display_name,
     entry_problem,
-    extension,
     is_junk,
+    mark_images,
     read_entry,
     safe_parts,
 )
-from core.data.images import IMAGE_EXTENSIONS
 from core.data.multitask import MISSING, MultiTaskDataset
 from core.data.names import some, sorted_names
 from core.errors import DataError
@@ -47,8 +46,9 @@ def is_labelled_archive(zf: zipfile.ZipFile) -> bool:
     return bool(_csv_entries(zf))
 
 
-def load_labelled_archive(zf: zipfile.ZipFile) -> tuple[MultiTaskDataset, LoadReport]:
-    """A ``MultiTaskDataset`` and ``LoadReport`` from an open ZIP holding ``labels.csv``."""
+def load_labelled_archive(zf: zipfile.ZipFile, frames: str = "middle") -> tuple[MultiTaskDataset, LoadReport]:
+    """A ``MultiTaskDataset`` and ``LoadReport`` from an open ZIP holding ``labels.csv``; ``frames`` as
+    for ``load_zip`` (every frame of a multi-frame DICOM carries its file's labels)."""
     found = _csv_entries(zf)
     if len(found) > 1 and found[0][0] == found[1][0]:
         raise DataError("This ZIP holds more than one labels.csv at the same level; keep exactly one.")
@@ -68,7 +68,7 @@ def load_labelled_archive(zf: zipfile.ZipFile) -> tuple[MultiTaskDataset, LoadRe
         cells = [cell.strip() for cell in body[r - 2]]
         cells += [""] * (len(header) - len(cells))
         planned.append((entries[key], cells[1:]))
-    items = decode_entries(zf, planned, report, check=entry_problem)
+    items = decode_entries(zf, planned, report, check=entry_problem, frames=frames)
     if not items:
         raise DataError("None of the images listed in labels.csv could be read.")
     classes, labels = _task_labels(items, tasks, report)
@@ -110,13 +110,13 @@ def _read_rows(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> tuple[list[str], l
 def _image_entries(zf: zipfile.ZipFile, base: list[str]) -> tuple[dict[str, Entry], dict[str, str]]:
     """Every image entry of the archive by its path, and the paths a row may use for each: from the
     archive's root, or from the folder ``base`` holding labels.csv."""
-    entries: dict[str, Entry] = {}
+    candidates = []
     for info in zf.infolist():
         name = display_name(info)
         parts = safe_parts(name)
-        if not parts or is_junk(parts) or info.is_dir() or extension(parts[-1]) not in IMAGE_EXTENSIONS:
-            continue
-        entries["/".join(parts)] = Entry(info, name, parts)
+        if parts and not is_junk(parts) and not info.is_dir() and parts[-1].lower() != LABELS_CSV:
+            candidates.append(Entry(info, name, parts))
+    entries = {"/".join(e.parts): e for e in mark_images(zf, candidates) if e.image}
     by_path: dict[str, str] = {}
     for key in entries:
         by_path[key] = key

@@ -15,6 +15,7 @@ __all__ = [
     "RATIO_EXEMPT_BYTES",
     "MAX_DIRECTORY_BYTES_PER_ENTRY",
     "MAX_CSV_BYTES",
+    "MAX_FRAMES",
 ]
 
 MAX_SIDE = 512  # longest side of an image held in memory
@@ -29,3 +30,6 @@ RATIO_EXEMPT_BYTES = 2**20
 # Bounds the central directory before zipfile parses it (a record is >= 46 bytes + its name).
 MAX_DIRECTORY_BYTES_PER_ENTRY = 512
 MAX_CSV_BYTES = 20 * 2**20  # a labels.csv
+# Frames of one multi-frame DICOM, from its header: a cine loop or a whole series in one file is
+# skipped with this reason rather than read (or scanned for its middle frame).
+MAX_FRAMES = 256

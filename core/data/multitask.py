@@ -6,6 +6,7 @@ and ``subset`` make ``core.data.split`` work on it: the split is stratified on t
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import operator
 import struct
@@ -16,6 +17,7 @@ from PIL import Image
 
 from core.data.datasets import HeldImages, ImageDataset
 from core.data.images import normalise_image
+from core.data.window import Window
 from core.errors import DataError
 
 __all__ = ["MISSING", "TaskNames", "MultiTaskDataset"]
@@ -50,8 +52,9 @@ class MultiTaskDataset(TaskNames, HeldImages):
     """
 
     def __init__(self, images: Sequence[Image.Image], tasks: Mapping[str, Sequence[str]],
-                 labels: Mapping[str, Sequence[int]], names: Sequence[str] | None = None):
-        self._images = tuple(normalise_image(img) for img in images)
+                 labels: Mapping[str, Sequence[int]], names: Sequence[str] | None = None,
+                 window: Window | None = None):
+        self._hold([normalise_image(img) for img in images], window)
         self._tasks = {str(t): [str(c) for c in classes] for t, classes in tasks.items()}
         if not self._tasks:
             raise DataError("A multi-task dataset needs at least one task.")
@@ -124,10 +127,14 @@ class MultiTaskDataset(TaskNames, HeldImages):
         return self._fingerprint
 
     def subset(self, indices: Iterable[int]) -> MultiTaskDataset:
+        """The images at ``indices``, seen through this dataset's window (nothing windowed again)."""
         idx = [operator.index(i) for i in indices]
-        return MultiTaskDataset([self._images[i] for i in idx], self._tasks,
-                                {t: [v[i] for i in idx] for t, v in self._labels.items()},
-                                [self._names[i] for i in idx])
+        new = copy.copy(self)
+        views, full = self._parts(idx)
+        new._images, new._full, new._names = tuple(views), tuple(full), tuple(self._names[i] for i in idx)
+        new._labels = {t: tuple(v[i] for i in idx) for t, v in self._labels.items()}
+        new._fingerprint = None
+        return new
 
     def as_single_task(self, task: str):
         """The images labelled for ``task`` as an ``ImageDataset`` with that task's classes (what the
@@ -135,8 +142,9 @@ class MultiTaskDataset(TaskNames, HeldImages):
         if task not in self._tasks:
             raise DataError(f"Unknown task {task!r}; the tasks are {', '.join(self._tasks)}.")
         keep = [i for i, v in enumerate(self._labels[task]) if v != MISSING]
-        return ImageDataset([self._images[i] for i in keep], [self._labels[task][i] for i in keep],
-                            self._tasks[task], [self._names[i] for i in keep])
+        views, full = self._parts(keep)
+        return ImageDataset._assemble(views, full, [self._labels[task][i] for i in keep], self._tasks[task],
+                                      [self._names[i] for i in keep], self._window, self._window_chosen)
 
     def only_tasks(self, tasks: Sequence[str]) -> MultiTaskDataset:
         """These tasks alone, without the images labelled for none of them."""
@@ -144,7 +152,8 @@ class MultiTaskDataset(TaskNames, HeldImages):
         if unknown:
             raise DataError(f"Unknown task {unknown[0]!r}; the tasks are {', '.join(self._tasks)}.")
         keep = [i for i in range(len(self)) if any(self._labels[t][i] != MISSING for t in tasks)]
-        return MultiTaskDataset([self._images[i] for i in keep], {t: self._tasks[t] for t in tasks},
-                                {t: [self._labels[t][i] for i in keep] for t in tasks},
-                                [self._names[i] for i in keep])
+        new = self.subset(keep)
+        new._tasks = {t: list(self._tasks[t]) for t in tasks}
+        new._labels = {t: new._labels[t] for t in tasks}
+        return new
 

@@ -203,11 +203,13 @@ def image_picker(key: str):
         photos = sample_photos()
         name = st.selectbox("Photo (from scikit-image)", list(photos), key=f"{key}-photo")
         return photos[name], name
-    upload = st.file_uploader("An image", type=sorted(core_data.IMAGE_EXTENSIONS), key=f"{key}-upload")
+    # no type filter (DICOMs often have no extension, and the list overflowed a projector): the decoder judges
+    upload = st.file_uploader("An image (JPEG, PNG, GIF, BMP, WEBP, TIFF, DICOM)", key=f"{key}-upload")
     if upload is None:
         return None, ""
     try:
-        return core_data.open_image(upload.getvalue(), upload.name), upload.name
+        # a 12-bit scan is seen through the dataset's window, as on the Data page
+        return core_data.open_image(upload.getvalue(), upload.name, ds.window), upload.name
     except UserInputError as exc:
         st.error(plain(exc))
         return None, ""
