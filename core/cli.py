@@ -8,7 +8,8 @@
 ``train`` creates a run folder in the store the app reads (``TRANSFER_LAB_DATA_DIR`` unless ``--data-dir``
 says otherwise) with owner "command line" and trains it in this process with the app's worker code
 (``core.runs.worker.train_run_folder``), shows a progress bar on stderr, and prints one JSON line
-last: ``{"run_id", "status", "val_acc", "world_size"}``. Exit status: 0 when the run finished, 2
+last: ``{"run_id", "status", "val_acc", "kept_epoch", "epochs", "world_size"}`` (``val_acc`` of the weights the
+run keeps: its ``kept_epoch`` of ``epochs``). Exit status: 0 when the run finished, 2
 for input a person can fix (the app's own messages), 1 otherwise. Under ``torchrun`` every rank
 trains its share of each global batch (see ``core.train.distributed``); rank 0 alone writes.
 Each command imports the engine when it runs, so ``--help`` and a mistyped argument answer at once.
@@ -214,6 +215,7 @@ def train(args) -> int:
     from core import data
     from core.models import backbones
     from core.runs import worker
+    from core.runs.kept import kept_epoch_number, kept_metric
     from core.runs.store import EVENTS, RunStore
     from core.settings import get_settings
 
@@ -254,9 +256,11 @@ def train(args) -> int:
             if status == "finished":
                 store.enforce_cap(keep=frozenset({run_id}))
             record = store.get(run_id)
-            val = record.final() if record is not None else None
+            val = kept_metric(record) if record is not None else None  # of the weights the run keeps
             print(json.dumps({"run_id": run_id, "status": status,
-                              "val_acc": None if val is None or math.isnan(val) else val, "world_size": world}),
+                              "val_acc": None if val is None or math.isnan(val) else val,
+                              "kept_epoch": kept_epoch_number(record) if record is not None else None,
+                              "epochs": len(record.epochs) if record is not None else 0, "world_size": world}),
                   flush=True)
         if distributed is not None and status != "failed":  # after a lost peer it could wait forever
             torch.distributed.destroy_process_group()
@@ -336,20 +340,23 @@ def export(args) -> int:
 
 
 def list_runs(args) -> int:
+    from core.runs.kept import kept_epoch_number, kept_label, kept_metric
     from core.runs.kinds.lr_find import SWEEP_KIND
 
     # the runs that train a model: a learning-rate sweep keeps only its curve, for the page that asked
     runs = [r for r in _store(args).list() if r.config.get("kind") != SWEEP_KIND]
     if args.json:
         print(json.dumps([{"run_id": r.id, "status": r.status, "owner": r.owner, "backbone": r.backbone,
-                           "dataset": r.dataset, "val_acc": r.final(), "created": r.created,
+                           "dataset": r.dataset, "val_acc": kept_metric(r), "kept_epoch": kept_epoch_number(r),
+                           "epochs": len(r.epochs), "created": r.created,
                            "world_size": r.info.get("world_size", 1)} for r in runs]), flush=True)
         return 0
-    for r in runs:
-        val = r.final()
+    for r in runs:  # the accuracy of the weights each run keeps, and which epoch's they are
+        val = kept_metric(r)
         acc = "-" if val is None or math.isnan(val) else f"{val:.1%}"
+        kept = f"  ({kept_label(r)})" if r.epochs else ""
         print(f"{r.id}  {time.strftime('%Y-%m-%d %H:%M', time.localtime(r.created))}  {r.status:<9}  "
-              f"{acc:>6}  {r.backbone}  {r.dataset}  ({r.owner or 'app'})")
+              f"{acc:>6}  {r.backbone}  {r.dataset}  ({r.owner or 'app'}){kept}")
     return 0
 
 

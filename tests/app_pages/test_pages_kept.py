@@ -1,0 +1,72 @@
+"""The pages report the model a run keeps, not its last epoch (a record written straight into the store:
+no training needed to show what the pages read from it)."""
+
+import json
+import os
+import time
+
+import pytest
+
+from core.runs.kept import HEAD_ALONE_WON
+from core.runs.store import RunRecord, RunStore
+from tests.app_pages.pages_helpers import fresh_app, open_page, texts
+
+# "Fine-tune all": three warm-up epochs of the head alone, then the body; a ten-epoch plan that early
+# stopping ended after seven, keeping epoch 3 (90 %) while the last epoch scored 77.5 %
+GROUPS = ["stem", "stage1", "head"]
+PLAN = [{"stem": 0.0, "stage1": 0.0, "head": 1.0}] * 3 + [{"stem": 1.0, "stage1": 1.0, "head": 1.0}] * 7
+ACCS = [0.6, 0.8, 0.9, 0.7, 0.75, 0.72, 0.775]
+
+
+def add_run(owner: str, kept: int, run_id: str = "ab" * 8) -> RunRecord:
+    epochs = [{"epoch": n, "val_acc": a, "val_loss": 1.5 - a, "train_acc": 1.0, "train_loss": 0.1, "seconds": 1.0,
+               "lr": 0.001} for n, a in enumerate(ACCS, start=1)]
+    record = RunRecord(id=run_id, status="finished", created=time.time() - 60, backbone="efficientnet_lite0",
+                       pretrained=True, classes=["a", "b"], owner=owner, dataset="Held-out set",
+                       config={"strategy": "Fine-tune all", "plan": PLAN, "epochs": 10, "image_size": 128},
+                       epochs=epochs, finished=time.time(), info={"stopped": "early", "kept_epoch": kept,
+                                                                  "best_epoch": kept})
+    return RunStore(os.environ["TRANSFER_LAB_DATA_DIR"]).create(record)
+
+
+@pytest.fixture
+def app():
+    return fresh_app(timeout=60)
+
+
+def test_the_train_page_headlines_the_kept_weights_and_says_the_warm_up_won(app):
+    record = add_run(app.session_state.owner, kept=3)
+    app.session_state.current_run = record.id
+    app.session_state.compare = [record.id]
+    open_page(app, "train")
+    metrics = {m.label: m for m in app.metric}
+    assert metrics["Validation accuracy"].value == "90.0%"  # epoch 3's, not the last epoch's 77.5 %
+    assert "kept: epoch 3 of 7" in " ".join(texts(app.markdown))
+    assert any(HEAD_ALONE_WON in s for s in texts(app.info))
+    # the run menu and Compare read the same model
+    menu = next(s for s in app.selectbox if s.label == "Reopen a run")
+    assert "val acc 90.0% (kept: epoch 3 of 7)" in menu.format_func(record.id)
+    table = app.dataframe[0].value
+    assert table["val acc"].tolist() == [0.9] and table["kept"].tolist() == ["epoch 3 of 7"]
+    assert table["kept from"].tolist() == ["the warm-up's head"]
+    specs = [json.loads(c.proto.spec) for c in app.get("plotly_chart")]
+    curves = next(s for s in specs if any(a.get("text") == "kept: epoch 3" for a in s["layout"].get("annotations", [])))
+    assert any(shape.get("x0") == 3 for shape in curves["layout"]["shapes"])  # the curves mark the kept epoch
+
+
+def test_a_run_kept_at_a_fine_tuning_epoch_has_no_warm_up_sentence(app):
+    record = add_run(app.session_state.owner, kept=5)
+    app.session_state.current_run = record.id
+    open_page(app, "train")
+    assert {m.label: m.value for m in app.metric}["Validation accuracy"] == "75.0%"
+    assert not any(HEAD_ALONE_WON in s for s in texts(app.info))
+    assert any("fine-tuned epoch" in s for s in texts(app.info))
+
+
+def test_the_timeline_runs_to_the_last_epoch_trained_not_to_the_plans_end(app):
+    record = add_run(app.session_state.owner, kept=3)
+    app.session_state.current_run = record.id
+    open_page(app, "train")
+    specs = [json.loads(c.proto.spec) for c in app.get("plotly_chart")]
+    timeline = next(s for s in specs if s["data"][0]["type"] == "heatmap")
+    assert timeline["data"][0]["x"] == list(range(1, 8))
