@@ -89,6 +89,11 @@ def who_won(record) -> str:
         head = [e.get("val_acc") for e in record.epochs or []
                 if phase_of(plan, e.get("epoch")) == "warm-up" and _finite(e.get("val_acc"))]
         kept = kept_metric(record)
+        if head and _finite(kept) and kept < max(head):  # kept for another reason than beating the head
+            why = ("the last good epoch before the run diverged" if record.status == "diverged"
+                   else "the lowest validation loss, though not the highest accuracy")
+            return (f"The kept weights are a fine-tuned epoch (epoch {number}), {why}: they score "
+                    f"{kept:.1%}, below the warm-up's head alone ({max(head):.1%}).")
         than = f" ({kept:.1%} against the head's best {max(head):.1%})" if head and _finite(kept) else ""
         return (f"The kept weights are a fine-tuned epoch (epoch {number}): training the body beat the new "
                 f"head alone{than}.")

@@ -63,6 +63,11 @@ def test_the_who_won_sentence_is_absent_for_a_run_kept_at_a_fine_tuning_epoch():
     assert "fine-tuned epoch" in who_won(run) and "95.0%" in who_won(run) and "85.0%" in who_won(run)
 
 
+def test_a_fine_tuned_epoch_kept_below_the_heads_accuracy_is_not_called_a_win():
+    run = record([0.6, 0.8, 1.0, 0.9, 0.75, 0.25], status="diverged", info={"kept_epoch": 5})
+    assert "beat" not in who_won(run) and "diverged" in who_won(run) and "75.0%" in who_won(run)
+
+
 def test_feature_extraction_has_no_warm_up_to_beat():
     head_only = [{"body": 0.0, "head": 1.0}] * 4
     run = record([0.6, 0.8, 0.9, 0.85], info={"kept_epoch": 3}, plan=head_only)
