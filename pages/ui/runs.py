@@ -14,7 +14,7 @@ from core.runs.store import RunStore
 from core.runs.uploads import UploadStore
 from core.settings import get_settings
 
-__all__ = ["run_store", "upload_store", "my_runs", "run_status", "stop_run", "run_curves", "run_progress",
+__all__ = ["run_store", "upload_store", "my_runs", "run_status", "stop_run", "run_curves", "run_progress", "waiting_text",
            "frozen_groups", "unchanged_groups", "weights_caption", "first_trained_epoch", "run_strategy", "describe_run", "run_option", "finished_runs"]
 
 
@@ -77,11 +77,20 @@ def run_curves(snap, record) -> tuple[list[dict], tuple, str]:
 def run_progress(run_id: str, snap, text, stop_label: str = "Stop", can_stop: bool = True) -> None:
     """A going run's place in the queue, or its progress bar with ``text()``, and its Stop button."""
     if snap.status == "queued":
-        st.info(f"Waiting for a free training slot: number {snap.queue_position or 1} in the queue.")
+        st.info(waiting_text(snap.queue_position))
     else:
         st.progress(snap.progress, text=text())
     if can_stop and st.button(stop_label, icon=":material/stop:"):
         stop_run(run_id)
+
+
+def waiting_text(position: int | None) -> str:
+    """What a run that has not started training says: its place in the line only while it waits in
+    one. Before it joins the line it is saving its images (2-4 s on a busy server), and with nothing
+    queued "number 1 in the queue" told a student to wait for others who were not there."""
+    if position is None:
+        return "Getting the run ready: saving its images for the training process…"
+    return f"Waiting for a free training slot: number {position} in the queue."
 
 
 def frozen_groups(record) -> list[str]:

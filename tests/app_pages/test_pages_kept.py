@@ -70,3 +70,52 @@ def test_the_timeline_runs_to_the_last_epoch_trained_not_to_the_plans_end(app):
     specs = [json.loads(c.proto.spec) for c in app.get("plotly_chart")]
     timeline = next(s for s in specs if s["data"][0]["type"] == "heatmap")
     assert timeline["data"][0]["x"] == list(range(1, 8))
+
+
+def test_a_run_saving_its_images_is_not_said_to_wait_in_a_queue():
+    from streamlit.testing.v1 import AppTest
+
+    def show(position):
+        from types import SimpleNamespace
+
+        from pages.ui.runs import run_progress
+
+        run_progress("ab" * 8, SimpleNamespace(status="queued", queue_position=position), str, can_stop=False)
+
+    nothing_queued = AppTest.from_function(show, args=(None,)).run()
+    assert not any("in the queue" in s for s in texts(nothing_queued.info)), texts(nothing_queued.info)
+    assert any("Getting the run ready" in s for s in texts(nothing_queued.info))
+    second = AppTest.from_function(show, args=(2,)).run()
+    assert texts(second.info) == ["Waiting for a free training slot: number 2 in the queue."]
+
+
+def test_the_lr_finders_loss_axis_shows_the_descent_not_the_blow_up():
+    import numpy as np
+
+    from core.methods.lr_finder import LRFinderResult, smooth
+    from pages.ui.lr_finder import lr_figure
+
+    lrs = list(np.logspace(-6, 0, 60))
+    # 1.6 falling to 0.8 up to 1e-2, then blowing up to 40
+    losses = [1.6 - 0.8 * i / 45 for i in range(46)] + [0.8 * 1.35 ** k for k in range(1, 15)]
+    result = LRFinderResult(lrs, losses, smooth(losses), suggestion=1e-3)
+    low, high = lr_figure(result).layout.yaxis.range
+    assert high < 2.5 and low < 0.85, (low, high)
+    assert (1.6 - 0.8) / (high - low) > 0.6  # the descent fills most of the axis
+
+
+def test_a_progressive_run_kept_before_a_stage_unfroze_shows_that_stage_as_unchanged_not_trained():
+    from pages.ui.runs import frozen_groups, unchanged_groups, weights_caption
+
+    plan = [{"stem": 0.0, "stage1": 0.0, "head": 1.0}] * 2 + [{"stem": 0.0, "stage1": 1.0, "head": 1.0}] * 2 \
+        + [{"stem": 1.0, "stage1": 1.0, "head": 1.0}] * 2
+    record = RunRecord(id="cd" * 8, status="finished", created=0.0, backbone="efficientnet_lite0", pretrained=True,
+                       classes=["a", "b"], config={"plan": plan, "unfreeze_every": 1},
+                       epochs=[{"epoch": n, "val_acc": 0.5, "val_loss": 1.0, "train_acc": 1.0, "train_loss": 0.1}
+                               for n in range(1, 7)], info={"kept_epoch": 3})
+    assert frozen_groups(record) == []  # every group trains at some point of the plan ...
+    # ... but the kept weights are epoch 3's: the stem unfroze at epoch 5, so Feature maps greys it
+    # (CKA 1, change 0) and says why its maps did not change
+    assert unchanged_groups(record) == ["stem"]
+    assert "stem trained only after that epoch" in weights_caption(record)
+    assert "kept: epoch 3 of 6" in weights_caption(record)
