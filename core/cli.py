@@ -1,8 +1,9 @@
 """The command line over the same engine and run store as the app: ``python -m core.cli``.
 
-    python -m core.cli train --data demo:source --backbone efficientnet_lite0 --config CONFIG.json
+    python -m core.cli train --data demo:source --backbone efficientnet_lite0 --strategy last_stage
+    python -m core.cli train --data demo:target --backbone efficientnet_lite0 --config examples/CONFIG.json
     torchrun --standalone --nproc-per-node=2 -m core.cli train ...   # the same run, data parallel
-    python -m core.cli export RUN_ID --format onnx --out model.onnx
+    python -m core.cli export latest --format onnx --out model.onnx   # or a RUN_ID from list
     python -m core.cli list
 
 ``train`` creates a run folder in the store the app reads (``TRANSFER_LAB_DATA_DIR`` unless ``--data-dir``
@@ -327,6 +328,11 @@ def export(args) -> int:
     from core import export as exporting
 
     store = _store(args)
+    if args.run_id == "latest":  # the newest run that saved a model, so an example can run as written
+        newest = next((r.id for r in store.list() if store.has_model(r.id)), None)
+        if newest is None:
+            raise UserInputError(f"No run in {store.root} has a model yet: train one first.")
+        args.run_id = newest
     if store.get(args.run_id) is None:
         raise UserInputError(f"No run {args.run_id!r} in {store.root}: `python -m core.cli list` shows the runs.")
     model = store.load_model(args.run_id)
@@ -377,7 +383,7 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--weights", help="start from this state_dict file (.pt, .pth, .safetensors)")
     t.add_argument("--label", default="", help="the run's name in the app")
     e = sub.add_parser("export", help="write a finished run's model to a file")
-    e.add_argument("run_id")
+    e.add_argument("run_id", help="a run's id (python -m core.cli list), or latest: the newest run with a model")
     e.add_argument("--format", required=True, choices=["safetensors", "torchscript", "onnx"])
     e.add_argument("--out", required=True)
     e.add_argument("--data-dir")

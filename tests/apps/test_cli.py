@@ -185,6 +185,11 @@ def test_export_and_list_work_on_a_finished_run(tmp_path, capsys):
     assert cli.main(["list", "--json", "--data-dir", data_dir]) == 0
     listed = json.loads(capsys.readouterr().out)
     assert [(r["run_id"], r["owner"]) for r in listed] == [(run_id, cli.OWNER)]
+    latest = tmp_path / "out" / "latest.safetensors"  # "latest": the newest run, so the README's example runs as written
+    assert cli.main(["export", "latest", "--format", "safetensors", "--out", str(latest), "--data-dir", data_dir]) == 0
+    assert json.loads(capsys.readouterr().out)["run_id"] == run_id
+    assert cli.main(["export", "latest", "--format", "onnx", "--out", str(out), "--data-dir", str(tmp_path / "e")]) == 2
+    assert "train one first" in capsys.readouterr().err
     assert cli.main(["export", "f" * 16, "--format", "onnx", "--out", str(out), "--data-dir", data_dir]) == 2
     assert "No run" in capsys.readouterr().err
 
