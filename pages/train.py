@@ -15,12 +15,12 @@ from core.cli import command_for, config_for
 from core.data import augmentation_note, check_split
 from core.data.encoded import encode_images
 from core.errors import UserInputError
-from core.progress import ProgressTracker, fit_phase_units
+from core.progress import ProgressTracker, RunClock, fit_phase_units
 from core.runs.jobs import cancel_waiting, get_job, start_run
 from core.runs.kept import kept_epoch, kept_epoch_number, kept_label, kept_metric, kept_phase, plan_as_run, who_won
 from core.runs.kinds.multitask import start_multitask_run
 from core.runs.tasks import get_queue
-from core.train.base import TrainConfig, augment_batch, config_augmenter
+from core.train.base import HEAD_PATIENCE, TrainConfig, augment_batch, config_augmenter
 from pages.ui.charts import plan_figure
 from pages.ui.links import locked
 from pages.ui.multitask import current_multitask, is_multitask, multitask_options_ui, multitask_split, task_curves
@@ -234,22 +234,26 @@ def progress_text(snap, record) -> str:
     if info is None or snap.phase not in ("cache", "train"):
         return text
     trackers = ss.setdefault("_progress", {})
-    tracker = trackers.get(snap.run_id)
+    tracker, clock = trackers.get(snap.run_id) or (None, None)
     if tracker is None:
         batch = int(config.get("batch_size", 32))
         views = (int(config.get("cached_views", 3)) if config.get("augment") else 1) if info.cache else 0
         units = fit_phase_units(epochs=info.epochs, batches_per_epoch=info.batches_per_epoch, n_train=info.n_train,
                                 n_val=info.n_val, batch_size=batch, cached_views=views)
-        tracker = trackers[snap.run_id] = ProgressTracker(units, {"cache": batch, "train": batch})
+        tracker = ProgressTracker(units, {"cache": batch, "train": batch})
+        # the time left: caching, the head's epochs and the body's timed apart, early stopping expected
+        clock = RunClock.for_fit(info.__dict__, config, HEAD_PATIENCE)
+        trackers[snap.run_id] = (tracker, clock)
         while len(trackers) > 4:
             trackers.pop(next(iter(trackers)))
     now = time.monotonic()
     tracker.observe(now, snap.progress, snap.phase)
-    estimate = tracker.estimate(now)
+    clock.observe(now, snap.progress, snap.phase, [e.__dict__ for e in snap.epochs])
+    estimate, seconds_left = tracker.estimate(now), clock.seconds_left(now)
     if estimate is None or estimate.phase_seconds_left is None:
         return text
-    if estimate.seconds_left is not None:
-        text += f" — about {math.ceil(estimate.seconds_left)} s left"
+    if seconds_left is not None:
+        text += f" — about {math.ceil(seconds_left)} s left"
     else:
         text += f" — caching: about {math.ceil(estimate.phase_seconds_left)} s left, then {info.epochs} epoch(s)"
     if estimate.images_per_second:
