@@ -337,13 +337,13 @@ def final_metrics(record) -> None:
     nan = float("nan")
     kept = kept_epoch(record) or {"val_acc": nan, "val_loss": nan, "train_acc": nan}
     label = kept_label(record)
-    st.markdown(f"**The model you have** ({label}): the figures below are its own, not the last epoch's.")
-    c1, c2, c3, c4 = st.columns(4)
-    c1.metric("Validation accuracy", percent(kept["val_acc"]), help=label)
-    c2.metric("Validation loss", f"{kept['val_loss']:.3f}" if not math.isnan(kept["val_loss"]) else "—", help=label)
-    c3.metric("Train accuracy", percent(kept["train_acc"]), help=label)
-    if record.finished:
-        c4.metric("Time, start to end", f"{record.finished - record.created:.1f} s")
+    took = f" Trained in {record.finished - record.created:.1f} s, start to end." if record.finished else ""
+    st.markdown(f"**The model you have** ({label}): the figures below are its own, not the last epoch's.{took}")
+    # three columns, no help icons: at 800 px a fourth metric and the icons cut "100.0%" to "100.…"
+    c1, c2, c3 = st.columns(3)
+    c1.metric("Validation accuracy", percent(kept["val_acc"]))
+    c2.metric("Validation loss", f"{kept['val_loss']:.3f}" if not math.isnan(kept["val_loss"]) else "—")
+    c3.metric("Train accuracy", percent(kept["train_acc"]))
     by_task = kept.get("val_acc_by_task") or {}
     for column, (task, acc) in zip(st.columns(max(1, len(by_task))), by_task.items(), strict=False):
         column.metric(f"Validation accuracy: {plain(task)}", percent(acc))
