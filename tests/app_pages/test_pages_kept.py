@@ -119,3 +119,32 @@ def test_a_progressive_run_kept_before_a_stage_unfroze_shows_that_stage_as_uncha
     assert unchanged_groups(record) == ["stem"]
     assert "stem trained only after that epoch" in weights_caption(record)
     assert "kept: epoch 3 of 6" in weights_caption(record)
+
+
+def test_feature_maps_grey_a_stage_that_unfroze_after_the_kept_epoch_and_say_why_it_did_not_change(app):
+    from core import models
+    from core.data import demo_dataset
+
+    # progressive unfreezing: the head for two epochs, then "top" joins; early stopping kept epoch 2,
+    # before "top" trained, so the kept weights hold the pretrained "top" unchanged
+    groups = models.group_names(models.DEFAULT_BACKBONE)
+    plan = [{g: 1.0 if g == "head" else 0.0 for g in groups}] * 2 + \
+        [{g: 1.0 if g in ("head", "top") else 0.0 for g in groups}] * 2
+    classes = list(demo_dataset("source").classes)
+    store = RunStore(os.environ["TRANSFER_LAB_DATA_DIR"])
+    record = store.create(RunRecord(
+        id="ef" * 8, status="finished", created=time.time(), backbone=models.DEFAULT_BACKBONE, pretrained=True,
+        classes=classes, owner=app.session_state.owner, config={"plan": plan, "unfreeze_every": 1, "image_size": 64},
+        epochs=[{"epoch": n, "val_acc": 0.5, "val_loss": 1.0, "train_acc": 0.5, "train_loss": 1.0} for n in (1, 2, 3, 4)],
+        info={"kept_epoch": 2}))
+    store.save_model(record.id, models.starting_model(models.DEFAULT_BACKBONE, classes, image_size=64))
+    app.session_state.current_run = record.id
+    open_page(app, "features")
+    assert any("top trained only after that epoch" in c for c in texts(app.caption))
+    picker = next(s for s in app.selectbox if s.label == "Layer group")
+    assert picker.format_func("top") == "top (unfroze at epoch 3, after the kept one)"
+    picker.set_value("top").run()
+    assert any("the run keeps the weights of epoch 2, from before it did" in s for s in texts(app.success))
+    cka = next(json.loads(c.proto.spec) for c in app.get("plotly_chart") if "linear CKA" in c.proto.spec)
+    colours = dict(zip(cka["data"][0]["x"], cka["data"][0]["marker"]["color"], strict=True))
+    assert colours["top"] == colours["stem"] != colours["head"]  # grey like a frozen group, not red
