@@ -1,14 +1,16 @@
 """The command line over the same engine and run store as the app: ``python -m core.cli``.
 
-    python -m core.cli train --data demo:source --backbone efficientnet_lite0 --config CONFIG.json
+    python -m core.cli train --data demo:source --backbone efficientnet_lite0 --strategy last_stage
+    python -m core.cli train --data demo:target --backbone efficientnet_lite0 --config examples/CONFIG.json
     torchrun --standalone --nproc-per-node=2 -m core.cli train ...   # the same run, data parallel
-    python -m core.cli export RUN_ID --format onnx --out model.onnx
+    python -m core.cli export latest --format onnx --out model.onnx   # or a RUN_ID from list
     python -m core.cli list
 
 ``train`` creates a run folder in the store the app reads (``TRANSFER_LAB_DATA_DIR`` unless ``--data-dir``
 says otherwise) with owner "command line" and trains it in this process with the app's worker code
 (``core.runs.worker.train_run_folder``), shows a progress bar on stderr, and prints one JSON line
-last: ``{"run_id", "status", "val_acc", "world_size"}``. Exit status: 0 when the run finished, 2
+last: ``{"run_id", "status", "val_acc", "kept_epoch", "epochs", "world_size"}`` (``val_acc`` of the weights the
+run keeps: its ``kept_epoch`` of ``epochs``). Exit status: 0 when the run finished, 2
 for input a person can fix (the app's own messages), 1 otherwise. Under ``torchrun`` every rank
 trains its share of each global batch (see ``core.train.distributed``); rank 0 alone writes.
 Each command imports the engine when it runs, so ``--help`` and a mistyped argument answer at once.
@@ -214,6 +216,7 @@ def train(args) -> int:
     from core import data
     from core.models import backbones
     from core.runs import worker
+    from core.runs.kept import kept_epoch_number, kept_metric
     from core.runs.store import EVENTS, RunStore
     from core.settings import get_settings
 
@@ -254,9 +257,11 @@ def train(args) -> int:
             if status == "finished":
                 store.enforce_cap(keep=frozenset({run_id}))
             record = store.get(run_id)
-            val = record.final() if record is not None else None
+            val = kept_metric(record) if record is not None else None  # of the weights the run keeps
             print(json.dumps({"run_id": run_id, "status": status,
-                              "val_acc": None if val is None or math.isnan(val) else val, "world_size": world}),
+                              "val_acc": None if val is None or math.isnan(val) else val,
+                              "kept_epoch": kept_epoch_number(record) if record is not None else None,
+                              "epochs": len(record.epochs) if record is not None else 0, "world_size": world}),
                   flush=True)
         if distributed is not None and status != "failed":  # after a lost peer it could wait forever
             torch.distributed.destroy_process_group()
@@ -323,6 +328,11 @@ def export(args) -> int:
     from core import export as exporting
 
     store = _store(args)
+    if args.run_id == "latest":  # the newest run that saved a model, so an example can run as written
+        newest = next((r.id for r in store.list() if store.has_model(r.id)), None)
+        if newest is None:
+            raise UserInputError(f"No run in {store.root} has a model yet: train one first.")
+        args.run_id = newest
     if store.get(args.run_id) is None:
         raise UserInputError(f"No run {args.run_id!r} in {store.root}: `python -m core.cli list` shows the runs.")
     model = store.load_model(args.run_id)
@@ -336,20 +346,23 @@ def export(args) -> int:
 
 
 def list_runs(args) -> int:
+    from core.runs.kept import kept_epoch_number, kept_label, kept_metric
     from core.runs.kinds.lr_find import SWEEP_KIND
 
     # the runs that train a model: a learning-rate sweep keeps only its curve, for the page that asked
     runs = [r for r in _store(args).list() if r.config.get("kind") != SWEEP_KIND]
     if args.json:
         print(json.dumps([{"run_id": r.id, "status": r.status, "owner": r.owner, "backbone": r.backbone,
-                           "dataset": r.dataset, "val_acc": r.final(), "created": r.created,
+                           "dataset": r.dataset, "val_acc": kept_metric(r), "kept_epoch": kept_epoch_number(r),
+                           "epochs": len(r.epochs), "created": r.created,
                            "world_size": r.info.get("world_size", 1)} for r in runs]), flush=True)
         return 0
-    for r in runs:
-        val = r.final()
+    for r in runs:  # the accuracy of the weights each run keeps, and which epoch's they are
+        val = kept_metric(r)
         acc = "-" if val is None or math.isnan(val) else f"{val:.1%}"
+        kept = f"  ({kept_label(r)})" if r.epochs else ""
         print(f"{r.id}  {time.strftime('%Y-%m-%d %H:%M', time.localtime(r.created))}  {r.status:<9}  "
-              f"{acc:>6}  {r.backbone}  {r.dataset}  ({r.owner or 'app'})")
+              f"{acc:>6}  {r.backbone}  {r.dataset}  ({r.owner or 'app'}){kept}")
     return 0
 
 
@@ -370,7 +383,7 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--weights", help="start from this state_dict file (.pt, .pth, .safetensors)")
     t.add_argument("--label", default="", help="the run's name in the app")
     e = sub.add_parser("export", help="write a finished run's model to a file")
-    e.add_argument("run_id")
+    e.add_argument("run_id", help="a run's id (python -m core.cli list), or latest: the newest run with a model")
     e.add_argument("--format", required=True, choices=["safetensors", "torchscript", "onnx"])
     e.add_argument("--out", required=True)
     e.add_argument("--data-dir")

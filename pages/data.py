@@ -21,7 +21,13 @@ bootstrap()  # first, before the session is read: see bootstrap's docstring
 
 ss = st.session_state
 st.title("Data")
-st.write("Pick the built-in demo set or bring your own images, one class per folder.")
+# The first screen a visitor sees: what the app is for and the two ways in, in three lines.
+st.markdown("**Transfer Lab** shows how a network pretrained on ImageNet learns *your* images: choose which "
+            "layers to freeze, train while the curves grow, then look inside to see what changed.")
+st.page_link("pages/lessons.py", label="New here? Start with Lesson 1: why pretrained weights help",
+             icon=":material/school:")
+st.markdown("Or bring your own images below (a ZIP with one folder per class, single files or the webcam), "
+            "or keep the built-in demo shapes, and go on to **Model** and **Train**.")
 
 # What the current dataset started from (the demo set, a ZIP), so its name can say what it holds;
 # None for a dataset of one's own images only.

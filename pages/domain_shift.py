@@ -17,7 +17,7 @@ from core.runs.tasks import Snapshot, Task
 from pages.ui.charts import fit_title
 from pages.ui.links import hidden, locked, page_choice, remember_choice
 from pages.ui.models import model_picker, session_models
-from pages.ui.runs import run_status, run_store
+from pages.ui.runs import run_status, run_store, waiting_text
 from pages.ui.session import DEMO_LABEL, bootstrap, demo
 from pages.ui.tasks import follow, store_result, stored_result
 from pages.ui.text import plain
@@ -326,7 +326,7 @@ def stop_run(run_id: str) -> None:
 
 def progress_text(state) -> str:
     if state.status == "queued":
-        return f"Waiting for a free training slot (number {state.queue_position or 1} in the queue)…"
+        return waiting_text(state.queue_position)
     arm = state.extra.get("arm")
     if arm is None:
         return f"Loading the model and measuring the MMD before training… ({state.seconds:.0f} s)"

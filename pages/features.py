@@ -8,6 +8,7 @@ import torch
 from core.analysis import features
 from core.cache import FeatureCache, tensor_key
 from core.errors import UserInputError
+from core.runs.kept import kept_epoch_number
 from pages.ui.charts import diverging_scale, fit_title
 from pages.ui.models import image_picker, model_picker, run_models
 from pages.ui.multitask import is_multitask, task_pair
@@ -59,8 +60,8 @@ with right:
     joined = first_trained_epoch(record) if record is not None else {}
 
     def group_label(g: str) -> str:
-        if g in pair.frozen:
-            return f"{g} (frozen)"
+        if g in pair.frozen:  # unchanged in the kept weights: frozen, or unfrozen only after the kept epoch
+            return f"{g} (unfroze at epoch {joined[g]}, after the kept one)" if g in joined else f"{g} (frozen)"
         if joined.get(g, 1) > 1:
             return f"{g} (frozen until epoch {joined[g]})"
         return g
@@ -71,6 +72,16 @@ with right:
     order = c3.radio("Channels ordered by", ["change", "strength"], horizontal=True,
                      help="change: how much fine-tuning changed each channel's map; strength: how active it is.")
     count = c4.select_slider("Channels shown", [4, 9, 16, 25, 36], value=16)
+
+
+def identical_note(group: str) -> str:
+    """Why a layer's maps did not change: frozen throughout, or trained only after the kept epoch."""
+    if group in pair.frozen and group in joined and record is not None:
+        return (f"Identical maps: this layer started training at epoch {joined[group]}, but the run keeps the "
+                f"weights of epoch {kept_epoch_number(record)}, from before it did.")
+    if group in pair.frozen:
+        return "Identical maps: this layer was frozen, so fine-tuning did not change what it computes."
+    return "Identical maps: fine-tuning did not change what this layer computes for this image."
 
 
 def maps_for(which: str, model) -> torch.Tensor:
@@ -110,7 +121,7 @@ if pair.compared:
     c2.plotly_chart(heatmap(va, "after fine-tuning", lo, hi, "Viridis"), width="stretch", key="fm-after")
     c3.plotly_chart(heatmap(diff, "after − before", -bound, bound, diverging_scale()), width="stretch", key="fm-diff")
     if float(np.nanmax(np.abs(diff))) == 0.0:
-        st.success("Identical maps: this layer was frozen, so fine-tuning did not change what it computes.")
+        st.success(identical_note(group))
 st.caption("Before and after share one colour scale; hover a pixel for its channel and value.")
 
 if pair.compared:
@@ -137,7 +148,8 @@ if pair.compared:
                       margin=dict(l=0, r=0, t=40, b=0), yaxis_range=[0, 1.05])
     fit_title(fig, 30)
     d2.plotly_chart(fig, width="stretch", key="depth-cka")
-    st.caption(f"Grey: frozen groups (change 0, CKA 1). Red: trained groups. CKA over {len(batch)} images of the "
+    st.caption(f"Grey: groups the kept weights never trained (frozen, or unfrozen only after the kept epoch: "
+               f"change 0, CKA 1). Red: trained groups. CKA over {len(batch)} images of the "
                "current dataset; the head is new, so it always changes most.")
 
 st.subheader("Images that excite a channel most")

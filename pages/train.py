@@ -15,11 +15,12 @@ from core.cli import command_for, config_for
 from core.data import augmentation_note, check_split
 from core.data.encoded import encode_images
 from core.errors import UserInputError
-from core.progress import ProgressTracker, fit_phase_units
+from core.progress import ProgressTracker, RunClock, fit_phase_units
 from core.runs.jobs import cancel_waiting, get_job, start_run
+from core.runs.kept import kept_epoch, kept_epoch_number, kept_label, kept_metric, kept_phase, plan_as_run, who_won
 from core.runs.kinds.multitask import start_multitask_run
 from core.runs.tasks import get_queue
-from core.train.base import TrainConfig, augment_batch, config_augmenter
+from core.train.base import HEAD_PATIENCE, TrainConfig, augment_batch, config_augmenter
 from pages.ui.charts import plan_figure
 from pages.ui.links import locked
 from pages.ui.multitask import current_multitask, is_multitask, multitask_options_ui, multitask_split, task_curves
@@ -192,7 +193,8 @@ def launch(variants, compare: bool = False, multitask: dict | None = None) -> No
     st.rerun()
 
 
-def curves(epochs: list[dict], batch_losses) -> go.Figure:
+def curves(epochs: list[dict], batch_losses, kept: int | None = None) -> go.Figure:
+    """Loss and accuracy by epoch; ``kept``: the epoch whose weights the run keeps, marked on both."""
     fig = make_subplots(rows=1, cols=2, subplot_titles=("Loss", "Accuracy"))
     if batch_losses:
         xs, ys = zip(*batch_losses, strict=True)
@@ -204,6 +206,11 @@ def curves(epochs: list[dict], batch_losses) -> go.Figure:
                                       ("train_acc", "train accuracy", "#1f77b4", 2), ("val_acc", "validation accuracy", "#ff7f0e", 2)]:
             fig.add_trace(go.Scatter(x=x, y=[e[key] for e in epochs], name=name, mode="lines+markers",
                                      line=dict(color=color, dash="dot" if key.startswith("train") else "solid")), 1, col)
+    if kept and epochs:
+        for col in (1, 2):
+            fig.add_vline(x=kept, line=dict(color="#2ca02c", dash="dash", width=2), row=1, col=col)
+        fig.add_annotation(x=kept, y=1.02, xref="x2", yref="y2", text=f"kept: epoch {kept}", showarrow=False,
+                           yanchor="bottom", font=dict(color="#2ca02c"))
     fig.update_xaxes(title_text="epoch", rangemode="tozero")
     fig.update_yaxes(range=[0, 1.02], row=1, col=2)
     fig.update_layout(height=360, margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=-0.25))
@@ -227,22 +234,26 @@ def progress_text(snap, record) -> str:
     if info is None or snap.phase not in ("cache", "train"):
         return text
     trackers = ss.setdefault("_progress", {})
-    tracker = trackers.get(snap.run_id)
+    tracker, clock = trackers.get(snap.run_id) or (None, None)
     if tracker is None:
         batch = int(config.get("batch_size", 32))
         views = (int(config.get("cached_views", 3)) if config.get("augment") else 1) if info.cache else 0
         units = fit_phase_units(epochs=info.epochs, batches_per_epoch=info.batches_per_epoch, n_train=info.n_train,
                                 n_val=info.n_val, batch_size=batch, cached_views=views)
-        tracker = trackers[snap.run_id] = ProgressTracker(units, {"cache": batch, "train": batch})
+        tracker = ProgressTracker(units, {"cache": batch, "train": batch})
+        # the time left: caching, the head's epochs and the body's timed apart, early stopping expected
+        clock = RunClock.for_fit(info.__dict__, config, HEAD_PATIENCE)
+        trackers[snap.run_id] = (tracker, clock)
         while len(trackers) > 4:
             trackers.pop(next(iter(trackers)))
     now = time.monotonic()
     tracker.observe(now, snap.progress, snap.phase)
-    estimate = tracker.estimate(now)
+    clock.observe(now, snap.progress, snap.phase, [e.__dict__ for e in snap.epochs])
+    estimate, seconds_left = tracker.estimate(now), clock.seconds_left(now)
     if estimate is None or estimate.phase_seconds_left is None:
         return text
-    if estimate.seconds_left is not None:
-        text += f" — about {math.ceil(estimate.seconds_left)} s left"
+    if seconds_left is not None:
+        text += f" — about {math.ceil(seconds_left)} s left"
     else:
         text += f" — caching: about {math.ceil(estimate.phase_seconds_left)} s left, then {info.epochs} epoch(s)"
     if estimate.images_per_second:
@@ -279,19 +290,20 @@ def show_run(run_id: str, waiting: bool = False) -> bool:
     elif message:
         st.info(plain(message))
     if epochs or batch_losses:
-        st.plotly_chart(curves(epochs, batch_losses), width="stretch", key=f"curves-{run_id}")
+        kept = kept_epoch_number(record) if not running and record.done else None
+        st.plotly_chart(curves(epochs, batch_losses, kept), width="stretch", key=f"curves-{run_id}")
     if epochs and "val_acc_by_task" in epochs[-1]:  # a multi-task run: a curve per task
         st.plotly_chart(task_curves(epochs), width="stretch", key=f"task-curves-{run_id}")
     if epochs and not running:
         hints_ui(epochs, status, message, record.info or {})
     if not is_multitask(record):  # the command line trains one head per run
         command_line_ui(record)
-    plan = record.config.get("plan")
+    plan = plan_as_run(record)
     if plan:
         with st.expander("Strategy timeline: which groups trained in which epoch"):
             st.plotly_chart(plan_figure(plan), width="stretch", key=f"plan-{run_id}")
-    if epochs and not running:
-        final_metrics(epochs[-1], record)
+    if epochs and not running and record.done:
+        final_metrics(record)
     return running and not (waiting and status != "queued")
 
 
@@ -319,21 +331,33 @@ def how_it_trained(info: dict, record) -> None:
                    + ".")
 
 
-def final_metrics(last: dict, record) -> None:
-    """The finished run's headline figures (a multi-task run's per task too)."""
-    c1, c2, c3, c4 = st.columns(4)
-    c1.metric("Validation accuracy", f"{last['val_acc']:.1%}" if not math.isnan(last["val_acc"]) else "—")
-    c2.metric("Validation loss", f"{last['val_loss']:.3f}" if not math.isnan(last["val_loss"]) else "—")
-    c3.metric("Train accuracy", f"{last['train_acc']:.1%}")
-    if record.finished:
-        c4.metric("Time, start to end", f"{record.finished - record.created:.1f} s")
-    by_task = last.get("val_acc_by_task") or {}
+def final_metrics(record) -> None:
+    """The finished run's headline figures, of the weights it keeps (a multi-task run's per task too),
+    and whether those are the warm-up's head or a fine-tuned epoch."""
+    nan = float("nan")
+    kept = kept_epoch(record) or {"val_acc": nan, "val_loss": nan, "train_acc": nan}
+    label = kept_label(record)
+    took = f" Trained in {record.finished - record.created:.1f} s, start to end." if record.finished else ""
+    st.markdown(f"**The model you have** ({label}): the figures below are its own, not the last epoch's.{took}")
+    # three columns, no help icons: at 800 px a fourth metric and the icons cut "100.0%" to "100.…"
+    c1, c2, c3 = st.columns(3)
+    c1.metric("Validation accuracy", percent(kept["val_acc"]))
+    c2.metric("Validation loss", f"{kept['val_loss']:.3f}" if not math.isnan(kept["val_loss"]) else "—")
+    c3.metric("Train accuracy", percent(kept["train_acc"]))
+    by_task = kept.get("val_acc_by_task") or {}
     for column, (task, acc) in zip(st.columns(max(1, len(by_task))), by_task.items(), strict=False):
-        column.metric(f"Validation accuracy: {plain(task)}", f"{acc:.1%}" if not math.isnan(acc) else "—")
-    if math.isnan(last["val_acc"]) and not record.config.get("n_val"):
+        column.metric(f"Validation accuracy: {plain(task)}", percent(acc))
+    won = who_won(record)
+    if won:
+        st.info(won, icon=":material/emoji_events:")
+    if math.isnan(kept["val_acc"]) and not record.config.get("n_val"):
         st.warning("This run had no validation images (every class had a single image, and a class's "
                    "only image goes to training), so nothing measured how well it does. Add more images "
                    "per class on the Data page and train again.")
+
+
+def percent(value) -> str:
+    return "—" if value is None or math.isnan(value) else f"{value:.1%}"
 
 
 def hints_ui(epochs: list[dict], status: str, message: str, info: dict) -> None:
@@ -359,9 +383,15 @@ def compare_ui(runs) -> None:
         epochs = [e.__dict__ for e in snap.epochs] if snap else r.epochs
         x = [e["epoch"] for e in epochs]
         colour = ["#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"][i % 6]
+        kept = kept_epoch(r) if r.done else None
         for col, key in ((1, "val_loss"), (2, "val_acc")):
             fig.add_trace(go.Scatter(x=x, y=[e[key] for e in epochs], name=chart_text(labels[r.id]), legendgroup=r.id,
                                      showlegend=col == 1, mode="lines+markers", line=dict(color=colour)), 1, col)
+            if kept is not None:  # the kept weights: a ring on their epoch
+                fig.add_trace(go.Scatter(x=[kept["epoch"]], y=[kept[key]], legendgroup=r.id, showlegend=False,
+                                         mode="markers", hovertemplate=f"{kept_label(r)}<extra></extra>",
+                                         marker=dict(size=14, color="rgba(0,0,0,0)", line=dict(color=colour, width=2))),
+                              1, col)
     fig.update_yaxes(range=[0, 1.02], row=1, col=2)
     fig.update_xaxes(title_text="epoch")
     fig.update_layout(height=340, margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=-0.25))
@@ -370,11 +400,16 @@ def compare_ui(runs) -> None:
         {"run": labels[r.id], "status": r.status, "backbone": r.backbone, "pretrained": r.pretrained,
          "frozen groups": len(r.config.get("freeze", [])), "epochs": r.config.get("epochs"),
          "lr": r.config.get("lr"), "input px": r.config.get("image_size"),
-         "val acc": r.final(), "val loss": r.final("val_loss"),
+         "val acc": kept_metric(r) if r.done else r.final(),
+         "val loss": kept_metric(r, "val_loss") if r.done else r.final("val_loss"),
+         "kept": kept_label(r).removeprefix("kept: ") if r.done else "(training)",
+         "kept from": {"warm-up": "the warm-up's head", "fine-tuning": "a fine-tuned epoch"}.get(kept_phase(r), ""),
          "seconds": round(r.finished - r.created, 1) if r.finished else None}
         for r in chosen
     ], hide_index=True, width="stretch",
         column_config={"val acc": st.column_config.NumberColumn(format="percent")})
+    st.caption("val acc and val loss are those of the weights each run keeps (its kept epoch, ringed on the "
+               "curves), not of its last epoch.")
 
 
 def comparison_going() -> bool:

@@ -17,6 +17,7 @@ from core.lessons.catalogue import ANALYSIS_RESULTS, Arm, Experiment
 from core.methods import fewshot
 from core.models import backbones
 from core.models.heads import classifier
+from core.runs.kept import kept_epoch
 from core.seeding import seeded
 from core.train.strategies import strategy_config
 
@@ -46,14 +47,14 @@ def arm_config(experiment: Experiment, arm: Arm):
 
 
 def run_results(records: Mapping[str, object]) -> dict[str, dict[str, float]]:
-    """{arm: metrics} from finished run records: the kept (best validation accuracy) epoch's."""
+    """{arm: metrics} from finished run records: those of the epoch whose weights each run keeps."""
     results = {}
     for arm, record in records.items():
         epochs = list(getattr(record, "epochs", None) or [])
-        if not epochs:
+        best = kept_epoch(record) if epochs else None
+        if best is None:
             results[arm] = {}
             continue
-        best = max(epochs, key=lambda e: e.get("val_acc", -1))
         results[arm] = {k: float(best[k]) for k in ("val_acc", "train_acc", "val_loss", "train_loss") if k in best}
         results[arm]["epochs"] = float(len(epochs))
     return results

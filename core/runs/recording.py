@@ -15,6 +15,7 @@ from pathlib import Path
 
 from torch import nn
 
+from core.runs.kept import phase_of
 from core.runs.store import RunStore
 from core.train.base import Callback
 
@@ -178,11 +179,16 @@ def status_of(stopped: str | None) -> str:
 
 
 def ending(history) -> dict:
-    """How the fit ended, for the record: ``stopped`` ("early", "cancelled", "diverged") and, with
-    early stopping, ``best_epoch`` (the epoch whose weights the saved model has)."""
+    """How the fit ended, for the record: ``stopped`` ("early", "cancelled", "diverged"), with early
+    stopping ``best_epoch``, and always ``kept_epoch`` (the epoch whose weights the saved model has,
+    0 for the starting weights) and ``kept_phase`` ("warm-up", "fine-tuning" or "": see core.runs.kept)."""
     out = {"stopped": history.stopped} if history.stopped else {}
     if history.best_epoch is not None:
         out["best_epoch"] = history.best_epoch
+    if history.epochs:
+        kept = history.best_epoch if history.best_epoch is not None else history.epochs[-1].epoch
+        out["kept_epoch"] = kept
+        out["kept_phase"] = phase_of(history.plan, kept)
     return out
 
 

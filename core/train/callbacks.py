@@ -48,6 +48,7 @@ class DivergenceGuard(Callback):
         with torch.no_grad():
             for x, good in zip(self.tensors, self.last_good, strict=True):
                 x.copy_(good)
+        t.history.best_epoch = epoch - 1  # the weights the run keeps (0: the starting ones)
         lr = t.config.lr
         t.request_stop("diverged", f"{self.what} stopped in epoch {epoch}: {why}, which usually means the "
                                    f"learning rate ({lr:g}) is too high. The weights of the last good epoch "

@@ -58,17 +58,26 @@ def fit_title(fig, width: int = 34):
 
 
 def plan_figure(plan: list[dict], title: str = "Which groups train in which epoch"):
-    """A timeline: layer groups (rows, input at the bottom) by epoch, coloured by learning rate."""
+    """A timeline: layer groups (rows, input at the bottom) by epoch, coloured by learning rate.
+
+    The colour follows the multiplier's logarithm and starts well above transparent: on a linear
+    scale from 0 a group training at ×0.1 beside the head's ×1 was drawn at a tenth of the colour,
+    and last-stage fine-tuning's trained stage looked empty."""
     groups = list(plan[0]) if plan else []
-    z = [[epoch[g] if epoch[g] > 0 else None for epoch in plan] for g in groups]
+    rates = sorted({m for epoch in plan for m in epoch.values() if m > 0}) or [1.0]
+    low, high = math.log10(rates[0]), math.log10(rates[-1])
+    low = min(low, high - 1)  # one rate alone: drawn at full colour
+    z = [[math.log10(epoch[g]) if epoch[g] > 0 else None for epoch in plan] for g in groups]
     text = [[f"lr × {epoch[g]:.3g}" if epoch[g] > 0 else "frozen" for epoch in plan] for g in groups]
+    ticks = rates if len(rates) <= 6 else rates[::max(1, len(rates) // 5)]
     fig = go.Figure(go.Heatmap(
-        z=z, x=list(range(1, len(plan) + 1)), y=groups, text=text, colorscale=fading_scale((203, 24, 29)), zmin=0,
+        z=z, x=list(range(1, len(plan) + 1)), y=groups, text=text, zmin=low, zmax=high,
+        colorscale=[[0.0, "rgba(203,24,29,0.35)"], [1.0, "rgba(203,24,29,1)"]],
         hovertemplate="epoch %{x} · %{y}: %{text}<extra></extra>", xgap=2, ygap=2,
-        colorbar=dict(title="lr ×"),
+        colorbar=dict(title="lr ×", tickvals=[math.log10(r) for r in ticks], ticktext=[f"{r:.3g}" for r in ticks]),
     ))
     fig.update_layout(title=title, height=120 + 22 * len(groups), margin=dict(l=0, r=0, t=40, b=0),
-                      xaxis=dict(title="epoch", dtick=1), plot_bgcolor=NEUTRAL_PLOT)
+                      xaxis=dict(title="epoch", dtick=1 if len(plan) <= 20 else None), plot_bgcolor=NEUTRAL_PLOT)
     return fit_title(fig, 60)
 
 

@@ -9,6 +9,7 @@ from core import models
 from core.analysis import transferability
 from core.errors import UserInputError
 from core.runs.jobs import start_run
+from core.runs.kept import kept_metric
 from core.train.base import TrainConfig
 from pages.ui.models import backbone_catalogue, preset_freeze
 from pages.ui.runs import run_status, run_store
@@ -70,7 +71,7 @@ def _comparison(runs: dict[str, dict]) -> None:
     points = []
     for run_id, row in runs.items():
         record = run_store().get(run_id)
-        accuracy = record.final() if record is not None else None
+        accuracy = kept_metric(record) if record is not None else None  # the model each run keeps
         if accuracy is not None and record.status == "finished":
             points.append((row, accuracy))
     if len(points) < len(runs):

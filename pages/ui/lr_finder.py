@@ -36,10 +36,30 @@ def lr_figure(result) -> go.Figure:
     fig.add_trace(go.Scatter(x=[result.suggestion], y=[result.smoothed[i]], mode="markers+text",
                              name="suggested", text=[f"suggested {result.suggestion:.1e}"],
                              textposition="bottom left", marker=dict(size=13, color="#d62728", symbol="x")))
+    lo, hi = useful_range(result)
     fig.update_layout(height=360, margin=dict(l=10, r=10, t=40, b=10), title="Learning-rate range test",
-                      xaxis=dict(type="log", title="learning rate"), yaxis=dict(title="training loss"),
+                      xaxis=dict(type="log", title="learning rate"),
+                      yaxis=dict(title="training loss (the blow-up runs off the top)", range=[lo, hi]),
                       legend=dict(orientation="h", y=-0.25))
     return fig
+
+
+def useful_range(result) -> tuple[float, float]:
+    """The loss axis from just below the smoothed minimum to just above where the loss started: the
+    descent, where the choice is made. Scaled to the blow-up (a loss of 40 after one of 1.6), the
+    descent looked flat."""
+    smoothed = [v for v in result.smoothed if math.isfinite(v)]
+    if not smoothed:
+        return 0.0, 1.0
+    low = min(smoothed)
+    before = smoothed[:smoothed.index(low) + 1]
+    top = max(max(before), smoothed[0])
+    batch = [v for v in result.losses[:len(before)] if math.isfinite(v)]
+    if batch:  # the noisy per-batch losses of the descent too, but not their outliers
+        top = max(top, float(np.percentile(batch, 95)))
+        low = min(low, float(np.percentile(batch, 5)))
+    pad = 0.1 * max(top - low, 1e-6)
+    return max(0.0, low - pad), top + pad
 
 
 def sweep_running(entry) -> bool:

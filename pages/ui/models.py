@@ -15,7 +15,7 @@ from core.devices import describe_device, pick_device
 from core.errors import UserInputError
 from core.train.base import TrainConfig
 from core.train.strategies import strategy_config
-from pages.ui.runs import finished_runs, frozen_groups, run_option, run_store
+from pages.ui.runs import finished_runs, run_option, run_store, unchanged_groups, weights_caption
 from pages.ui.text import plain
 
 __all__ = ["ModelChoice", "PRESETS", "KEPT_SETTINGS", "preset_config", "preset_freeze", "device_label",
@@ -166,7 +166,7 @@ def run_models(run_id: str | None, backbone: str = models.DEFAULT_BACKBONE) -> M
         def build():
             after = store.load_model(run_id)
             return ModelPair(store.load_starting_model(run_id), after, after.preprocess, after.layer_groups,
-                             after.classes, frozen_groups(store.get(run_id)), True)
+                             after.classes, unchanged_groups(store.get(run_id)), True)
 
         return session_model(("run", run_id), build, weight=2)
 
@@ -186,7 +186,10 @@ def model_picker(label: str = "Model"):
     index = options.index(current) if current in options else (1 if runs else 0)
     run_id = st.selectbox(label, options, index=index,
                           format_func=lambda r: names.get(r, r) if r else "Pretrained EfficientNet-Lite0 alone (ImageNet)")
-    return run_id, (run_store().get(run_id) if run_id else None)
+    record = run_store().get(run_id) if run_id else None
+    if record is not None and weights_caption(record):
+        st.caption(f":material/history: {weights_caption(record)}")
+    return run_id, record
 
 
 def image_picker(key: str):

@@ -9,12 +9,13 @@ import streamlit as st
 from core.cli import OWNER
 from core.models import DEFAULT_BACKBONE
 from core.runs.jobs import get_job, snapshot_of
+from core.runs.kept import kept_label, kept_metric, kept_phase, trained_groups_by
 from core.runs.store import RunStore
 from core.runs.uploads import UploadStore
 from core.settings import get_settings
 
-__all__ = ["run_store", "upload_store", "my_runs", "run_status", "stop_run", "run_curves", "run_progress",
-           "frozen_groups", "first_trained_epoch", "run_strategy", "describe_run", "run_option", "finished_runs"]
+__all__ = ["run_store", "upload_store", "my_runs", "run_status", "stop_run", "run_curves", "run_progress", "waiting_text",
+           "frozen_groups", "unchanged_groups", "weights_caption", "first_trained_epoch", "run_strategy", "describe_run", "run_option", "finished_runs"]
 
 
 def run_store() -> RunStore:
@@ -76,11 +77,20 @@ def run_curves(snap, record) -> tuple[list[dict], tuple, str]:
 def run_progress(run_id: str, snap, text, stop_label: str = "Stop", can_stop: bool = True) -> None:
     """A going run's place in the queue, or its progress bar with ``text()``, and its Stop button."""
     if snap.status == "queued":
-        st.info(f"Waiting for a free training slot: number {snap.queue_position or 1} in the queue.")
+        st.info(waiting_text(snap.queue_position))
     else:
         st.progress(snap.progress, text=text())
     if can_stop and st.button(stop_label, icon=":material/stop:"):
         stop_run(run_id)
+
+
+def waiting_text(position: int | None) -> str:
+    """What a run that has not started training says: its place in the line only while it waits in
+    one. Before it joins the line it is saving its images (2-4 s on a busy server), and with nothing
+    queued "number 1 in the queue" told a student to wait for others who were not there."""
+    if position is None:
+        return "Getting the run ready: saving its images for the training process…"
+    return f"Waiting for a free training slot: number {position} in the queue."
 
 
 def frozen_groups(record) -> list[str]:
@@ -91,6 +101,28 @@ def frozen_groups(record) -> list[str]:
     if not plan:
         return list(record.config.get("freeze", []))
     return [g for g in plan[0] if all(epoch.get(g, 0) <= 0 for epoch in plan)]
+
+
+def unchanged_groups(record) -> list[str]:
+    """The layer groups the run's kept weights have never trained: those frozen throughout, and
+    those that unfroze only after the kept epoch (a progressive run kept before a stage joined)."""
+    trained = trained_groups_by(record)
+    if trained is None:
+        return frozen_groups(record)
+    return [g for g in record.config["plan"][0] if g not in trained]
+
+
+def weights_caption(record) -> str:
+    """Which epoch's weights a page shows for a run, and which groups had not trained by then."""
+    label = kept_label(record)
+    if not label:
+        return ""
+    phase = {"warm-up": " (the warm-up's head: the body had not trained yet)",
+             "fine-tuning": " (a fine-tuned epoch)"}.get(kept_phase(record), "")
+    late = [g for g in unchanged_groups(record) if g in first_trained_epoch(record)]
+    later = (f" {', '.join(late)} trained only after that epoch, so these weights still hold "
+             "their starting values there." if late else "")
+    return f"The run's model: the weights it keeps, {label}{phase}.{later}"
 
 
 def first_trained_epoch(record) -> dict[str, int]:
@@ -140,9 +172,12 @@ def describe_run(record) -> str:
 
 
 def run_option(record) -> str:
-    """A run in a picker: its description and, when it has one, its final validation accuracy."""
-    final = record.final()
-    accuracy = f" · val acc {final:.0%}" if final is not None and final == final else ""
+    """A run in a picker: its description and, when it has one, the validation accuracy of the
+    weights it keeps (with their epoch), e.g. "… · val acc 90.0 % (kept: epoch 16 of 29)"."""
+    if not record.done:
+        return describe_run(record)
+    kept = kept_metric(record)
+    accuracy = f" · val acc {kept:.1%} ({kept_label(record)})" if kept is not None and kept == kept else ""
     return f"{describe_run(record)}{accuracy}"
 
 

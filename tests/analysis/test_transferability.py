@@ -157,6 +157,9 @@ def test_rank_backbones_can_add_the_random_weight_baseline_which_ranks_below_pre
     assert [r["pretrained"] for r in rows] == [True, False]
     assert rows[0]["logme"] > rows[1]["logme"]
     assert "random weights" in rows[1]["title"]
+    # the count beside LogME is the Model page's: the backbone with a new head for these three classes
+    model = models.classifier(models.load(), 3)
+    assert rows[0]["params"] == rows[1]["params"] == sum(p.numel() for p in model.parameters())
 
 
 def test_more_features_than_images_still_gives_the_evidence_of_its_gaussian():

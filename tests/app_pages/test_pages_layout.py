@@ -41,4 +41,18 @@ def test_zero_is_transparent_so_the_theme_background_shows(scale):
 def test_the_plan_chart_has_no_light_plot_area_of_its_own():
     fig = plan_figure([{"stem": 0.0, "head": 1.0}, {"stem": 0.1, "head": 1.0}])
     assert fig.layout.plot_bgcolor == NEUTRAL_PLOT and alpha(NEUTRAL_PLOT) < 0.5
-    assert alpha(fig.data[0].colorscale[0][1]) == 0
+    assert fig.data[0].z[0][0] is None  # a frozen cell is not drawn: the theme's background shows
+
+
+def test_a_group_training_at_a_tenth_of_the_heads_rate_is_plainly_coloured_in_the_plan():
+    # last-stage fine-tuning: stage7 at ×0.1 beside the head's ×1 looked like an empty row
+    plan = [{"stage6": 0.0, "stage7": 0.1, "head": 1.0}] * 4
+    heat = plan_figure(plan).data[0]
+    row = list(heat.y).index("stage7")
+    z = heat.z[row][0]
+    zmax = heat.zmax if heat.zmax is not None else max(v for r in heat.z for v in r if v is not None)
+    zmin = heat.zmin if heat.zmin is not None else 0
+    position = (z - zmin) / (zmax - zmin)
+    (s0, c0), (s1, c1) = heat.colorscale[0], heat.colorscale[-1]
+    opacity = alpha(c0) + (alpha(c1) - alpha(c0)) * (position - s0) / (s1 - s0)
+    assert opacity >= 0.3, opacity

@@ -72,11 +72,12 @@ def test_train_creates_a_run_the_app_can_open_and_prints_json_last(tmp_path, cap
     out = capsys.readouterr().out.strip().splitlines()
     result = json.loads(out[-1])
     assert code == 0
-    assert set(result) == {"run_id", "status", "val_acc", "world_size"}
+    assert set(result) == {"run_id", "status", "val_acc", "kept_epoch", "epochs", "world_size"}
     assert result["status"] == "finished" and result["world_size"] == 1
     store = RunStore(tmp_path / "data")
     record = store.get(result["run_id"])
     assert record.owner == cli.OWNER and record.info["world_size"] == 1
+    assert result["kept_epoch"] == record.info["kept_epoch"] == 1 and result["epochs"] == 1
     assert math.isclose(record.final(), result["val_acc"])
     assert [r.id for r in store.list(owner=cli.OWNER)] == [result["run_id"]]
     assert store.load_model(result["run_id"]).classes == record.classes
@@ -184,8 +185,29 @@ def test_export_and_list_work_on_a_finished_run(tmp_path, capsys):
     assert cli.main(["list", "--json", "--data-dir", data_dir]) == 0
     listed = json.loads(capsys.readouterr().out)
     assert [(r["run_id"], r["owner"]) for r in listed] == [(run_id, cli.OWNER)]
+    latest = tmp_path / "out" / "latest.safetensors"  # "latest": the newest run, so the README's example runs as written
+    assert cli.main(["export", "latest", "--format", "safetensors", "--out", str(latest), "--data-dir", data_dir]) == 0
+    assert json.loads(capsys.readouterr().out)["run_id"] == run_id
+    assert cli.main(["export", "latest", "--format", "onnx", "--out", str(out), "--data-dir", str(tmp_path / "e")]) == 2
+    assert "train one first" in capsys.readouterr().err
     assert cli.main(["export", "f" * 16, "--format", "onnx", "--out", str(out), "--data-dir", data_dir]) == 2
     assert "No run" in capsys.readouterr().err
+
+
+def test_list_reports_the_accuracy_of_the_weights_a_run_keeps(tmp_path, capsys):
+    from core.runs.store import RunRecord
+
+    store = RunStore(tmp_path / "data")
+    epochs = [{"epoch": n, "val_acc": acc, "val_loss": 1 - acc, "train_acc": 1.0, "train_loss": 0.1}
+              for n, acc in enumerate([0.6, 0.9, 0.775], start=1)]
+    store.create(RunRecord(id="a" * 16, status="finished", created=1.0, backbone="resnet18", pretrained=True,
+                           classes=["a", "b"], config={}, epochs=epochs, info={"best_epoch": 2, "kept_epoch": 2}))
+    assert cli.main(["list", "--data-dir", str(tmp_path / "data")]) == 0
+    line = capsys.readouterr().out
+    assert "90.0%" in line and "77.5%" not in line and "kept: epoch 2 of 3" in line
+    assert cli.main(["list", "--json", "--data-dir", str(tmp_path / "data")]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert (listed[0]["val_acc"], listed[0]["kept_epoch"], listed[0]["epochs"]) == (0.9, 2, 3)
 
 
 # --- under torchrun: two processes on the CPU with gloo -------------------------------------

@@ -125,14 +125,20 @@ def test_a_missing_or_undefined_value_never_matches():
     assert math.isnan(check_outcome(lesson, {"pretrained": {"val_acc": 0.9}}).values["scratch.val_acc"])
 
 
-def test_run_results_read_each_arms_best_epoch():
+def test_run_results_read_the_epoch_each_arm_keeps_not_its_best_or_last():
     class Record:
-        def __init__(self, accs):
-            self.epochs = [{"val_acc": a, "train_acc": 1.0, "val_loss": 1 - a, "train_loss": 0.1} for a in accs]
+        def __init__(self, accs, kept=None):
+            self.epochs = [{"epoch": n, "val_acc": a, "train_acc": 1.0, "val_loss": 1 - a, "train_loss": 0.1}
+                           for n, a in enumerate(accs, start=1)]
+            self.info = {"kept_epoch": kept} if kept else {}
+            self.status, self.config = "finished", {}
 
-    results = lessons.run_results({"pretrained": Record([0.5, 0.9, 0.8]), "scratch": Record([])})
-    assert results["pretrained"]["val_acc"] == 0.9 and results["pretrained"]["val_loss"] == pytest.approx(0.1)
-    assert results["pretrained"]["epochs"] == 3
+    results = lessons.run_results({"pretrained": Record([0.5, 0.7, 0.9, 0.8], kept=2),
+                                   "plain": Record([0.5, 0.9, 0.8]), "scratch": Record([])})
+    # early stopping kept epoch 2 (lowest validation loss in its run): the lesson judges that model
+    assert results["pretrained"]["val_acc"] == 0.7 and results["pretrained"]["val_loss"] == pytest.approx(0.3)
+    assert results["pretrained"]["epochs"] == 4
+    assert results["plain"]["val_acc"] == 0.8  # no early stopping: the last epoch's weights are the model
     assert results["scratch"] == {}
 
 

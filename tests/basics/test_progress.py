@@ -68,3 +68,39 @@ def test_fit_phase_units_counts_cache_batches_per_view_and_the_validation_pass()
     units = fit_phase_units(epochs=3, batches_per_epoch=4, n_train=30, n_val=10, batch_size=8, cached_views=3)
     assert units == {"cache": 4 * 3 + 2, "train": 12}
     assert fit_phase_units(epochs=3, batches_per_epoch=4, n_train=30, n_val=10, batch_size=8)["cache"] == 0
+
+
+def test_the_run_clock_prices_fine_tuning_epochs_the_warm_up_has_not_run_yet():
+    from core.progress import BODY_EPOCH_COST, RunClock
+
+    # Fine-tune all: 64 training and 16 validation images, batches of 16, one cached view a second
+    # per batch (4 s a view), a 4-epoch warm-up of the head then 6 body epochs, patience 5
+    info = {"epochs": 10, "batches_per_epoch": 4, "n_train": 64, "n_val": 16, "cache": "warmup"}
+    config = {"batch_size": 16, "augment": False, "warmup_epochs": 4, "early_stopping": 5}
+    clock = RunClock.for_fit(info, config, head_patience=8)
+    clock.observe(0.0, 0.0, "cache", [])
+    clock.observe(4.0, 4 / 44, "cache", [])  # one view of 4 batches cached in 4 s
+    ended = []
+    for n in range(1, 5):  # the head's epochs: a tenth of a second each
+        ended.append({"epoch": n, "val_loss": 1.0 / n})
+        clock.observe(4.0 + 0.1 * n, (4 + 4 * n) / 44, "train", list(ended))
+    body = 4.0 * (BODY_EPOCH_COST * 64 + 16) / 64  # the body's epoch, guessed from caching's speed
+    # the old estimator said a second or two here: 24 of 44 units done at the head's speed
+    assert clock.seconds_left(4.4) == pytest.approx(6 * body, rel=0.01)
+    ended.append({"epoch": 5, "val_loss": 0.1})
+    clock.observe(4.4 + 20.0, 24 / 44, "train", list(ended))  # the first body epoch really took 20 s
+    assert clock.seconds_left(24.4) == pytest.approx(5 * 20.0, rel=0.01)
+
+
+def test_the_run_clock_expects_early_stopping_to_end_a_run_before_its_planned_epochs():
+    from core.progress import RunClock
+
+    info = {"epochs": 60, "batches_per_epoch": 2, "n_train": 64, "n_val": 16, "cache": ""}
+    clock = RunClock.for_fit(info, {"batch_size": 32, "early_stopping": 8}, head_patience=8)
+    ended = []
+    clock.observe(0.0, 0.0, "train", [])
+    for n in range(1, 11):  # 1 s an epoch; the best validation loss at epoch 6
+        ended.append({"epoch": n, "val_loss": abs(n - 6) + 1.0})
+        clock.observe(float(n), n / 60, "train", list(ended))
+    # four epochs of patience left, and as many again for one more improvement: 12 s, not 50
+    assert clock.seconds_left(10.0) == 12.0

@@ -53,3 +53,37 @@ def test_every_dotted_name_the_api_guide_gives_exists():
             _resolve(dotted)
         except (ModuleNotFoundError, AttributeError):
             raise AssertionError(f"docs/API.md names {dotted}, which does not exist") from None
+
+
+def _readme_commands() -> list[list[str]]:
+    """Each ``python -m core.cli`` / ``torchrun … -m core.cli`` line of the README's bash blocks, as
+    the arguments after ``core.cli``."""
+    import shlex
+
+    readme = (ROOT / "README.md").read_text()
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", readme, flags=re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = line.split("#")[0].strip()
+            if "-m core.cli" in line:
+                commands.append(shlex.split(line.split("-m core.cli", 1)[1]))
+    return commands
+
+
+def test_the_readmes_command_lines_parse_and_every_file_they_name_is_in_a_fresh_clone():
+    from core import cli
+    from core.models import backbones
+
+    commands = _readme_commands()
+    assert len(commands) >= 6
+    for args in commands:
+        parsed = cli.parser().parse_args(args)  # an unknown or missing argument exits here
+        if parsed.command != "train":
+            continue
+        assert parsed.data.startswith("demo:") or parsed.data == "my-photos.zip", parsed.data
+        if parsed.config:  # a settings file the repository has, which fits the preset and backbone
+            assert (ROOT / parsed.config).is_file(), f"the README names {parsed.config}, which a clone lacks"
+            cli.read_config(str(ROOT / parsed.config), backbones.group_names(parsed.backbone), parsed.strategy)
+    # the first lines need nothing but the clone: the demo set, the bundled backbone and shipped files
+    first = [a for a in commands if "my-photos.zip" not in a and "RUN_ID" not in a]
+    assert [a[0] for a in first[:4]] == ["train", "train", "list", "export"]

@@ -179,6 +179,7 @@ def test_non_finite_batchnorm_statistics_count_as_divergence_and_are_restored():
     assert history.stopped == "diverged"
     assert "BatchNorm" in history.message
     assert len(history.epochs) == 1
+    assert history.best_epoch == 1  # the weights put back are epoch 1's: the run says it keeps them
     assert all(torch.isfinite(b).all() for b in model.buffers())
     assert torch.isfinite(model(torch.randn(2, 3, 16, 16))).all()
 
