@@ -52,9 +52,10 @@ pages = {
 st.set_option("client.showSidebarNavigation", True)
 navigation = st.navigation(pages)
 sidebar()
-with st.sidebar:
-    classroom_link_ui()
+link_slot = st.sidebar.container()  # filled after the page: the link carries what the page just set
 try:
     run_page(navigation)
 finally:  # also after st.stop() / st.rerun() in a page: the address bar follows what the page just set
     sync_link()
+    with link_slot:
+        classroom_link_ui()

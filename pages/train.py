@@ -27,6 +27,7 @@ from pages.ui.runs import describe_run, my_runs, run_curves, run_option, run_pro
 from pages.ui.session import bootstrap, current_split, owns, select_run
 from pages.ui.tasks import follow
 from pages.ui.text import chart_text, plain
+from pages.ui.workspace import workspace
 
 bootstrap()  # first, before the session is read: see bootstrap's docstring
 
@@ -52,8 +53,8 @@ LRS = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 2e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 def settings_ui() -> TrainConfig:
     """The preset's settings (from the Model page's strategy), shown and editable; nothing is rebuilt
     from scratch, so fields not shown here (weight decay, cached views, ...) keep the preset's values."""
-    cfg: TrainConfig = ss.train_config
-    mc = ss.model_choice
+    ws = workspace()
+    cfg, mc = ws.config, ws.model
     with st.expander(f"Training settings — {mc.strategy}", expanded=False):
         c1, c2, c3, c4 = st.columns(4)
         epochs = c1.number_input("Epochs", 1, 500, cfg.epochs, disabled=locked("epochs"),
@@ -90,14 +91,12 @@ def settings_ui() -> TrainConfig:
             st.caption(f":material/info: {note}")
         if augment and st.toggle("Preview augmented images", key="aug-preview"):
             preview_augmentation(replace(cfg, image_size=int(size), flip=flip, color_jitter=jitter), int(seed))
-    ss.train_config = replace(
-        cfg, epochs=int(epochs), batch_size=int(batch), lr=float(lr), freeze=list(mc.freeze),
-        lr_multipliers=dict(mc.lr_multipliers), seed=int(seed), optimizer=optimizer, schedule=schedule,
-        augment=augment, flip=bool(flip), color_jitter=bool(jitter), image_size=int(size),
-        unfreeze_every=mc.unfreeze_every, train_bn=mc.train_bn, early_stopping=int(patience),
-        warmup_epochs=min(int(warmup), max(0, int(epochs) - 1)),
-    )
-    return ss.train_config
+    shown = dict(epochs=int(epochs), batch_size=int(batch), lr=float(lr), seed=int(seed), optimizer=optimizer,
+                 schedule=schedule, augment=augment, flip=bool(flip), color_jitter=bool(jitter), image_size=int(size),
+                 early_stopping=int(patience), warmup_epochs=int(warmup))
+    # only what the person changed here counts as theirs: a later preset keeps it
+    ws.change(by_hand=True, **{k: v for k, v in shown.items() if v != getattr(cfg, k)})
+    return ws.config
 
 
 def augmentation_advice() -> str:
