@@ -208,6 +208,12 @@ def init_workspace() -> None:
         preset = preset_config("Feature extraction", models.group_names(models.DEFAULT_BACKBONE))
         ss.model_choice = ModelChoice(freeze=list(preset.freeze), lr_multipliers=dict(preset.lr_multipliers))
     ss.setdefault("train_config", TrainConfig())
+    mc, cfg = ss.model_choice, ss.train_config
+    shared = {name: _copy(getattr(mc, name)) for name in (*_SHARED, "train_bn")}
+    if any(getattr(cfg, name) != value for name, value in shared.items()):
+        # what trains is what the Model page shows: a config set from elsewhere (a test, an older
+        # session) takes the model choice's frozen groups, rates and pace
+        ss.train_config = replace(cfg, **shared)
     if "current_run" not in ss:
         run_id = st.query_params.get("run", "")
         ss.current_run = run_id if is_run_id(run_id) else None

@@ -147,4 +147,4 @@ def test_the_sidebar_names_the_run_on_screens_own_strategy_beside_the_next_runs(
     widget(at.radio, "Strategy").set_value("Progressive unfreezing").run()
     captions = [c.value for c in at.sidebar.caption]
     assert any(c.startswith("Next run:") and c.endswith("Progressive unfreezing") for c in captions), captions
-    assert f"Run on screen: `{run_id}` — Feature extraction" in captions, captions
+    assert f"Run on screen: `{run_id}` — Feature extraction" in captions, [c for c in captions if "Run" in c]
