@@ -453,9 +453,11 @@ model_key, backbone, load, default_size = model_ui()
 facts = backbone_facts(backbone)
 groups = facts["groups"]
 layers = [domain.HEAD_INPUT] + [modules[-1] for _, modules in groups]
-c1, c2, c3, c4 = st.columns([3, 2, 2, 1])
-layer = c1.selectbox("Layer", layers, format_func=lambda name: layer_label(name, groups),
+# the layer's names are long ("head input (pooled features)"): a row of their own, so an 800 px
+# projector shows them whole; the three short choices share the next
+layer = st.selectbox("Layer", layers, format_func=lambda name: layer_label(name, groups),
                      help="A group's features are its last module's output averaged over space.")
+c2, c3, c4 = st.columns([2, 2, 1])
 kernel = c2.radio("Kernel", ["median", "multi"], index=["median", "multi"].index(page_choice("kernel")),
                   horizontal=True, disabled=locked("kernel"),
                   format_func=lambda k: "one (median heuristic)" if k == "median" else "five (DAN multi-kernel)")

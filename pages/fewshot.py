@@ -199,7 +199,9 @@ def meta_ui(ds, split, n_way: int, k_shot: int, episodes: int, label: str) -> No
              f"task like any training run, on {n_way}-way {k_shot}-shot episodes (the settings above), and is "
              f"then scored on {episodes} episodes of the novel classes with 1 and with 5 shots.")
     c1, c2, c3 = st.columns(3)
-    method = c1.selectbox("Method", list(fewshot.META_METHODS)[::-1], format_func=LABELS.get)
+    # short names: a third of an 800 px projector's page; the long ones are in the Methods list above
+    method = c1.selectbox("Method", list(fewshot.META_METHODS)[::-1], format_func=SHORT.get,
+                          help=" · ".join(LABELS[m] for m in list(fewshot.META_METHODS)[::-1]))
     epochs = c2.slider("Epochs", 1, 10, 3)
     default = fewshot.meta_config(method)
     per_epoch = c3.slider("Episodes per epoch", 10, 200, default.episodes, step=10,
