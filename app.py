@@ -17,6 +17,17 @@ from pages.ui.session import init_session, link_notes, run_page, sidebar
 ICON = Path(__file__).resolve().parent / "assets" / "icon.png"
 st.set_page_config(page_title="Transfer Lab", page_icon=str(ICON), layout="wide")
 st.logo(str(ICON), size="large")
+# A projector's 800 px: the sidebar's 300 px would leave the page 500; narrower, it leaves 600 (and
+# its collapse arrow folds it away). Labels of buttons and checkboxes wrap instead of ending in "…"
+# in a narrow column. Only a style: nothing of the person's is in it.
+st.html("<style>@media (max-width: 900px) { section[data-testid='stSidebar'] { width: 200px !important; "
+        "min-width: 200px !important; max-width: 200px !important; } } "
+        "[data-testid=stMain] button [data-testid=stMarkdownContainer] p, "
+        "[data-testid=stMain] [data-testid=stCheckbox] [data-testid=stMarkdownContainer] p "
+        "{ white-space: normal !important; overflow: visible !important; text-overflow: clip !important; } "
+        "[data-testid=stMain] button [data-testid=stMarkdownContainer], "
+        "[data-testid=stMain] [data-testid=stCheckbox] [data-testid=stMarkdownContainer] { overflow: visible !important; }"
+        "</style>")
 
 init_session()
 apply_link()
@@ -52,9 +63,10 @@ pages = {
 st.set_option("client.showSidebarNavigation", True)
 navigation = st.navigation(pages)
 sidebar()
-with st.sidebar:
-    classroom_link_ui()
+link_slot = st.sidebar.container()  # filled after the page: the link carries what the page just set
 try:
     run_page(navigation)
 finally:  # also after st.stop() / st.rerun() in a page: the address bar follows what the page just set
     sync_link()
+    with link_slot:
+        classroom_link_ui()

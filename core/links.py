@@ -6,7 +6,10 @@ sections hidden. ``decode`` never raises: a parameter it does not know, or a val
 use, is left out with a note saying why, so a mistyped link still opens the app.
 
 Settings are plain values (``epochs`` an int, ``freeze`` a list of group names, ...). ``encode``
-writes only those that differ from ``DEFAULTS``, so an untouched setup is a short link. The
+writes only those that differ from what the setup's strategy starts with (``defaults_for``: the
+strategy's preset over ``DEFAULTS``), so an untouched setup is a short link, and the app, which
+puts back a strategy's preset before the link's own values, gets every setting back:
+``complete(decode(encode(s))[0]) == complete(s)``. The
 owner and run parameters (``u``, ``run``) and access tokens belong to other parts of the app:
 they are in ``FOREIGN`` and are neither read nor reported here.
 """
@@ -18,14 +21,19 @@ from collections.abc import Callable, Mapping
 
 from core.models import backbones
 from core.train.base import TrainConfig
+from core.train.strategies import strategy_config
 
-__all__ = ["DEFAULTS", "IMAGE_SIZES", "LEARNING_RATES", "LOCKABLE", "SECTIONS", "STRATEGIES", "FOREIGN", "KEYS",
-           "encode", "decode"]
+__all__ = ["DEFAULTS", "IMAGE_SIZES", "BATCH_SIZES", "SALIENCY_METHODS", "LEARNING_RATES", "LOCKABLE", "SECTIONS", "STRATEGIES",
+           "FOREIGN", "KEYS", "TRAINING_KEYS", "defaults_for", "complete", "encode", "decode"]
 
 STRATEGIES = ("feature_extraction", "last_stage", "full", "discriminative", "progressive", "custom")
 SALIENCY_METHODS = ("gradient", "smoothgrad", "integrated_gradients", "gradcam", "occlusion")
 IMAGE_SIZES = (96, 128, 160, 224)  # the Train page's choices
-LEARNING_RATES = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
+BATCH_SIZES = (4, 8, 16, 32, 64)
+# The Train page's steps; a link also carries any other rate the app sets (a preset's 0.002, the
+# LR finder's two significant digits) between MIN_LR and MAX_LR.
+LEARNING_RATES = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 2e-3, 3e-3, 1e-2, 3e-2, 1e-1)
+MIN_LR, MAX_LR = 1e-7, 1.0
 
 # What a link may lock (shown but disabled for students), with the words the builder shows.
 LOCKABLE = {
@@ -67,6 +75,15 @@ DEFAULTS: dict = {
     "lr": _PRESET.lr,
     "seed": _PRESET.seed,
     "size": _PRESET.image_size,
+    "batch": _PRESET.batch_size,
+    "patience": _PRESET.early_stopping,
+    "warmup": _PRESET.warmup_epochs,
+    "augment": _PRESET.augment,
+    "flip": _PRESET.flip,
+    "jitter": _PRESET.color_jitter,
+    "optimizer": _PRESET.optimizer,
+    "schedule": _PRESET.schedule,
+    "train_bn": _PRESET.train_bn,
     "sal_methods": ["gradient", "gradcam"],
     "kernel": "median",
     "picture": "pca",
@@ -74,6 +91,31 @@ DEFAULTS: dict = {
     "hide": [],
 }
 KEYS = tuple(DEFAULTS)
+# Link key -> the TrainConfig field it carries.
+TRAINING_KEYS = {"epochs": "epochs", "lr": "lr", "seed": "seed", "size": "image_size", "batch": "batch_size",
+                 "patience": "early_stopping", "warmup": "warmup_epochs", "augment": "augment", "flip": "flip",
+                 "jitter": "color_jitter", "optimizer": "optimizer", "schedule": "schedule", "train_bn": "train_bn",
+                 "unfreeze_every": "unfreeze_every"}
+# The app's strategy codes and the core preset each puts back ("custom" keeps what is set).
+_PRESET_OF = {"feature_extraction": "feature_extraction", "last_stage": "last_stage", "full": "full",
+              "discriminative": "full", "progressive": "progressive"}
+
+
+def defaults_for(settings: Mapping) -> dict:
+    """What a setup starts with before its link's values: ``DEFAULTS`` with its strategy's preset
+    (on its backbone's layer groups) for the training settings a preset decides."""
+    strategy = settings.get("strategy") or DEFAULTS["strategy"]
+    if strategy not in _PRESET_OF:
+        return dict(DEFAULTS)
+    groups = backbones.group_names(settings.get("backbone") or DEFAULTS["backbone"])
+    preset = strategy_config(_PRESET_OF[strategy], groups)
+    fixed = ("seed", "size", "flip", "jitter", "optimizer", "schedule", "train_bn")  # data, not strategy
+    return {**DEFAULTS, **{k: getattr(preset, f) for k, f in TRAINING_KEYS.items() if k not in fixed}}
+
+
+def complete(settings: Mapping) -> dict:
+    """``settings`` with every key of ``KEYS``: those left out take ``defaults_for(settings)``."""
+    return {**defaults_for(settings), **{k: v for k, v in settings.items() if v is not None and k in DEFAULTS}}
 
 
 class _Bad(ValueError):
@@ -108,7 +150,9 @@ def _rate(text: str, _so_far: dict) -> float:
     for rate in LEARNING_RATES:  # "0.0003" and "3e-4" name the same choice
         if math.isclose(value, rate, rel_tol=1e-6):
             return rate
-    raise _Bad(f"use one of {', '.join(f'{r:g}' for r in LEARNING_RATES)}")
+    if not (math.isfinite(value) and MIN_LR <= value <= MAX_LR):
+        raise _Bad(f"use a rate from {MIN_LR:g} to {MAX_LR:g}, e.g. one of {', '.join(f'{r:g}' for r in LEARNING_RATES)}")
+    return value
 
 
 def _bool(text: str, _so_far: dict) -> bool:
@@ -182,6 +226,15 @@ _PARSERS: dict[str, Callable[[str, dict], object]] = {
     "lr": _rate,
     "seed": _int(0, 10_000),
     "size": _int(32, 512, IMAGE_SIZES),
+    "batch": _int(1, 1024, BATCH_SIZES),
+    "patience": _int(0, 100),
+    "warmup": _int(0, 100),
+    "augment": _bool,
+    "flip": _bool,
+    "jitter": _bool,
+    "optimizer": _choice(("adamw", "sgd")),
+    "schedule": _choice(("cosine", "onecycle", "constant")),
+    "train_bn": _bool,
     "sal_methods": _subset(SALIENCY_METHODS),
     "kernel": _choice(("median", "multi")),
     "picture": _choice(("pca", "tsne")),
@@ -191,24 +244,31 @@ _PARSERS: dict[str, Callable[[str, dict], object]] = {
 assert tuple(_PARSERS) == KEYS
 
 
+def _number(value: float) -> str:
+    short = f"{value:g}"
+    return short if float(short) == value else repr(float(value))  # a rate of 17 digits comes back whole
+
+
 def _text(value) -> str:
     if isinstance(value, bool):
         return "1" if value else "0"
     if isinstance(value, float):
-        return f"{value:g}"
+        return _number(value)
     if isinstance(value, dict):
-        return ",".join(f"{k}:{v:g}" for k, v in value.items())
+        return ",".join(f"{k}:{_number(v)}" for k, v in value.items())
     if isinstance(value, (list, tuple)):
         return ",".join(map(str, value))
     return str(value)
 
 
 def encode(settings: Mapping) -> dict[str, str]:
-    """Query parameters for ``settings``: the keys of ``KEYS`` whose values differ from ``DEFAULTS``."""
+    """Query parameters for ``settings``: the keys of ``KEYS`` whose values differ from what the
+    setup's strategy starts with (``defaults_for``)."""
+    defaults = defaults_for(settings)
     params = {}
     for key in KEYS:
         value = settings.get(key)
-        if value is None or value == DEFAULTS[key]:
+        if value is None or value == defaults[key]:
             continue
         params[key] = _text(value)
     return params

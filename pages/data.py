@@ -16,6 +16,7 @@ from pages.ui.charts import category_axes
 from pages.ui.links import hidden, locked
 from pages.ui.session import DEMO_LABEL, bootstrap, demo
 from pages.ui.text import chart_text, plain
+from pages.ui.workspace import workspace
 
 bootstrap()  # first, before the session is read: see bootstrap's docstring
 
@@ -37,10 +38,11 @@ if "dataset_base" not in ss:
 
 def use_dataset(ds, base: tuple | None, report=None, label: str | None = None, keep_tasks: bool = False) -> None:
     """Make ``ds`` the session's dataset; ``base`` is (name, classes) of the set it started from."""
-    ss.dataset_base = base
     name, classes = base or ("", ())
-    ss.dataset, ss.load_report = ds, report
-    ss.dataset_label = label or data.dataset_name(ds.classes, name, classes)
+    if not workspace().set_dataset(ds, label or data.dataset_name(ds.classes, name, classes), report):
+        st.error("Your teacher's link locks the dataset: it stays as it is.")
+        return
+    ss.dataset_base = base
     if not keep_tasks:
         ss.pop("multitask", None)
 

@@ -21,6 +21,7 @@ from pages.ui.runs import run_status, run_store, waiting_text
 from pages.ui.session import DEMO_LABEL, bootstrap, demo
 from pages.ui.tasks import follow, store_result, stored_result
 from pages.ui.text import plain
+from pages.ui.workspace import workspace
 
 bootstrap()  # first, before the session is read: see bootstrap's docstring
 
@@ -32,7 +33,8 @@ st.write(
     "more than chance, and adaptation (DAN) trains the network to close it."
 )
 
-SETS = {"source": f"{DEMO_LABEL} — source look", "target": f"{DEMO_LABEL} — target look", "current": None}
+SETS = {"source": f"{DEMO_LABEL} — source look", "target": f"{DEMO_LABEL} — target look", "current": None,
+        "second": None}
 CONTROL = "Two halves of one dataset (control)"
 SIZES = [64, 96, 128, 160, 224]
 
@@ -56,34 +58,75 @@ def keep(name: str, value):
     return value
 
 
+def own_data() -> bool:
+    """Whether the person works on images of their own (not a demo set): the page then opens on them."""
+    return not workspace().dataset_label.startswith(DEMO_LABEL)
+
+
 def set_label(choice: str) -> str:
-    return SETS[choice] or f"Your current dataset ({ss.dataset_label})"
+    if choice == "second":
+        second = ss.get("_domain_second")
+        return f"Your second dataset ({second['label']})" if second else "A second dataset you bring (ZIP)"
+    return SETS[choice] or f"Your current dataset ({workspace().dataset_label})"
 
 
 def dataset(choice: str, per_class: int):
-    return ss.dataset if choice == "current" else demo(choice, per_class)
+    if choice == "second":
+        second = ss.get("_domain_second")
+        return second["dataset"] if second else None
+    return workspace().dataset if choice == "current" else demo(choice, per_class)
+
+
+def second_upload_ui() -> None:
+    """A second dataset, only for this page: the person's own dataset stays theirs."""
+    upload = st.file_uploader("Your second dataset: a ZIP with one folder per class", type=["zip"],
+                              key="domain-second-zip")
+    if upload is None or (ss.get("_domain_second") or {}).get("name") == upload.name:
+        return
+    try:
+        ds, _ = data.load_zip(upload.getvalue())
+        if not isinstance(ds, data.ImageDataset):
+            ds = ds.as_single_task(ds.task_names[0])
+    except UserInputError as exc:
+        st.error(plain(exc))
+        return
+    ss["_domain_second"] = {"dataset": ds, "label": upload.name, "name": upload.name}
 
 
 def sets_ui():
-    """(set A, set B, short names, whether this is the two-halves control)."""
+    """(set A, set B, short names, whether this is the two-halves control); set B is None until the
+    person brings the second dataset they picked."""
     modes, sets = ["Two datasets", CONTROL], list(SETS)
-    mode = keep("mode", st.radio("Compare", modes, index=modes.index(kept("mode", modes[0])), horizontal=True,
+    # your own images first: their two halves as the control, or against a second set you bring
+    mine = own_data()
+    mode = keep("mode", st.radio("Compare", modes, index=modes.index(kept("mode", modes[mine])), horizontal=True,
                                  key="domain-mode", help="The control splits one dataset into two stratified "
                                                          "halves: the test should find nothing."))
     c1, c2, c3 = st.columns([2, 2, 1])
-    per_class = keep("per_class", c3.slider("Demo images per class", 10, 40, kept("per_class", 20), step=5,
-                                            key="domain-per-class"))
+    labels = {choice: set_label(choice) for choice in sets}  # read now: a format_func may run outside the page
     if mode == CONTROL:
-        choice = keep("control", c1.selectbox("Dataset", sets, index=sets.index(kept("control", sets[0])),
-                                              format_func=set_label, key="domain-control"))
+        choice = keep("control", c1.selectbox("Dataset", sets[:3], index=sets.index(kept("control", sets[2 * mine])),
+                                              format_func=labels.get, key="domain-control"))
+        per_class = demo_size(c3, choice)
         a, b = domain.split_halves(dataset(choice, per_class), seed=0)
         return a, b, ("first half", "second half"), True
-    choice_a = keep("a", c1.selectbox("Set A (labelled source)", sets, index=sets.index(kept("a", sets[0])),
-                                      format_func=set_label, key="domain-a"))
-    choice_b = keep("b", c2.selectbox("Set B (target)", sets, index=sets.index(kept("b", sets[1])),
-                                      format_func=set_label, key="domain-b"))
-    names = {"source": "source look", "target": "target look", "current": "your dataset"}
+    choice_a = keep("a", c1.selectbox("Set A (labelled source)", sets, index=sets.index(kept("a", sets[2 * mine])),
+                                      format_func=labels.get, key="domain-a"))
+    choice_b = keep("b", c2.selectbox("Set B (target)", sets, index=sets.index(kept("b", sets[1 + 2 * mine])),
+                                      format_func=labels.get, key="domain-b"))
+    per_class = demo_size(c3, choice_a, choice_b)
+    if "second" in (choice_a, choice_b):
+        second_upload_ui()
+    names = {"source": "source look", "target": "target look", "current": "your dataset", "second": "your second set"}
     return dataset(choice_a, per_class), dataset(choice_b, per_class), (names[choice_a], names[choice_b]), False
+
+
+def demo_size(column, *choices) -> int:
+    """The demo sets' images per class, asked only when a demo set is compared."""
+    if not {"source", "target"} & set(choices):
+        return kept("per_class", 20)
+    return keep("per_class", column.slider("Demo images per class", 10, 40, kept("per_class", 20), step=5,
+                                           key="domain-per-class"))
 
 
 def model_ui():
@@ -410,9 +453,11 @@ model_key, backbone, load, default_size = model_ui()
 facts = backbone_facts(backbone)
 groups = facts["groups"]
 layers = [domain.HEAD_INPUT] + [modules[-1] for _, modules in groups]
-c1, c2, c3, c4 = st.columns([3, 2, 2, 1])
-layer = c1.selectbox("Layer", layers, format_func=lambda name: layer_label(name, groups),
+# the layer's names are long ("head input (pooled features)"): a row of their own, so an 800 px
+# projector shows them whole; the three short choices share the next
+layer = st.selectbox("Layer", layers, format_func=lambda name: layer_label(name, groups),
                      help="A group's features are its last module's output averaged over space.")
+c2, c3, c4 = st.columns([2, 2, 1])
 kernel = c2.radio("Kernel", ["median", "multi"], index=["median", "multi"].index(page_choice("kernel")),
                   horizontal=True, disabled=locked("kernel"),
                   format_func=lambda k: "one (median heuristic)" if k == "median" else "five (DAN multi-kernel)")
@@ -424,6 +469,10 @@ default_size = kept(f"size-{model_key}", default_size)
 size = keep(f"size-{model_key}", c4.selectbox("Input px", SIZES, index=SIZES.index(default_size) if default_size in SIZES
                                               else 1, key=f"domain-size-{model_key}"))
 
+if ds_a is None or ds_b is None:
+    st.info("Bring the second dataset above (a ZIP with one folder per class) to compare yours against it. "
+            "It is used on this page only: your dataset on the other pages stays as it is.")
+    st.stop()
 if len(ds_a) < 4 or len(ds_b) < 4:
     st.error("Each set needs at least 4 images; add images on the Data page.")
     st.stop()

@@ -37,11 +37,22 @@ st.write(
 GALLERY_CAP = 24
 
 
+def dark_theme() -> bool:
+    try:
+        return st.context.theme.type == "dark"
+    except Exception:  # no browser behind this session (AppTest): the light theme
+        return False
+
+
 def heatmap(z, classes, title: str, fmt: str):
     classes = [chart_text(c) for c in classes]
+    # Plotly picks each number's colour for its cell's colour, and takes an empty (transparent) cell
+    # for a white one: on a dark page its "0" came out dark on dark. There, every cell is dark (the
+    # page's own background or blue), so white reads on all of them.
     fig = go.Figure(go.Heatmap(
         z=z, x=classes, y=classes, colorscale=fading_scale((8, 81, 156)), zmin=0, texttemplate=fmt, showscale=False,
         hovertemplate="true %{y} · predicted %{x}: %{z}<extra></extra>",
+        textfont=dict(color="white") if dark_theme() else None,
     ))
     fig.update_layout(title=title, height=140 + 40 * len(classes), margin=dict(l=0, r=0, t=40, b=0),
                       xaxis=dict(title="predicted", side="bottom", type="category"),

@@ -10,13 +10,15 @@ from core import models
 from core.data import demo_fewshot
 from core.errors import UserInputError
 from core.methods import fewshot
-from core.methods.episodes import sample_episodes, split_classes
+from core.methods.episodes import largest_ways, sample_episodes, split_classes
 from core.runs.jobs import get_job, start_folder_run
 from core.runs.kinds.meta import load_meta_run, meta_run
 from pages.ui.runs import run_curves, run_progress, run_status, run_store
+from pages.ui.session import DEMO_LABEL as SHAPES_LABEL
 from pages.ui.session import bootstrap
 from pages.ui.tasks import follow
 from pages.ui.text import plain
+from pages.ui.workspace import workspace
 
 bootstrap()  # first, before the session is read: see bootstrap's docstring
 
@@ -40,6 +42,7 @@ SHORT = {"prototypes": "prototypes", "linear": "linear", "anil": "ANIL", "fomaml
 DEMO = dict(n_classes=20, per_class=20)
 DEMO_LABEL = "Many-class demo"
 N_QUERY_SHOWN = 2  # query pictures per class in the example episode
+N_QUERY_SCORED = 5  # query pictures per class when the methods are scored
 
 
 @st.cache_resource(show_spinner="Loading the pretrained backbone…")
@@ -53,10 +56,15 @@ def _demo(n_classes: int, per_class: int) -> object:
     return demo_fewshot(n_classes=n_classes, per_class=per_class)
 
 
-def settings_ui():
+def settings_ui(ways: dict[int, int]):
+    """``ways``: {K: the largest N} the data allows."""
     left, mid, right = st.columns(3)
-    n_way = left.slider("N (classes per episode)", 2, 5, 5)
-    k_shot = mid.radio("K (pictures per class) for the example", [1, 5], horizontal=True)
+    most = max(ways.values())
+    n_way = left.slider("N (classes per episode)", 2, most, most) if most > 2 else 2
+    if most == 2:
+        left.caption("N (classes per episode): 2, all your data allows")
+    shots = [k for k, n in ways.items() if n >= n_way]
+    k_shot = mid.radio("K (pictures per class) for the example", shots, horizontal=True)
     episodes = right.slider("Episodes per score", 20, 200, 50, step=10,
                             help="More episodes: a narrower interval, a longer wait.")
     methods = st.multiselect("Methods", list(LABELS), default=["prototypes", "linear", "anil"],
@@ -77,8 +85,9 @@ def meta_trained(n_way: int) -> dict[str, str]:
 
 
 @st.cache_data(max_entries=64, show_spinner="Each method names the query pictures…")
-def _predictions(n_way: int, k_shot: int, seed: int, method: str, run_id: str | None) -> np.ndarray:
-    ds = _demo(**DEMO)
+def _predictions(data_key, n_way: int, k_shot: int, seed: int, method: str, run_id: str | None,
+                 _ds) -> np.ndarray:
+    ds = _ds  # not hashed: data_key (its fingerprint) says which dataset it is
     split = split_classes(ds.classes, seed=0)
     novel_ids = [ds.classes.index(c) for c in split.novel]
     episode = sample_episodes(ds.labels, novel_ids, n_way, k_shot, N_QUERY_SHOWN, 1, seed=seed)[0]
@@ -113,7 +122,7 @@ def episode_ui(ds, split, n_way: int, k_shot: int, methods: list[str]) -> None:
     preds = {}
     try:
         for m in shown:
-            preds[m] = _predictions(n_way, k_shot, seed, m, runs.get(m))
+            preds[m] = _predictions(ds.fingerprint, n_way, k_shot, seed, m, runs.get(m), ds)
     except UserInputError as exc:
         st.error(plain(exc))
     st.markdown("**The queries**, each under its true class, and the class each method named "
@@ -132,18 +141,18 @@ def episode_ui(ds, split, n_way: int, k_shot: int, methods: list[str]) -> None:
         st.caption(f"{', '.join(waiting)}: meta-train it below ({n_way}-way) to see its predictions here.")
 
 
-def scores_ui(ds, split, n_way: int, episodes: int, methods: list[str]) -> None:
+def scores_ui(ds, split, n_way: int, episodes: int, methods: list[str], shots: list[int]) -> None:
     if st.button("Score the methods", type="primary", disabled=not methods):
         runs = meta_trained(n_way)
         results = {}
         progress = st.progress(0.0, "Scoring…")
-        jobs = [(m, k) for m in methods for k in (1, 5)]
+        jobs = [(m, k) for m in methods for k in shots]
         try:
             for j, (method, k) in enumerate(jobs):
                 progress.progress(j / len(jobs), f"{LABELS[method]}, {k}-shot…")
                 # a method meta-trained below is scored as trained there; otherwise evaluate meta-trains one
                 model, meta, _ = load_meta_run(run_store(), runs[method]) if method in runs else (None,) * 3
-                results[method, k] = fewshot.evaluate(_backbone(), ds, method, n_way, k, n_query=5,
+                results[method, k] = fewshot.evaluate(_backbone(), ds, method, n_way, k, n_query=N_QUERY_SCORED,
                                                       episodes=min(episodes, 30) if method in ("maml", "fomaml")
                                                       else episodes, split=split, meta=meta, meta_model=model)
         except UserInputError as exc:
@@ -158,7 +167,7 @@ def scores_ui(ds, split, n_way: int, episodes: int, methods: list[str]) -> None:
         rows = []
         for method in dict.fromkeys(m for m, _ in results):
             row = {"method": LABELS[method]}
-            for k in (1, 5):
+            for k in sorted({k for _, k in results}):
                 r = results.get((method, k))
                 row[f"{k}-shot"] = f"{r.mean:.1%} ± {r.ci95:.1%}" if r else ""
             rows.append(row)
@@ -182,7 +191,7 @@ def adaptation_figure(curves: dict[str, list[float]]) -> go.Figure:
 # --- meta-training as a run ------------------------------------------------------------------------
 
 
-def meta_ui(ds, split, n_way: int, k_shot: int, episodes: int) -> None:
+def meta_ui(ds, split, n_way: int, k_shot: int, episodes: int, label: str) -> None:
     st.divider()
     st.subheader("Meta-training on the base classes")
     st.write("Meta-training shows the network thousands of small episodes of the base classes, and after each "
@@ -190,7 +199,9 @@ def meta_ui(ds, split, n_way: int, k_shot: int, episodes: int) -> None:
              f"task like any training run, on {n_way}-way {k_shot}-shot episodes (the settings above), and is "
              f"then scored on {episodes} episodes of the novel classes with 1 and with 5 shots.")
     c1, c2, c3 = st.columns(3)
-    method = c1.selectbox("Method", list(fewshot.META_METHODS)[::-1], format_func=LABELS.get)
+    # short names: a third of an 800 px projector's page; the long ones are in the Methods list above
+    method = c1.selectbox("Method", list(fewshot.META_METHODS)[::-1], format_func=SHORT.get,
+                          help=" · ".join(LABELS[m] for m in list(fewshot.META_METHODS)[::-1]))
     epochs = c2.slider("Epochs", 1, 10, 3)
     default = fewshot.meta_config(method)
     per_epoch = c3.slider("Episodes per epoch", 10, 200, default.episodes, step=10,
@@ -200,7 +211,7 @@ def meta_ui(ds, split, n_way: int, k_shot: int, episodes: int) -> None:
         try:
             config = fewshot.meta_config(method, epochs=epochs, episodes=per_epoch)
             record, inputs = meta_run(ds, split, method, n_way, k_shot, config, owner=ss.get("owner", ""),
-                                              dataset_label=DEMO_LABEL, eval_episodes=episodes)
+                                              dataset_label=label, eval_episodes=episodes)
             start_folder_run(run_store(), record, inputs)
         except UserInputError as exc:
             st.error(plain(exc))
@@ -273,11 +284,34 @@ def show_meta_run(run_id: str) -> bool:
     return running
 
 
-n_way, k_shot, episodes, methods = settings_ui()
-ds = _demo(**DEMO)
-split = split_classes(ds.classes, seed=0)
-st.caption(f"Demo: {len(ds.classes)} classes (colour × shape), {len(ds)} images. "
-           f"Base: {', '.join(split.base)}. Novel: {', '.join(split.novel)}.")
+def episode_data():
+    """(dataset, its name, base/novel split, {K: largest N}): the person's own images when their classes
+    allow episodes, else the built-in many-class set, with a note saying why."""
+    own, label = workspace().dataset, workspace().dataset_label
+    if not label.startswith(SHAPES_LABEL) and len(own.classes) >= 2:
+        split = split_classes(own.classes, seed=0)
+        novel = [own.classes.index(c) for c in split.novel]
+        ways = largest_ways(own.labels, novel, N_QUERY_SCORED)
+        if ways:
+            return own, label, split, ways
+        st.info(f"{plain(label)} has {len(own.classes)} classes; half of them are kept apart as novel classes, and "
+                f"an episode needs at least 2 of them with {1 + N_QUERY_SCORED} pictures each (1 to learn from, "
+                f"{N_QUERY_SCORED} to score). So this page uses its built-in many-class set.",
+                icon=":material/info:")
+    ds = _demo(**DEMO)
+    return ds, DEMO_LABEL, split_classes(ds.classes, seed=0), {1: 5, 5: 5}
+
+
+ds, data_label, split, ways = episode_data()
+n_way, k_shot, episodes, methods = settings_ui(ways)
+if data_label == DEMO_LABEL:
+    st.caption(f"Demo: {len(ds.classes)} classes (colour × shape), {len(ds)} images. "
+               f"Base: {', '.join(split.base)}. Novel: {', '.join(split.novel)}.")
+else:
+    allowed = " and ".join(f"{n}-way {k}-shot" for k, n in ways.items())
+    st.caption(f"Your data, {plain(data_label)}: {len(ds.classes)} classes, {len(ds)} images; it allows up to "
+               f"{allowed} episodes. Base: {plain(', '.join(split.base))}. Novel: {plain(', '.join(split.novel))}.")
+shots = [k for k, n in ways.items() if n >= n_way]
 episode_ui(ds, split, n_way, k_shot, methods)
-scores_ui(ds, split, n_way, episodes, methods)
-meta_ui(ds, split, n_way, k_shot, episodes)
+scores_ui(ds, split, n_way, episodes, methods, shots)
+meta_ui(ds, split, n_way, k_shot, episodes, data_label)

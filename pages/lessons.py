@@ -4,13 +4,15 @@ import streamlit as st
 
 from core import lessons as core_lessons
 from core.errors import UserInputError
+from core.links import LOCKABLE
 from core.runs.tasks import get_queue
 from pages.ui.links import STRATEGY_LABELS, apply_settings
-from pages.ui.models import ModelChoice, preset_freeze
+from pages.ui.models import ModelChoice
 from pages.ui.runs import run_store
 from pages.ui.session import bootstrap, demo, select_run
 from pages.ui.tasks import follow
 from pages.ui.text import plain
+from pages.ui.workspace import Workspace, workspace
 
 bootstrap()  # first, before the session is read: see bootstrap's docstring
 
@@ -51,39 +53,50 @@ def lesson_data(experiment):
     return load
 
 
-def use_setup(lesson) -> None:
-    """The lesson's data and model become this session's, so the other pages continue from them."""
+def lesson_workspace(lesson) -> Workspace:
+    """The lesson's own workspace: its data, model and first arm's settings, apart from the person's,
+    so running a lesson never changes what they work with."""
     experiment = lesson.experiment
     ds, label = lesson_data(experiment)(experiment.data)
-    ss.dataset, ss.dataset_label, ss.load_report = ds, label, None
-    if experiment.arms:
-        arm = experiment.arms[0]
-        strategy = STRATEGY_LABELS[arm.strategy]
-        ss.model_choice = ModelChoice(backbone=experiment.backbone, pretrained=arm.pretrained, strategy=strategy,
-                                      freeze=preset_freeze(strategy, _groups(experiment.backbone)),
-                                      unfreeze_every=1 if arm.strategy == "progressive" else 0)
-
-
-def _groups(backbone: str) -> list[str]:
-    from core import models
-
-    return models.group_names(backbone)
+    arm = experiment.arms[0] if experiment.arms else core_lessons.Arm(name="model")
+    strategy = STRATEGY_LABELS[arm.strategy]
+    config = core_lessons.arm_config(experiment, arm)
+    model = ModelChoice(backbone=experiment.backbone, pretrained=arm.pretrained, strategy=strategy,
+                        freeze=list(config.freeze), lr_multipliers=dict(config.lr_multipliers),
+                        unfreeze_every=config.unfreeze_every)
+    return Workspace.detached(ds, label, model, config)
 
 
 def start(lesson) -> None:
     """Queue the lesson's runs (as far as this person's share of the queue allows: the rest start
-    while it is followed below) or its analysis."""
+    while it is followed below) or its analysis, in the lesson's own workspace."""
     experiment = lesson.experiment
-    if experiment.kind == "runs":
-        use_setup(lesson)
     run = core_lessons.LessonRun(lesson, run_store(), owner=ss.owner, queue=get_queue(),
                                   dataset=lesson_data(experiment))
     run.poll()
     if not run.jobs:
         raise UserInputError(" ".join(run.errors.values()) or get_queue().full_message())
-    if experiment.kind == "runs":
-        select_run(next(iter(run.run_ids().values())))  # the Train page opens on the lesson's first run
-    state[lesson.slug] = {"run": run, "result": None}
+    own = lesson_workspace(lesson)
+    own.select_run(next(iter(run.run_ids().values()), None))
+    state[lesson.slug] = {"run": run, "result": None, "workspace": own}
+
+
+def continue_ui(lesson) -> None:
+    """Copy the lesson's setup into the person's workspace, only when asked (through its locks)."""
+    own = state.get(lesson.slug, {}).get("workspace")
+    if own is None or own.model is None:
+        return
+    if st.button("Continue with this setup", icon=":material/input:", key=f"adopt-{lesson.slug}",
+                 help=f"Makes {own.dataset_label}, {own.model.backbone} and {own.model.strategy} yours on the "
+                      "other pages, and opens the lesson's run on the Train page. Your own data and settings "
+                      "are replaced."):
+        refused = workspace().adopt(own)
+        select_run(own.current_run)
+        if refused:
+            ss.link_note = (f"Your link locks {', '.join(LOCKABLE.get(r, r) for r in refused)}: the lesson's "
+                            "value was not taken for those, the rest of its setup was.")
+        st.switch_page("pages/train.py")
+    st.caption("Your own data, settings and runs are untouched by the lesson until you continue with its setup.")
 
 
 # --- following it -------------------------------------------------------------------------------------------
@@ -167,7 +180,9 @@ def next_steps_ui(lesson) -> None:
         if st.button(f"{step.label} → {core_lessons.PAGES[step.page]}", key=f"next-{lesson.slug}-{i}",
                      icon=":material/arrow_forward:", help=f"Opens {core_lessons.PAGES[step.page]} with "
                                                            f"{query or 'the default settings'}."):
-            apply_settings(step.settings)
+            refused = apply_settings(step.settings)
+            if refused:
+                ss.link_note = f"Your link locks {', '.join(LOCKABLE.get(r, r) for r in refused)}: kept as it was."
             st.switch_page(f"pages/{step.page}.py")
 
 
@@ -203,4 +218,5 @@ with main:
             st.error(plain(exc))
         else:
             st.rerun()
+    continue_ui(lesson)
     next_steps_ui(lesson)

@@ -7,19 +7,22 @@ import streamlit as st
 
 from core import models
 from core.errors import UserInputError
-from core.train.base import discriminative_multipliers, training_plan
+from core.train.base import training_plan
+from core.workspace import FIELD_WORDS
 from pages.ui.charts import plan_figure
 from pages.ui.choose_backbone import choose_backbone_ui
 from pages.ui.links import hidden, locked
-from pages.ui.models import PRESETS, ModelChoice, backbone_catalogue, group_table, preset_config
+from pages.ui.models import ModelChoice, backbone_catalogue, group_table, preset_config
 from pages.ui.runs import run_store, upload_store
 from pages.ui.session import bootstrap, sidebar
 from pages.ui.text import plain
+from pages.ui.workspace import discriminative_spread, workspace
 
 bootstrap()  # first, before the session is read: see bootstrap's docstring
 
 ss = st.session_state
-choice: ModelChoice = ss.model_choice
+ws = workspace()
+choice: ModelChoice = ws.model
 st.title("Model")
 st.write(
     "Early layers of a pretrained network detect edges and textures that suit almost any image; "
@@ -55,7 +58,8 @@ with col1:
     names = list(catalogue)
     name = st.selectbox("Backbone", names, index=names.index(choice.backbone), format_func=label,
                         disabled=locked("backbone"))
-    n_classes = len(ss.dataset.classes)
+    ws.change(backbone=name)
+    n_classes = len(ws.dataset.classes)
     st.caption(f"{sum(r['params'] for r in group_table(name, n_classes)):,} parameters with a new head for "
                f"{max(2, n_classes)} classes (ImageNet's 1,000-class head is not kept).")
     pretrained = st.checkbox("Start from ImageNet weights (pretrained)", value=choice.pretrained,
@@ -88,53 +92,51 @@ with col1:
                     if choice.weights_path:
                         st.info(f"Training still starts from your earlier file, {plain(choice.weights_name)}.")
                 else:
-                    choice.weights_path, choice.weights_name = str(stored.path), stored.name
+                    ws.change(weights_path=str(stored.path), weights_name=stored.name)
                     st.success(f"{plain(stored.name)} fits {name}; training will start from it.")
                     # Files no run started from, untouched for a day, go (a run's own file stays).
                     upload_store().prune(r.config.get("weights_file") for r in run_store().list())
             if choice.weights_path:
                 st.caption(f"In use: {plain(choice.weights_name or Path(choice.weights_path).name)}")
                 if st.button("Stop using my weights file"):
-                    choice.weights_path = choice.weights_name = None
+                    ws.change(weights_path=None, weights_name=None)
                     st.rerun()
-    choice.train_bn = st.checkbox(
+    train_bn = st.checkbox(
         "Frozen groups: update BatchNorm statistics", value=choice.train_bn,
         help="Off (the default): frozen layers compute exactly what they computed before. On: their weights stay, "
              "but BatchNorm's running mean and variance adapt to your images — cheap domain adaptation, "
              "at the price of features that drift and no feature cache.")
 
+ws.change(pretrained=pretrained, train_bn=train_bn)
+table = group_table(name, len(ws.dataset.classes))
+groups = [row["group"] for row in table]
+
 with col2:
     strategy = st.radio("Strategy", list(STRATEGIES), index=list(STRATEGIES).index(choice.strategy),
                         disabled=locked("strategy"))
     st.caption(STRATEGIES[strategy])
+    if strategy != choice.strategy:
+        # the preset comes back, but what the person edited on the Train page (or a link locks) stays
+        kept = ws.choose_strategy(strategy)
+        ss["_kept_note"] = (strategy, kept or [])
+    note = ss.get("_kept_note")
+    if note and note[0] == choice.strategy and note[1]:
+        cfg = ws.config
+        st.info(f"{strategy}'s preset is in place, except what you set yourself or your link locks: "
+                + ", ".join(f"{FIELD_WORDS.get(k, k)} {getattr(cfg, k)}" for k in note[1]
+                            if not isinstance(getattr(cfg, k), (list, dict)))
+                + (" (and your layer choices)" if {"freeze", "lr_multipliers"} & set(note[1]) else "")
+                + ". Change them on the Train page.", icon=":material/lock_person:")
     lowest = 0.01
     if strategy == "Discriminative learning rates":
-        lowest = st.select_slider("Stem's learning rate, relative to the head's", [0.001, 0.003, 0.01, 0.03, 0.1, 0.3],
-                                  value=0.01, disabled=locked("strategy"))
+        steps = [0.001, 0.003, 0.01, 0.03, 0.1, 0.3]
+        now = choice.lr_multipliers.get(groups[0], 0.01)
+        lowest = st.select_slider("Stem's learning rate, relative to the head's", steps,
+                                  value=min(steps, key=lambda v: abs(v - now)), disabled=locked("strategy"))
+        ws.change(lr_multipliers=discriminative_spread(groups, lowest))
     if strategy == "Progressive unfreezing":
-        choice.unfreeze_every = st.slider("Unfreeze one more group every … epochs", 1, 5, max(1, choice.unfreeze_every),
-                                          disabled=locked("strategy"))
-    elif strategy != "Custom":
-        choice.unfreeze_every = 0
-
-table = group_table(name, len(ss.dataset.classes))
-groups = [row["group"] for row in table]
-if name != choice.backbone or strategy != choice.strategy:
-    if name != choice.backbone:
-        choice.weights_path = choice.weights_name = None
-    choice.backbone, choice.strategy = name, strategy
-    if strategy in PRESETS:
-        # the preset carries its own epochs, rates, warm-up and early stopping to the Train page
-        preset = preset_config(strategy, groups, ss.train_config)
-        ss.train_config = preset
-        choice.freeze, choice.lr_multipliers = list(preset.freeze), dict(preset.lr_multipliers)
-        choice.unfreeze_every = preset.unfreeze_every
-    else:
-        choice.freeze = [g for g in choice.freeze if g in groups]
-        choice.lr_multipliers = {g: m for g, m in choice.lr_multipliers.items() if g in groups}
-if strategy == "Discriminative learning rates":
-    choice.lr_multipliers = {g: round(m, 4) for g, m in discriminative_multipliers(groups, lowest).items()}
-choice.pretrained = pretrained
+        ws.change(unfreeze_every=st.slider("Unfreeze one more group every … epochs", 1, 5,
+                                           max(1, choice.unfreeze_every), disabled=locked("strategy")))
 
 st.subheader("Layer groups, from input to output")
 rows = [
@@ -145,7 +147,8 @@ rows = [
 edited = st.data_editor(
     rows,
     key=f"groups-{name}-{strategy}-{lowest}",
-    disabled=["group", "layers", "parameters"] + (["train", "lr ×"] if locked("freeze") else []),
+    # a locked strategy locks the table too: a ticked box would turn it into "Custom"
+    disabled=["group", "layers", "parameters"] + (["train", "lr ×"] if locked("freeze") or locked("strategy") else []),
     column_config={
         "train": st.column_config.CheckboxColumn("train", help="Unticked groups stay frozen, BatchNorm statistics too."),
         "lr ×": st.column_config.NumberColumn("lr ×", min_value=0.0, max_value=100.0, step=0.1, format="%.2f",
@@ -156,13 +159,12 @@ edited = st.data_editor(
     width="stretch",
 )
 new_freeze = [row["group"] for row in edited if not row["train"]]
-if new_freeze != choice.freeze:
-    choice.freeze = new_freeze
+new_rates = {row["group"]: float(row["lr ×"]) for row in edited if float(row["lr ×"]) != 1.0}
+if (new_freeze, new_rates) != (choice.freeze, choice.lr_multipliers) and not ws.change(freeze=new_freeze,
+                                                                                         lr_multipliers=new_rates):
     if strategy != "Custom" and new_freeze != list(preset_config(strategy, groups).freeze):
         choice.strategy = "Custom"
-choice.lr_multipliers = {row["group"]: float(row["lr ×"]) for row in edited if float(row["lr ×"]) != 1.0}
-
-preview = replace(ss.train_config, freeze=list(choice.freeze), lr_multipliers=dict(choice.lr_multipliers),
+preview = replace(ws.config, freeze=list(choice.freeze), lr_multipliers=dict(choice.lr_multipliers),
                   unfreeze_every=choice.unfreeze_every)
 plan = training_plan(groups, preview)
 # What trains is what the plan trains: progressive unfreezing keeps groups frozen for some epochs,

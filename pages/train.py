@@ -28,6 +28,7 @@ from pages.ui.runs import describe_run, my_runs, run_curves, run_option, run_pro
 from pages.ui.session import bootstrap, current_split, owns, select_run
 from pages.ui.tasks import follow
 from pages.ui.text import chart_text, plain
+from pages.ui.workspace import workspace
 
 bootstrap()  # first, before the session is read: see bootstrap's docstring
 
@@ -38,12 +39,14 @@ SIZES = {96: "fastest", 128: "default", 160: "sharper", 224: "ImageNet"}
 
 
 def size_label(size: int) -> str:
-    # short: it sits in a quarter of the page; the compute it costs is in the box's help
-    return f"{size} px ({SIZES[size]})"
+    # short: it sits in a quarter of the page (150 px on an 800 px projector); what each size is
+    # for and the compute it costs are in the box's help
+    return f"{size} px"
 
 
 # compute per image grows with the pixel count; speeds measured on runs are shown after training
-SIZE_HELP = "Compute per image, relative to 128 px: " + ", ".join(f"{s} px {(s / 128) ** 2:.2g}×" for s in SIZES) + "."
+SIZE_HELP = ("Compute per image, relative to 128 px: " + ", ".join(f"{s} px ({SIZES[s]}) {(s / 128) ** 2:.2g}×"
+                                                                   for s in SIZES) + ".")
 
 
 
@@ -53,8 +56,8 @@ LRS = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 2e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 def settings_ui() -> TrainConfig:
     """The preset's settings (from the Model page's strategy), shown and editable; nothing is rebuilt
     from scratch, so fields not shown here (weight decay, cached views, ...) keep the preset's values."""
-    cfg: TrainConfig = ss.train_config
-    mc = ss.model_choice
+    ws = workspace()
+    cfg, mc = ws.config, ws.model
     with st.expander(f"Training settings — {mc.strategy}", expanded=False):
         c1, c2, c3, c4 = st.columns(4)
         epochs = c1.number_input("Epochs", 1, 500, cfg.epochs, disabled=locked("epochs"),
@@ -91,14 +94,12 @@ def settings_ui() -> TrainConfig:
             st.caption(f":material/info: {note}")
         if augment and st.toggle("Preview augmented images", key="aug-preview"):
             preview_augmentation(replace(cfg, image_size=int(size), flip=flip, color_jitter=jitter), int(seed))
-    ss.train_config = replace(
-        cfg, epochs=int(epochs), batch_size=int(batch), lr=float(lr), freeze=list(mc.freeze),
-        lr_multipliers=dict(mc.lr_multipliers), seed=int(seed), optimizer=optimizer, schedule=schedule,
-        augment=augment, flip=bool(flip), color_jitter=bool(jitter), image_size=int(size),
-        unfreeze_every=mc.unfreeze_every, train_bn=mc.train_bn, early_stopping=int(patience),
-        warmup_epochs=min(int(warmup), max(0, int(epochs) - 1)),
-    )
-    return ss.train_config
+    shown = dict(epochs=int(epochs), batch_size=int(batch), lr=float(lr), seed=int(seed), optimizer=optimizer,
+                 schedule=schedule, augment=augment, flip=bool(flip), color_jitter=bool(jitter), image_size=int(size),
+                 early_stopping=int(patience), warmup_epochs=int(warmup))
+    # only what the person changed here counts as theirs: a later preset keeps it
+    ws.change(by_hand=True, **{k: v for k, v in shown.items() if v != getattr(cfg, k)})
+    return ws.config
 
 
 def augmentation_advice() -> str:

@@ -11,7 +11,7 @@ import numpy as np
 
 from core.errors import ConfigError, DataError
 
-__all__ = ["ClassSplit", "Episode", "split_classes", "sample_episodes"]
+__all__ = ["ClassSplit", "Episode", "split_classes", "sample_episodes", "largest_ways"]
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,16 @@ def split_classes(classes: Sequence[str], novel: Sequence[str] | None = None, n_
         order = np.random.default_rng([int(seed) & 0xFFFFFFFF, 11]).permutation(len(classes))
         chosen = {classes[i] for i in order[:n_novel]}
     return ClassSplit(tuple(c for c in classes if c not in chosen), tuple(c for c in classes if c in chosen))
+
+
+def largest_ways(labels: Sequence[int], classes: Sequence[int], n_query: int, shots: Sequence[int] = (1, 5),
+                 most: int = 5) -> dict[int, int]:
+    """{K: the largest N (at most ``most``) of N-way K-shot episodes with ``n_query`` queries per class that
+    dataset classes ``classes`` allow}; K is left out when fewer than two classes have K + n_query images."""
+    counts = np.bincount(np.asarray(labels, dtype=int), minlength=max(classes, default=-1) + 1)
+    sizes = counts[list(classes)] if len(classes) else np.zeros(0, dtype=int)
+    ways = {int(k): min(most, int((sizes >= k + n_query).sum())) for k in shots}
+    return {k: n for k, n in ways.items() if n >= 2}
 
 
 @dataclass(frozen=True)

@@ -12,9 +12,7 @@ from urllib.parse import urlencode
 import streamlit as st
 
 from core import links, models
-from core.train.base import TrainConfig
-from pages.ui.models import preset_freeze
-from pages.ui.session import DEMO_LABEL, demo
+from pages.ui.workspace import DEMO_LABEL, demo, discriminative_spread, workspace
 
 STRATEGY_LABELS = {
     "feature_extraction": "Feature extraction",
@@ -30,7 +28,7 @@ PAGE_CHOICES = ("sal_methods", "kernel", "picture")
 
 def locked(setting: str) -> bool:
     """True when this session's link locks ``setting`` (a key of core.links.LOCKABLE)."""
-    return setting in st.session_state.get("link_lock", ())
+    return workspace().is_locked(setting)
 
 
 def hidden(section: str) -> bool:
@@ -60,41 +58,32 @@ def apply_link() -> None:
     ss._link_notes = notes
 
 
-def apply_settings(settings: dict) -> None:
-    """Make ``settings`` (as core.links.decode gives them) this session's: the data, the model
-    choice, the training settings and the pages' method choices. Settings the session's link
-    locks are left as they are (a lesson's "try next" link never unlocks a teacher's choice)."""
-    ss = st.session_state
-    locks = set(ss.get("link_lock", ()))
-    settings = {k: v for k, v in settings.items()
-                if k not in locks and not (k in ("lr_mult", "unfreeze_every") and "freeze" in locks)
-                and not (k == "per_class" and "data" in locks)}
+def apply_settings(settings: dict) -> list[str]:
+    """Make ``settings`` (as core.links.decode gives them) this person's, through their workspace:
+    the data, the model choice, the strategy's preset, then the link's own training settings and the
+    pages' method choices. Settings the session's link locks stay as they are (a lesson's "try next"
+    link never unlocks a teacher's choice); the names refused."""
+    ws, refused = workspace(), []
+    locks = ws.locks
     if "data" in settings or "per_class" in settings:
         look = settings.get("data", links.DEFAULTS["data"])
-        ss.dataset = demo(look, settings.get("per_class", links.DEFAULTS["per_class"]))
-        ss.dataset_label, ss.load_report = f"{DEMO_LABEL} ({look} look)", None
-    mc = ss.model_choice
-    if "backbone" in settings:
-        mc.backbone, mc.weights_path = settings["backbone"], None
-    mc.pretrained = settings.get("pretrained", mc.pretrained)
-    strategy = settings.get("strategy") or ("custom" if "freeze" in settings else None)
-    if strategy or "backbone" in settings:
-        mc.strategy = STRATEGY_LABELS[strategy] if strategy else mc.strategy
-        mc.freeze = preset_freeze(mc.strategy, models.group_names(mc.backbone))
-        mc.lr_multipliers = {}
-    mc.freeze = settings.get("freeze", mc.freeze)
-    mc.lr_multipliers = settings.get("lr_mult", mc.lr_multipliers)
-    mc.unfreeze_every = settings.get("unfreeze_every", mc.unfreeze_every)
-    if mc.strategy == STRATEGY_LABELS["progressive"]:
-        mc.unfreeze_every = max(1, mc.unfreeze_every)
-    cfg = ss.train_config.to_dict()
-    ss.train_config = TrainConfig(**{
-        **cfg, "epochs": settings.get("epochs", cfg["epochs"]), "lr": settings.get("lr", cfg["lr"]),
-        "seed": settings.get("seed", cfg["seed"]), "image_size": settings.get("size", cfg["image_size"]),
-        "freeze": list(mc.freeze), "lr_multipliers": dict(mc.lr_multipliers), "unfreeze_every": mc.unfreeze_every})
+        if not ws.set_dataset(demo(look, settings.get("per_class", links.DEFAULTS["per_class"])),
+                              f"{DEMO_LABEL} ({look} look)"):
+            refused.append("data")
+    refused += ws.change(**{k: settings[k] for k in ("backbone", "pretrained") if k in settings})
+    strategy = settings.get("strategy") or ("custom" if "freeze" in settings or "lr_mult" in settings else None)
+    if strategy and ws.choose_strategy(STRATEGY_LABELS[strategy]) is None:
+        refused.append("strategy")
+    changes = {field: settings[key] for key, field in links.TRAINING_KEYS.items() if key in settings}
+    if "freeze" in settings:
+        changes["freeze"] = settings["freeze"]
+    if "lr_mult" in settings:
+        changes["lr_multipliers"] = settings["lr_mult"]
+    refused += ws.change(**changes)
     for key in PAGE_CHOICES:
-        if key in settings:
+        if key in settings and key not in locks:
             remember_choice(key, settings[key])
+    return refused
 
 
 def show_link_notes() -> None:
@@ -117,19 +106,20 @@ def _demo_settings() -> dict:
 
 
 def current_settings() -> dict:
-    """This session's setup in core.links' terms."""
-    ss = st.session_state
-    mc, cfg = ss.model_choice, ss.train_config
+    """This person's setup in core.links' terms."""
+    ws = workspace()
+    mc, cfg = ws.model, ws.config
     strategy = STRATEGY_CODES.get(mc.strategy, "custom")
     settings = {
         **_demo_settings(),
         "backbone": mc.backbone, "pretrained": mc.pretrained, "strategy": strategy,
         "freeze": list(mc.freeze) if strategy == "custom" else None,
-        "lr_mult": dict(mc.lr_multipliers) if strategy == "custom" else {},
-        "unfreeze_every": mc.unfreeze_every if strategy == "progressive" else 0,
-        "epochs": cfg.epochs, "lr": cfg.lr, "seed": cfg.seed, "size": cfg.image_size,
-        "lock": list(ss.get("link_lock", [])), "hide": list(ss.get("link_hide", [])),
+        "lr_mult": dict(mc.lr_multipliers) if strategy in ("custom", "discriminative") else {},
+        **{key: getattr(cfg, field) for key, field in links.TRAINING_KEYS.items()},
+        "lock": sorted(ws.locks), "hide": list(st.session_state.get("link_hide", [])),
     }
+    if strategy == "discriminative" and mc.lr_multipliers == discriminative_spread(models.group_names(mc.backbone)):
+        settings["lr_mult"] = {}  # the Model page's default spread: the strategy alone says it
     for key in PAGE_CHOICES:
         settings[key] = page_choice(key)
     return settings

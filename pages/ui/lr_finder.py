@@ -14,6 +14,7 @@ from pages.ui.runs import run_status, run_store, stop_run
 from pages.ui.session import current_split, split_key
 from pages.ui.tasks import follow, store_result, stored_result
 from pages.ui.text import plain
+from pages.ui.workspace import workspace
 
 __all__ = ["lr_finder_ui"]
 
@@ -131,7 +132,7 @@ def sweep_result(entry):
 
 def lr_finder_ui() -> None:
     ss = st.session_state
-    mc, cfg = ss.model_choice, ss.train_config
+    mc, cfg = workspace().model, workspace().config
     st.write(
         "One short run raises the learning rate from 10⁻⁶ to 1, one batch per step, on a copy of the model "
         "the Train page would start from. The loss first barely moves, then falls, then blows up. The "
@@ -175,10 +176,14 @@ def lr_finder_ui() -> None:
                    "Sweep again: each strategy has its own best rate.")
         return
     choice = suggested_rate(result.suggestion)
-    if st.button(f"Use lr = {choice:.2g} on the Train page", key="lr-apply",
+    ws = workspace()
+    if st.button(f"Use lr = {choice:.2g} on the Train page", key="lr-apply", disabled=ws.is_locked("lr"),
                  help="Sets the Train page's learning rate; every other setting stays."):
-        ss.train_config = replace(ss.train_config, lr=choice)
-        ss.lr_applied = choice
+        if not ws.change(by_hand=True, lr=choice):
+            ss.lr_applied = choice
+    if ws.is_locked("lr"):
+        st.caption(f":material/lock: Your link locks the learning rate at {ws.config.lr:.2g}: "
+                   "the suggestion is for comparing, not for training here.")
     if ss.get("lr_applied") is not None and math.isclose(ss.train_config.lr, ss.lr_applied):
         st.success(f"Applied: the Train page's learning rate is now {ss.lr_applied:.2g} for {mc.strategy} "
                    f"(the other settings are unchanged). Train there to use it.")

@@ -10,16 +10,15 @@ from pathlib import Path
 import streamlit as st
 
 from core import data
-from core.models import DEFAULT_BACKBONE
 from core.runs.store import is_run_id
-from core.train.base import TrainConfig
-from pages.ui.models import ModelChoice, device_label, group_table, preset_config
+from pages.ui.models import device_label
+from pages.ui.runs import run_store, run_strategy
 from pages.ui.text import plain
+from pages.ui.workspace import DEMO_LABEL, demo, init_workspace, workspace
 
 __all__ = ["DEMO_LABEL", "APP_SCRIPT", "run_page", "bootstrap", "OWNER_COOKIE", "keep_owner_in_browser", "owns",
            "init_session", "link_notes", "current_split", "split_key", "select_run", "sidebar", "demo"]
 
-DEMO_LABEL = "Demo shapes"
 APP_SCRIPT = Path(__file__).resolve().parents[2] / "app.py"
 _THROUGH_APP = "_page_reached_through_app"
 
@@ -44,15 +43,6 @@ def bootstrap() -> None:
         return
     runpy.run_path(str(APP_SCRIPT), run_name="__main__")
     st.stop()  # the page has been drawn, through app.py; nothing more to do in this run
-
-
-@st.cache_data(show_spinner="Generating the demo images…")
-def _demo(domain: str, per_class: int, seed: int) -> data.ImageDataset:
-    return data.demo_dataset(domain, per_class=per_class, seed=seed)
-
-
-def demo(domain: str = "source", per_class: int = 20, seed: int = 0) -> data.ImageDataset:
-    return _demo(domain, per_class, seed)
 
 
 OWNER_COOKIE = "transfer_lab_owner"
@@ -94,25 +84,7 @@ def init_session() -> None:
     if "u" in st.query_params:
         # Older links carried the owner (?u=…): it gave whoever opened them the owner's runs.
         del st.query_params["u"]
-    if "dataset" not in ss:
-        ss.dataset = demo()
-        ss.dataset_label = f"{DEMO_LABEL} (source look)"
-        ss.load_report = None
-    ss.setdefault("val_fraction", 0.25)
-    ss.setdefault("split_seed", 0)
-    if "model_choice" not in ss:
-        groups = [g["group"] for g in group_table(DEFAULT_BACKBONE)]
-        preset = preset_config("Feature extraction", groups)
-        ss.model_choice = ModelChoice(freeze=list(preset.freeze), lr_multipliers=dict(preset.lr_multipliers))
-    ss.setdefault("train_config", TrainConfig())
-    if "current_run" not in ss:
-        run_id = st.query_params.get("run", "")
-        ss.current_run = run_id if is_run_id(run_id) else None
-        if "run" in st.query_params and ss.current_run is None:
-            # A mistyped or cut link would otherwise stay in the address bar and fail silently.
-            del st.query_params["run"]
-            ss.link_note = ("This link's run id is not valid (a run id is 16 characters, 0–9 and a–f), so it was "
-                            "removed from the address bar. Check the link you were given.")
+    init_workspace()
     # Page switches clear the address bar's query; put the run on screen back every time, so a
     # refresh or a bookmark finds it.
     if ss.current_run and st.query_params.get("run") != ss.current_run:
@@ -138,7 +110,7 @@ def split_key() -> tuple:
 
 
 def select_run(run_id: str | None) -> None:
-    st.session_state.current_run = run_id
+    workspace().select_run(run_id)
     if run_id:
         st.query_params["run"] = run_id
     elif "run" in st.query_params:
@@ -155,13 +127,21 @@ def sidebar(refresh: bool = False) -> None:
             keep_owner_in_browser()
     if not refresh or "_sidebar_slot" not in ss:
         ss["_sidebar_slot"] = st.sidebar.empty()  # a new script run: the old slot is gone
+    ws = workspace()
     with ss["_sidebar_slot"].container():
         st.caption(f"Device: **{device_label()}**")
-        ds = ss.get("dataset")
-        if ds is not None:
-            st.caption(f"Data: {plain(ss.dataset_label)} — {len(ds)} images, {len(ds.classes)} classes")
-        mc = ss.get("model_choice")
-        if mc is not None:
-            st.caption(f"Model: {mc.backbone}{'' if mc.pretrained else ' (no pretraining)'} — {mc.strategy}")
-        if ss.get("current_run"):
-            st.caption(f"Run: `{ss.current_run}`")
+        st.caption(f"Data: {plain(ws.dataset_label)} — {len(ws.dataset)} images, {len(ws.dataset.classes)} classes")
+        mc = ws.model
+        st.caption(f"Next run: {mc.backbone}{'' if mc.pretrained else ' (no pretraining)'} — {mc.strategy}")
+        if ws.current_run:
+            # the run on screen says its own strategy: it may not be the one the next run will use
+            record = _run_record(ws.current_run)
+            about = f" — {plain(run_strategy(record))}" if record is not None else ""
+            st.caption(f"Run on screen: `{ws.current_run}`{about}")
+
+
+def _run_record(run_id: str):
+    try:
+        return run_store().get(run_id)
+    except Exception:  # a run folder another process is writing: the sidebar never breaks a page
+        return None

@@ -55,3 +55,20 @@ def test_the_adaptation_settings_survive_a_visit_to_another_page(page):
     assert not page.exception, page.exception
     assert [n.value for n in page.number_input if n.label == "Epochs"] == [2]
     assert [s.value for s in page.selectbox if s.label == "Input size (px)"] == [64]
+
+
+def test_the_page_opens_on_the_persons_own_dataset_split_in_two_halves():
+    from core.data import demo_fewshot
+
+    mine = demo_fewshot(n_classes=4, per_class=6)
+    at = open_page(fresh_app(state={"dataset": mine, "dataset_label": "pets.zip", "load_report": None}),
+                   "domain_shift")
+    assert [r.value for r in at.radio if r.label == "Compare"] == ["Two halves of one dataset (control)"]
+    assert [s.value for s in at.selectbox if s.label == "Dataset"] == ["current"]
+    assert "A: first half (12 images) vs B: second half (12 images)" in texts(at.subheader)
+    assert not [s for s in at.slider if s.label == "Demo images per class"]  # no demo set in play
+    # two datasets: theirs against a second one they bring, asked for before anything runs
+    [r for r in at.radio if r.label == "Compare"][0].set_value("Two datasets").run()
+    assert [s.value for s in at.selectbox if s.label.startswith("Set ")] == ["current", "second"]
+    assert any("Bring the second dataset above" in i for i in texts(at.info))
+    assert at.session_state.dataset is mine  # the page never replaces the person's own data

@@ -92,3 +92,36 @@ def test_meta_training_runs_as_a_task_with_curves_and_then_predicts_in_the_episo
     # the episode now shows the meta-trained ANIL's predictions too
     marks = verdicts(at)
     assert len(marks) == 6 and all(len(lines) == 3 and "ANIL" in lines[2] for lines in marks)
+
+
+def open_fewshot_on(ds, label: str):
+    at = AppTest.from_file(APP, default_timeout=180)
+    at.session_state["dataset"], at.session_state["dataset_label"] = ds, label
+    at.session_state["load_report"] = None
+    at.run()
+    at.switch_page("pages/fewshot.py").run()
+    assert not at.exception, at.exception
+    return at
+
+
+def test_episodes_come_from_the_persons_classes_and_say_which_episodes_their_data_allows():
+    from core.data import demo_fewshot
+
+    mine = demo_fewshot(n_classes=6, per_class=8)  # 3 novel classes of 8: 1-shot with 5 queries, not 5-shot
+    at = open_fewshot_on(mine, "my shapes.zip")
+    about = at.caption[0].value
+    assert about.startswith("Your data, my shapes.zip: 6 classes") and "3-way 1-shot" in about, about
+    assert "5-shot" not in about
+    novel = about.split("Novel: ")[1].rstrip(".").split(", ")
+    shown = support_classes(at)
+    assert len(shown) == 3 and set(shown) <= set(novel) and set(novel) <= set(mine.classes)
+    assert "An episode: 3-way 1-shot" in [s.value for s in at.subheader]
+
+
+def test_too_few_classes_fall_back_to_the_built_in_set_with_a_note():
+    from core.data import demo_fewshot
+
+    at = open_fewshot_on(demo_fewshot(n_classes=3, per_class=4), "tiny.zip")
+    assert any("tiny.zip has 3 classes" in i.value and "built-in" in i.value for i in at.info)
+    assert at.caption[0].value.startswith("Demo: 20 classes")
+    assert "An episode: 5-way 1-shot" in [s.value for s in at.subheader]

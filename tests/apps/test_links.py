@@ -1,6 +1,89 @@
 """Links that carry a setup: encode and decode the app's settings as query parameters."""
 
-from core.links import DEFAULTS, decode, encode
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from core import lessons
+from core.links import (
+    BATCH_SIZES,
+    DEFAULTS,
+    IMAGE_SIZES,
+    KEYS,
+    LEARNING_RATES,
+    LOCKABLE,
+    SALIENCY_METHODS,
+    SECTIONS,
+    STRATEGIES,
+    complete,
+    decode,
+    encode,
+)
+from core.models import backbones
+from core.train.strategies import strategy_config
+
+GROUPS = {info.name: backbones.group_names(info.name) for info in backbones.list_backbones()}
+# Rates the app itself sets: the Train page's steps, every preset's, and the LR finder's suggestions
+# (two significant digits anywhere in its sweep from 1e-6 to 1).
+PRESET_RATES = sorted({strategy_config(s, GROUPS["resnet18"]).lr
+                       for s in ("feature_extraction", "last_stage", "full", "progressive")})
+FINDER_RATES = st.builds(lambda m, e: float(f"{m / 10:.2g}e{e}"), st.integers(10, 99), st.integers(-6, -1))
+
+
+def unique_lists(options):
+    return st.lists(st.sampled_from(list(options)), unique=True)
+
+
+@st.composite
+def setups(draw) -> dict:
+    """Any setup the app can show and so must be able to link."""
+    backbone = draw(st.sampled_from(sorted(GROUPS)))
+    groups = GROUPS[backbone]
+    strategy = draw(st.sampled_from(STRATEGIES))
+    multipliers = st.dictionaries(st.sampled_from(groups), st.sampled_from([0.0, 0.001, 0.0316, 0.1, 0.3, 0.5, 2.0]))
+    epochs = draw(st.integers(1, 100))
+    return {
+        "data": draw(st.sampled_from(["source", "target"])), "per_class": draw(st.integers(5, 60)),
+        "backbone": backbone, "pretrained": draw(st.booleans()), "strategy": strategy,
+        "freeze": draw(unique_lists(groups[:-1])) if strategy == "custom" else None,
+        "lr_mult": draw(multipliers) if strategy in ("custom", "discriminative") else {},
+        "unfreeze_every": draw(st.integers(1, 5)) if strategy == "progressive" else 0,
+        "epochs": epochs, "lr": draw(st.sampled_from(LEARNING_RATES + tuple(PRESET_RATES)) | FINDER_RATES),
+        "seed": draw(st.integers(0, 10_000)), "size": draw(st.sampled_from(IMAGE_SIZES)),
+        "batch": draw(st.sampled_from(BATCH_SIZES)), "patience": draw(st.integers(0, 100)),
+        "warmup": draw(st.integers(0, max(0, epochs - 1))), "augment": draw(st.booleans()),
+        "flip": draw(st.booleans()), "jitter": draw(st.booleans()),
+        "optimizer": draw(st.sampled_from(["adamw", "sgd"])),
+        "schedule": draw(st.sampled_from(["cosine", "onecycle", "constant"])), "train_bn": draw(st.booleans()),
+        "sal_methods": draw(unique_lists(SALIENCY_METHODS)), "kernel": draw(st.sampled_from(["median", "multi"])),
+        "picture": draw(st.sampled_from(["pca", "tsne"])), "lock": draw(unique_lists(LOCKABLE)),
+        "hide": draw(unique_lists(SECTIONS)),
+    }
+
+
+@settings(max_examples=300, deadline=None)
+@given(setups())
+def test_every_setup_the_app_can_show_comes_back_whole_from_its_link(setup):
+    assert set(setup) == set(KEYS)
+    settings, notes = decode(encode(setup))
+    assert notes == []
+    assert complete(settings) == complete(setup)
+
+
+def test_the_settings_of_every_lessons_next_step_come_back_whole_from_a_link():
+    found, _ = lessons.load_lessons()
+    steps = [step for lesson in found for step in lesson.next_steps]
+    assert steps
+    for step in steps:
+        settings, notes = decode(encode(step.settings))
+        assert notes == [], step.label
+        assert complete(settings) == complete(step.settings), step.label
+
+
+def test_a_teachers_last_stage_link_with_a_presets_rate_is_accepted_as_it_is():
+    # the issue's report: lr=0.002 (the preset's own rate) was refused as "use one of 1e-05 … 0.003"
+    settings, notes = decode(encode({"strategy": "last_stage", "epochs": 5, "lr": 0.002}))
+    assert notes == [] and settings == {"strategy": "last_stage", "epochs": 5}
+    assert decode({"lr": "0.0058"}) == ({"lr": 0.0058}, [])
 
 
 def test_an_untouched_setup_is_an_empty_link():
@@ -21,12 +104,12 @@ def test_a_setup_survives_the_round_trip_through_a_link():
 
 
 def test_unknown_and_bad_parameters_are_ignored_with_a_note_each():
-    settings, notes = decode({"epochs": "lots", "lr": "0.005", "size": "100", "backbone": "alexnet",
+    settings, notes = decode({"epochs": "lots", "lr": "5", "size": "100", "backbone": "alexnet",
                               "colour": "blue", "seed": "3", "data": ["source", "target"]})
     assert settings == {"seed": 3, "data": "target"}  # the last of repeated values counts
     assert len(notes) == 5
     joined = " ".join(notes)
-    for word in ("'colour'", "epochs=lots", "lr=0.005", "size=100", "backbone=alexnet"):
+    for word in ("'colour'", "epochs=lots", "lr=5", "size=100", "backbone=alexnet"):
         assert word in joined
 
 

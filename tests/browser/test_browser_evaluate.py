@@ -71,3 +71,44 @@ def test_a_click_on_a_confusion_matrix_cell_shows_the_images_behind_it(server_wi
     expect(page.get_by_role("combobox", name="True class")).to_have_value(true)
     expect(page.get_by_role("combobox", name="Predicted class")).to_have_value(said)
     assert_no_exception(page)
+
+
+# The centres of the counts matrix's empty cells, in page pixels (as FULLEST_CELL finds a cell).
+ZERO_CELLS = """plot => {
+  const xa = plot._fullLayout.xaxis, ya = plot._fullLayout.yaxis, box = plot.getBoundingClientRect();
+  return plot.data[1].customdata.filter(c => c[2] === 0)
+    .map(([t, p]) => ({x: box.left + xa._offset + xa.l2p(p), y: box.top + ya._offset + ya.l2p(t)}));
+}"""
+
+
+def colour(text: str) -> tuple[int, ...]:
+    return tuple(int(v) for v in re.findall(r"[\d.]+", text)[:3])
+
+
+def test_zero_cells_of_the_confusion_matrix_stay_readable_in_dark_mode(server_with_a_run, browser):
+    """A zero is a count like the others: its "0" must stand out from a dark page as from a light one."""
+    import io
+
+    from PIL import Image
+
+    from tests.browser.browser_helpers import fresh_page
+
+    url, run_id, _ = server_with_a_run
+    for page in fresh_page(browser, color_scheme="dark"):
+        open_app(page, url)
+        page.goto(f"{url}/evaluate?run={run_id}")
+        counts = page.locator(".js-plotly-plot").filter(has_text="Confusion matrix (counts)")
+        expect(counts).to_be_visible(timeout=120_000)
+        expect(counts.locator(".nsewdrag").first).to_be_visible()
+        page.wait_for_timeout(500)  # plotly draws the cells' text after the axes
+        background = colour(page.get_by_test_id("stApp").evaluate("el => getComputedStyle(el).backgroundColor"))
+        assert sum(background) < 150, f"the page is not dark: {background}"
+        zeros = counts.evaluate(ZERO_CELLS)
+        assert zeros, "an untrained head leaves some cells empty"
+        shot = Image.open(io.BytesIO(page.screenshot())).convert("RGB")
+        for cell in zeros:
+            x, y = round(cell["x"]), round(cell["y"])
+            patch = shot.crop((x - 8, y - 8, x + 8, y + 8)).getdata()
+            # the "0" in the cell: some of its pixels far from the page's colour
+            contrast = max(sum(abs(a - b) for a, b in zip(pixel, background, strict=True)) for pixel in patch)
+            assert contrast > 200, f"the zero at {cell} barely shows: {contrast}"
