@@ -64,6 +64,22 @@ def load_data(spec: str, per_class: int = DEFAULT_PER_CLASS):
     return ds, path.name
 
 
+def _check_demo_size(spec: str, per_class: int, size: int, cap_mb: int) -> None:
+    """A demo set's size is known before it is drawn: refuse one too big for a dataset, or for the
+    app's budget for one run's images, at once (it would otherwise grow for minutes first)."""
+    from core.data import limits
+    from core.data.demo import DEMO_CLASSES
+    from core.data.encoded import check_count_budget
+
+    if not spec.startswith("demo:"):
+        return
+    most = limits.MAX_ENTRIES // len(DEMO_CLASSES)
+    if not 1 <= per_class <= most:
+        raise ConfigError(f"--per-class must be between 1 and {most:,} (a dataset holds at most "
+                          f"{limits.MAX_ENTRIES:,} images); it was {per_class:,}.")
+    check_count_budget(per_class * len(DEMO_CLASSES), size, cap_mb * 2**20)
+
+
 def read_config(path: str | None, group_names: list[str], strategy: str | None = None):
     """A TrainConfig from CONFIG.json's fields, on top of ``strategy``'s preset when one is given."""
     from core.train.base import TrainConfig
@@ -192,7 +208,7 @@ def _create_folder(store, args, config, train_ds, val_ds, label: str, world: int
     """The run's folder (record and encoded images), as the app writes one, with what reproduces it."""
     from dataclasses import replace
 
-    from core.runs.jobs import encode_inputs, new_record
+    from core.runs.jobs import check_budget, encode_inputs, new_record
 
     pretrained = not args.scratch and args.weights is None
     record = new_record(train_ds, val_ds, backbone=args.backbone, pretrained=pretrained, config=config,
@@ -200,8 +216,10 @@ def _create_folder(store, args, config, train_ds, val_ds, label: str, world: int
     record = replace(record, info={"world_size": world}, config={
         **record.config, "data": args.data, "per_class": args.per_class, "val_fraction": args.val_fraction,
         "split_seed": args.split_seed, "world_size": world})
+    inputs = encode_inputs(train_ds, val_ds, int(config.image_size))
+    check_budget(inputs)  # the app's budget for one run's images
     store.create(record)
-    store.save_inputs(record.id, encode_inputs(train_ds, val_ds, int(config.image_size)))
+    store.save_inputs(record.id, inputs)
     return record.id
 
 
@@ -220,6 +238,7 @@ def train(args) -> int:
     settings = get_settings()
     group_names = backbones.group_names(args.backbone)
     config = read_config(args.config, group_names, args.strategy)
+    _check_demo_size(args.data, args.per_class, int(config.image_size), settings.max_run_inputs_mb)
     ds, label = load_data(args.data, args.per_class)
     train_ds, val_ds = data.split(ds, args.val_fraction, args.split_seed)
     if len(train_ds.classes) < 2:

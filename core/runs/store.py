@@ -16,6 +16,7 @@ from pathlib import Path
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from core.data.encoded import Pending, read_pending, write_pending
 from core.errors import CheckpointError, UserInputError
 from core.models.backbones import load
 from core.models.heads import Classifier, classifier, starting_model
@@ -29,6 +30,7 @@ RECENT_SECONDS = 3600  # the disk cap never removes a run that finished less tha
 IN_VIEW_SECONDS = 600  # ... nor one a page showed less than this ago (see RunStore.touch)
 EVENTS = "events.jsonl"
 INPUTS = "inputs.safetensors"
+SOURCES = "sources"  # sources.bin / sources.json: pictures the worker encodes (core.data.encoded.Pending)
 STOP = "stop"
 VIEWED = "viewed"
 
@@ -210,22 +212,28 @@ class RunStore:
         return self._dir(run_id)
 
     def save_inputs(self, run_id: str, tensors: dict) -> None:
-        """The run's training data (uint8 images at its size, labels), for the worker to read."""
-        self._write(run_id, INPUTS, tensors)
+        """The run's training data for the worker to read: tensors (labels, images already encoded)
+        as they are, and ``Pending`` images as the pictures themselves, which the worker encodes."""
+        pending = {k: v for k, v in tensors.items() if isinstance(v, Pending)}
+        self._write(run_id, INPUTS, {k: v for k, v in tensors.items() if k not in pending})
+        if pending:
+            write_pending(self._dir(run_id), pending, SOURCES)
 
     def load_inputs(self, run_id: str) -> dict:
-        path = self._dir(run_id) / INPUTS
+        """The run's inputs with every image encoded at its size (in the worker: never in the server)."""
+        folder = self._dir(run_id)
         try:
-            return load_file(str(path), device="cpu")
-        except (SafetensorError, OSError, ValueError) as exc:
+            return {**load_file(str(folder / INPUTS), device="cpu"), **read_pending(folder, SOURCES)}
+        except (SafetensorError, OSError, ValueError, KeyError) as exc:
             raise CheckpointError(f"This run's training data could not be read: {exc}") from None
 
     def drop_inputs(self, run_id: str) -> None:
-        """The encoded images are only needed while the run trains: do not let them fill the disk."""
-        try:
-            (self._dir(run_id) / INPUTS).unlink(missing_ok=True)
-        except OSError:
-            pass
+        """The run's images are only needed while it trains: do not let them fill the disk."""
+        for name in (INPUTS, f"{SOURCES}.bin", f"{SOURCES}.json", f"{SOURCES}.bin.tmp"):
+            try:
+                (self._dir(run_id) / name).unlink(missing_ok=True)
+            except OSError:
+                pass
 
     def read_events(self, run_id: str, offset: int = 0) -> tuple[list[dict], int]:
         """Complete lines of the run's events.jsonl from byte ``offset`` on, and the offset after them."""

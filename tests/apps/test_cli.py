@@ -124,6 +124,27 @@ def test_bad_input_gets_the_apps_message_and_exit_status_2(tmp_path, capsys, fie
     assert RunStore(tmp_path / "data").list() == []  # nothing half-made is left behind
 
 
+def test_a_demo_set_too_big_to_hold_is_refused_before_it_is_drawn(tmp_path, capsys):
+    config = write_config(tmp_path, epochs=1)
+    args = train_args(tmp_path / "data", config)
+    args[args.index("8")] = "100000000"
+    began = time.perf_counter()
+    assert cli.main(args) == 2
+    assert time.perf_counter() - began < 5  # it grew for minutes (3.4 GB at 65 s) before
+    assert "--per-class must be between 1 and 5,000" in capsys.readouterr().err
+
+
+def test_the_command_line_keeps_the_apps_budget_for_one_runs_images(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("TRANSFER_LAB_MAX_RUN_INPUTS_MB", "1")
+    config = write_config(tmp_path, epochs=1, image_size=224)
+    args = train_args(tmp_path / "data", config)
+    args[args.index("8")] = "500"
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert "2,000 images at 224 px" in err and "Train on fewer images" in err and "Traceback" not in err
+    assert RunStore(tmp_path / "data").list() == []
+
+
 def test_a_config_that_is_not_json_is_a_clear_error(tmp_path, capsys):
     bad = tmp_path / "bad.json"
     bad.write_text("{epochs: 2")
