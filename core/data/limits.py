@@ -15,6 +15,7 @@ __all__ = [
     "RATIO_EXEMPT_BYTES",
     "MAX_DIRECTORY_BYTES_PER_ENTRY",
     "MAX_CSV_BYTES",
+    "MAX_NAME_CHARS",
 ]
 
 MAX_SIDE = 512  # longest side of an image held in memory
@@ -29,3 +30,4 @@ RATIO_EXEMPT_BYTES = 2**20
 # Bounds the central directory before zipfile parses it (a record is >= 46 bytes + its name).
 MAX_DIRECTORY_BYTES_PER_ENTRY = 512
 MAX_CSV_BYTES = 20 * 2**20  # a labels.csv
+MAX_NAME_CHARS = 100  # a class, task or label name: a 100 KB one took 8.8 s to draw
