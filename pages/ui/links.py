@@ -15,6 +15,7 @@ from core import links, models
 from core.train.base import TrainConfig
 from pages.ui.models import preset_freeze
 from pages.ui.session import DEMO_LABEL, demo
+from pages.ui.text import plain
 
 STRATEGY_LABELS = {
     "feature_extraction": "Feature extraction",
@@ -101,7 +102,8 @@ def show_link_notes() -> None:
     """Say once what in the link could not be used (the app opens as usual)."""
     notes = st.session_state.pop("_link_notes", None)
     if notes:
-        st.info("Some of this link's settings were not used:\n\n" + "\n".join(f"- {n}" for n in notes),
+        # a note quotes the link, which anyone can write: its text must not become a link or an image
+        st.info("Some of this link's settings were not used:\n\n" + "\n".join(f"- {plain(n)}" for n in notes),
                 icon=":material/link:")
 
 
