@@ -55,6 +55,7 @@ class Settings:
     max_queued_per_person: int = 2  # runs one person may have training or waiting at once
     processes_per_run: int = 1  # above 1, a run trains under torchrun with this many processes (one per GPU)
     max_run_inputs_mb: int = 2048  # one run's images once encoded at its input size
+    upload_quota_mb: int = 300  # weights files one person may keep uploaded
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -68,6 +69,7 @@ class Settings:
             max_queued_per_person=_int_env("TRANSFER_LAB_MAX_QUEUED_PER_PERSON", 2, 1),
             processes_per_run=_int_env("TRANSFER_LAB_PROCESSES_PER_RUN", 1, 1),
             max_run_inputs_mb=_int_env("TRANSFER_LAB_MAX_RUN_INPUTS_MB", _default_run_inputs_mb(slots), 1),
+            upload_quota_mb=_int_env("TRANSFER_LAB_UPLOAD_QUOTA_MB", 300, 1),
         )
 
 
