@@ -93,18 +93,56 @@ def read_config(path: str | None, group_names: list[str], strategy: str | None =
             raise ConfigError(f"The settings file {path} could not be read ({exc.strerror}).") from None
         except ValueError as exc:
             raise ConfigError(f"The settings file {path} is not valid JSON: {exc}.") from None
+        except RecursionError:
+            raise ConfigError(f"The settings file {path} is nested too deeply: it must hold one JSON object of "
+                              "training settings (e.g. {\"epochs\": 3}).") from None
         if not isinstance(values, dict):
             raise ConfigError(f"The settings file {path} must hold one JSON object of training settings.")
-    known = {f.name for f in fields(TrainConfig)}
-    unknown = sorted(set(values) - known)
+    known = {f.name: f.default for f in fields(TrainConfig)}
+    unknown = sorted(set(values) - set(known))
     if unknown:
         raise ConfigError(f"Unknown settings in {path}: {', '.join(unknown)}. The settings are: {', '.join(sorted(known))}.")
+    for name, value in values.items():
+        _check_type(name, value, known[name], path)
+    if strategy and "warmup_epochs" not in values:
+        values = _clamped_warmup(strategy, group_names, values)
     try:
         config = strategy_config(strategy, group_names, **values) if strategy else TrainConfig(**values)
     except TypeError as exc:
         raise ConfigError(f"The settings in {path} do not fit: {exc}.") from None
     config.validate(group_names)
     return config
+
+
+def _clamped_warmup(strategy: str, group_names: list[str], values: dict) -> dict:
+    """A preset's head warm-up lowered to one less than the file's epochs, as the Train page does
+    (last_stage warms up for at most 30 epochs: with {"epochs": 2} it was refused)."""
+    from core.train.strategies import strategy_config
+
+    preset = strategy_config(strategy, group_names)
+    epochs = values.get("epochs", preset.epochs)
+    if not isinstance(epochs, int) or preset.warmup_epochs <= max(0, epochs - 1):
+        return values
+    print(f"note: the {strategy} preset's head warm-up of (at most) {preset.warmup_epochs} epochs is lowered to "
+          f"{max(0, epochs - 1)}, one less than the {epochs} epochs.", file=sys.stderr)
+    return {**values, "warmup_epochs": max(0, epochs - 1)}
+
+
+def _check_type(name: str, value, default, path) -> None:
+    """A setting must have its default's kind: true is not a number of epochs (it trained one)."""
+    if isinstance(default, bool):
+        ok, kind = isinstance(value, bool), "true or false"
+    elif isinstance(default, int):
+        ok, kind = isinstance(value, int) and not isinstance(value, bool), "a whole number"
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        kind = "a number"
+    elif isinstance(default, str):
+        ok, kind = isinstance(value, str), "text"
+    else:
+        return  # lists and mappings: TrainConfig.validate checks their contents
+    if not ok:
+        raise ConfigError(f"The setting {name} in {path} must be {kind}, not {json.dumps(value)[:40]}.")
 
 
 # --- a run as a command ----------------------------------------------------------------------
@@ -248,8 +286,7 @@ def train(args) -> int:
     world = distributed.world_size if distributed else 1
     main_rank = distributed is None or distributed.main
 
-    store = RunStore(Path(args.data_dir).expanduser() if args.data_dir else settings.data_dir,
-                     cap_mb=settings.disk_cap_mb)
+    store = RunStore(_data_dir(args.data_dir, settings.data_dir), cap_mb=settings.disk_cap_mb)
     run_id = [_create_folder(store, args, config, train_ds, val_ds, label, world) if main_rank else None]
     if distributed is not None:
         torch.distributed.broadcast_object_list(run_id, src=0)  # every rank trains from rank 0's folder
@@ -335,7 +372,19 @@ def _store(args):
     from core.runs.store import RunStore
     from core.settings import get_settings
 
-    return RunStore(Path(args.data_dir).expanduser() if args.data_dir else get_settings().data_dir)
+    return RunStore(_data_dir(args.data_dir, get_settings().data_dir))
+
+
+def _data_dir(given: str | None, default: Path) -> Path:
+    """The run store's folder, or a ConfigError when it names a file (``--data-dir /etc/passwd``)."""
+    folder = Path(given).expanduser() if given else Path(default)
+    for part in (folder, *folder.parents):
+        if part.exists() and not part.is_dir():
+            raise ConfigError(f"The data folder {folder} cannot be used: {part} is a file, not a folder. "
+                              "Give --data-dir a folder (it is made if missing).")
+        if part.exists():
+            break
+    return folder
 
 
 def export(args) -> int:
@@ -409,6 +458,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserInputError as exc:
         if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every rank meets it: say it once
             print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except RecursionError:  # input nested beyond what can be read (a data file, a config)
+        print("error: the input is nested too deeply to be read.", file=sys.stderr)
         return 2
 
 

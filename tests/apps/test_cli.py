@@ -145,6 +145,40 @@ def test_the_command_line_keeps_the_apps_budget_for_one_runs_images(tmp_path, ca
     assert RunStore(tmp_path / "data").list() == []
 
 
+@pytest.mark.parametrize("text, words", [
+    ("[" * 100_000 + "]" * 100_000, ["nested too deeply"]),  # was a RecursionError traceback
+    ('{"epochs": true}', ["epochs", "must be a whole number", "true"]),  # trained one epoch
+    ('{"lr": "0.1"}', ["lr", "must be a number"]),
+    ('{"augment": 1}', ["augment", "true or false"]),
+])
+def test_settings_that_are_not_what_they_name_are_refused_without_a_traceback(tmp_path, capsys, text, words):
+    path = tmp_path / "config.json"
+    path.write_text(text)
+    assert cli.main(train_args(tmp_path / "data", str(path))) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and all(word in err for word in words)
+
+
+@pytest.mark.parametrize("command", ["train", "list"])
+def test_a_data_dir_that_is_a_file_is_a_clear_error(tmp_path, capsys, command):
+    afile = tmp_path / "passwd"
+    afile.write_text("root:x:0:0")
+    config = write_config(tmp_path, epochs=1)
+    args = train_args(afile, config) if command == "train" else ["list", "--data-dir", str(afile)]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert "is a file, not a folder" in err and "Traceback" not in err
+
+
+def test_a_presets_warm_up_is_clamped_to_the_epochs_as_the_page_does(tmp_path, capsys):
+    groups = ["stem", "layer1", "layer2", "layer3", "layer4", "head"]
+    preset = strategy_config("last_stage", groups)
+    assert preset.warmup_epochs >= 1  # otherwise there is nothing to clamp
+    config = cli.read_config(write_config(tmp_path, epochs=2), groups, "last_stage")  # was refused
+    assert config.epochs == 2 and config.warmup_epochs == 1
+    assert "lowered to 1" in capsys.readouterr().err
+
+
 def test_a_config_that_is_not_json_is_a_clear_error(tmp_path, capsys):
     bad = tmp_path / "bad.json"
     bad.write_text("{epochs: 2")
