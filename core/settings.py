@@ -56,6 +56,7 @@ class Settings:
     processes_per_run: int = 1  # above 1, a run trains under torchrun with this many processes (one per GPU)
     max_run_inputs_mb: int = 2048  # one run's images once encoded at its input size
     upload_quota_mb: int = 300  # weights files one person may keep uploaded
+    worker_recycle_mb: int = 2048  # a worker process above this after a run is replaced by a fresh one
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -70,6 +71,7 @@ class Settings:
             processes_per_run=_int_env("TRANSFER_LAB_PROCESSES_PER_RUN", 1, 1),
             max_run_inputs_mb=_int_env("TRANSFER_LAB_MAX_RUN_INPUTS_MB", _default_run_inputs_mb(slots), 1),
             upload_quota_mb=_int_env("TRANSFER_LAB_UPLOAD_QUOTA_MB", 300, 1),
+            worker_recycle_mb=_int_env("TRANSFER_LAB_WORKER_RECYCLE_MB", 2048, 100),
         )
 
 
