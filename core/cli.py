@@ -167,8 +167,9 @@ def _data_spec(record) -> str:
     return record.dataset if record.dataset.lower().endswith(".zip") else "YOUR_IMAGES.zip"
 
 
-def command_for(record, config_path: str = "CONFIG.json") -> str:
-    """The shell command that trains ``record`` again (with ``config_for(record)`` in ``config_path``)."""
+def command_for(record, config_path: str = "CONFIG.json", weights: str | None = None) -> str:
+    """The shell command that trains ``record`` again (with ``config_for(record)`` in ``config_path``).
+    ``weights`` stands for the weights file the run started from, instead of its path on the server."""
     cfg = record.config
     spec = _data_spec(record)
     parts = ["python", "-m", "core.cli", "train", "--data", spec, "--backbone", record.backbone,
@@ -187,7 +188,7 @@ def command_for(record, config_path: str = "CONFIG.json") -> str:
     if cfg.get("split_seed"):
         parts += ["--split-seed", str(cfg["split_seed"])]
     if cfg.get("weights_file"):
-        parts += ["--weights", cfg["weights_file"]]
+        parts += ["--weights", weights or cfg["weights_file"]]
     elif not record.pretrained:
         parts.append("--scratch")
     if cfg.get("head", "linear") != "linear":

@@ -223,6 +223,18 @@ def test_an_app_run_gets_a_command_for_its_demo_set():
     assert cli.config_for(record) == {"epochs": 3, "lr": 0.01}
 
 
+def test_a_viewers_command_names_a_weights_file_of_their_own_not_the_servers_path():
+    from core.runs import RunRecord
+
+    server_path = "/srv/transfer-lab-data/uploads/" + "e" * 64 + ".pt"
+    record = RunRecord(id="0" * 16, status="finished", created=0.0, backbone="resnet18", pretrained=True,
+                       classes=["a", "b"], dataset="Demo shapes (source look)",
+                       config={"epochs": 3, "n_train": 30, "n_val": 10, "weights_file": server_path})
+    assert server_path in cli.command_for(record)  # the owner's own, as before
+    words = shlex.split(cli.command_for(record, weights="YOUR_WEIGHTS.pt"))
+    assert words[words.index("--weights") + 1] == "YOUR_WEIGHTS.pt" and server_path not in words
+
+
 def test_export_and_list_work_on_a_finished_run(tmp_path, capsys):
     config = write_config(tmp_path, **{**EXACT, "epochs": 1})
     data_dir = str(tmp_path / "data")
