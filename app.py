@@ -37,13 +37,16 @@ link_notes()
 # first click on Train does not wait for torch to be imported.
 get_pool()
 
+# The Data page is served at the root; its own name (/data, as every other page has one) leads there too,
+# instead of "Page not found". Its inferred path would be "data" too, so it gets another, never shown.
+DATA_PAGE = st.Page("pages/data.py", title="Data", icon=":material/photo_library:", default=True, url_path="data-page")
 pages = {
     # First in the menu: a class starts from a lesson; a bare visit still opens on the Data page.
     "Learn": [
         st.Page("pages/lessons.py", title="Lessons", icon=":material/school:"),
     ],
     "Build": [
-        st.Page("pages/data.py", title="Data", icon=":material/photo_library:", default=True),
+        DATA_PAGE,
         st.Page("pages/model.py", title="Model", icon=":material/account_tree:"),
         st.Page("pages/train.py", title="Train", icon=":material/monitoring:"),
     ],
@@ -56,6 +59,7 @@ pages = {
     "Use": [
         st.Page("pages/evaluate.py", title="Evaluate", icon=":material/fact_check:"),
         st.Page("pages/use_model.py", title="Use the model", icon=":material/rocket_launch:"),
+        st.Page(lambda: st.switch_page(DATA_PAGE), title="Data", url_path="data", visibility="hidden"),
     ],
 }
 # config.toml hides the menu for the first paint after a start (it would list pages/ raw files);

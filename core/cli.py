@@ -66,6 +66,22 @@ def load_data(spec: str, per_class: int = DEFAULT_PER_CLASS):
     return ds, path.name
 
 
+def _check_demo_size(spec: str, per_class: int, size: int, cap_mb: int) -> None:
+    """A demo set's size is known before it is drawn: refuse one too big for a dataset, or for the
+    app's budget for one run's images, at once (it would otherwise grow for minutes first)."""
+    from core.data import limits
+    from core.data.demo import DEMO_CLASSES
+    from core.data.encoded import check_count_budget
+
+    if not spec.startswith("demo:"):
+        return
+    most = limits.MAX_ENTRIES // len(DEMO_CLASSES)
+    if not 1 <= per_class <= most:
+        raise ConfigError(f"--per-class must be between 1 and {most:,} (a dataset holds at most "
+                          f"{limits.MAX_ENTRIES:,} images); it was {per_class:,}.")
+    check_count_budget(per_class * len(DEMO_CLASSES), size, cap_mb * 2**20)
+
+
 def read_config(path: str | None, group_names: list[str], strategy: str | None = None):
     """A TrainConfig from CONFIG.json's fields, on top of ``strategy``'s preset when one is given."""
     from core.train.base import TrainConfig
@@ -79,18 +95,56 @@ def read_config(path: str | None, group_names: list[str], strategy: str | None =
             raise ConfigError(f"The settings file {path} could not be read ({exc.strerror}).") from None
         except ValueError as exc:
             raise ConfigError(f"The settings file {path} is not valid JSON: {exc}.") from None
+        except RecursionError:
+            raise ConfigError(f"The settings file {path} is nested too deeply: it must hold one JSON object of "
+                              "training settings (e.g. {\"epochs\": 3}).") from None
         if not isinstance(values, dict):
             raise ConfigError(f"The settings file {path} must hold one JSON object of training settings.")
-    known = {f.name for f in fields(TrainConfig)}
-    unknown = sorted(set(values) - known)
+    known = {f.name: f.default for f in fields(TrainConfig)}
+    unknown = sorted(set(values) - set(known))
     if unknown:
         raise ConfigError(f"Unknown settings in {path}: {', '.join(unknown)}. The settings are: {', '.join(sorted(known))}.")
+    for name, value in values.items():
+        _check_type(name, value, known[name], path)
+    if strategy and "warmup_epochs" not in values:
+        values = _clamped_warmup(strategy, group_names, values)
     try:
         config = strategy_config(strategy, group_names, **values) if strategy else TrainConfig(**values)
     except TypeError as exc:
         raise ConfigError(f"The settings in {path} do not fit: {exc}.") from None
     config.validate(group_names)
     return config
+
+
+def _clamped_warmup(strategy: str, group_names: list[str], values: dict) -> dict:
+    """A preset's head warm-up lowered to one less than the file's epochs, as the Train page does
+    (last_stage warms up for at most 30 epochs: with {"epochs": 2} it was refused)."""
+    from core.train.strategies import strategy_config
+
+    preset = strategy_config(strategy, group_names)
+    epochs = values.get("epochs", preset.epochs)
+    if not isinstance(epochs, int) or preset.warmup_epochs <= max(0, epochs - 1):
+        return values
+    print(f"note: the {strategy} preset's head warm-up of (at most) {preset.warmup_epochs} epochs is lowered to "
+          f"{max(0, epochs - 1)}, one less than the {epochs} epochs.", file=sys.stderr)
+    return {**values, "warmup_epochs": max(0, epochs - 1)}
+
+
+def _check_type(name: str, value, default, path) -> None:
+    """A setting must have its default's kind: true is not a number of epochs (it trained one)."""
+    if isinstance(default, bool):
+        ok, kind = isinstance(value, bool), "true or false"
+    elif isinstance(default, int):
+        ok, kind = isinstance(value, int) and not isinstance(value, bool), "a whole number"
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        kind = "a number"
+    elif isinstance(default, str):
+        ok, kind = isinstance(value, str), "text"
+    else:
+        return  # lists and mappings: TrainConfig.validate checks their contents
+    if not ok:
+        raise ConfigError(f"The setting {name} in {path} must be {kind}, not {json.dumps(value)[:40]}.")
 
 
 # --- a run as a command ----------------------------------------------------------------------
@@ -115,8 +169,9 @@ def _data_spec(record) -> str:
     return record.dataset if record.dataset.lower().endswith(".zip") else "YOUR_IMAGES.zip"
 
 
-def command_for(record, config_path: str = "CONFIG.json") -> str:
-    """The shell command that trains ``record`` again (with ``config_for(record)`` in ``config_path``)."""
+def command_for(record, config_path: str = "CONFIG.json", weights: str | None = None) -> str:
+    """The shell command that trains ``record`` again (with ``config_for(record)`` in ``config_path``).
+    ``weights`` stands for the weights file the run started from, instead of its path on the server."""
     cfg = record.config
     spec = _data_spec(record)
     parts = ["python", "-m", "core.cli", "train", "--data", spec, "--backbone", record.backbone,
@@ -135,7 +190,7 @@ def command_for(record, config_path: str = "CONFIG.json") -> str:
     if cfg.get("split_seed"):
         parts += ["--split-seed", str(cfg["split_seed"])]
     if cfg.get("weights_file"):
-        parts += ["--weights", cfg["weights_file"]]
+        parts += ["--weights", weights or cfg["weights_file"]]
     elif not record.pretrained:
         parts.append("--scratch")
     if cfg.get("head", "linear") != "linear":
@@ -194,7 +249,7 @@ def _create_folder(store, args, config, train_ds, val_ds, label: str, world: int
     """The run's folder (record and encoded images), as the app writes one, with what reproduces it."""
     from dataclasses import replace
 
-    from core.runs.jobs import encode_inputs, new_record
+    from core.runs.jobs import check_budget, encode_inputs, new_record
 
     pretrained = not args.scratch and args.weights is None
     record = new_record(train_ds, val_ds, backbone=args.backbone, pretrained=pretrained, config=config,
@@ -202,8 +257,10 @@ def _create_folder(store, args, config, train_ds, val_ds, label: str, world: int
     record = replace(record, info={"world_size": world}, config={
         **record.config, "data": args.data, "per_class": args.per_class, "val_fraction": args.val_fraction,
         "split_seed": args.split_seed, "world_size": world})
+    inputs = encode_inputs(train_ds, val_ds, int(config.image_size))
+    check_budget(inputs)  # the app's budget for one run's images
     store.create(record)
-    store.save_inputs(record.id, encode_inputs(train_ds, val_ds, int(config.image_size)))
+    store.save_inputs(record.id, inputs)
     return record.id
 
 
@@ -223,6 +280,7 @@ def train(args) -> int:
     settings = get_settings()
     group_names = backbones.group_names(args.backbone)
     config = read_config(args.config, group_names, args.strategy)
+    _check_demo_size(args.data, args.per_class, int(config.image_size), settings.max_run_inputs_mb)
     ds, label = load_data(args.data, args.per_class)
     train_ds, val_ds = data.split(ds, args.val_fraction, args.split_seed)
     if len(train_ds.classes) < 2:
@@ -232,8 +290,7 @@ def train(args) -> int:
     world = distributed.world_size if distributed else 1
     main_rank = distributed is None or distributed.main
 
-    store = RunStore(Path(args.data_dir).expanduser() if args.data_dir else settings.data_dir,
-                     cap_mb=settings.disk_cap_mb)
+    store = RunStore(_data_dir(args.data_dir, settings.data_dir), cap_mb=settings.disk_cap_mb)
     run_id = [_create_folder(store, args, config, train_ds, val_ds, label, world) if main_rank else None]
     if distributed is not None:
         torch.distributed.broadcast_object_list(run_id, src=0)  # every rank trains from rank 0's folder
@@ -321,7 +378,19 @@ def _store(args):
     from core.runs.store import RunStore
     from core.settings import get_settings
 
-    return RunStore(Path(args.data_dir).expanduser() if args.data_dir else get_settings().data_dir)
+    return RunStore(_data_dir(args.data_dir, get_settings().data_dir))
+
+
+def _data_dir(given: str | None, default: Path) -> Path:
+    """The run store's folder, or a ConfigError when it names a file (``--data-dir /etc/passwd``)."""
+    folder = Path(given).expanduser() if given else Path(default)
+    for part in (folder, *folder.parents):
+        if part.exists() and not part.is_dir():
+            raise ConfigError(f"The data folder {folder} cannot be used: {part} is a file, not a folder. "
+                              "Give --data-dir a folder (it is made if missing).")
+        if part.exists():
+            break
+    return folder
 
 
 def export(args) -> int:
@@ -403,6 +472,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserInputError as exc:
         if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every rank meets it: say it once
             print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except RecursionError:  # input nested beyond what can be read (a data file, a config)
+        print("error: the input is nested too deeply to be read.", file=sys.stderr)
         return 2
 
 

@@ -274,6 +274,14 @@ def encode(settings: Mapping) -> dict[str, str]:
     return params
 
 
+_SHOWN_UNKNOWN = 5  # a link with thousands of made-up parameters gets a few notes, not thousands
+
+
+def _shown(text: str, most: int = 40) -> str:
+    """A link's text as a note quotes it: anyone can write a link, so a 10,000-character name is cut."""
+    return text if len(text) <= most else text[:most] + "…"
+
+
 def decode(params: Mapping) -> tuple[dict, list[str]]:
     """(the settings a link gives, notes on what was ignored and why). Never raises.
 
@@ -287,9 +295,11 @@ def decode(params: Mapping) -> tuple[dict, list[str]]:
         if isinstance(value, (list, tuple)):
             value = value[-1] if value else ""
         raw[str(key)] = str(value)
-    for key in raw:
-        if key not in _PARSERS and key not in FOREIGN:
-            notes.append(f"Ignored the unknown link parameter '{key}'.")
+    unknown = [key for key in raw if key not in _PARSERS and key not in FOREIGN]
+    for key in unknown[:_SHOWN_UNKNOWN]:
+        notes.append(f"Ignored the unknown link parameter '{_shown(key)}'.")
+    if len(unknown) > _SHOWN_UNKNOWN:
+        notes.append(f"Ignored {len(unknown) - _SHOWN_UNKNOWN:,} more unknown link parameters.")
     for key, parse in _PARSERS.items():
         if key not in raw:
             continue
@@ -297,8 +307,7 @@ def decode(params: Mapping) -> tuple[dict, list[str]]:
         try:
             settings[key] = parse(text, settings)
         except _Bad as exc:
-            shown = text if len(text) <= 40 else text[:40] + "…"
-            notes.append(f"Ignored {key}={shown}: {exc}.")
+            notes.append(f"Ignored {key}={_shown(text)}: {exc}.")
         except Exception:  # a link is untrusted input: whatever it holds, the app still opens
             notes.append(f"Ignored {key}: its value could not be read.")
     return settings, notes

@@ -15,7 +15,7 @@ from core.errors import UserInputError
 from pages.ui.charts import category_axes
 from pages.ui.links import hidden, locked
 from pages.ui.session import DEMO_LABEL, bootstrap, demo
-from pages.ui.text import chart_text, plain
+from pages.ui.text import chart_text, plain, table
 from pages.ui.workspace import workspace
 
 bootstrap()  # first, before the session is read: see bootstrap's docstring
@@ -301,7 +301,7 @@ if report is not None:
         st.info(plain(note), icon=":material/info:")  # it names files
     if report.skipped:
         with st.expander(f"{len(report.skipped)} file(s) could not be used"):
-            st.table([{"file": name, "reason": reason} for name, reason in report.skipped])
+            table([{"file": name, "reason": reason} for name, reason in report.skipped])
 warnings = list(report.warnings if report is not None else []) + data.dataset_warnings(ds)
 if len(warnings) <= 3:
     for warning in warnings:
@@ -408,7 +408,7 @@ with right:
     try:
         train_ds, val_ds = data.split(ds, ss.val_fraction, ss.split_seed)
         tc, vc = train_ds.counts(), val_ds.counts()
-        st.table([{"class": c, "train": tc.get(c, 0), "validation": vc.get(c, 0)} for c in ds.classes])
+        table([{"class": c, "train": tc.get(c, 0), "validation": vc.get(c, 0)} for c in ds.classes])
         data.check_split(train_ds, val_ds)
     except UserInputError as exc:
         st.error(plain(exc))

@@ -85,8 +85,12 @@ with col1:
             upload = st.file_uploader("A state_dict of this architecture", type=["safetensors", "pt", "pth"])
             if upload is not None and st.button("Check and use this file"):
                 try:
+                    # charged to this person, within their quota; then the disk cap runs, as after a run
                     stored = upload_store().add(upload.getvalue(), upload.name,
-                                                check=lambda path: models.load(name, pretrained=False, weights_path=path))
+                                                check=lambda path: models.load(name, pretrained=False, weights_path=path),
+                                                owner=ss.owner, in_use=[r.config.get("weights_file")
+                                                                        for r in run_store().list()])
+                    run_store().enforce_cap()
                 except UserInputError as exc:
                     st.error(plain(exc))
                     if choice.weights_path:

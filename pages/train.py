@@ -221,7 +221,8 @@ def curves(epochs: list[dict], batch_losses, kept: int | None = None) -> go.Figu
 def command_line_ui(record) -> None:
     """The run's settings file and the command that trains it again without the browser."""
     with st.expander("Run it from the command line"):
-        st.code(command_for(record), language="bash")
+        # a viewer is shown no path of this server (where the owner's upload is kept)
+        st.code(command_for(record, weights=None if owns(record) else "YOUR_WEIGHTS.pt"), language="bash")
         st.download_button("CONFIG.json", json.dumps(config_for(record), indent=1), file_name="CONFIG.json",
                            mime="application/json", key=f"config-{record.id}", icon=":material/download:")
         st.caption("Run it from the app's folder; under `torchrun --nproc-per-node=N` the same command trains "
@@ -364,7 +365,7 @@ def percent(value) -> str:
 def hints_ui(epochs: list[dict], status: str, message: str, info: dict) -> None:
     """What the curves say went wrong, next to them, each with the one setting to change."""
     # the record's info keeps how the fit ended; records written before it did tell it in the message
-    stopped = status if status in ("diverged", "cancelled") else (
+    stopped = status if status in ("diverged", "cancelled", "interrupted", "failed") else (
         info.get("stopped") or ("early" if "Stopped early" in (message or "") else None))
     for hint in diagnose(epochs, stopped):
         st.warning(f"**Change: {hint.setting}.** {hint.message}", icon=":material/lightbulb:")

@@ -39,8 +39,9 @@ def diagnose(history, stopped: str | None = None) -> list[Hint]:
     """Hints for a finished run, most serious first; empty when the curves look healthy.
 
     ``history`` is a ``History`` (its ``stopped`` is used) or a list of epochs (``EpochMetrics``
-    or dicts with train_loss, train_acc, val_loss), with ``stopped`` None, "early", "cancelled"
-    or "diverged" as the run ended.
+    or dicts with train_loss, train_acc, val_loss), with ``stopped`` None, "early", "cancelled",
+    "interrupted", "failed" or "diverged" as the run ended: a run that did not end by itself gets
+    no advice on its epochs (killed at epoch 2 of 30, it was told to "raise the epochs").
     """
     epochs: Sequence = getattr(history, "epochs", history)
     stopped = getattr(history, "stopped", None) or stopped
@@ -58,6 +59,9 @@ def diagnose(history, stopped: str | None = None) -> list[Hint]:
                      "The loss blew up: training diverged. Lower the learning rate (to a third or a tenth) "
                      "and train again.")]
 
+    if stopped in ("cancelled", "interrupted", "failed"):
+        # a run that did not reach its last epoch says nothing about how many epochs it needs
+        return []
     hints = []
     finite = [(v, i) for i, v in enumerate(val_loss) if math.isfinite(v)]
     if len(finite) >= 3:
@@ -80,7 +84,7 @@ def diagnose(history, stopped: str | None = None) -> list[Hint]:
                     "augmentation or freezing more groups also help."))
 
     # overfitting already says "fewer epochs": never contradict it with "train longer"
-    if not hints and stopped not in ("early", "cancelled") and n >= 2 and math.isfinite(train_acc[-1]):
+    if not hints and stopped != "early" and n >= 2 and math.isfinite(train_acc[-1]):
         before = max(a for a in train_acc[-3:-1] if math.isfinite(a)) if any(
             math.isfinite(a) for a in train_acc[-3:-1]) else float("nan")
         if train_acc[-1] < 0.99 and math.isfinite(before) and train_acc[-1] - before > RISING_ACC:

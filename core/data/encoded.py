@@ -7,16 +7,26 @@ tensors with ``encode_images`` and normalises them with ``normalise``.
 
 from __future__ import annotations
 
+import json
+import math
 import operator
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 from torchvision.transforms import v2 as T
 
 from core.data.multitask import TaskNames
+from core.errors import ConfigError
 
-__all__ = ["encode_images", "labels_of", "normalise", "EncodedDataset", "EncodedMultiTaskDataset"]
+__all__ = ["encode_images", "labels_of", "normalise", "EncodedDataset", "EncodedMultiTaskDataset", "Pending",
+           "input_bytes", "check_input_budget", "check_count_budget", "write_pending", "read_pending"]
+
+
+def _resizer(size: int):
+    return T.Compose([T.ToImage(), T.Resize(size, antialias=True), T.CenterCrop(size)])
 
 
 def encode_images(ds, size: int) -> torch.Tensor:
@@ -26,10 +36,116 @@ def encode_images(ds, size: int) -> torch.Tensor:
     encoded = getattr(ds, "encoded", None)
     if callable(encoded):
         return encoded(size)
-    resize = T.Compose([T.ToImage(), T.Resize(size, antialias=True), T.CenterCrop(size)])
-    if len(ds) == 0:
-        return torch.empty(0, 3, size, size, dtype=torch.uint8)
-    return torch.stack([resize(ds[i][0]) for i in range(len(ds))])
+    resize = _resizer(size)
+    out = torch.empty(len(ds), 3, size, size, dtype=torch.uint8)  # filled in place: no second copy
+    for i in range(len(ds)):
+        out[i] = resize(ds[i][0])
+    return out
+
+
+class Pending:
+    """The images of ``ds`` to be encoded at ``size`` later, by the worker process that trains them.
+
+    A run's inputs hold these instead of tensors until the run has a training slot: a queued run
+    keeps only references to images the session already holds, and ``nbytes`` (what encoding will
+    take) is known before any work, so an oversized run is refused at once (``check_input_budget``)."""
+
+    def __init__(self, ds, size: int):
+        self.ds, self.size = ds, int(size)
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.ds) * 3 * self.size * self.size
+
+    def pictures(self):
+        for i in range(len(self.ds)):
+            yield self.ds[i][0]
+
+
+def input_bytes(inputs: Mapping) -> int:
+    """Bytes a run's inputs take once encoded: tensors as they are, ``Pending`` images at their size."""
+    total = 0
+    for value in inputs.values():
+        if isinstance(value, Pending):
+            total += value.nbytes
+        elif isinstance(value, torch.Tensor):
+            total += value.numel() * value.element_size()
+    return total
+
+
+def _mb(n: float) -> str:
+    return f"{n / 2**20:,.0f} MB"
+
+
+def check_input_budget(inputs: Mapping, cap_bytes: int) -> None:
+    """ConfigError, saying what to lower, when a run's encoded inputs would exceed ``cap_bytes``."""
+    total = input_bytes(inputs)
+    if total > cap_bytes:
+        pending = [v for v in inputs.values() if isinstance(v, Pending)]
+        _refuse(total, sum(len(p) for p in pending), max((p.size for p in pending), default=0), cap_bytes)
+
+
+def check_count_budget(images: int, size: int, cap_bytes: int) -> None:
+    """The same check for ``images`` pictures at ``size`` px, before they exist (a demo set to draw)."""
+    total = int(images) * 3 * int(size) ** 2
+    if total > cap_bytes:
+        _refuse(total, int(images), int(size), cap_bytes)
+
+
+def _refuse(total: int, images: int, size: int, cap_bytes: int) -> None:
+    # every size scales alike: the largest input size whose images fit, and how many fit at this one
+    fits = int(size * math.sqrt(cap_bytes / total)) if size else 0
+    fewer = int(images * cap_bytes / total)
+    advice = (f"Lower the input size to {fits} px or less, or train on fewer images (about {fewer:,} at {size} px)"
+              if fits >= 32 else f"Train on fewer images (about {fewer:,} at {size} px)")
+    raise ConfigError(
+        f"This run would hold {images:,} images at {size} px in memory ({_mb(total)}), more than the "
+        f"{_mb(cap_bytes)} one run may use on this server. {advice}; the server's limit is the setting "
+        "TRANSFER_LAB_MAX_RUN_INPUTS_MB.")
+
+
+def write_pending(folder: Path, pending: Mapping[str, Pending], name: str = "sources") -> None:
+    """The pictures of ``pending`` as raw RGB bytes (``name.bin``) and where each starts (``name.json``),
+    written one picture at a time, so writing them takes no more memory than one picture."""
+    manifest = {}
+    offset = 0
+    with open(folder / f"{name}.bin.tmp", "wb") as fh:
+        for key, item in pending.items():
+            shapes = []
+            start = offset
+            for picture in item.pictures():
+                array = np.asarray(picture.convert("RGB") if picture.mode != "RGB" else picture, dtype=np.uint8)
+                fh.write(array.tobytes())
+                shapes.append(array.shape[:2])
+                offset += array.nbytes
+            manifest[key] = {"size": item.size, "offset": start, "shapes": [list(s) for s in shapes]}
+    (folder / f"{name}.bin.tmp").replace(folder / f"{name}.bin")
+    (folder / f"{name}.json").write_text(json.dumps(manifest))
+
+
+def read_pending(folder: Path, name: str = "sources") -> dict[str, torch.Tensor]:
+    """What ``write_pending`` wrote, each key's pictures encoded at its size (as ``encode_images``)."""
+    manifest_path = folder / f"{name}.json"
+    if not manifest_path.is_file():
+        return {}
+    manifest = json.loads(manifest_path.read_text())
+    raw = np.memmap(folder / f"{name}.bin", dtype=np.uint8, mode="r") if manifest else None
+    out = {}
+    for key, entry in manifest.items():
+        size, offset = int(entry["size"]), int(entry["offset"])
+        resize = _resizer(size)
+        images = torch.empty(len(entry["shapes"]), 3, size, size, dtype=torch.uint8)
+        for i, (h, w) in enumerate(entry["shapes"]):
+            n = h * w * 3
+            picture = torch.from_numpy(np.array(raw[offset:offset + n]).reshape(h, w, 3)).permute(2, 0, 1)
+            images[i] = resize(picture)
+            offset += n
+        out[key] = images
+    del raw
+    return out
 
 
 def labels_of(ds) -> torch.Tensor:

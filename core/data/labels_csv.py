@@ -24,7 +24,7 @@ from core.data.entries import (
     safe_parts,
 )
 from core.data.multitask import MISSING, MultiTaskDataset
-from core.data.names import some, sorted_names
+from core.data.names import check_name_length, described, look_alike_groups, normalise_name, some, sorted_names
 from core.errors import DataError
 
 __all__ = ["LABELS_CSV", "is_labelled_archive", "load_labelled_archive"]
@@ -65,7 +65,7 @@ def load_labelled_archive(zf: zipfile.ZipFile, frames: str = "middle") -> tuple[
     report = LoadReport()
     planned = []
     for key, r in sorted(rows_of.items(), key=lambda kv: kv[1]):
-        cells = [cell.strip() for cell in body[r - 2]]
+        cells = [body[r - 2][0].strip()] + [_name(cell, f"A label in row {r} of labels.csv") for cell in body[r - 2][1:]]
         cells += [""] * (len(header) - len(cells))
         planned.append((entries[key], cells[1:]))
     items = decode_entries(zf, planned, report, check=entry_problem, frames=frames)
@@ -85,13 +85,10 @@ def _read_rows(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> tuple[list[str], l
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise DataError("labels.csv is not UTF-8 text; save it as 'CSV UTF-8' and zip it again.") from None
-    try:
-        rows = [row for row in csv.reader(io.StringIO(text)) if any(cell.strip() for cell in row)]
-    except csv.Error as e:
-        raise DataError(f"labels.csv cannot be read as CSV ({e}); check its quotes.") from None
+    rows = _rows(text)
     if len(rows) < 2:
         raise DataError("labels.csv needs a header row (path, then one column per task) and one row per image.")
-    header = [cell.strip() for cell in rows[0]]
+    header = [rows[0][0].strip()] + [_name(cell, "A task name of labels.csv") for cell in rows[0][1:]]
     tasks = header[1:]
     if not tasks:
         raise DataError("labels.csv has no task columns: after the image path, add one column per task "
@@ -101,10 +98,32 @@ def _read_rows(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> tuple[list[str], l
     if len(set(tasks)) != len(tasks):
         dup = next(t for t in tasks if tasks.count(t) > 1)
         raise DataError(f"labels.csv has two columns called {dup!r}; give every task its own name.")
-    body = rows[1:]
-    if len(body) > limits.MAX_ENTRIES:
-        raise DataError(f"labels.csv lists {len(body)} images; at most {limits.MAX_ENTRIES} are accepted.")
-    return header, body
+    return header, rows[1:]
+
+
+def _rows(text: str) -> list[list[str]]:
+    """The non-empty rows of labels.csv, read one at a time: a file with more rows than a dataset may
+    hold is refused once it has passed the limit, not after all of it is parsed."""
+    rows = []
+    try:
+        for row in csv.reader(io.StringIO(text)):
+            if not any(cell.strip() for cell in row):
+                continue
+            if len(rows) > limits.MAX_ENTRIES:  # the header and MAX_ENTRIES images are allowed
+                raise DataError(f"labels.csv lists more than {limits.MAX_ENTRIES:,} images; at most "
+                                f"{limits.MAX_ENTRIES:,} are accepted. Split the dataset.")
+            rows.append(row)
+    except csv.Error as e:
+        if "field limit" in str(e):  # a cell longer than csv's field_size_limit (128 K characters)
+            raise DataError(f"A cell of labels.csv is {csv.field_size_limit():,} characters long or more; a path or "
+                            f"a name may have at most {limits.MAX_NAME_CHARS} characters. Check that cell.") from None
+        raise DataError(f"labels.csv cannot be read as CSV ({e}); check its quotes.") from None
+    return rows
+
+
+def _name(cell: str, what: str) -> str:
+    """A task or label name as a class name is kept: one spelling, nothing invisible, not too long."""
+    return check_name_length(normalise_name(cell), what)
 
 
 def _image_entries(zf: zipfile.ZipFile, base: list[str]) -> tuple[dict[str, Entry], dict[str, str]]:
@@ -164,11 +183,16 @@ def _task_labels(items: list, tasks: list[str], report: LoadReport):
     classes = {t: sorted_names({item[1][k] for item in items if item[1][k]}) for k, t in enumerate(tasks)}
     few = [t for t in tasks if len(classes[t]) < 2]
     if few:
-        described = "; ".join(f"{t!r} has {len(classes[t])}" for t in few)
-        raise DataError(f"Every task needs at least two classes, but {described}. Add labels of another "
+        counted = "; ".join(f"{t!r} has {len(classes[t])}" for t in few)
+        raise DataError(f"Every task needs at least two classes, but {counted}. Add labels of another "
                         "class or drop that column from labels.csv.")
     labels = {t: [classes[t].index(item[1][k]) if item[1][k] else MISSING for item in items]
               for k, t in enumerate(tasks)}
+    for t in tasks:
+        alike = look_alike_groups(classes[t])
+        if alike:
+            report.warnings.append(f"Some labels of {t!r} look alike but are written with different characters "
+                                   f"({described(alike)}): they are separate classes.")
     gaps = {t: sum(v == MISSING for v in labels[t]) for t in tasks}
     for t, n in gaps.items():
         if n:

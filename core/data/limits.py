@@ -16,6 +16,7 @@ __all__ = [
     "MAX_DIRECTORY_BYTES_PER_ENTRY",
     "MAX_CSV_BYTES",
     "MAX_FRAMES",
+    "MAX_NAME_CHARS",
 ]
 
 MAX_SIDE = 512  # longest side of an image held in memory
@@ -33,3 +34,4 @@ MAX_CSV_BYTES = 20 * 2**20  # a labels.csv
 # Frames of one multi-frame DICOM, from its header: a cine loop or a whole series in one file is
 # skipped with this reason rather than read (or scanned for its middle frame).
 MAX_FRAMES = 256
+MAX_NAME_CHARS = 100  # a class, task or label name: a 100 KB one took 8.8 s to draw

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import unicodedata
 from collections.abc import Iterable, Sequence
 
+from core.data import limits
 from core.errors import DataError
 
-__all__ = ["human_bytes", "normalise_name", "clean_class_name", "sorted_names", "some", "dataset_name"]
+__all__ = ["human_bytes", "normalise_name", "clean_class_name", "check_name_length", "look_alike_key",
+           "look_alike_groups", "described",
+           "sorted_names", "some", "dataset_name"]
 
 
 def human_bytes(n: int) -> str:
@@ -30,11 +34,66 @@ def normalise_name(text: str) -> str:
     return text.strip()
 
 
+def check_name_length(name: str, what: str = "A class name") -> str:
+    """``name`` itself, or a DataError when it is longer than ``limits.MAX_NAME_CHARS``."""
+    most = limits.MAX_NAME_CHARS
+    if len(name) > most:
+        raise DataError(f"{what} may have at most {most} characters, but {name[:30]!r}… has {len(name):,}. "
+                        "Give it a shorter name.")
+    return name
+
+
 def clean_class_name(name) -> str:
     cleaned = normalise_name(name) if isinstance(name, str) else ""
     if not cleaned:
         raise DataError("A class needs a name: type one in before adding images.")
-    return cleaned
+    return check_name_length(cleaned)
+
+
+@functools.cache
+def _prototypes() -> dict[str, str]:
+    """Each character that Unicode's confusables data (UTS #39) says looks like another -> one
+    character of its group (the lowest code point), so look-alikes share a spelling."""
+    from confusable_homoglyphs.confusables import confusables_data
+
+    parent: dict[str, str] = {}
+
+    def root(ch: str) -> str:
+        while parent.setdefault(ch, ch) != ch:
+            ch = parent[ch]
+        return ch
+
+    for ch, entries in confusables_data.items():
+        for entry in entries:
+            other = "".join(c for c in entry["c"] if unicodedata.category(c) != "Cf")  # drop direction marks
+            if len(ch) == 1 and len(other) == 1:
+                a, b = sorted((root(ch), root(other)))
+                parent[b] = a
+    return {ch: root(ch) for ch in parent if root(ch) != ch}
+
+
+def look_alike_key(name: str) -> str:
+    """What ``name`` looks like: compatibility forms folded (NFKC: "ｃａｔ" is "cat"), case folded,
+    and every character replaced by one of its confusables group ("cаt" with a Cyrillic "а" is
+    "cat"). Two names with the same key look the same to a person."""
+    table = _prototypes()
+    looks = "".join(table.get(ch, ch) for ch in unicodedata.normalize("NFKC", normalise_name(name)))
+    # grouped before folding case too: "I" looks like "l" but folds to "i"
+    return "".join(table.get(ch, ch) for ch in looks.casefold())
+
+
+def look_alike_groups(names: Iterable[str]) -> list[list[str]]:
+    """Names that look the same (``look_alike_key``) but differ beyond upper and lower case."""
+    by_look: dict[str, list[str]] = {}
+    for name in names:
+        by_look.setdefault(look_alike_key(name), []).append(name)
+    return [group for group in by_look.values() if len({n.casefold() for n in group}) > 1]
+
+
+def described(groups: Sequence[Sequence[str]], shown: int = 5) -> str:
+    """A few groups of look-alike names, escaped (``ascii``) so a reader sees where they differ."""
+    text = "; ".join(" / ".join(ascii(n) for n in group) for group in groups[:shown])
+    return text + (f"; and {len(groups) - shown:,} more" if len(groups) > shown else "")
 
 
 def sorted_names(names: Iterable[str]) -> list[str]:

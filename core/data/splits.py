@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from core.data.datasets import ImageDataset
-from core.data.names import some
+from core.data.names import described, look_alike_groups, some
 from core.errors import ConfigError, DataError
 
 __all__ = ["MIN_IMAGES_PER_CLASS", "split", "check_split", "dataset_warnings", "grayscale_share",
@@ -105,6 +105,7 @@ def dataset_warnings(ds: ImageDataset) -> list[str]:
             + "): they are separate classes. If they mean the same thing, give their images one "
             "folder (one class name)."
         )
+    result += _look_alike_warnings(counts)
     if len(filled) >= 2:
         big = max(filled, key=filled.get)
         small = min(filled, key=filled.get)
@@ -115,6 +116,16 @@ def dataset_warnings(ds: ImageDataset) -> list[str]:
                 "or remove some from the big ones."
             )
     return result
+
+
+def _look_alike_warnings(names) -> list[str]:
+    """Names written with different characters that look the same ("cat" and "cаt", a Cyrillic "а"),
+    beyond case alone (warned above): shown escaped, so the reader sees where they differ."""
+    alike = look_alike_groups(names)
+    if not alike:
+        return []
+    return [f"Some class names look alike but are written with different characters ({described(alike)}): "
+            "they are separate classes. If they mean the same thing, give their images one folder (one class name)."]
 
 
 def grayscale_share(ds: ImageDataset, limit: int = 200, tolerance: int = 3) -> float:

@@ -31,7 +31,7 @@ from core.data.encoded import labels_of
 from core.errors import ConfigError, UserInputError
 from core.models import backbones
 from core.models.heads import Classifier, starting_model
-from core.train.base import Callback, EpochMetrics, History, TrainConfig, training_plan
+from core.train.base import Callback, EpochMetrics, FitCancelled, History, TrainConfig, training_plan
 from core.train.loop import Trainer
 from core.train.objectives import Objective, check_labels
 
@@ -206,7 +206,10 @@ class DomainAdaptation(Objective):
                 lambda _m, _a, out: self.captured.__setitem__("f", out[0] if isinstance(out, (tuple, list)) else out))
         self.streams = (_Stream(len(trainer.images["train"]), trainer.generator),
                         _Stream(len(trainer.images["target"]), trainer.generator))
-        trainer.history.mmd_before = self.measure(trainer)["layer_mmd"]
+        try:
+            trainer.history.mmd_before = self.measure(trainer)["layer_mmd"]
+        except FitCancelled:  # stopped while measuring: the loop ends the fit at its first step
+            trainer.history.mmd_before = math.nan
 
     def on_epoch_start(self, trainer, epoch: int) -> None:
         if not self.batch_stats:
@@ -255,6 +258,10 @@ class DomainAdaptation(Objective):
         total, correct, feats = 0.0, 0, []
         try:
             for start, x in trainer.eval_inputs(source):
+                # a pass over every image before the first step, with nothing frozen, took as long as
+                # an epoch and ignored Stop
+                if trainer.cancelled():
+                    raise FitCancelled()
                 logits, features = self._forward(trainer, x)
                 feats.append(features.float().cpu())
                 if labelled:

@@ -102,6 +102,10 @@ class LRSweep(Callback):
         config = self.trainer.config
         self.multipliers = [g["lr"] / config.lr for g in self.trainer.optimizer.param_groups]
         self.avg, self.best = 0.0, math.inf
+        # a retry at half the batch (out of GPU memory) sweeps again from the start: keeping the first
+        # attempt's points returned two sweeps mixed, with rates that went down again
+        self.lrs, self.losses, self.smoothed = [], [], []
+        self.stopped_early = False
 
     def on_batch_start(self, step: int) -> None:
         self.lr = self.start * (self.end / self.start) ** (step / (self.steps - 1))

@@ -11,10 +11,11 @@ from torch import nn
 
 from core.errors import CheckpointError
 
-__all__ = ["MAX_WEIGHTS_BYTES", "read_state_dict", "load_user_state"]
+__all__ = ["MAX_WEIGHTS_BYTES", "MAX_HEAD_CLASSES", "read_state_dict", "load_user_state"]
 
 # A weights file bigger than this is refused before it is read (ConvNeXt-Base is ~350 MB).
 MAX_WEIGHTS_BYTES = 600 * 1024 * 1024
+MAX_HEAD_CLASSES = 1000  # a 167 MB file with a 30,000-class head was accepted
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -93,6 +94,10 @@ def load_user_state(model: nn.Module, state: Mapping[str, torch.Tensor], *, titl
         raise CheckpointError(f"{filename} has tensors of the wrong shape for {title}: {listed}.")
     head_weight, head_bias = state[head_prefix + "weight"], state.get(head_prefix + "bias")
     in_features = own[head_prefix + "weight"].shape[1]
+    if head_weight.ndim >= 1 and head_weight.shape[0] > MAX_HEAD_CLASSES:
+        raise CheckpointError(
+            f"{filename}'s classifier head has {head_weight.shape[0]:,} outputs; a model here may have at most "
+            f"{MAX_HEAD_CLASSES:,} classes (ImageNet's number). Save the backbone with a smaller head, or without it.")
     # The head may have its own number of classes (a fine-tuned model), but it must read this
     # backbone's features and its bias must match its outputs, or the model breaks at its first image.
     if head_weight.ndim != 2 or head_weight.shape[1] != in_features or head_weight.shape[0] < 1:

@@ -1,8 +1,9 @@
 """Training runs as tasks: queued in the server, trained in a worker process, seen through their folder.
 
-``start_run`` writes the run's folder (``run.json`` and the encoded images) and queues a
-``TrainingRun`` task. When a slot is free the task hands the folder to a warm worker process
-(``core.runs.worker``) and waits; a page's ``snapshot()`` is read from the folder's ``events.jsonl``.
+``start_run`` checks the run's budget (its images once encoded, ``Settings.max_run_inputs_mb``),
+writes ``run.json`` and queues a ``TrainingRun`` task that holds only references to the session's
+images. When a slot is free the task writes those pictures to the folder, hands it to a warm worker
+process (``core.runs.worker``), which encodes them at the run's size, and waits; a page's ``snapshot()`` is read from the folder's ``events.jsonl``.
 Reruns, page switches and closed browsers do not stop a run; a worker that dies marks its run
 failed and is replaced, and the server goes on. No model lives in the server's memory.
 """
@@ -15,7 +16,7 @@ from dataclasses import fields
 
 import torch
 
-from core.data.encoded import encode_images, labels_of
+from core.data.encoded import Pending, check_input_budget, labels_of
 from core.errors import UserInputError
 from core.models.backbones import group_names
 from core.runs.processes import run_under_torchrun
@@ -138,7 +139,7 @@ class TrainingRun(Task):
     def __init__(self, store: RunStore, record: RunRecord, queue: TaskQueue, inputs):
         super().__init__(name="train", queue=queue, owner=record.owner, task_id=record.id)
         self.store, self.record, self.run_id = store, record, record.id
-        self._inputs = inputs  # () -> tensors; dropped once written, so no dataset stays in memory
+        self._inputs = inputs  # tensors and Pending images; dropped once written, so no dataset stays here
         self._view = RunView(store, record.id)
         self._view_lock = threading.Lock()
         self.worker_pid: int | None = None
@@ -159,10 +160,6 @@ class TrainingRun(Task):
         with self._view_lock:
             return self._view.snapshot(record, "queued" if status == "queued" else None, position)
 
-    def _prepare(self) -> None:
-        inputs, self._inputs = self._inputs, None
-        self.store.save_inputs(self.run_id, inputs())
-
     def _finish(self, status: str, message: str = "", result=None) -> None:
         super()._finish(status, message, result)
         record = self.store.get(self.run_id)
@@ -177,6 +174,11 @@ class TrainingRun(Task):
             return
         with self._lock:
             self._status = "preparing"
+        # only now, with a slot: the pictures go to the folder and the worker encodes them
+        inputs, self._inputs = self._inputs, None
+        self.store.save_inputs(self.run_id, inputs)
+        del inputs
+
         def started(pid: int) -> None:
             self.worker_pid = pid
 
@@ -216,10 +218,16 @@ def cancel_waiting(owner: str, queue: TaskQueue | None = None) -> int:
     return (queue or get_queue()).cancel_waiting(owner)
 
 
-def encode_inputs(train_ds, val_ds, size: int) -> dict[str, torch.Tensor]:
-    """What a worker needs of the two splits, as tensors for the run folder."""
-    return {"train_images": encode_images(train_ds, size), "train_labels": labels_of(train_ds),
-            "val_images": encode_images(val_ds, size), "val_labels": labels_of(val_ds)}
+def encode_inputs(train_ds, val_ds, size: int) -> dict[str, torch.Tensor | Pending]:
+    """What a worker needs of the two splits: their labels, and their images to encode at ``size``
+    (``Pending``: the worker encodes them, see ``RunStore.load_inputs``)."""
+    return {"train_images": Pending(train_ds, size), "train_labels": labels_of(train_ds),
+            "val_images": Pending(val_ds, size), "val_labels": labels_of(val_ds)}
+
+
+def check_budget(inputs: dict) -> None:
+    """Refuse a run whose images, once encoded, would exceed the server's ``max_run_inputs_mb``."""
+    check_input_budget(inputs, get_settings().max_run_inputs_mb * 2**20)
 
 
 def new_record(train_ds, val_ds, *, backbone: str, pretrained: bool, config: TrainConfig, weights_path=None,
@@ -244,8 +252,11 @@ def new_record(train_ds, val_ds, *, backbone: str, pretrained: bool, config: Tra
 def create_run(store: RunStore, train_ds, val_ds, **options) -> RunRecord:
     """Write a run's folder (record and encoded images) without queueing it: whoever calls
     ``core.runs.worker.train_run_folder`` on it trains it (a test, a command line)."""
-    record = store.create(new_record(train_ds, val_ds, **options))
-    store.save_inputs(record.id, encode_inputs(train_ds, val_ds, int(options["config"].image_size)))
+    record = new_record(train_ds, val_ds, **options)
+    inputs = encode_inputs(train_ds, val_ds, int(options["config"].image_size))
+    check_budget(inputs)
+    store.create(record)
+    store.save_inputs(record.id, inputs)
     return record
 
 
@@ -262,9 +273,13 @@ def start_run(store: RunStore, train_ds, val_ds, *, backbone: str, pretrained: b
 
 def start_folder_run(store: RunStore, record: RunRecord, inputs, queue: TaskQueue | None = None) -> TrainingRun:
     """Queue any kind of run (``record.config["kind"]``, see ``core.runs.registry.KINDS``): ``inputs()``
-    returns the tensors its worker reads from ``inputs.safetensors``, called once a slot is free.
-    Raises ``QueueFullError`` when ``record.owner`` already has their share queued."""
+    returns what its worker reads (``RunStore.load_inputs``): tensors, and images as ``Pending``,
+    which the worker encodes once the run has a slot. Called at once, so it must not encode.
+    Raises a ConfigError when the encoded images would exceed the server's budget for a run, and
+    ``QueueFullError`` when ``record.owner`` already has their share queued; either before any work."""
     queue = queue or get_queue()
+    inputs = inputs() if callable(inputs) else inputs
+    check_budget(inputs)
     job = TrainingRun(store, record, queue, inputs)
     queue.admit(job)
     try:

@@ -67,8 +67,16 @@ class WorkerPool:
     hang the child. A worker that dies is replaced at once, so the pool keeps its size.
     """
 
-    def __init__(self, size: int, threads: int | None = None, method: str = "spawn"):
+    def __init__(self, size: int, threads: int | None = None, method: str = "spawn",
+                 recycle_mb: float | None = None):
         self.size = max(1, int(size))
+        if recycle_mb is None:
+            from core.settings import get_settings
+
+            recycle_mb = get_settings().worker_recycle_mb
+        self.recycle_mb = recycle_mb  # a worker above this after a run is replaced by a fresh, warm one
+        self.memory: list[tuple[int, float]] = []  # (worker pid, resident MB) after each run, for measurements
+        self.replaced = 0
         if threads is None:
             import torch
 
@@ -129,13 +137,13 @@ class WorkerPool:
             while True:
                 if worker.conn.poll(0.1):
                     try:
-                        kind, value = worker.conn.recv()
+                        kind, value, *memory = worker.conn.recv()
                     except (EOFError, OSError):
                         break
                     if kind == "ready":
                         worker.ready = True
                         continue
-                    self._give_back(worker)
+                    self._give_back(worker, memory[0] if memory else None)
                     return value, ""
                 if not worker.process.is_alive() and not worker.conn.poll(0):
                     break
@@ -150,10 +158,27 @@ class WorkerPool:
             self._idle.put(self._spawn())
         return None, why
 
-    def _give_back(self, worker: _Worker) -> None:
+    def _give_back(self, worker: _Worker, resident_mb: float | None = None) -> None:
         with self._lock:
             self._busy.pop(worker.process.pid, None)
+        if resident_mb is not None:
+            self.memory.append((worker.process.pid, resident_mb))
+        if resident_mb is not None and resident_mb > self.recycle_mb and not self._closed:
+            # Still big after giving memory back (a run's peak that glibc could not return): a fresh
+            # worker takes its place now, and warms up (torch, the default backbone) before the next run
+            self._idle.put(self._spawn())
+            self.replaced += 1
+            self._retire(worker)
+            return
         self._idle.put(worker)
+
+    @staticmethod
+    def _retire(worker: _Worker) -> None:
+        try:
+            worker.conn.send(None)
+        except OSError:
+            pass
+        threading.Thread(target=worker.process.join, args=(10,), daemon=True).start()
 
     def close(self) -> None:
         self._closed = True

@@ -16,10 +16,12 @@ from pathlib import Path
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from core.data.encoded import Pending, read_pending, write_pending
 from core.errors import CheckpointError, UserInputError
 from core.models.backbones import load
 from core.models.heads import Classifier, classifier, starting_model
 from core.models.multitask import multitask_classifier, starting_multitask_model
+from core.runs.uploads import UploadStore
 
 __all__ = ["RunRecord", "RunStore", "new_run_id", "is_run_id", "FINISHED", "RECENT_SECONDS", "IN_VIEW_SECONDS", "EVENTS"]
 
@@ -29,8 +31,55 @@ RECENT_SECONDS = 3600  # the disk cap never removes a run that finished less tha
 IN_VIEW_SECONDS = 600  # ... nor one a page showed less than this ago (see RunStore.touch)
 EVENTS = "events.jsonl"
 INPUTS = "inputs.safetensors"
+SOURCES = "sources"  # sources.bin / sources.json: pictures the worker encodes (core.data.encoded.Pending)
 STOP = "stop"
 VIEWED = "viewed"
+
+
+class _Uploads:
+    """The uploaded weights files as the disk cap sees them: who each is charged to, and which no run uses."""
+
+    def __init__(self, data_dir: Path, records: list, now: float):
+        self.store = UploadStore(data_dir)
+        self.now = now
+        self.uses: dict[Path, int] = {}
+        for r in records:
+            weights = (r.config or {}).get("weights_file")
+            if weights:
+                path = Path(weights).resolve()
+                self.uses[path] = self.uses.get(path, 0) + 1
+        self.files = {p: (p.stat().st_size, p.stat().st_mtime, self.store.owners_of(p) or [""])
+                      for p in self.store.files()}
+
+    def charges(self) -> dict[str, int]:
+        result: dict[str, int] = {}
+        for size, _, owners in self.files.values():
+            for owner in owners:
+                result[owner] = result.get(owner, 0) + size
+        return result
+
+    def _spare(self, owner: str) -> list[Path]:
+        """``owner``'s uploads (theirs alone) that no run uses and that are over an hour old, oldest first."""
+        spare = [p for p, (_, mtime, owners) in self.files.items()
+                 if owners == [owner] and not self.uses.get(p.resolve()) and self.now - mtime >= RECENT_SECONDS]
+        return sorted(spare, key=lambda p: self.files[p][1])
+
+    def owners_with_spare(self) -> set[str]:
+        return {owners[0] for p, (_, _, owners) in self.files.items() if len(owners) == 1 and self._spare(owners[0])}
+
+    def remove_oldest(self, owner: str) -> tuple[list[str], int] | None:
+        spare = self._spare(owner)
+        if not spare:
+            return None
+        size, _, owners = self.files.pop(spare[0])
+        self.store.remove(spare[0])
+        return owners, size
+
+    def forget_run(self, record) -> None:
+        weights = (record.config or {}).get("weights_file")
+        if weights:
+            path = Path(weights).resolve()
+            self.uses[path] = self.uses.get(path, 1) - 1
 
 
 def new_run_id() -> str:
@@ -210,22 +259,28 @@ class RunStore:
         return self._dir(run_id)
 
     def save_inputs(self, run_id: str, tensors: dict) -> None:
-        """The run's training data (uint8 images at its size, labels), for the worker to read."""
-        self._write(run_id, INPUTS, tensors)
+        """The run's training data for the worker to read: tensors (labels, images already encoded)
+        as they are, and ``Pending`` images as the pictures themselves, which the worker encodes."""
+        pending = {k: v for k, v in tensors.items() if isinstance(v, Pending)}
+        self._write(run_id, INPUTS, {k: v for k, v in tensors.items() if k not in pending})
+        if pending:
+            write_pending(self._dir(run_id), pending, SOURCES)
 
     def load_inputs(self, run_id: str) -> dict:
-        path = self._dir(run_id) / INPUTS
+        """The run's inputs with every image encoded at its size (in the worker: never in the server)."""
+        folder = self._dir(run_id)
         try:
-            return load_file(str(path), device="cpu")
-        except (SafetensorError, OSError, ValueError) as exc:
+            return {**load_file(str(folder / INPUTS), device="cpu"), **read_pending(folder, SOURCES)}
+        except (SafetensorError, OSError, ValueError, KeyError) as exc:
             raise CheckpointError(f"This run's training data could not be read: {exc}") from None
 
     def drop_inputs(self, run_id: str) -> None:
-        """The encoded images are only needed while the run trains: do not let them fill the disk."""
-        try:
-            (self._dir(run_id) / INPUTS).unlink(missing_ok=True)
-        except OSError:
-            pass
+        """The run's images are only needed while it trains: do not let them fill the disk."""
+        for name in (INPUTS, f"{SOURCES}.bin", f"{SOURCES}.json", f"{SOURCES}.bin.tmp"):
+            try:
+                (self._dir(run_id) / name).unlink(missing_ok=True)
+            except OSError:
+                pass
 
     def read_events(self, run_id: str, offset: int = 0) -> tuple[list[dict], int]:
         """Complete lines of the run's events.jsonl from byte ``offset`` on, and the offset after them."""
@@ -303,11 +358,12 @@ class RunStore:
             return False
 
     def enforce_cap(self, keep: frozenset[str] = frozenset()) -> list[str]:
-        """Remove finished runs until the data folder (runs and uploads) is under its size cap.
+        """Remove finished runs and unused uploads until the data folder (runs and uploads) is under its cap.
 
-        Never a run that is going, finished in the last hour, was shown by a page in the last
-        minutes, or is in ``keep``. The person using the most space goes first, their oldest run
-        first; whoever loses a run finds a note about it (``notes``).
+        The person using the most space (their runs and the weights files they uploaded) goes first:
+        their oldest upload that no run uses, then their oldest run. Never a run that is going,
+        finished in the last hour, was shown by a page in the last minutes, or is in ``keep``, nor an
+        upload of the last hour. Whoever loses a run finds a note about it (``notes``).
         """
         if self.cap_bytes is None:
             return []
@@ -322,17 +378,30 @@ class RunStore:
             by_owner: dict[str, int] = {}
             for r in records:
                 by_owner[r.owner] = by_owner.get(r.owner, 0) + sizes.get(r.id, 0)
+            uploads = _Uploads(self.root.parent, records, now)
+            for owner, size in uploads.charges().items():
+                by_owner[owner] = by_owner.get(owner, 0) + size
             candidates = sorted((r for r in records if r.id not in keep and not self._protected(r, now)),
                                 key=lambda r: r.finished or r.created)
-            while total > self.cap_bytes and candidates:
-                # the person over their share the most loses their oldest run first
-                heaviest = max({r.owner for r in candidates}, key=lambda o: by_owner.get(o, 0))
+            while total > self.cap_bytes:
+                owners = {r.owner for r in candidates} | uploads.owners_with_spare()
+                if not owners:
+                    break
+                # the person over their share the most loses their oldest unused upload, else their oldest run
+                heaviest = max(owners, key=lambda o: by_owner.get(o, 0))
+                freed = uploads.remove_oldest(heaviest)
+                if freed is not None:
+                    total -= freed[1]
+                    for owner in freed[0]:
+                        by_owner[owner] = by_owner.get(owner, 0) - freed[1]
+                    continue
                 victim = next(r for r in candidates if r.owner == heaviest)
                 candidates.remove(victim)
                 size = sizes.get(victim.id, 0)
                 total -= size
                 by_owner[victim.owner] = by_owner.get(victim.owner, 0) - size
                 self.delete(victim.id)
+                uploads.forget_run(victim)
                 self._add_note(victim, now)
                 removed.append(victim.id)
         return removed

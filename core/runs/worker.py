@@ -25,7 +25,7 @@ from core.runs.recording import EventLog, Silent
 from core.runs.registry import kind_function
 from core.runs.store import EVENTS, RunStore
 
-__all__ = ["StopSignal", "train_run_folder", "crash_message", "own_session", "serve"]
+__all__ = ["StopSignal", "train_run_folder", "crash_message", "own_session", "serve", "resident_mb", "give_memory_back"]
 
 
 class StopSignal:
@@ -117,6 +117,30 @@ def own_session() -> None:
         pass
 
 
+def resident_mb(pid: int | str = "self") -> float:
+    """A process's resident memory now, in MB (Linux: /proc; elsewhere NaN)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError):
+        pass
+    return float("nan")
+
+
+def give_memory_back() -> None:
+    """Between runs: free what the last run left and hand glibc's free pages back to the system.
+    Without ``malloc_trim`` a worker's memory only went up (1.0 GB to 2.45 GB over 10 fine-tunes)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: the pool replaces a worker that stays big
+        pass
+
+
 def serve(conn, threads: int) -> None:
     """A worker process's main loop: train each folder sent through ``conn``, answer its status."""
     own_session()
@@ -136,7 +160,8 @@ def serve(conn, threads: int) -> None:
         if folder is None:
             return
         status = train_run_folder(folder, parent)
+        give_memory_back()
         try:
-            conn.send(("done", status))
+            conn.send(("done", status, resident_mb()))
         except (BrokenPipeError, OSError):
             return

@@ -30,13 +30,19 @@ class DivergenceGuard(Callback):
         self.last_good = [x.detach().clone() for x in self.tensors]
         self.first_losses: list[float] = []
         self.epoch_losses: list[float] = []
+        self._first_epoch: int | None = None
 
     def on_epoch_start(self, epoch: int) -> None:
         self.epoch_losses = []
 
     def on_batch_end(self, progress: BatchProgress) -> None:
         if progress.phase == "train" and math.isfinite(progress.loss):
-            if len(self.first_losses) < 5:
+            # where the loss started: the first few batches of the first epoch that trains, never
+            # later ones (on a small set five batches spanned epochs, and a loss already growing
+            # raised the bar until a loss of 194,448 was kept as "the last good epoch")
+            if self._first_epoch is None:
+                self._first_epoch = progress.epoch
+            if len(self.first_losses) < 5 and progress.epoch == self._first_epoch:
                 self.first_losses.append(progress.loss)
             self.epoch_losses.append(progress.loss)
 

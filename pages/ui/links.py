@@ -12,6 +12,7 @@ from urllib.parse import urlencode
 import streamlit as st
 
 from core import links, models
+from pages.ui.text import plain
 from pages.ui.workspace import DEMO_LABEL, demo, discriminative_spread, workspace
 
 STRATEGY_LABELS = {
@@ -90,7 +91,8 @@ def show_link_notes() -> None:
     """Say once what in the link could not be used (the app opens as usual)."""
     notes = st.session_state.pop("_link_notes", None)
     if notes:
-        st.info("Some of this link's settings were not used:\n\n" + "\n".join(f"- {n}" for n in notes),
+        # a note quotes the link, which anyone can write: its text must not become a link or an image
+        st.info("Some of this link's settings were not used:\n\n" + "\n".join(f"- {plain(n)}" for n in notes),
                 icon=":material/link:")
 
 

@@ -36,7 +36,8 @@ def _run_store(data_dir: str, cap_mb: int) -> RunStore:
 @st.cache_resource
 def upload_store() -> UploadStore:
     """Uploaded weights files, kept by content hash (shared: equal files are stored once)."""
-    return UploadStore(get_settings().data_dir)
+    settings = get_settings()
+    return UploadStore(settings.data_dir, quota_bytes=settings.upload_quota_mb * 2**20)
 
 
 def my_runs(kinds=("train", "multitask")):

@@ -59,12 +59,25 @@ def keep_owner_in_browser() -> None:
     """Store this session's owner secret in a cookie, once, so a refresh keeps the person's runs.
 
     Streamlit reads cookies (st.context.cookies) but cannot set them, so a line of JavaScript does.
-    The value is 16 hex digits made here, never text from a request.
+    The value is 16 hex digits made here, never text from a request. Tabs opened together all start
+    without the cookie, each with an owner of its own: the first tab to draw sets the cookie, and a
+    tab that finds it already set by another reloads, which starts its session again with the
+    browser's owner. So one browser is one person (its runs, its share of the queue) before anyone
+    can click; a private window has a cookie jar of its own, and is another person.
     """
     ss = st.session_state
     if ss.pop("owner_cookie_due", False) and is_run_id(ss.owner):
-        st.html(f"<script>document.cookie = '{OWNER_COOKIE}={ss.owner}; path=/; max-age=31536000; "
-                "SameSite=Strict';</script>", unsafe_allow_javascript=True)
+        # Tabs that start together may all find no cookie and all set one: the last write wins, so
+        # each tab looks again a moment later and the ones that lost reload with the winner's owner.
+        st.html(f"""<script>(() => {{
+  const mine = '{ss.owner}';
+  const kept = () => (document.cookie.match(/(?:^|;\\s*){OWNER_COOKIE}=([0-9a-f]{{16}})(?:;|$)/) || [])[1];
+  const follow = () => {{ const now = kept(); if (now && now !== mine) window.location.reload(); }};
+  if (kept()) {{ follow(); return; }}
+  document.cookie = '{OWNER_COOKIE}=' + mine + '; path=/; max-age=31536000; SameSite=Strict';
+  setTimeout(follow, 300);
+  setTimeout(follow, 1500);
+}})();</script>""", unsafe_allow_javascript=True)
 
 
 def owns(record) -> bool:

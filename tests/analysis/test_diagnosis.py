@@ -59,3 +59,12 @@ def test_reads_plain_epoch_dicts_of_a_saved_run():
     epochs = [{"train_loss": 2.0 - 0.3 * i, "train_acc": 0.2 + 0.1 * i, "val_loss": 2.0 - 0.2 * i} for i in range(4)]
     assert kinds(diagnose(epochs, stopped=None)) == [("underfitting", "epochs")]
     assert diagnose([], stopped=None) == []
+
+
+def test_a_run_that_did_not_reach_its_last_epoch_gets_no_advice_on_epochs():
+    rising = ([2.0, 1.6, 1.3, 1.1, 0.9], [0.2, 0.3, 0.4, 0.48, 0.55], [2.0, 1.7, 1.5, 1.3, 1.2])
+    overfit = ([1.0, 0.7, 0.5, 0.3, 0.2], [0.5, 0.7, 0.8, 0.9, 0.95], [1.0, 0.8, 0.9, 1.1, 1.3])
+    assert diagnose(run(*rising)) and diagnose(run(*overfit))  # ended by themselves, both get a hint
+    for stopped in ("interrupted", "cancelled", "failed"):  # killed at epoch 5 of 30: neither is known
+        assert diagnose(run(*rising, stopped=stopped)) == []
+        assert diagnose(run(*overfit, stopped=stopped)) == []

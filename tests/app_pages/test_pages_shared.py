@@ -22,15 +22,21 @@ def record(plan=None, label="", pretrained=True, backbone="efficientnet_lite0", 
 
 @pytest.mark.parametrize("name", ["**bold** :red[red] $x^2$", "![x](http://evil.example/x.png)", "<img src=x>",
                                   "# heading", "1. first", "- item", "a\nb", "[link](javascript:x)",
-                                  "www.evil.example", ":material/home:"])
+                                  "www.evil.example", ":material/home:", "http://evil.example", "me@evil.example"])
 def test_plain_text_leaves_no_markdown_to_interpret(name):
     escaped = plain(name)
     # every character with a Markdown or Streamlit meaning is backslash-escaped, or gone (line breaks)
     assert not re.search(r"(?<!\\)[*_`\[\]<>$:~|&]", escaped)
     assert "\n" not in escaped
     assert not re.match(r"\s*([#>+\-=]|\d+[.)])", escaped)
-    # and removing the escapes gives back what the person typed
-    assert re.sub(r"\\(.)", r"\1", escaped) == name.replace("\n", " ")
+    # and removing the escapes (and the invisible joiners that stop bare links) gives back what was typed
+    assert re.sub(r"\\(.)", r"\1", escaped).replace("\u2060", "") == name.replace("\n", " ")
+
+
+def test_invisible_characters_show_escaped_and_long_text_is_cut():
+    assert plain("x\u202etxt.exe") == "x\\\\u202etxt.exe"  # a backslash, escaped: it reads x\u202etxt.exe
+    assert plain("a\u200bb") == "a\\\\u200bb"
+    assert plain("z" * 10_000, most=40) == "z" * 40 + "…"
 
 
 def test_ordinary_names_read_the_same():

@@ -125,6 +125,61 @@ def test_bad_input_gets_the_apps_message_and_exit_status_2(tmp_path, capsys, fie
     assert RunStore(tmp_path / "data").list() == []  # nothing half-made is left behind
 
 
+def test_a_demo_set_too_big_to_hold_is_refused_before_it_is_drawn(tmp_path, capsys):
+    config = write_config(tmp_path, epochs=1)
+    args = train_args(tmp_path / "data", config)
+    args[args.index("8")] = "100000000"
+    began = time.perf_counter()
+    assert cli.main(args) == 2
+    assert time.perf_counter() - began < 5  # it grew for minutes (3.4 GB at 65 s) before
+    assert "--per-class must be between 1 and 5,000" in capsys.readouterr().err
+
+
+def test_the_command_line_keeps_the_apps_budget_for_one_runs_images(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("TRANSFER_LAB_MAX_RUN_INPUTS_MB", "1")
+    config = write_config(tmp_path, epochs=1, image_size=224)
+    args = train_args(tmp_path / "data", config)
+    args[args.index("8")] = "500"
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert "2,000 images at 224 px" in err and "Train on fewer images" in err and "Traceback" not in err
+    assert RunStore(tmp_path / "data").list() == []
+
+
+@pytest.mark.parametrize("text, words", [
+    ("[" * 100_000 + "]" * 100_000, ["nested too deeply"]),  # was a RecursionError traceback
+    ('{"epochs": true}', ["epochs", "must be a whole number", "true"]),  # trained one epoch
+    ('{"lr": "0.1"}', ["lr", "must be a number"]),
+    ('{"augment": 1}', ["augment", "true or false"]),
+])
+def test_settings_that_are_not_what_they_name_are_refused_without_a_traceback(tmp_path, capsys, text, words):
+    path = tmp_path / "config.json"
+    path.write_text(text)
+    assert cli.main(train_args(tmp_path / "data", str(path))) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and all(word in err for word in words)
+
+
+@pytest.mark.parametrize("command", ["train", "list"])
+def test_a_data_dir_that_is_a_file_is_a_clear_error(tmp_path, capsys, command):
+    afile = tmp_path / "passwd"
+    afile.write_text("root:x:0:0")
+    config = write_config(tmp_path, epochs=1)
+    args = train_args(afile, config) if command == "train" else ["list", "--data-dir", str(afile)]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert "is a file, not a folder" in err and "Traceback" not in err
+
+
+def test_a_presets_warm_up_is_clamped_to_the_epochs_as_the_page_does(tmp_path, capsys):
+    groups = ["stem", "layer1", "layer2", "layer3", "layer4", "head"]
+    preset = strategy_config("last_stage", groups)
+    assert preset.warmup_epochs >= 1  # otherwise there is nothing to clamp
+    config = cli.read_config(write_config(tmp_path, epochs=2), groups, "last_stage")  # was refused
+    assert config.epochs == 2 and config.warmup_epochs == 1
+    assert "lowered to 1" in capsys.readouterr().err
+
+
 def test_a_config_that_is_not_json_is_a_clear_error(tmp_path, capsys):
     bad = tmp_path / "bad.json"
     bad.write_text("{epochs: 2")
@@ -167,6 +222,18 @@ def test_an_app_run_gets_a_command_for_its_demo_set():
     assert words[words.index("--per-class") + 1] == "40"
     assert "--scratch" not in words and "--val-fraction" not in words
     assert cli.config_for(record) == {"epochs": 3, "lr": 0.01}
+
+
+def test_a_viewers_command_names_a_weights_file_of_their_own_not_the_servers_path():
+    from core.runs import RunRecord
+
+    server_path = "/srv/transfer-lab-data/uploads/" + "e" * 64 + ".pt"
+    record = RunRecord(id="0" * 16, status="finished", created=0.0, backbone="resnet18", pretrained=True,
+                       classes=["a", "b"], dataset="Demo shapes (source look)",
+                       config={"epochs": 3, "n_train": 30, "n_val": 10, "weights_file": server_path})
+    assert server_path in cli.command_for(record)  # the owner's own, as before
+    words = shlex.split(cli.command_for(record, weights="YOUR_WEIGHTS.pt"))
+    assert words[words.index("--weights") + 1] == "YOUR_WEIGHTS.pt" and server_path not in words
 
 
 def test_export_and_list_work_on_a_finished_run(tmp_path, capsys):

@@ -129,3 +129,11 @@ def test_a_hostile_value_is_a_note_not_an_error():
     settings, notes = decode({"lock": "backbone,<script>", "hide": "x" * 10_000, "lr_mult": ":::,"})
     assert settings == {}
     assert len(notes) == 3 and all(len(n) < 400 for n in notes)
+
+
+def test_a_link_with_huge_or_countless_unknown_parameters_gets_a_few_short_notes():
+    params = {"q" * 10_000: "1", **{f"made_up_{i}": "1" for i in range(50)}}
+    _, notes = decode(params)
+    assert len(notes) == 6 and all(len(note) < 120 for note in notes)
+    assert "q" * 40 + "…" in notes[0]
+    assert notes[-1] == "Ignored 46 more unknown link parameters."

@@ -176,3 +176,24 @@ def test_setting_stop_ends_the_run_within_one_batch(small_domains, start):
     history = fit_dan(start(), train, val, target, config(epochs=3, batch_size=2), lam=1.0,
                       callbacks=[steps], stop=stop)
     assert history.stopped == "cancelled" and steps.train_steps == 1 and len(history.epochs) <= 1
+
+
+def test_stop_is_heard_during_the_first_mmd_measurement_when_nothing_is_frozen(start):
+    source = data.demo_dataset("source", per_class=4)
+    target = data.demo_dataset("target", per_class=4)
+    train, val = data.split(source, 0.25, 0)
+    model = start()
+    stop = threading.Event()
+    seen = []
+
+    def count(_module, _inputs, _output):
+        seen.append(1)
+        stop.set()  # Stop pressed while the first batch of the first measurement is in the model
+
+    handle = model.get_classifier().register_forward_hook(count)  # DAN reads features, then the head
+    try:
+        history = fit_dan(model, train, val, target, config(freeze=[], epochs=2), lam=0.5, stop=stop)
+    finally:
+        handle.remove()
+    assert history.stopped == "cancelled" and not history.epochs
+    assert len(seen) == 1  # not one pass over every source, validation and target image first

@@ -94,3 +94,26 @@ def test_impossible_sweeps_are_refused(lite0, shapes):
     model = models.classifier(lite0, 2, image_size=32)
     with pytest.raises(ConfigError, match="start < end"):
         find_lr(model, shapes, TrainConfig(image_size=32), start=1.0, end=1e-3)
+
+
+def test_a_sweep_retried_after_running_out_of_memory_starts_over_instead_of_mixing_two_sweeps():
+    from types import SimpleNamespace
+
+    from core.methods.lr_finder import LRSweep
+    from core.train.base import BatchProgress
+
+    sweep = LRSweep(1e-5, 1.0, 10, 0.05)
+    optimizer = SimpleNamespace(param_groups=[{"lr": 0.01}])
+    sweep.trainer = SimpleNamespace(config=SimpleNamespace(lr=0.01), optimizer=optimizer,
+                                    request_stop=lambda why: None)
+
+    def attempt(steps):
+        sweep.on_fit_start(None)
+        for step in range(steps):
+            sweep.on_batch_start(step)
+            sweep.on_batch_end(BatchProgress(epoch=1, batch=step + 1, batches=10, loss=1.0, phase="train",
+                                             fraction=step / 10))
+
+    attempt(4)  # the first attempt ran out of GPU memory after 4 steps
+    attempt(10)  # the retry at half the batch
+    assert len(sweep.lrs) == 10 and sweep.lrs == sorted(sweep.lrs)

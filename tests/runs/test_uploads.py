@@ -81,3 +81,60 @@ def test_usage_counts_every_stored_byte(tmp_path):
     a = store.add(weights_bytes(tmp_path, 1.0), "a.pt")
     b = store.add(weights_bytes(tmp_path, 2.0), "b.pt")
     assert store.usage_bytes() == a.path.stat().st_size + b.path.stat().st_size > 0
+
+
+ALICE, BOB, CAROL = "a" * 16, "b" * 16, "c" * 16
+
+
+def blob(tmp_path, k: int, kb: int = 10) -> bytes:
+    """A distinct weights file of about ``kb`` KB."""
+    path = tmp_path / f"blob{k}.pt"
+    torch.save({"w": torch.full((kb * 256,), float(k))}, path)
+    return path.read_bytes()
+
+
+def test_uploads_are_charged_to_their_owner_within_a_quota_the_oldest_unused_making_room(tmp_path):
+    store = UploadStore(tmp_path / "data", quota_bytes=25 * 1024)
+    first = store.add(blob(tmp_path, 1), "one.pt", owner=ALICE)
+    os.utime(first.path, (time.time() - 60, time.time() - 60))
+    second = store.add(blob(tmp_path, 2), "two.pt", owner=ALICE)
+    third = store.add(blob(tmp_path, 3), "three.pt", owner=ALICE)  # over 25 KB: the oldest unused one goes
+    assert not first.path.exists() and second.path.exists() and third.path.exists()
+    assert set(store.usage_of(ALICE)) == {second.path, third.path}
+    with pytest.raises(CheckpointError) as refused:  # both in use by runs: nothing can make room
+        store.add(blob(tmp_path, 4), "four.pt", owner=ALICE, in_use=[second.path, third.path])
+    assert "four.pt" in str(refused.value) and "one person may upload" in str(refused.value)
+    assert len(store.files()) == 2  # the refused file was never written
+    assert store.add(blob(tmp_path, 4), "four.pt", owner=BOB).path.exists()  # another person's quota is their own
+
+
+def test_the_disk_cap_removes_the_uploaders_unused_files_before_anyone_elses_runs(tmp_path):
+    data = tmp_path / "data"
+    runs = RunStore(data, cap_mb=2)
+    uploads = UploadStore(data)
+    old = time.time() - 2 * 3600
+    for k in range(4):  # one person's four unused uploads, 0.5 MB each
+        path = uploads.add(blob(tmp_path, k, kb=512), f"w{k}.pt", owner=ALICE).path
+        os.utime(path, (old + k, old + k))
+    carol = RunRecord(id="c" * 15 + "1", status="finished", created=old - 60, backbone="efficientnet_lite0",
+                      pretrained=True, classes=["a", "b"], config={}, owner=CAROL, finished=old)
+    runs.create(carol)
+    (runs.folder(carol.id) / "model.safetensors").write_bytes(b"\0" * (2**20 // 2))
+    assert runs.usage_bytes() > 2 * 2**20
+    assert runs.enforce_cap() == []  # no run removed: Carol's run is not what fills the disk
+    assert runs.get(carol.id) is not None
+    assert runs.usage_bytes() <= 2 * 2**20
+    assert len(uploads.files()) < 4
+
+
+def test_weights_whose_head_has_more_classes_than_allowed_are_refused():
+    from torch import nn
+
+    from core.models.weights import MAX_HEAD_CLASSES, load_user_state
+
+    model = nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 2))
+    state = {"0.weight": torch.zeros(8, 4), "0.bias": torch.zeros(8),
+             "1.weight": torch.zeros(MAX_HEAD_CLASSES + 1, 8), "1.bias": torch.zeros(MAX_HEAD_CLASSES + 1)}
+    with pytest.raises(CheckpointError) as refused:
+        load_user_state(model, state, title="a toy", head_module="1", filename="big-head.pt")
+    assert "1,001 outputs" in str(refused.value) and "at most 1,000 classes" in str(refused.value)

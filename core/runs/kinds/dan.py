@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict, replace
 
 from core.analysis.domain import HEAD_INPUT
-from core.data.encoded import EncodedDataset, encode_images, labels_of
+from core.data.encoded import EncodedDataset, Pending, labels_of
 from core.errors import ConfigError, UserInputError
 from core.methods.adaptation import (
     DEFAULT_LAMBDA,
@@ -62,7 +62,7 @@ def start_comparison(source_train, source_val, target_ds, config: TrainConfig, l
 
     def inputs() -> dict:
         tensors = encode_inputs(source_train, source_val, size)
-        tensors["target_images"], tensors["target_labels"] = encode_images(target_ds, size), labels_of(target_ds)
+        tensors["target_images"], tensors["target_labels"] = Pending(target_ds, size), labels_of(target_ds)
         return tensors
 
     return start_folder_run(store if store is not None else RunStore(get_settings().data_dir), record, inputs,

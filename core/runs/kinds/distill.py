@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import torch
 
-from core.data.encoded import EncodedDataset, encode_images
+from core.data.encoded import EncodedDataset, Pending
 from core.devices import pick_device
 from core.errors import CheckpointError, ConfigError
 from core.methods.distillation import check_settings, distill, teacher_accuracy
@@ -53,9 +53,9 @@ def start_distillation(store, teacher_id: str, train_ds, val_ds, config: TrainCo
         tensors = encode_inputs(train_ds, val_ds, size)
         # the teacher's own score is measured at the size it was trained at, as before training;
         # it teaches from the training images at that size too, not from the student's scaled up
-        tensors["teacher_val_images"] = encode_images(val_ds, teacher_size)
+        tensors["teacher_val_images"] = Pending(val_ds, teacher_size)
         if teacher_size != size:
-            tensors["teacher_train_images"] = encode_images(train_ds, teacher_size)
+            tensors["teacher_train_images"] = Pending(train_ds, teacher_size)
         return tensors
 
     return start_folder_run(store, record, inputs, queue=queue)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, replace
 
-from core.data.encoded import EncodedDataset, encode_images, labels_of
+from core.data.encoded import EncodedDataset, Pending, labels_of
 from core.errors import ConfigError
 from core.methods.lr_finder import LRFinderResult, check_sweep, find_lr
 from core.models.heads import starting_model
@@ -35,7 +35,7 @@ def start_lr_sweep(store, train_ds, config: TrainConfig, *, backbone: str, pretr
     size = int(config.image_size)
 
     def inputs() -> dict:
-        return {"train_images": encode_images(train_ds, size), "train_labels": labels_of(train_ds)}
+        return {"train_images": Pending(train_ds, size), "train_labels": labels_of(train_ds)}
 
     return start_folder_run(store, record, inputs, queue=queue)
 

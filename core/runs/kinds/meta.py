@@ -9,13 +9,12 @@ from dataclasses import asdict
 import numpy as np
 import torch
 
-from core.data.encoded import EncodedDataset
+from core.data.encoded import EncodedDataset, Pending
 from core.errors import ConfigError, DataError
 from core.methods.episodes import ClassSplit, sample_episodes
 from core.methods.fewshot import (
     META_METHODS,
     MetaConfig,
-    encoded_subset,
     evaluate,
     few_shot_model,
     meta_config,
@@ -68,12 +67,16 @@ def meta_run(dataset, split: ClassSplit, method: str = "anil", n_way: int = 5, k
     def inputs() -> dict[str, torch.Tensor]:
         # labels renumbered within each part, in the order of the record's class lists
         remap = lambda ids, idx: torch.as_tensor([ids.index(int(y)) for y in labels[idx]])  # noqa: E731
-        return {"train_images": encoded_subset(dataset, base_idx, config.image_size),
+        return {"train_images": Pending(_subset(dataset, base_idx), config.image_size),
                 "train_labels": remap(base_ids, base_idx),
-                "val_images": encoded_subset(dataset, novel_idx, config.image_size),
+                "val_images": Pending(_subset(dataset, novel_idx), config.image_size),
                 "val_labels": remap(novel_ids, novel_idx)}
 
     return record, inputs
+
+
+def _subset(ds, indices: np.ndarray):
+    return ds.subset(indices.tolist()) if hasattr(ds, "subset") else [ds[i] for i in indices]
 
 
 def load_meta_run(store, run_id: str) -> tuple[Classifier, MetaConfig, dict]:

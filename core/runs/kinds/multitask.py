@@ -8,7 +8,7 @@ from dataclasses import asdict, replace
 
 import torch
 
-from core.data.encoded import EncodedMultiTaskDataset, encode_images
+from core.data.encoded import EncodedMultiTaskDataset, Pending
 from core.data.multitask import MISSING
 from core.data.names import some
 from core.errors import DataError
@@ -23,11 +23,11 @@ __all__ = ["encode_multitask_inputs", "new_multitask_record", "start_multitask_r
 
 
 def encode_multitask_inputs(train_ds, val_ds, size: int) -> dict[str, torch.Tensor]:
-    """What a multi-task worker reads from the run folder: both splits' images at the run's size
+    """What a multi-task worker reads from the run folder: both splits' images (encoded there) at the run's size
     and their label matrices (columns in the training set's task order)."""
     tasks = train_ds.task_names
-    return {"train_images": encode_images(train_ds, size), "train_labels": train_ds.label_matrix(tasks),
-            "val_images": encode_images(val_ds, size), "val_labels": val_ds.label_matrix(tasks)}
+    return {"train_images": Pending(train_ds, size), "train_labels": train_ds.label_matrix(tasks),
+            "val_images": Pending(val_ds, size), "val_labels": val_ds.label_matrix(tasks)}
 
 
 def new_multitask_record(train_ds, val_ds, *, backbone: str, pretrained: bool, config, weights_path=None,
