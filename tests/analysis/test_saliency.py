@@ -170,6 +170,34 @@ def test_integrated_gradients_add_up_to_the_score_difference_from_the_baseline()
     assert abs(result.delta) <= 0.01 * abs(difference) + 1e-5
 
 
+class LateRise(nn.Module):
+    """Class 0 only rises in the last tenth of the path from zeros to an image of ones: few
+    integration steps land at most one point there and miss the score by far more than 5 %."""
+
+    def forward(self, x):
+        score = 10 * torch.relu(x.flatten(1).sum(1, keepdim=True) - 0.9 * x[0].numel())
+        return torch.cat([score, -score], 1)
+
+
+def _missed(result) -> float:
+    change = float(result.raw.sum()) - result.delta
+    return abs(result.delta) / abs(change)
+
+
+def test_integrated_gradients_take_more_steps_until_the_attributions_add_up():
+    image, model = torch.ones(3, 4, 4), LateRise()
+    few = explain(model, image, 0, "integrated_gradients", baseline="zeros", n_steps=4, max_steps=4)
+    assert few.steps == 4 and _missed(few) > 0.05  # without more steps the map misses much of the score
+    enough = explain(model, image, 0, "integrated_gradients", baseline="zeros", n_steps=4, max_steps=1024)
+    assert enough.steps > 4
+    assert _missed(enough) <= 0.05
+
+
+def test_integrated_gradients_stop_at_the_first_steps_when_they_already_add_up():
+    result = explain(linear_model(), torch.randn(3, 4, 4), 1, "integrated_gradients", baseline="zeros")
+    assert result.steps == saliency.DEFAULTS["integrated_gradients"]["n_steps"]
+
+
 def test_integrated_gradients_default_baseline_is_black_in_the_models_normalized_space():
     model = random_conv_model(seed=5, act=nn.Tanh).eval()
     mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
