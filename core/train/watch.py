@@ -1,0 +1,240 @@
+"""Pinned validation images, recorded at every epoch end: how attention and confidence move in training.
+
+``TrainConfig.watch`` names up to ``MAX_PINS`` validation images; the loop then adds a ``Watch``
+callback, which appends to ``History.watch`` one ``WatchFrame`` per epoch and pinned image: the class
+probabilities, a Grad-CAM map (``CAM_SIZE``², normalised to a maximum of 1) for the image's own
+class at the backbone's default CAM layer, and the maps of the ``CHANNELS`` channels of that layer
+whose activations moved most since the fit started.
+
+Cost. The CAM layer's activations of the pinned images are computed once when the fit starts. While
+no layer up to the CAM layer has trained yet (feature extraction: never), each epoch reuses them and
+runs only the network's tail from that layer on (the layers before it pass a tiny stand-in through,
+as the loop's prefix cache does). Once they train, each epoch runs the pinned images through the
+model as the loop does (from its caches), without autograd up to the CAM layer: the backward pass
+stops there. Values are rounded (``DIGITS``) so a run's record stays small and equals what the run
+folder keeps.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from core.analysis.saliency import default_gradcam_layer
+from core.data.encoded import normalise
+from core.errors import ConfigError
+from core.hooks import capture, preserved
+from core.train.base import MAX_PINS, Callback, EpochMetrics, FitInfo
+
+__all__ = ["MAX_PINS", "CAM_SIZE", "CHANNELS", "WatchFrame", "Watch", "watch_layer", "check_pins", "cam_movement"]
+
+CAM_SIZE = 14
+CHANNEL_SIZE = 7
+CHANNELS = 3
+DIGITS = 3
+
+
+@dataclass
+class WatchFrame:
+    """One pinned validation image at the end of one epoch."""
+
+    epoch: int
+    index: int  # the image's position in the validation set
+    probs: list[float]  # softmax over the classes (of the watched task)
+    cam: list[list[float]]  # Grad-CAM for ``target``, CAM_SIZE x CAM_SIZE, max 1 (all 0 when nothing supports it)
+    target: int = 0  # the class the CAM explains: the image's own label
+    channels: dict[str, list[list[float]]] = field(default_factory=dict)  # channel -> its map, max |value| 1
+
+
+def watch_layer(model: nn.Module, image_size: int) -> str:
+    """The layer a run's pinned images are watched at: the backbone's default Grad-CAM layer, or,
+    when that is a container of several layer groups (torchvision's ``features``), the last of its
+    group modules (the same output, and one the loop can start the network's tail from)."""
+    layer = default_gradcam_layer(model, torch.zeros(3, image_size, image_size))
+    modules = [m for g in model.layer_groups[:-1] for m in g.modules]
+    if layer in modules:
+        return layer
+    inside = [m for m in modules if m.startswith(layer + ".")]
+    return inside[-1] if inside else layer
+
+
+def check_pins(watch, n_val: int) -> tuple[int, ...]:
+    """The pinned validation indices, checked against a validation set of ``n_val`` images."""
+    pins = tuple(int(i) for i in watch)
+    if len(pins) > MAX_PINS:
+        raise ConfigError(f"Pin at most {MAX_PINS} validation images (got {len(pins)}).")
+    if len(set(pins)) != len(pins):
+        raise ConfigError("Each validation image can be pinned once.")
+    bad = [i for i in pins if not 0 <= i < n_val]
+    if bad:
+        raise ConfigError(f"Pinned image {bad[0]} is not in the validation set, which has {n_val} images "
+                          f"(pin 0 to {n_val - 1}).")
+    return pins
+
+
+@contextmanager
+def _tail_from(prefix: list[nn.Module], boundary: nn.Module, value, rest: list[nn.Module], replace: bool = True):
+    """The model runs only from ``boundary`` on, which returns ``value`` (``replace=False``: computes
+    as usual); the ``rest`` runs as it is. Forwards set before (the loop's own prefix cache) are put
+    back afterwards, not dropped."""
+    saved = [(m, m.__dict__.get("forward")) for m in prefix + [boundary] + rest]
+    try:
+        for module in rest + [boundary]:
+            module.__dict__.pop("forward", None)
+        for module in prefix:
+            module.forward = lambda x, *args, **kwargs: x
+        if replace:
+            boundary.forward = lambda *args, **kwargs: value
+        yield
+    finally:
+        for module, forward in saved:
+            if forward is None:
+                module.__dict__.pop("forward", None)
+            else:
+                module.forward = forward
+
+
+@contextmanager
+def _grad_from(module: nn.Module, box: list):
+    """Autograd off up to ``module``, on from its output (a leaf put in ``box``) to the logits."""
+    def hook(_module, _args, out):
+        leaf = out.detach().float().requires_grad_(True)
+        box.append(leaf)
+        torch.set_grad_enabled(True)
+        return leaf
+
+    before = torch.is_grad_enabled()
+    handle = module.register_forward_hook(hook)
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        handle.remove()
+        torch.set_grad_enabled(before)
+
+
+def _resize(maps: torch.Tensor, size: int) -> torch.Tensor:
+    return F.interpolate(maps, size=(size, size), mode="bilinear", align_corners=False)
+
+
+def _rounded(t: torch.Tensor) -> list:
+    return torch.round(t.detach().float().cpu(), decimals=DIGITS).tolist()
+
+
+class Watch(Callback):
+    """Records ``History.watch`` for the fit's ``config.watch`` (see the module docstring)."""
+
+    def __init__(self, pins, task: str = ""):
+        self.pins, self.task = tuple(pins), task
+
+    def on_fit_start(self, info: FitInfo) -> None:
+        t = self.trainer
+        model = t.model
+        self.pins = check_pins(self.pins, len(t.images.get("val", ())))
+        tasks = list(getattr(model, "tasks", None) or [])
+        if tasks and self.task and self.task not in tasks:
+            raise ConfigError(f"Unknown task {self.task!r} for the pinned images: choose one of {', '.join(tasks)}.")
+        self.task_index = tasks.index(self.task or tasks[0]) if tasks else None
+        self.layer = watch_layer(model, int(t.config.image_size))
+        self.module = model.get_submodule(self.layer)
+        idx = torch.tensor(self.pins, dtype=torch.long)
+        labels = t.labels["val"][idx]
+        self.targets = (labels[:, self.task_index] if self.task_index is not None else labels).tolist()
+        self.idx = idx
+        self.x = normalise(t.images["val"][idx].to(t.device), t.mean, t.std)
+        with torch.no_grad(), preserved(model):
+            model.eval()
+            self.start = capture(model, self.module, self.x).float()  # the frozen activations, reused while they are
+        order = [m for g in model.layer_groups for m in g.modules]
+        names = [g.name for g in model.layer_groups]
+        holder = next((g.name for g in model.layer_groups
+                       if any(self.layer == m or self.layer.startswith(m + ".") for m in g.modules)), names[-1])
+        self.groups_to_cam = names[:names.index(holder) + 1]
+        # the tail can start at a layer group's own module only (small inputs: the default CAM layer
+        # may sit inside a block); elsewhere every epoch runs the whole model
+        position = order.index(self.layer) if self.layer in order else None
+        self.prefix = [model.get_submodule(m) for m in order[:position]] if position is not None else None
+        self.rest = [model.get_submodule(m) for m in order[position + 1:]] if position is not None else []
+        self.all_modules = [model.get_submodule(m) for m in order if m != self.layer]
+
+    def _frozen_so_far(self, epoch: int) -> bool:
+        """No layer up to the CAM layer has trained in epochs 1..epoch: its activations are the start's."""
+        plan = self.trainer.plan[:epoch]
+        return self.prefix is not None and all(e.get(g, 0) == 0 for e in plan for g in self.groups_to_cam)
+
+    def _logits(self, out):
+        if isinstance(out, dict):
+            out = list(out.values())[self.task_index or 0]
+        return out.float()
+
+    def _forward(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, CAM-layer activations as a leaf with autograd from it to the logits)."""
+        t = self.trainer
+        if self._frozen_so_far(epoch):
+            leaf = self.start.clone().requires_grad_(True)
+            stand_in = torch.zeros(len(leaf), 3, 8, 8, device=t.device)
+            with torch.enable_grad(), _tail_from(self.prefix, self.module, leaf, self.rest):
+                return self._logits(t.model(stand_in)), leaf
+        box: list[torch.Tensor] = []
+        # the whole model, as it is now: the loop's prefix cache (if any) is set aside for the pass
+        with _tail_from([], self.module, None, self.all_modules, replace=False), _grad_from(self.module, box):
+            out = t.model(self.x)
+        if not box:
+            raise RuntimeError(f"The watched layer {self.layer} did not run")
+        return self._logits(out), box[0]
+
+    def on_epoch_end(self, metrics: EpochMetrics) -> None:
+        t = self.trainer
+        with preserved(t.model):
+            t.model.eval()
+            logits, act = self._forward(metrics.epoch)
+            target = torch.tensor(self.targets, device=logits.device).clamp_min(0)
+            score = logits.gather(1, target[:, None]).sum()
+            grad, = torch.autograd.grad(score, act)
+        act, grad = act.detach(), grad.detach()
+        cam = F.relu((grad.mean((2, 3), keepdim=True) * act).sum(1, keepdim=True))
+        cam = _resize(cam, CAM_SIZE)[:, 0]
+        cam = cam / cam.flatten(1).amax(1).clamp_min(1e-12)[:, None, None]
+        cam = torch.nan_to_num(cam, nan=0.0)
+        probs = torch.softmax(logits.detach(), 1)
+        channels = self._moved_channels(act)
+        for i, index in enumerate(self.pins):
+            t.history.watch.append(WatchFrame(
+                epoch=metrics.epoch, index=index, probs=_rounded(probs[i]), cam=_rounded(cam[i]),
+                target=int(self.targets[i]),
+                channels={str(c): _rounded(maps[i]) for c, maps in channels.items()}))
+
+    def _moved_channels(self, act: torch.Tensor) -> dict[int, torch.Tensor]:
+        """The CHANNELS channels whose activations moved most since the start (the most active when
+        none moved), each as small maps scaled to a largest |value| of 1."""
+        moved = (act - self.start).abs().mean((0, 2, 3))
+        ranking = moved if float(moved.max()) > 0 else act.abs().mean((0, 2, 3))
+        chosen = ranking.topk(min(CHANNELS, len(ranking))).indices.tolist()
+        out = {}
+        for c in chosen:
+            maps = _resize(act[:, c:c + 1], CHANNEL_SIZE)[:, 0]
+            out[c] = maps / maps.abs().amax().clamp_min(1e-12)
+        return out
+
+
+def cam_movement(frames: list[WatchFrame] | list[dict]) -> float:
+    """How far the pinned images' CAMs moved from the first recorded epoch to the last: the mean
+    over pins of 1 − the correlation of the two maps (0: unchanged, 1: unrelated, 2: opposite)."""
+    frames = [f if isinstance(f, dict) else f.__dict__ for f in frames]
+    if not frames:
+        return 0.0
+    first, last = min(f["epoch"] for f in frames), max(f["epoch"] for f in frames)
+    start = {f["index"]: f["cam"] for f in frames if f["epoch"] == first}
+    moves = []
+    for f in frames:
+        if f["epoch"] != last or f["index"] not in start:
+            continue
+        a, b = torch.tensor(start[f["index"]]).flatten(), torch.tensor(f["cam"]).flatten()
+        a, b = a - a.mean(), b - b.mean()
+        denom = float(a.norm() * b.norm())
+        moves.append(0.0 if denom == 0 and torch.equal(a, b) else 1.0 - (float(a @ b) / denom if denom else 0.0))
+    return sum(moves) / len(moves) if moves else 0.0
