@@ -10,8 +10,8 @@ Cost. The CAM layer's activations of the pinned images are computed once when th
 no layer up to the CAM layer has trained yet (feature extraction: never), each epoch reuses them and
 runs only the network's tail from that layer on (the layers before it pass a tiny stand-in through,
 as the loop's prefix cache does). Once they train, each epoch runs the pinned images through the
-model as the loop does (from its caches), without autograd up to the CAM layer: the backward pass
-stops there. Values are rounded (``DIGITS``) so a run's record stays small and equals what the run
+model (from the loop's cache of a frozen prefix when there is one), without autograd up to the CAM
+layer: the backward pass stops there. Values are rounded (``DIGITS``) so a run's record stays small and equals what the run
 folder keeps.
 """
 
@@ -180,9 +180,15 @@ class Watch(Callback):
             with torch.enable_grad(), _tail_from(self.prefix, self.module, leaf, self.rest):
                 return self._logits(t.model(stand_in)), leaf
         box: list[torch.Tensor] = []
-        # the whole model, as it is now: the loop's prefix cache (if any) is set aside for the pass
-        with _tail_from([], self.module, None, self.all_modules, replace=False), _grad_from(self.module, box):
-            out = t.model(self.x)
+        if t.cache_mode == "prefix" and self.module not in t.prefix_modules and self.module is not t.boundary:
+            # the loop's cache of the frozen prefix holds the pinned images' activations too: run the rest
+            x = t.plain_inputs("val", self.idx)
+            x = x.clone() if x.is_inference() else x
+            with _grad_from(self.module, box):
+                out = t.logits(x)
+        else:  # the whole model, as it is now: the loop's prefix cache (if any) is set aside for the pass
+            with _tail_from([], self.module, None, self.all_modules, replace=False), _grad_from(self.module, box):
+                out = t.model(self.x)
         if not box:
             raise RuntimeError(f"The watched layer {self.layer} did not run")
         return self._logits(out), box[0]

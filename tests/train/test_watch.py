@@ -46,11 +46,13 @@ def test_fine_tuning_moves_the_cams_and_feature_extraction_keeps_the_attention_m
     assert all(m == maps[0] for m in maps)
 
 
-def test_the_frozen_shortcut_gives_the_grad_cam_of_the_whole_model():
-    # feature extraction reuses the frozen activations and runs only the tail: the last epoch's maps
-    # are Grad-CAM (Captum's) of the model as it ended
-    model, history = _fit(["stem", "block"], epochs=2)
-    assert history.used_feature_cache
+@pytest.mark.parametrize("freeze, cache", [(["stem", "block"], "head"), (["stem"], "prefix"), ([], "")])
+def test_the_recorded_cam_is_grad_cam_of_the_model_at_that_epoch(freeze, cache):
+    # feature extraction reuses the frozen activations and runs only the tail, a frozen prefix reads the
+    # loop's cache, a fine-tune runs the whole model: each last epoch's maps are Captum's Grad-CAM of the
+    # model as it ended
+    model, history = _fit(freeze, epochs=2)
+    assert history.cache == cache
     val = Shapes(8, seed=1, size=32)
     x = normalise(encode_images(val, 32), torch.tensor(model.mean).view(1, 3, 1, 1),
                   torch.tensor(model.std).view(1, 3, 1, 1))[list(PINS)]
