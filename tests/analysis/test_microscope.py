@@ -5,17 +5,15 @@ import threading
 import pytest
 import torch
 
-from core import microscope
+from core import microscope, models
 from core.data import demo_dataset
 from core.errors import ConfigError
-from core.models.heads import classifier
+from core.models.heads import classifier, starting_model
 from tests.toys import Shapes, tiny
 
 
 @pytest.fixture(scope="module")
 def lite0_model():
-    from core import models
-
     return classifier(models.load(), 4, image_size=64)
 
 
@@ -80,3 +78,13 @@ def test_the_channels_fine_tuning_changed_most_come_first():
     ranked = microscope.changed_channels(before, after, k=3)
     assert ranked[0][0] == 2 and ranked[0][1] == pytest.approx(2.0)
     assert {c for c, _ in ranked[1:]} == {0, 1} and all(v == pytest.approx(0.0, abs=1e-6) for _, v in ranked[1:])
+
+
+@pytest.mark.parametrize("name", [b.name for b in models.list_backbones()])
+def test_every_registry_backbone_can_be_looked_at_channel_by_channel(name):
+    model = starting_model(name, ["a", "b"], pretrained=False, image_size=64)
+    group = model.layer_groups[len(model.layer_groups) // 2].name
+    images = torch.randint(0, 256, (3, 3, 64, 64), dtype=torch.uint8)
+    found = microscope.top_examples(model, group, 1, images, k=2)
+    assert len(found) == 2 and found[0][1] >= found[1][1]
+    assert microscope.visualize(model, group, 1, size=64, steps=1).size == (64, 64)

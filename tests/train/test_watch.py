@@ -6,9 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from core import models
 from core.analysis.saliency import gradcam_maps
 from core.data.encoded import encode_images, normalise
 from core.errors import ConfigError
+from core.models.heads import starting_model
 from core.train import TrainConfig, fit
 from core.train.watch import CAM_SIZE, cam_movement, watch_layer
 from tests.toys import Shapes, tiny
@@ -76,3 +78,10 @@ def test_a_pinned_image_outside_the_validation_set_is_refused_with_a_message():
 
 def test_the_watched_layer_is_a_layer_group_module_with_a_spatial_output():
     assert watch_layer(tiny(), 32) == "block"
+
+
+@pytest.mark.parametrize("name", [b.name for b in models.list_backbones()])
+def test_every_registry_backbone_is_watched_at_a_layer_groups_own_module(name):
+    # the frozen shortcut starts the network's tail at that module
+    model = starting_model(name, ["a", "b"], pretrained=False, image_size=128)
+    assert watch_layer(model, 128) in [m for g in model.layer_groups[:-1] for m in g.modules]
