@@ -17,7 +17,7 @@ from core.train.base import MAX_PINS, TrainConfig
 from core.train.watch import CAM_SIZE
 from pages.ui.multitask import current_multitask
 from pages.ui.runs import run_store
-from pages.ui.session import current_split
+from pages.ui.session import current_split, split_key
 from pages.ui.text import chart_text
 
 __all__ = ["default_pins", "pins_ui", "with_pins", "watch_figure", "watch_player"]
@@ -43,7 +43,7 @@ def pins_ui() -> None:
     if len(val_ds) == 0:
         return
     names = val_ds.names
-    chosen = ss.get(PINS_KEY)
+    chosen = _chosen()
     default = [i for i, n in enumerate(names) if n in chosen] if chosen is not None else default_pins(val_ds)
     with st.expander(f"Pinned images — watched at every epoch ({len(default)})"):
         st.caption("The run records, for each pinned validation image, where the network looks (Grad-CAM for "
@@ -59,16 +59,23 @@ def pins_ui() -> None:
             st.selectbox("Task whose Grad-CAM is shown (runs of every task at once)", list(mt.tasks),
                          key=TASK_KEY)
         picked = st.multiselect("Pinned validation images", list(range(len(val_ds))), default=default,
-                                format_func=describe, max_selections=MAX_PINS, key="watch-pick")
-        ss[PINS_KEY] = [names[i] for i in picked]
+                                format_func=describe, max_selections=MAX_PINS,
+                                key=f"watch-pick-{abs(hash(split_key()))}")  # a new split: a new choice
+        ss[PINS_KEY] = {"split": split_key(), "names": [names[i] for i in picked]}
         if picked:
             for column, i in zip(st.columns(MAX_PINS), picked, strict=False):
                 column.image(val_ds[i][0], width="stretch")
 
 
+def _chosen() -> list[str] | None:
+    """The names pinned for the current split, or None (the default) for a split not chosen for yet."""
+    chosen = st.session_state.get(PINS_KEY)
+    return chosen["names"] if chosen and chosen["split"] == split_key() else None
+
+
 def with_pins(config: TrainConfig, val_ds) -> TrainConfig:
     """``config`` with the pinned images' positions in ``val_ds`` (the split the run trains on)."""
-    chosen = st.session_state.get(PINS_KEY)
+    chosen = _chosen()
     if chosen is None:
         pins = default_pins(val_ds)
     else:
