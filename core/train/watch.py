@@ -27,7 +27,7 @@ from torch import nn
 from core.analysis.saliency import default_gradcam_layer
 from core.data.encoded import normalise
 from core.errors import ConfigError
-from core.hooks import capture, preserved
+from core.hooks import capture, modes, preserved, set_modes
 from core.train.base import MAX_PINS, Callback, EpochMetrics, FitInfo
 
 __all__ = ["MAX_PINS", "CAM_SIZE", "CHANNELS", "WatchFrame", "Watch", "watch_layer", "check_pins", "cam_movement"]
@@ -50,16 +50,40 @@ class WatchFrame:
     channels: dict[str, list[list[float]]] = field(default_factory=dict)  # channel -> its map, max |value| 1
 
 
+def _group_outputs(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The output of every layer group's module but the head's, for ``x``, in one pass (eval mode)."""
+    names = [m for g in model.layer_groups[:-1] for m in g.modules]
+    outs: dict[str, torch.Tensor] = {}
+    handles = [model.get_submodule(n).register_forward_hook(lambda _m, _a, out, n=n: outs.__setitem__(n, out))
+               for n in names]
+    try:
+        with torch.no_grad(), preserved(model):
+            model.eval()
+            model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {n: outs[n] for n in names if n in outs}
+
+
+def _last_spatial_conv(model: nn.Module, outs: dict[str, torch.Tensor]) -> str | None:
+    """Grad-CAM's default layer among ``outs``: the last one holding a Conv2d whose output is spatial."""
+    for name in reversed(list(outs)):
+        out = outs[name]
+        if (isinstance(out, torch.Tensor) and out.dim() == 4 and out.shape[-1] * out.shape[-2] > 1
+                and any(isinstance(m, nn.Conv2d) for m in model.get_submodule(name).modules())):
+            return name
+    return None
+
+
 def watch_layer(model: nn.Module, image_size: int) -> str:
-    """The layer a run's pinned images are watched at: the backbone's default Grad-CAM layer, or,
-    when that is a container of several layer groups (torchvision's ``features``), the last of its
-    group modules (the same output, and one the loop can start the network's tail from)."""
-    layer = default_gradcam_layer(model, torch.zeros(3, image_size, image_size))
-    modules = [m for g in model.layer_groups[:-1] for m in g.modules]
-    if layer in modules:
-        return layer
-    inside = [m for m in modules if m.startswith(layer + ".")]
-    return inside[-1] if inside else layer
+    """The layer a run's pinned images are watched at: the backbone's default Grad-CAM layer (the last
+    module holding a convolution whose output is spatial), taken among the layer groups' own modules
+    (torchvision's ``features`` is its last stage: the same output, and one the loop can start the
+    network's tail from); inside a block only when no group module's output is spatial (tiny inputs)."""
+    device = next(model.parameters()).device
+    outs = _group_outputs(model, torch.zeros(1, 3, image_size, image_size, device=device))
+    return _last_spatial_conv(model, outs) or default_gradcam_layer(model, torch.zeros(3, image_size, image_size))
 
 
 def check_pins(watch, n_val: int) -> tuple[int, ...]:
@@ -76,6 +100,10 @@ def check_pins(watch, n_val: int) -> tuple[int, ...]:
     return pins
 
 
+def _identity(x, *args, **kwargs):
+    return x
+
+
 @contextmanager
 def _tail_from(prefix: list[nn.Module], boundary: nn.Module, value, rest: list[nn.Module], replace: bool = True):
     """The model runs only from ``boundary`` on, which returns ``value`` (``replace=False``: computes
@@ -85,17 +113,19 @@ def _tail_from(prefix: list[nn.Module], boundary: nn.Module, value, rest: list[n
     try:
         for module in rest + [boundary]:
             module.__dict__.pop("forward", None)
+        # instance attributes written straight into __dict__: nn.Module.__setattr__'s checks cost
+        # more than the network's tail itself, every epoch
         for module in prefix:
-            module.forward = lambda x, *args, **kwargs: x
+            module.__dict__["forward"] = _identity
         if replace:
-            boundary.forward = lambda *args, **kwargs: value
+            boundary.__dict__["forward"] = lambda *args, **kwargs: value
         yield
     finally:
         for module, forward in saved:
             if forward is None:
                 module.__dict__.pop("forward", None)
             else:
-                module.forward = forward
+                module.__dict__["forward"] = forward
 
 
 @contextmanager
@@ -139,16 +169,23 @@ class Watch(Callback):
         if tasks and self.task and self.task not in tasks:
             raise ConfigError(f"Unknown task {self.task!r} for the pinned images: choose one of {', '.join(tasks)}.")
         self.task_index = tasks.index(self.task or tasks[0]) if tasks else None
-        self.layer = watch_layer(model, int(t.config.image_size))
-        self.module = model.get_submodule(self.layer)
         idx = torch.tensor(self.pins, dtype=torch.long)
         labels = t.labels["val"][idx]
         self.targets = (labels[:, self.task_index] if self.task_index is not None else labels).tolist()
         self.idx = idx
         self.x = normalise(t.images["val"][idx].to(t.device), t.mean, t.std)
-        with torch.no_grad(), preserved(model):
-            model.eval()
-            self.start = capture(model, self.module, self.x).float()  # the frozen activations, reused while they are
+        # one pass finds the layer and keeps its activations (reused while nothing up to it trains)
+        outs = _group_outputs(model, self.x)
+        self.layer = _last_spatial_conv(model, outs)
+        if self.layer is None:
+            self.layer = default_gradcam_layer(model, self.x[0])
+            with torch.no_grad(), preserved(model):
+                model.eval()
+                outs[self.layer] = capture(model, self.layer, self.x)
+        self.module = model.get_submodule(self.layer)
+        self.start = outs[self.layer].float()
+        self._tail = None  # (leaf, the head's input computed from it), kept while the body is frozen
+        self._still = None  # the channels' maps while they cannot move
         order = [m for g in model.layer_groups for m in g.modules]
         names = [g.name for g in model.layer_groups]
         holder = next((g.name for g in model.layer_groups
@@ -160,11 +197,27 @@ class Watch(Callback):
         self.prefix = [model.get_submodule(m) for m in order[:position]] if position is not None else None
         self.rest = [model.get_submodule(m) for m in order[position + 1:]] if position is not None else []
         self.all_modules = [model.get_submodule(m) for m in order if m != self.layer]
+        self.modules = [m for m, _ in modes(model)]
 
-    def _frozen_so_far(self, epoch: int) -> bool:
-        """No layer up to the CAM layer has trained in epochs 1..epoch: its activations are the start's."""
+    def _frozen_so_far(self, epoch: int, groups=None) -> bool:
+        """No layer up to the CAM layer (or of ``groups``) has trained in epochs 1..epoch: its
+        activations are the start's."""
         plan = self.trainer.plan[:epoch]
-        return self.prefix is not None and all(e.get(g, 0) == 0 for e in plan for g in self.groups_to_cam)
+        groups = self.groups_to_cam if groups is None else groups
+        return self.prefix is not None and all(e.get(g, 0) == 0 for e in plan for g in groups)
+
+    def _head_only(self, epoch: int):
+        """With the whole body frozen so far: the tail from the CAM layer to the head's input is run
+        once, its graph kept; each epoch runs the head alone and back-propagates through that graph."""
+        t = self.trainer
+        if self._tail is None:
+            leaf = self.start.clone().requires_grad_(True)
+            stand_in = torch.zeros(len(leaf), 3, 8, 8, device=t.device)
+            with torch.enable_grad(), _tail_from(self.prefix, self.module, leaf, self.rest):
+                self._tail = (leaf, capture(t.model, t.model.head_path[0], stand_in, where="input"))
+        leaf, features = self._tail
+        with torch.enable_grad():
+            return self._logits(t.model.forward_head(features)), leaf
 
     def _logits(self, out):
         if isinstance(out, dict):
@@ -174,6 +227,10 @@ class Watch(Callback):
     def _forward(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits, CAM-layer activations as a leaf with autograd from it to the logits)."""
         t = self.trainer
+        body = [g.name for g in t.model.layer_groups[:-1]]
+        if hasattr(t.model, "forward_head") and self._frozen_so_far(epoch, body):
+            return self._head_only(epoch)
+        self._tail = None
         if self._frozen_so_far(epoch):
             leaf = self.start.clone().requires_grad_(True)
             stand_in = torch.zeros(len(leaf), 3, 8, 8, device=t.device)
@@ -195,24 +252,34 @@ class Watch(Callback):
 
     def on_epoch_end(self, metrics: EpochMetrics) -> None:
         t = self.trainer
-        with preserved(t.model):
-            t.model.eval()
+        # every module in eval mode for the pass, then as it was: flags set directly (see
+        # core.hooks.set_modes), as Module.train()'s recursion cost more than the tail's pass
+        saved = [(m, m.training) for m in self.modules]
+        set_modes([(m, False) for m in self.modules])
+        try:
             logits, act = self._forward(metrics.epoch)
             target = torch.tensor(self.targets, device=logits.device).clamp_min(0)
             score = logits.gather(1, target[:, None]).sum()
-            grad, = torch.autograd.grad(score, act)
+            grad, = torch.autograd.grad(score, act, retain_graph=self._tail is not None)
+        finally:
+            set_modes(saved)
         act, grad = act.detach(), grad.detach()
         cam = F.relu((grad.mean((2, 3), keepdim=True) * act).sum(1, keepdim=True))
         cam = _resize(cam, CAM_SIZE)[:, 0]
         cam = cam / cam.flatten(1).amax(1).clamp_min(1e-12)[:, None, None]
         cam = torch.nan_to_num(cam, nan=0.0)
         probs = torch.softmax(logits.detach(), 1)
-        channels = self._moved_channels(act)
+        if self._frozen_so_far(metrics.epoch):  # the maps cannot have moved: rounded once
+            self._still = self._still or {str(c): [_rounded(m) for m in maps]
+                                          for c, maps in self._moved_channels(act).items()}
+            channels = self._still
+        else:
+            channels = {str(c): [_rounded(m) for m in maps] for c, maps in self._moved_channels(act).items()}
         for i, index in enumerate(self.pins):
             t.history.watch.append(WatchFrame(
                 epoch=metrics.epoch, index=index, probs=_rounded(probs[i]), cam=_rounded(cam[i]),
                 target=int(self.targets[i]),
-                channels={str(c): _rounded(maps[i]) for c, maps in channels.items()}))
+                channels={c: maps[i] for c, maps in channels.items()}))
 
     def _moved_channels(self, act: torch.Tensor) -> dict[int, torch.Tensor]:
         """The CHANNELS channels whose activations moved most since the start (the most active when
