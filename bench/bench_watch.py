@@ -39,6 +39,7 @@ def pins(val, n: int = 8) -> tuple[int, ...]:
 def main() -> None:
     parser = add_common_args(argparse.ArgumentParser(description=__doc__))
     parser.add_argument("--threads", type=int, default=2, help="torch threads (a busy shared machine: 1)")
+    parser.add_argument("--only", default="", help="run only the settings whose name contains this")
     args = parser.parse_args()
     import torch
 
@@ -85,6 +86,8 @@ def main() -> None:
     print(f"demo set: {len(enc['train'])} training, {len(enc['val'])} validation images; {len(watched)} pinned; "
           f"{torch.get_num_threads()} torch threads")
     for name, base in settings.items():
+        if args.only not in name:
+            continue
         base = replace(base, device=str(device))
         times: dict[bool, list[float]] = {False: [], True: []}
         shares = []
