@@ -186,6 +186,10 @@ class Watch(Callback):
         self.start = outs[self.layer].float()
         self._tail = None  # (leaf, the head's input computed from it), kept while the body is frozen
         self._still = None  # the channels' maps while they cannot move
+        self._map_modules(model)
+
+    def _map_modules(self, model: nn.Module) -> None:
+        """Which groups lead up to the watched layer, and the group modules before and after it."""
         order = [m for g in model.layer_groups for m in g.modules]
         names = [g.name for g in model.layer_groups]
         holder = next((g.name for g in model.layer_groups
