@@ -94,12 +94,16 @@ def _classes(record) -> list[str]:
     return list(record.classes)
 
 
+def _colours(frame: dict, n: int) -> list[str]:
+    """The image's own class in red, the others grey."""
+    return ["#d62728" if c == frame.get("target") else "#9aa5b1" for c in range(n)]
+
+
 def _frame_traces(frames: list[dict], classes: list[str]) -> list:
     traces = []
     for f in frames:
         traces.append(go.Heatmap(z=f["cam"]))
-        colours = ["#d62728" if c == f.get("target") else "#9aa5b1" for c in range(len(classes))]
-        traces.append(go.Bar(y=f["probs"], marker_color=colours))
+        traces.append(go.Bar(y=f["probs"], marker_color=_colours(f, len(classes))))
     return traces
 
 
@@ -130,7 +134,7 @@ def watch_figure(frames: list[dict], images, classes: list[str], kept: int | Non
         fig.add_trace(go.Heatmap(z=f["cam"], x0=-0.5 + step / 2, dx=step, y0=-0.5 + step / 2, dy=step,
                                  zmin=0, zmax=1, colorscale="Inferno", opacity=0.5, showscale=False,
                                  zsmooth="best", hoverinfo="skip"), r, c)
-        fig.add_trace(go.Bar(x=names, y=f["probs"], showlegend=False,
+        fig.add_trace(go.Bar(x=names, y=f["probs"], showlegend=False, marker_color=_colours(f, len(classes)),
                              hovertemplate="%{x}: %{y:.0%}<extra></extra>"), r + 1, c)
         fig.update_yaxes(range=[0, 1], tickformat=".0%", nticks=3, row=r + 1, col=c)
         fig.update_xaxes(showticklabels=len(names) <= 6, row=r + 1, col=c)
@@ -141,7 +145,7 @@ def watch_figure(frames: list[dict], images, classes: list[str], kept: int | Non
     per_pin = 3 if images is not None else 2
     changing = [t for n in range(len(start)) for t in (n * per_pin + per_pin - 2, n * per_pin + per_pin - 1)]
     def label(e: int) -> str:
-        return f"{e} ★ kept" if e == kept else str(e)
+        return f"{e} ★" if e == kept else str(e)
 
     def title(e: int) -> str:
         return f"Epoch {e} of {epochs[-1]}" + (f" · the run kept epoch {kept} ★" if kept else "")
@@ -152,12 +156,13 @@ def watch_figure(frames: list[dict], images, classes: list[str], kept: int | Non
     fig.update_layout(
         height=int(330 * rows) + 120, margin=dict(l=10, r=10, t=60, b=10), showlegend=False,
         title=dict(text=title(epochs[-1]), font=dict(size=14)),
-        sliders=[dict(active=len(epochs) - 1, currentvalue=dict(prefix="Epoch "), pad=dict(t=20),
+        # the buttons sit left of the slider, on its line
+        sliders=[dict(active=len(epochs) - 1, currentvalue=dict(prefix="Epoch "), pad=dict(t=20), x=0.16, len=0.84,
                       steps=[dict(method="animate", label=label(e),
                                   args=[[str(e)], dict(mode="immediate", frame=dict(duration=0, redraw=True),
                                                        transition=dict(duration=0))]) for e in epochs])],
-        updatemenus=[dict(type="buttons", direction="left", x=0, y=-0.02, xanchor="left", yanchor="top",
-                          pad=dict(t=40), buttons=[
+        updatemenus=[dict(type="buttons", direction="left", x=0, y=0, xanchor="left", yanchor="top",
+                          pad=dict(t=45), buttons=[
                               dict(label="▶ Play", method="animate",
                                    args=[None, dict(frame=dict(duration=700, redraw=True), fromcurrent=False,
                                                     transition=dict(duration=0), mode="immediate")]),

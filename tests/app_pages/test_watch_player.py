@@ -14,7 +14,7 @@ def test_the_player_has_a_frame_and_a_slider_step_per_epoch_and_marks_the_kept_o
     fig = watch_figure(frames(4), torch.zeros(2, 3, 32, 32, dtype=torch.uint8), ["<b>cat</b>", "dog"], kept=3)
     assert [f.name for f in fig.frames] == ["1", "2", "3", "4"]
     steps = fig.layout.sliders[0].steps
-    assert [s.label for s in steps] == ["1", "2", "3 ★ kept", "4"]
+    assert [s.label for s in steps] == ["1", "2", "3 ★", "4"]
     assert fig.layout.sliders[0].active == 3 and "kept epoch 3" in fig.layout.title.text
     # each frame changes every pin's CAM and bars: the second pin's CAM at epoch 2
     heatmaps = [d for d in fig.frames[1].data if d.type == "heatmap"]
