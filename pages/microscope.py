@@ -83,10 +83,15 @@ modes = ["By number"] + (["Changed most by fine-tuning"] if pair.compared else [
 mode = c3.radio("Channel", modes, key="ms-mode",
                 help="Changed most: the channels whose top images changed most (1 − the correlation of their "
                      "activations on these images before and after).")
+if pair.compared and group in pair.frozen:
+    st.info(f"{group} was frozen in this run: before and after fine-tuning it computes the same, so its channels "
+            "look for the same things. Pick a group that trained to see what changed.")
 if mode == "By number":
     channel = int(st.number_input(f"Channel (0 to {count - 1})", 0, count - 1, 0, key="ms-channel"))
 else:
     ranked = microscope.changed_channels(stats["before"], stats["after"], k=12)
+    if ranked[0][1] < 1e-6:
+        st.caption("No channel of this group changed on these images.")
     channel = st.selectbox("Channel", [c for c, _ in ranked], key="ms-changed",
                            format_func=dict((c, f"channel {c} (change {v:.2f})") for c, v in ranked).get)
 channel = min(int(channel), count - 1)
