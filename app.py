@@ -53,6 +53,7 @@ pages = {
     "Look inside": [
         st.Page("pages/features.py", title="Feature maps", icon=":material/grid_view:"),
         st.Page("pages/saliency.py", title="Saliency", icon=":material/visibility:"),
+        st.Page("pages/microscope.py", title="Microscope", icon=":material/biotech:"),
         st.Page("pages/domain_shift.py", title="Domain shift", icon=":material/swap_horiz:"),
         st.Page("pages/fewshot.py", title="Few-shot", icon=":material/filter_5:"),
     ],

@@ -28,6 +28,7 @@ from pages.ui.runs import describe_run, my_runs, run_curves, run_option, run_pro
 from pages.ui.session import bootstrap, current_split, owns, select_run
 from pages.ui.tasks import follow
 from pages.ui.text import chart_text, plain
+from pages.ui.watch import pins_ui, watch_player, with_pins
 from pages.ui.workspace import workspace
 
 bootstrap()  # first, before the session is read: see bootstrap's docstring
@@ -181,6 +182,7 @@ def launch(variants, compare: bool = False, multitask: dict | None = None) -> No
             train_ds, val_ds = current_split()
             start, dataset = start_run, ss.dataset_label
         check_split(train_ds, val_ds)
+        variants = [(pretrained, with_pins(cfg, val_ds), label) for pretrained, cfg, label in variants]
         jobs = [start(run_store(), train_ds, val_ds, backbone=mc.backbone, pretrained=pretrained,
                       weights_path=mc.weights_path if pretrained else None, config=cfg, owner=ss.owner,
                       dataset=dataset, label=label or "")
@@ -296,6 +298,7 @@ def show_run(run_id: str, waiting: bool = False) -> bool:
         st.plotly_chart(curves(epochs, batch_losses, kept), width="stretch", key=f"curves-{run_id}")
     if epochs and "val_acc_by_task" in epochs[-1]:  # a multi-task run: a curve per task
         st.plotly_chart(task_curves(epochs), width="stretch", key=f"task-curves-{run_id}")
+    watch_player(record, running)
     if epochs and not running:
         hints_ui(epochs, status, message, record.info or {})
     if not is_multitask(record):  # the command line trains one head per run
@@ -430,6 +433,7 @@ for note in run_store().notes(ss.owner):
 run_store().clear_notes(ss.owner)
 
 config = settings_ui()
+pins_ui()
 start_ui(config)
 
 run_id = ss.current_run

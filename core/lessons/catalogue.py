@@ -51,10 +51,13 @@ LESSON_DIR = Path(__file__).resolve().parents[2] / "assets" / "lessons"
 
 # Pages a "what to try next" link may open (the url path of each page in app.py's menu).
 PAGES = {"data": "Data", "model": "Model", "train": "Train", "features": "Feature maps", "saliency": "Saliency",
-         "domain_shift": "Domain shift", "fewshot": "Few-shot", "evaluate": "Evaluate", "use_model": "Use the model"}
+         "domain_shift": "Domain shift", "fewshot": "Few-shot", "evaluate": "Evaluate", "use_model": "Use the model",
+         "microscope": "Microscope"}
 
 # What a training run reports, for rules such as "pretrained.val_acc > scratch.val_acc + 0.1".
-RUN_METRICS = ("val_acc", "train_acc", "val_loss", "train_loss", "epochs")
+# cam_movement: how far the pinned validation images' Grad-CAMs moved from the first epoch to the last
+# (core.train.watch.cam_movement), for an experiment with ``watch = N`` pinned images.
+RUN_METRICS = ("val_acc", "train_acc", "val_loss", "train_loss", "epochs", "cam_movement")
 
 # Lessons that show something a training run alone cannot (see LessonRun for what each one runs).
 # Each names the results its rule may read ({name: metrics}); what runs directly is

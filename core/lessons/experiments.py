@@ -19,6 +19,7 @@ from core.models import backbones
 from core.models.heads import classifier
 from core.runs.kept import kept_epoch
 from core.seeding import seeded
+from core.train.base import MAX_PINS
 from core.train.strategies import strategy_config
 
 __all__ = ["ANALYSES", "lesson_dataset", "arm_config", "run_results", "inside_profile", "run_analysis"]
@@ -43,6 +44,8 @@ def arm_config(experiment: Experiment, arm: Arm):
                      warmup_epochs=min(1, epochs - 1) if arm.strategy != "feature_extraction" else 0)
     if arm.strategy == "progressive":
         overrides["unfreeze_every"] = 1
+    if experiment.options.get("watch"):  # pin the first N validation images: the rule may read cam_movement
+        overrides["watch"] = tuple(range(min(int(experiment.options["watch"]), MAX_PINS)))
     return strategy_config(arm.strategy, groups, **overrides)
 
 
@@ -57,6 +60,9 @@ def run_results(records: Mapping[str, object]) -> dict[str, dict[str, float]]:
             continue
         results[arm] = {k: float(best[k]) for k in ("val_acc", "train_acc", "val_loss", "train_loss") if k in best}
         results[arm]["epochs"] = float(len(epochs))
+        info = getattr(record, "info", None) or {}
+        if "cam_movement" in info:
+            results[arm]["cam_movement"] = float(info["cam_movement"])
     return results
 
 

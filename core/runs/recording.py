@@ -19,7 +19,8 @@ from core.runs.kept import phase_of
 from core.runs.store import RunStore
 from core.train.base import Callback
 
-__all__ = ["EventLog", "Silent", "BestKeeper", "BestWeights", "ArmRecorder", "status_of", "ending", "fit_info"]
+__all__ = ["EventLog", "Silent", "BestKeeper", "BestWeights", "ArmRecorder", "WatchRecorder", "status_of", "ending",
+           "fit_info"]
 
 
 class EventLog(Callback):
@@ -171,6 +172,34 @@ class ArmRecorder(Callback):
             self.keeper.epoch_end(self.trainer.model, metrics)
         self.changed()
 
+
+class WatchRecorder(Callback):
+    """Keeps the run's pinned images (``TrainConfig.watch``) in its folder: the images when the fit
+    starts, their frames (``History.watch``) at most once a second while it trains and all of them
+    at its end, so the Train page's player follows a run as it trains."""
+
+    every = 1.0
+
+    def __init__(self, store: RunStore, run_id: str, val_images):
+        self.store, self.run_id, self.val_images = store, run_id, val_images
+        self.saved: float | None = None
+
+    def on_fit_start(self, info) -> None:
+        pins = list(self.trainer.config.watch)
+        self.store.save_watch(self.run_id, [], images=self.val_images[pins])
+        self.saved = None
+
+    def on_epoch_end(self, metrics) -> None:
+        now = time.monotonic()
+        if self.saved is None or now - self.saved >= self.every:
+            self.save()
+            self.saved = now
+
+    def on_fit_end(self, history) -> None:
+        self.save()
+
+    def save(self) -> None:
+        self.store.save_watch(self.run_id, [asdict(f) for f in self.trainer.history.watch])
 
 
 def status_of(stopped: str | None) -> str:

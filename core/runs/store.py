@@ -34,6 +34,8 @@ INPUTS = "inputs.safetensors"
 SOURCES = "sources"  # sources.bin / sources.json: pictures the worker encodes (core.data.encoded.Pending)
 STOP = "stop"
 VIEWED = "viewed"
+WATCH = "watch.json"
+WATCH_IMAGES = "watch_images.safetensors"
 
 
 class _Uploads:
@@ -281,6 +283,30 @@ class RunStore:
                 (self._dir(run_id) / name).unlink(missing_ok=True)
             except OSError:
                 pass
+
+    def save_watch(self, run_id: str, frames: list[dict], images=None) -> None:
+        """The run's pinned validation images' frames (``History.watch`` as dicts) and, once, the
+        images themselves (uint8 [pins, 3, H, W], in pin order): the player reads them after the run's
+        inputs are gone."""
+        if images is not None:
+            self._write(run_id, WATCH_IMAGES, {"images": images})
+        folder = self._dir(run_id)
+        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
+        with os.fdopen(fd, "w") as fh:
+            json.dump({"frames": frames}, fh, separators=(",", ":"))
+        os.replace(tmp, folder / WATCH)
+
+    def load_watch(self, run_id: str):
+        """(frames, images or None) as ``save_watch`` wrote them; ([], None) for a run that watched none."""
+        try:
+            frames = json.loads((self._dir(run_id) / WATCH).read_text())["frames"]
+        except (OSError, ValueError, KeyError, UserInputError):
+            return [], None
+        try:
+            images = load_file(str(self._dir(run_id) / WATCH_IMAGES), device="cpu")["images"]
+        except (SafetensorError, OSError, ValueError, KeyError):
+            images = None
+        return frames, images
 
     def read_events(self, run_id: str, offset: int = 0) -> tuple[list[dict], int]:
         """Complete lines of the run's events.jsonl from byte ``offset`` on, and the offset after them."""

@@ -18,6 +18,7 @@ from core.seeding import seeded
 
 __all__ = [
     "HEAD_PATIENCE",
+    "MAX_PINS",
     "TrainConfig",
     "EpochMetrics",
     "History",
@@ -41,6 +42,7 @@ __all__ = [
 ]
 
 OPTIMIZERS = ("adamw", "sgd")
+MAX_PINS = 8  # pinned validation images a run records at every epoch end
 SCHEDULES = ("cosine", "onecycle", "constant")
 
 
@@ -77,6 +79,12 @@ class TrainConfig:
     early_stopping: int = 8  # stop after this many epochs without a better validation loss, keep the best; 0: off
     label_smoothing: float = 0.0
     mixed_precision: bool = True  # on CUDA only
+    # validation images (indices) recorded at every epoch end: probabilities and Grad-CAM (core.train.watch)
+    watch: tuple[int, ...] = ()
+    watch_task: str = ""  # a multi-task model's task the pinned images are watched through ("": the first)
+
+    def __post_init__(self):
+        self.watch = tuple(self.watch)  # a JSON settings file gives a list
 
     def validate(self, group_names: Sequence[str] | None = None) -> None:
         """Raise ConfigError for settings that cannot work together."""
@@ -104,6 +112,8 @@ class TrainConfig:
             raise ConfigError("Early stopping patience must be a whole number from 0 (off) to 100 epochs.")
         if not 1 <= self.cached_views <= 16:
             raise ConfigError("Cached views must be between 1 and 16.")
+        if len(self.watch) > MAX_PINS or not all(isinstance(i, int) and i >= 0 for i in self.watch):
+            raise ConfigError(f"Pin at most {MAX_PINS} validation images, by their position (0, 1, …).")
         for name, mult in self.lr_multipliers.items():
             if not (isinstance(mult, (int, float)) and math.isfinite(mult) and 0 <= mult <= 1000):
                 raise ConfigError(f"The learning-rate multiplier of {name} must be a number from 0 to 1000.")
@@ -150,6 +160,8 @@ class History:
     plan: list[dict[str, float]] = field(default_factory=list)  # per epoch, group -> lr multiplier
     best_epoch: int | None = None  # with early stopping: the epoch whose weights the model kept
     batch_size: int = 0  # the batch size the run ended with (halved after running out of GPU memory)
+    # with config.watch: one core.train.watch.WatchFrame per epoch and pinned image, in epoch order
+    watch: list = field(default_factory=list)
 
     def best_val_acc(self) -> float:
         accs = [e.val_acc for e in self.epochs if not math.isnan(e.val_acc)]

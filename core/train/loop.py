@@ -59,6 +59,7 @@ from core.train.base import (
 )
 from core.train.caches import FeatureCaching, skip_prefix
 from core.train.callbacks import DivergenceGuard, EarlyStopping
+from core.train.watch import Watch
 
 __all__ = ["Trainer"]
 
@@ -77,7 +78,10 @@ class Trainer(FeatureCaching):
         self.stop_event = stop
         self.shared_cache = shared_cache if shared_cache is not None else {}
         stopping = [EarlyStopping(config.early_stopping)] if config.early_stopping and validate else []
-        self.callbacks = ([DivergenceGuard(objective.title)] if guard else []) + stopping + list(callbacks)
+        # after the guard (a diverged epoch's weights are put back first), before the caller's callbacks
+        # (a run's recorder sees the epoch's frames)
+        watching = [Watch(config.watch, config.watch_task)] if config.watch and validate else []
+        self.callbacks = ([DivergenceGuard(objective.title)] if guard else []) + stopping + watching + list(callbacks)
 
     # --- what objectives and callbacks use ----------------------------------------------------
 

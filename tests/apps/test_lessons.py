@@ -150,3 +150,20 @@ def test_an_arm_trains_with_its_strategys_preset_at_the_lessons_size_and_epochs(
     assert extract.image_size == full.image_size == 64
     assert full.epochs == 4 and full.freeze == [] and extract.freeze  # the backbone is frozen
     assert extract.epochs == lesson.experiment.epochs
+
+
+def test_a_lesson_can_pin_images_and_its_rule_reads_how_far_their_attention_moved():
+    lesson = parse_lesson(GOOD.replace("size = 64", "size = 64\nwatch = 3"))
+    assert lessons.arm_config(lesson.experiment, lesson.experiment.arms[0]).watch == (0, 1, 2)
+
+    class Record:
+        epochs = [{"val_acc": 0.9, "train_acc": 1.0, "val_loss": 0.1, "train_loss": 0.1}]
+
+        def __init__(self, moved):
+            self.info = {"cam_movement": moved}
+
+    results = lessons.run_results({"extract": Record(0.01), "fine_tune": Record(0.6)})
+    assert results["fine_tune"]["cam_movement"] == 0.6
+    watching = next(lesson for lesson in load_lessons()[0] if lesson.title == "Watching it learn")
+    assert check_outcome(watching, results).matched
+    assert not check_outcome(watching, {"extract": {"cam_movement": 0.3}, "fine_tune": {"cam_movement": 0.4}}).matched

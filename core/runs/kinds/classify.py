@@ -7,10 +7,11 @@ from dataclasses import asdict
 from core.cache import FeatureCache
 from core.data.encoded import EncodedDataset
 from core.models.heads import starting_model
-from core.runs.recording import BestWeights, EventLog, ending, fit_info, status_of
+from core.runs.recording import BestWeights, EventLog, WatchRecorder, ending, fit_info, status_of
 from core.runs.store import RunRecord, RunStore
 from core.train.base import TrainConfig
 from core.train.fitting import fit
+from core.train.watch import cam_movement
 
 __all__ = ["BANKS", "train_folder"]
 
@@ -41,6 +42,8 @@ def train_folder(store: RunStore, record: RunRecord, stop, log: EventLog, save, 
     if main:
         store.save_start(record.id, model, record.pretrained)
         callbacks = [BestWeights(store, record.id, model, lambda **c: save(**c)), log]  # weights first, then news
+        if config.watch:
+            callbacks.insert(1, WatchRecorder(store, record.id, val_ds.images))
     # the loop retries once at half the batch after running out of GPU memory (EventLog says so)
     history = fit(model, train_ds, val_ds, config, callbacks, stop, distributed=distributed,
                   shared_cache=BANKS if distributed is None else None)
@@ -49,7 +52,9 @@ def train_folder(store: RunStore, record: RunRecord, stop, log: EventLog, save, 
         store.save_model(record.id, model)
     return status, history.message, {
         "epochs": [asdict(e) for e in history.epochs],
-        "info": {**fit_info(store, record.id), **record.info, **ending(history)},
+        "info": {**fit_info(store, record.id), **record.info, **ending(history),
+                 # how far the pinned images' attention moved, for a lesson's rule
+                 **({"cam_movement": cam_movement(history.watch)} if history.watch else {})},
         # the plan as trained: a warm-up that converged early skipped its remaining epochs
         "config": {**cfg, "batch_size": history.batch_size or config.batch_size,
                    "used_feature_cache": history.used_feature_cache,

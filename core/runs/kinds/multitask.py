@@ -14,7 +14,7 @@ from core.data.names import some
 from core.errors import DataError
 from core.models.multitask import starting_multitask_model
 from core.runs.jobs import new_record, start_folder_run
-from core.runs.recording import BestWeights, ending, fit_info, status_of
+from core.runs.recording import BestWeights, WatchRecorder, ending, fit_info, status_of
 from core.train.base import TrainConfig
 from core.train.loop import Trainer
 from core.train.multitask import MultiTask
@@ -83,6 +83,8 @@ def train_folder(store, record, stop, log, save, distributed=None):
     if main:
         store.save_start(record.id, model, record.pretrained)
         callbacks = [BestWeights(store, record.id, model, lambda **c: save(**c)), log]
+        if config.watch:
+            callbacks.insert(1, WatchRecorder(store, record.id, val_ds.images))
     history = Trainer(model, objective, config, callbacks, stop, distributed=distributed).fit(
         {"train": train_ds, "val": val_ds})
     status = status_of(history.stopped)
