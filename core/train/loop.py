@@ -271,22 +271,24 @@ class Trainer(FeatureCaching):
 
     def _start_phase(self, epochs: int) -> None:
         """A fresh learning-rate schedule over the next ``epochs`` (after the warm-up: fine-tuning
-        reaches its full rates again, as fastai's ``fine_tune`` does). A cosine schedule first ramps
-        up linearly over one epoch: pretrained layers that start training at full rate take a step
-        large enough to undo the warm-up (the validation loss doubled in the first epoch)."""
+        reaches its full rates again, as fastai's ``fine_tune`` does), in which every group that
+        joins now or later ramps up (``join_ramps``)."""
         for group, lr in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
             group["lr"] = lr
             group.pop("initial_lr", None)
         total = self.steps * max(1, epochs)
-        if self.config.schedule != "cosine":
+        if self.config.schedule == "onecycle":  # it ramps every group up already
             self.scheduler = make_scheduler(self.config, self.optimizer, total)
             return
-        ramp = max(1, min(self.steps, total // 2))
 
-        def factor(step: int) -> float:
-            return min(1.0, (step + 1) / ramp) * 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+        def shape(step: int) -> float:
+            if self.config.schedule != "cosine":
+                return 1.0
+            return 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
 
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
+        ramps = join_ramps(self.optimizer.param_groups, self.plan, self.warmup_end, self.steps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, [lambda step, ramp=ramp: ramp(step) * shape(step) for ramp in ramps])
 
     def _fit_once(self, data: dict) -> History:
         model, objective = self.model, self.objective
@@ -466,3 +468,24 @@ class Trainer(FeatureCaching):
             history.message = (self.retry_message + " " + history.message).strip()
         history.images_per_second = self.seen / self.train_seconds if self.train_seconds > 0 else 0.0
         history.batch_size = self.config.batch_size
+
+
+def join_ramps(param_groups: Sequence[dict], plan: Sequence[dict], start: int, steps: int):
+    """Per optimizer group, its rate factor at step ``s`` of a phase that begins at epoch ``start``
+    (0-based) of ``plan``: a group that first trains at that epoch or later ramps up linearly from
+    ``1/steps`` to 1 over its first epoch (``steps`` steps); one that trained before the phase (the
+    warm-up's head) goes on at its rate at once.
+
+    Why: pretrained layers that join at full rate undo the warm-up. Adam's first steps on them are
+    as large as the rate in every weight at once (its moments are empty), with BatchNorm's
+    statistics kept fixed nothing absorbs the change, and the head, tuned to the old features, is
+    wrong on the new ones. A head that kept its optimizer state needs no ramp."""
+    def first_epoch(name) -> int:
+        return next((i for i, epoch in enumerate(plan) if epoch.get(name, 0) > 0), 0)
+
+    def ramp(joins: int):
+        def factor(step: int) -> float:
+            return min(1.0, max(0, step - (joins - start) * steps + 1) / steps) if joins >= start else 1.0
+        return factor
+
+    return [ramp(first_epoch(g["name"])) if "name" in g and start > 0 else ramp(-1) for g in param_groups]
