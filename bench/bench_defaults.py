@@ -1,18 +1,21 @@
 """Accuracy at the defaults on real image sets: every preset strategy against a linear probe.
 
-For each real set (core.data.samples: pictures that ship inside scikit-learn and scikit-image) and
-each preset strategy, one run of ``fit`` at ``strategy_config``'s defaults, beside a scikit-learn
-``LogisticRegression`` probe on the very same frozen features (best of C in {0.01, 0.1, 1, 10}).
-Prints per set and strategy: the probe, our default, the gap (ours − probe, in points), the epochs
-trained and the one kept, whether the validation loss rose over the last three epochs before the
-kept one, and the time. The probe is the baseline of
-the same process. ``--quick`` runs feature extraction only.
+For each real set (``PER_CLASS``: pictures that ship inside scikit-learn and scikit-image, at least
+150 images each, nothing downloaded) and each preset strategy, one run of ``fit`` at
+``strategy_config``'s defaults, beside a scikit-learn ``LogisticRegression`` probe on the very same
+frozen features, its C in {0.01, 0.1, 1, 10} chosen by cross-validation on the training split alone.
+Prints per set and strategy: the validation accuracy of the kept weights, the gap to the probe (in
+points), the epochs trained and the one kept, whether the validation loss rose over the last three
+epochs before the kept one, the validation loss at the warm-up's best and last epochs and at the
+first fine-tuning epoch (with its ratio to the warm-up's best), and the time. The probe is the
+baseline of the same process; each set's frozen features are computed once for all its presets.
+``--quick`` runs feature extraction only.
 
     python bench/bench_defaults.py [--sets digits,faces] [--strategies feature_extraction,full] [--size 64]
 
 Issue 12's speed check, a default feature-extraction run on 400 images of 64 px (digits, 40 per
 class, 300 of them trained on) in under 30 s on 2 cores, is
-``--sets digits --strategies feature_extraction --size 64``.
+``--sets digits --per-class 40 --strategies feature_extraction --size 64``.
 """
 
 from __future__ import annotations
