@@ -80,6 +80,7 @@ def variants():
         "no-aug": ({"augment": False}, None),
         "batch-32": ({"batch_size": 32}, None),
         "bn-stats-move": ({"keep_bn_stats": False}, None),
+        "bn-stats-kept": ({"keep_bn_stats": True}, None),
         "no-drop-connect": ({}, NoStochasticDepth),
         "body-rates-x0.1": ("body*0.1", None),
         "sgd": ({"optimizer": "sgd", "lr": 2e-2}, None),

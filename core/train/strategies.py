@@ -12,8 +12,28 @@
   head's rate at the stem.
 
 Every fine-tuning preset warms the head up on cached features until it converges (at most 30
-epochs), keeps BatchNorm's pretrained statistics while the body trains, stops early once the
-validation loss stops improving and keeps its best epoch, so none ends on a rising validation loss.
+epochs), stops early once the validation loss stops improving and keeps its best epoch, so none
+ends on a rising validation loss, and keeps BatchNorm's pretrained statistics while the body trains.
+
+What changes at the join, when the body starts to train after the warm-up, and why (each suspect
+of the validation loss's jump measured alone by ``bench/bench_join.py``; digits, "full", the first
+fine-tuning epoch's validation loss over the warm-up's best, 1.51x as the preset stands):
+
+- The body's rates ramp up linearly over its first epoch (each group's own, under progressive
+  unfreezing); without a ramp 1.85x. The head starts fine-tuning's schedule at once and keeps its
+  optimizer state (a fresh optimizer: 1.50x; the head not training at all after the join: 1.46x:
+  the head is not what jumps).
+- BatchNorm layers of the groups that train keep their pretrained statistics (``keep_bn_stats``),
+  although they are the dip's main cause: letting them normalise by batch removed it (0.97x; on
+  the grayscale "scenes" set 4.9x instead of 41x, from a warm-up loss of 0.007), since with the
+  statistics held fixed Adam's first steps shift every channel's mean and scale and nothing absorbs
+  it. But it cost the kept accuracy (bench_defaults, digits at 128 px: "full" 0.90 instead of 0.95,
+  "progressive" 0.875 instead of 0.887, below feature extraction), so the dip stays for now; earlier,
+  300 digits at 64 px: 0.97 with them fixed against 0.83. Early stopping keeps the best epoch.
+- Unchanged, because changing them made the jump larger or left most of it: augmentation (the warm-up's cached views
+  become live crops; without augmentation at all 3.6x), the batch (16 for warm-up and fine-tuning
+  alike; 32: 2.4x), drop-connect (off: 2.5x), and the rate multipliers (the body's at a tenth:
+  1.37x, and fine-tuning then never beat the warm-up).
 """
 
 from __future__ import annotations
@@ -37,9 +57,6 @@ _HEAD_ONLY = dict(epochs=60, early_stopping=HEAD_PATIENCE, lr=3e-3, batch_size=3
 # The warm-up is at most WARMUP epochs of the head alone, on cached features (milliseconds each),
 # ended by early stopping once the head has converged; the fine-tuning epochs come after it.
 WARMUP = 30
-# BatchNorm keeps its pretrained statistics while fine-tuning (keep_bn_stats): batches of 16 of a
-# small, unlike dataset give statistics that wreck the features (full fine-tuning on 300 digits at
-# 64 px: 0.83 with them updating, 0.97 with them kept).
 # Fine-tuning waits 5 epochs for a better validation loss: its first epochs, pretrained layers
 # moving for the first time, are often worse than the warm-up's head before they are better
 # (full fine-tuning of digits at 128 px: 0.91 with patience 3, kept from the warm-up; 0.95 with 5).
