@@ -41,7 +41,7 @@ from core.data.encoded import encode_images, normalise
 from core.devices import autocast_dtype, pick_device
 from core.errors import UserInputError
 from core.hooks import modes, preserved, set_modes
-from core.seeding import reseed
+from core.seeding import reseed, seeded
 from core.train.base import (
     BatchProgress,
     Callback,
@@ -415,7 +415,10 @@ class Trainer(FeatureCaching):
         """Loss, the one ``backward()``, the optimizer and scheduler steps; adds the batch to ``sums``.
 
         Returns the loss, or None when it is not finite (the fit is then marked diverged)."""
-        with self.autocast():
+        # Dropout and drop-connect draw from torch's one global generator: each step's forward pass
+        # draws from a seed of its own (the run's seed and the step), inside seeding's lock, so two
+        # fits in threads of one process draw what each would draw alone.
+        with seeded(self._step_seed(), self._cuda_devices()), self.autocast():
             loss, stats = self.objective.loss(self, batch)
         value = loss.item()  # one sync per step: the live curve and the guard need it
         step_loss = loss
@@ -436,6 +439,15 @@ class Trainer(FeatureCaching):
         for k, v in stats.items():
             sums[k] = sums.get(k, 0) + (v.detach() if isinstance(v, torch.Tensor) else v)
         return value
+
+    def _step_seed(self) -> int:
+        seed = (int(self.config.seed) * 1_000_003 + self.global_step) & 0x7FFFFFFF
+        return seed if self.dist is None else self.dist.seed(seed)  # ranks drop different units
+
+    def _cuda_devices(self) -> list[int]:
+        if self.device.type != "cuda":
+            return []
+        return [self.device.index if self.device.index is not None else torch.cuda.current_device()]
 
     def _end_epoch(self, epoch: int, sums: dict, started: float) -> bool:
         """Count the epoch, evaluate it and record its metrics; False when the fit must end."""
