@@ -27,7 +27,7 @@ from tests.browser.browser_helpers import (
 pytestmark = pytest.mark.browser
 
 expect = sync_api.expect
-PAGE_TITLES = {"Lessons", "Data", "Model", "Train", "Feature maps", "Saliency", "Domain shift", "Few-shot", "Evaluate",
+PAGE_TITLES = {"Lessons", "Data", "Model", "Train", "Feature maps", "Saliency", "Microscope", "Domain shift", "Few-shot", "Evaluate",
                "Use the model"}
 
 
