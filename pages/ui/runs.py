@@ -9,7 +9,7 @@ import streamlit as st
 from core.cli import OWNER
 from core.models import DEFAULT_BACKBONE
 from core.runs.jobs import get_job, snapshot_of
-from core.runs.kept import kept_label, kept_metric, kept_phase, trained_groups_by
+from core.runs.kept import kept_epoch_number, kept_label, kept_metric, kept_phase, trained_groups_by
 from core.runs.store import RunStore
 from core.runs.uploads import UploadStore
 from core.settings import get_settings
@@ -174,12 +174,17 @@ def describe_run(record) -> str:
 
 def run_option(record) -> str:
     """A run in a picker: its description and, when it has one, the validation accuracy of the
-    weights it keeps (with their epoch), e.g. "… · val acc 90.0 % (kept: epoch 16 of 29)"."""
+    weights it keeps, with their epoch when that is not the last, e.g. "… · val acc 90.0 % (kept:
+    epoch 16 of 29)"."""
     if not record.done:
         return describe_run(record)
     kept = kept_metric(record)
-    accuracy = f" · val acc {kept:.1%} ({kept_label(record)})" if kept is not None and kept == kept else ""
-    return f"{describe_run(record)}{accuracy}"
+    if kept is None or kept != kept:
+        return describe_run(record)
+    # The kept epoch is named when it is not the last: then it is news, and a picker at projector
+    # width (800 px) has no room for "kept: epoch 1 of 1" after every run.
+    last = kept_epoch_number(record) == len(record.epochs)
+    return f"{describe_run(record)} · val acc {kept:.1%}" + ("" if last else f" ({kept_label(record)})")
 
 
 def finished_runs():
