@@ -130,7 +130,8 @@ class TrainConfig:
                 raise ConfigError("Every layer group is frozen: unfreeze at least the head to train.")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The settings as JSON holds them (the pins as a list), so a run's saved settings compare equal."""
+        return {**asdict(self), "watch": list(self.watch)}
 
     @classmethod
     def from_dict(cls, data: dict) -> TrainConfig:
