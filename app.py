@@ -20,7 +20,7 @@ st.logo(str(ICON), size="large")
 # A projector's 800 px: the sidebar's 300 px would leave the page 500; narrower, it leaves 600 (and
 # its collapse arrow folds it away). Labels of buttons and checkboxes wrap instead of ending in "…"
 # in a narrow column. Only a style: nothing of the person's is in it.
-st.html("<style>@media (max-width: 900px) { section[data-testid='stSidebar'] { width: 200px !important; "
+st.html("<style>@media (max-width: 900px) { section[data-testid='stSidebar'][data-collapsed='false'] { width: 200px !important; "
         "min-width: 200px !important; max-width: 200px !important; } } "
         "[data-testid=stMain] button [data-testid=stMarkdownContainer] p, "
         "[data-testid=stMain] [data-testid=stCheckbox] [data-testid=stMarkdownContainer] p "
