@@ -13,6 +13,7 @@ class FakeTrainer:
         self.param_groups = [{"params": list(self.model.parameters())}]
         self.config = type("Config", (), {"lr": 0.1})()
         self.stop_reason, self.message = None, ""
+        self.history = type("History", (), {"best_epoch": None})()
 
     def request_stop(self, reason, message=""):
         self.stop_reason, self.message = reason, message
@@ -36,3 +37,4 @@ def test_a_loss_growing_over_epochs_of_two_batches_is_caught_and_the_last_good_e
     # 20 is 20x where training started (1.0); the first five batches (1, 1, 3, 3, 8) said 3.2
     assert trainer.stop_reason == "diverged" and "epoch 4" in trainer.message
     assert trainer.model.weight.flatten().tolist() == [3.0, 3.0]  # epoch 3's weights, the last good ones
+    assert trainer.history.best_epoch == 3  # and the run says it keeps epoch 3

@@ -373,7 +373,8 @@ def test_every_trainer_goes_through_one_backward_call():
     import re
 
     core = pathlib.Path(__file__).resolve().parents[2] / "core"
-    calls = [f"{path.relative_to(core)}:{i}" for path in core.rglob("*.py")
+    # the Microscope's feature visualization optimises an image, never a model's weights
+    calls = [f"{path.relative_to(core)}:{i}" for path in core.rglob("*.py") if path.name != "microscope.py"
              for i, line in enumerate(path.read_text().splitlines(), 1)
              if re.search(r"\.backward\(", line) and not line.strip().startswith("#")]
     assert calls == ["train/loop.py:" + calls[0].split(":")[1]] and len(calls) == 1, calls
