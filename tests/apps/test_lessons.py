@@ -157,7 +157,8 @@ def test_a_lesson_can_pin_images_and_its_rule_reads_how_far_their_attention_move
     assert lessons.arm_config(lesson.experiment, lesson.experiment.arms[0]).watch == (0, 1, 2)
 
     class Record:
-        epochs = [{"val_acc": 0.9, "train_acc": 1.0, "val_loss": 0.1, "train_loss": 0.1}]
+        epochs = [{"epoch": 1, "val_acc": 0.9, "train_acc": 1.0, "val_loss": 0.1, "train_loss": 0.1}]
+        status, config = "finished", {}
 
         def __init__(self, moved):
             self.info = {"cam_movement": moved}
