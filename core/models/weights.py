@@ -94,7 +94,7 @@ def load_user_state(model: nn.Module, state: Mapping[str, torch.Tensor], *, titl
         raise CheckpointError(f"{filename} has tensors of the wrong shape for {title}: {listed}.")
     head_weight, head_bias = state[head_prefix + "weight"], state.get(head_prefix + "bias")
     in_features = own[head_prefix + "weight"].shape[1]
-    if head_weight.ndim >= 1 and head_weight.shape[0] > MAX_HEAD_CLASSES:
+    if head_weight.ndim == 2 and head_weight.shape[0] > MAX_HEAD_CLASSES:  # a 1-D one is misshapen: said below
         raise CheckpointError(
             f"{filename}'s classifier head has {head_weight.shape[0]:,} outputs; a model here may have at most "
             f"{MAX_HEAD_CLASSES:,} classes (ImageNet's number). Save the backbone with a smaller head, or without it.")

@@ -8,6 +8,7 @@ training is marked failed by whoever waited on it (``core.runs.jobs``).
 
 from __future__ import annotations
 
+import atexit
 import multiprocessing as mp
 import os
 import queue as queue_module
@@ -17,6 +18,7 @@ import sys
 import threading
 import time
 import types
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 
@@ -90,6 +92,11 @@ class WorkerPool:
         self._busy: dict[int, _Worker] = {}
         self._lock = threading.Lock()
         self._closed = False
+        # At the server's exit multiprocessing terminates the workers, and a busy worker's death would
+        # start a replacement whose spawn the exiting parent cuts short (a traceback in the log):
+        # closing first stops replacements. atexit runs this before multiprocessing's own handler.
+        pool = weakref.ref(self)
+        atexit.register(lambda: (p := pool()) is not None and p.close())
         for _ in range(self.size):
             self._idle.put(self._spawn())
 

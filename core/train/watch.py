@@ -211,9 +211,13 @@ class Watch(Callback):
         return self.prefix is not None and all(e.get(g, 0) == 0 for e in plan for g in groups)
 
     def _head_only(self, epoch: int):
-        """With the whole body frozen so far: the tail from the CAM layer to the head's input is run
-        once, its graph kept; each epoch runs the head alone and back-propagates through that graph."""
+        """With the whole body frozen so far: the pinned images' CAM-layer activations were computed
+        once; each epoch runs the tail from there (a few layers, on the pins alone) and the head.
+
+        The tail's graph is built anew each epoch rather than kept: a kept graph saved frozen tensors
+        (BatchNorm's) that the loop may update in place between epochs, and autograd then refused it."""
         t = self.trainer
+        self._tail = None
         if self._tail is None:
             leaf = self.start.clone().requires_grad_(True)
             stand_in = torch.zeros(len(leaf), 3, 8, 8, device=t.device)
