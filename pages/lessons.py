@@ -7,12 +7,11 @@ from core.errors import UserInputError
 from core.links import LOCKABLE
 from core.runs.tasks import get_queue
 from pages.ui.links import STRATEGY_LABELS, apply_settings
-from pages.ui.models import ModelChoice
 from pages.ui.runs import run_store
 from pages.ui.session import bootstrap, demo, select_run
 from pages.ui.tasks import follow
 from pages.ui.text import plain
-from pages.ui.workspace import Workspace, workspace
+from pages.ui.workspace import ModelChoice, Workspace, workspace
 
 bootstrap()  # first, before the session is read: see bootstrap's docstring
 

@@ -11,10 +11,11 @@ from core.errors import UserInputError
 from core.runs.jobs import start_run
 from core.runs.kept import kept_metric
 from core.train.base import TrainConfig
-from pages.ui.models import backbone_catalogue, preset_freeze
+from pages.ui.models import backbone_catalogue
 from pages.ui.runs import run_status, run_store
 from pages.ui.session import current_split
 from pages.ui.tasks import follow
+from pages.ui.workspace import preset_freeze
 
 RANKING = "_backbone_ranking"
 # Strategies that mean the same thing for any architecture; the others are tied to one's groups.

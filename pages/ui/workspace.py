@@ -14,7 +14,7 @@ that reads ``st.session_state.train_config`` reads the workspace.
 from __future__ import annotations
 
 from collections.abc import MutableMapping
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 
 import streamlit as st
 
@@ -22,9 +22,10 @@ from core import data, models
 from core import workspace as rules
 from core.runs.store import is_run_id
 from core.train.base import TrainConfig, discriminative_multipliers
-from pages.ui.models import PRESETS, ModelChoice, preset_config
+from core.train.strategies import strategy_config
 
-__all__ = ["DEMO_LABEL", "demo", "Workspace", "workspace", "init_workspace", "discriminative_spread"]
+__all__ = ["DEMO_LABEL", "demo", "ModelChoice", "PRESETS", "KEPT_SETTINGS", "preset_config", "preset_freeze",
+           "Workspace", "workspace", "init_workspace", "discriminative_spread"]
 
 DEMO_LABEL = "Demo shapes"
 
@@ -36,6 +37,46 @@ def _demo(domain: str, per_class: int, seed: int) -> data.ImageDataset:
 
 def demo(domain: str = "source", per_class: int = 20, seed: int = 0) -> data.ImageDataset:
     return _demo(domain, per_class, seed)
+
+
+@dataclass
+class ModelChoice:
+    """What the Model page decided, read by the Train page."""
+
+    backbone: str = models.DEFAULT_BACKBONE
+    pretrained: bool = True
+    weights_path: str | None = None
+    weights_name: str | None = None  # the person's own name for the file at weights_path
+    freeze: list[str] = field(default_factory=list)
+    lr_multipliers: dict[str, float] = field(default_factory=dict)
+    strategy: str = "Feature extraction"
+    unfreeze_every: int = 0
+    train_bn: bool = False
+
+
+# The Model page's strategies and the core preset each starts from ("Custom" keeps what is set).
+PRESETS = {
+    "Feature extraction": "feature_extraction",
+    "Fine-tune the last stage": "last_stage",
+    "Fine-tune all": "full",
+    "Discriminative learning rates": "full",
+    "Progressive unfreezing": "progressive",
+}
+
+
+# Settings of the person's that a change of strategy keeps (they describe the data, not the strategy).
+KEPT_SETTINGS = ("seed", "image_size", "flip", "color_jitter", "device")
+
+
+def preset_config(strategy: str, groups: list[str], current: TrainConfig | None = None) -> TrainConfig:
+    """The core preset's TrainConfig for a Model-page strategy, keeping ``current``'s data settings."""
+    kept = {k: getattr(current, k) for k in KEPT_SETTINGS} if current is not None else {}
+    return strategy_config(PRESETS.get(strategy, "feature_extraction"), groups, **kept)
+
+
+def preset_freeze(strategy: str, groups: list[str]) -> list[str]:
+    """Which groups a preset strategy keeps frozen (the head always trains)."""
+    return list(preset_config(strategy, groups).freeze)
 
 
 # The model choice's fields and the link lock that holds each (None: no lock holds it).
