@@ -15,6 +15,7 @@ from pages.ui.multitask import is_multitask, task_pair
 from pages.ui.runs import first_trained_epoch
 from pages.ui.session import bootstrap
 from pages.ui.text import plain
+from pages.ui.workspace import workspace
 
 bootstrap()  # first, before the session is read: see bootstrap's docstring
 
@@ -126,7 +127,8 @@ st.caption("Before and after share one colour scale; hover a pixel for its chann
 
 if pair.compared:
     st.subheader("Along the depth of the network")
-    batch = [ss.dataset[i][0] for i in range(0, len(ss.dataset), max(1, len(ss.dataset) // 32))][:32]
+    ds = workspace().dataset
+    batch = [ds[i][0] for i in range(0, len(ds), max(1, len(ds) // 32))][:32]
     images = torch.stack([pair.preprocess(img) for img in batch])
     profile = cache.get_or_compute(
         (run_id, head_task, "profile", tensor_key(images)),
@@ -155,7 +157,8 @@ if pair.compared:
 st.subheader("Images that excite a channel most")
 if st.toggle("Find them in the current dataset", help="One pass over up to 64 images per model and layer."):
     channel = st.selectbox("Channel", channels, format_func=lambda c: f"channel {c}")
-    pool = [ss.dataset[i][0] for i in range(0, len(ss.dataset), max(1, len(ss.dataset) // 64))][:64]
+    ds = workspace().dataset
+    pool = [ds[i][0] for i in range(0, len(ds), max(1, len(ds) // 64))][:64]
     pool_tensor = torch.stack([pair.preprocess(img) for img in pool])
     pool_key = tensor_key(pool_tensor)
     sides = [("before", pair.before)] + ([("after", pair.after)] if pair.compared else [])

@@ -15,6 +15,7 @@ from core.devices import describe_device, pick_device
 from core.errors import UserInputError
 from pages.ui.runs import finished_runs, run_option, run_store, unchanged_groups, weights_caption
 from pages.ui.text import plain
+from pages.ui.workspace import workspace
 
 __all__ = ["device_label", "backbone_catalogue", "group_table", "ModelPair", "SESSION_MODEL_SLOTS", "ModelCache",
            "session_models", "session_model", "run_models", "model_picker", "image_picker", "SAMPLE_PHOTOS",
@@ -140,7 +141,7 @@ def model_picker(label: str = "Model"):
     runs = finished_runs()
     options = [None] + [r.id for r in runs]
     names = {r.id: run_option(r) for r in runs}
-    current = st.session_state.get("current_run")
+    current = workspace().current_run
     index = options.index(current) if current in options else (1 if runs else 0)
     run_id = st.selectbox(label, options, index=index,
                           format_func=lambda r: names.get(r, r) if r else "Pretrained EfficientNet-Lite0 alone (ImageNet)")
@@ -152,7 +153,7 @@ def model_picker(label: str = "Model"):
 
 def image_picker(key: str):
     """An image from the dataset, an upload or a sample photo; returns (PIL image, caption)."""
-    ds = st.session_state.dataset
+    ds = workspace().dataset
     source = st.radio("Image", ["From the dataset", "Sample photo", "Upload"], horizontal=True, key=f"{key}-src")
     if source == "From the dataset":
         class_name = st.selectbox("Class", ds.classes, key=f"{key}-class")

@@ -7,8 +7,9 @@ which apply the locks (core.workspace holds the rules). A lesson runs in a works
 over with ``adopt``, through the same locks.
 
 The person's workspace keeps its fields in session state under the keys the pages have always
-used (``dataset``, ``model_choice``, ``train_config``, ``current_run``, ...), so a test or a page
-that reads ``st.session_state.train_config`` reads the workspace.
+used (``dataset``, ``model_choice``, ``train_config``, ``current_run``, ...), so a test that reads
+``st.session_state.train_config`` reads the workspace. Pages never touch those keys themselves
+(tests/project/test_workspace_keys.py checks): a write there would slip past the locks.
 """
 
 from __future__ import annotations
@@ -145,6 +146,11 @@ class Workspace:
             return False
         self._state.update(dataset=dataset, dataset_label=label, load_report=report)
         return True
+
+    def set_window(self, window) -> bool:
+        """See the dataset through ``window`` (None: the default percentiles); False (and nothing changes)
+        when a link locks the data, since the window decides what the model sees."""
+        return self.set_dataset(self.dataset.with_window(window), self.dataset_label, self.load_report)
 
     def change(self, by_hand: bool = False, **changes) -> list[str]:
         """Change model and training settings (TrainConfig fields, or backbone, pretrained, weights_path,
