@@ -9,7 +9,7 @@ from core.analysis import features
 from core.cache import FeatureCache, tensor_key
 from core.errors import UserInputError
 from core.runs.kept import kept_epoch_number
-from pages.ui.charts import diverging_scale, fit_title
+from pages.ui.charts import decade_axis, diverging_scale, fit_title
 from pages.ui.models import image_picker, model_picker, run_models
 from pages.ui.multitask import is_multitask, task_pair
 from pages.ui.runs import first_trained_epoch
@@ -137,11 +137,11 @@ if pair.compared:
     names = [p["group"] for p in profile]
     colours = ["#9aa5b1" if n in pair.frozen else "#d62728" for n in names]
     d1, d2 = st.columns(2)
-    fig = go.Figure(go.Bar(x=names, y=[p["weight_change"] for p in profile], marker_color=colours,
-                           hovertemplate="%{x}: %{y:.4f}<extra></extra>"))
+    changes = [p["weight_change"] for p in profile]
+    fig = go.Figure(go.Bar(x=names, y=changes, marker_color=colours, hovertemplate="%{x}: %{y:.4f}<extra></extra>"))
     fig.update_layout(title="Relative weight change ‖W_after − W_before‖ / ‖W_before‖", height=330,
-                      margin=dict(l=0, r=0, t=40, b=0), yaxis_type="log" if any(
-                          p["weight_change"] > 0 for p in profile) else "linear")
+                      margin=dict(l=0, r=0, t=40, b=0))
+    decade_axis(fig, "yaxis", changes)
     fit_title(fig, 30)
     d1.plotly_chart(fig, width="stretch", key="depth-change")
     fig = go.Figure(go.Bar(x=names, y=[p["cka"] for p in profile], marker_color=colours,
