@@ -258,13 +258,14 @@ def webcam_ui() -> None:
     frames.progress(min(len(burst) / goal, 1.0),
                     text=f"{len(burst)} / {goal} frames recorded" + (f" for {class_name!r}" if class_name else
                                                                      ": name the class first"))
-    per_row = 3
+    # two a row: beside the camera, at three a row a projector's 800 px cut each button to "× R"
+    per_row = 2
     for start in range(0, len(burst), per_row):
         cols = frames.columns(per_row)
         for col, (i, frame) in zip(cols, enumerate(burst[start:start + per_row], start=start + 1), strict=False):
             col.image(frame["bytes"], caption=f"frame {i}", width="stretch")
             col.button("Remove", key=f"drop-{frame['digest'][:16]}", on_click=drop_frame,
-                       args=(frame["digest"],), icon=":material/close:", help=f"Remove frame {i}")
+                       args=(frame["digest"],), help=f"Remove frame {i}")
     a, b = st.columns(2)
     # `and burst`: a second click on Add lands after the first emptied the burst, and adds nothing
     if a.button(f"Add {len(burst)} frame{'s' if len(burst) != 1 else ''} to {class_name!r}" if burst and class_name
