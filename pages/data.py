@@ -20,7 +20,7 @@ from pages.ui.workspace import workspace
 
 bootstrap()  # first, before the session is read: see bootstrap's docstring
 
-ss = st.session_state
+ss, ws = st.session_state, workspace()
 st.title("Data")
 # The first screen a visitor sees: what the app is for and the two ways in, in three lines.
 st.markdown("**Transfer Lab** shows how a network pretrained on ImageNet learns *your* images: choose which "
@@ -33,13 +33,13 @@ st.markdown("Or bring your own images below (a ZIP with one folder per class, si
 # What the current dataset started from (the demo set, a ZIP), so its name can say what it holds;
 # None for a dataset of one's own images only.
 if "dataset_base" not in ss:
-    ss.dataset_base = (ss.dataset_label, tuple(ss.dataset.classes))
+    ss.dataset_base = (ws.dataset_label, tuple(ws.dataset.classes))
 
 
 def use_dataset(ds, base: tuple | None, report=None, label: str | None = None, keep_tasks: bool = False) -> None:
     """Make ``ds`` the session's dataset; ``base`` is (name, classes) of the set it started from."""
     name, classes = base or ("", ())
-    if not workspace().set_dataset(ds, label or data.dataset_name(ds.classes, name, classes), report):
+    if not ws.set_dataset(ds, label or data.dataset_name(ds.classes, name, classes), report):
         st.error("Your teacher's link locks the dataset: it stays as it is.")
         return
     ss.dataset_base = base
@@ -126,14 +126,14 @@ def target_ui() -> None:
     if "own_target" not in ss:
         ss.own_target = CURRENT if ss.dataset_base is None else NEW
     st.radio("Put them in", [NEW, CURRENT], key="own_target", horizontal=True,
-             format_func=lambda t: "a new dataset" if t == NEW else f"the current dataset ({ss.dataset_label})",
+             format_func=lambda t: "a new dataset" if t == NEW else f"the current dataset ({ws.dataset_label})",
              help="A new dataset holds only your images; the current one keeps what it has and gains a class.")
 
 
 def add_own(files: list[tuple[str, bytes]], class_name: str, frames: str = "middle") -> bool:
     """Add exactly ``files`` to ``class_name``; says what happened next to the button. True when added."""
     start_new = ss.get("own_target", NEW) == NEW
-    base_ds = data.ImageDataset() if start_new else ss.dataset
+    base_ds = data.ImageDataset() if start_new else ws.dataset
     try:
         ds, report = data.add_images(base_ds, files, class_name, frames)
     except UserInputError as exc:
@@ -258,18 +258,19 @@ def webcam_ui() -> None:
     frames.progress(min(len(burst) / goal, 1.0),
                     text=f"{len(burst)} / {goal} frames recorded" + (f" for {class_name!r}" if class_name else
                                                                      ": name the class first"))
-    per_row = 3
+    # two a row: beside the camera, at three a row a projector's 800 px cut each button to "× R"
+    per_row = 2
     for start in range(0, len(burst), per_row):
         cols = frames.columns(per_row)
         for col, (i, frame) in zip(cols, enumerate(burst[start:start + per_row], start=start + 1), strict=False):
             col.image(frame["bytes"], caption=f"frame {i}", width="stretch")
             col.button("Remove", key=f"drop-{frame['digest'][:16]}", on_click=drop_frame,
-                       args=(frame["digest"],), icon=":material/close:", help=f"Remove frame {i}")
+                       args=(frame["digest"],), help=f"Remove frame {i}")
     a, b = st.columns(2)
     # `and burst`: a second click on Add lands after the first emptied the burst, and adds nothing
     if a.button(f"Add {len(burst)} frame{'s' if len(burst) != 1 else ''} to {class_name!r}" if burst and class_name
                 else "Add the frames", type="primary", disabled=not (burst and class_name), key="cam-add") and burst:
-        start = ss.dataset.counts().get(class_name, 0) if ss.get("own_target") == CURRENT else 0
+        start = ws.dataset.counts().get(class_name, 0) if ss.get("own_target") == CURRENT else 0
         files = [(f"webcam-{start + i + 1}.jpg", frame["bytes"]) for i, frame in enumerate(burst)]
         if add_own(files, class_name):
             ss.burst = []
@@ -293,9 +294,8 @@ else:
 if ss.get("multitask") is not None:
     multitask_ui(ss.multitask)
 
-ds = ss.dataset
-report = ss.get("load_report")
-st.subheader(f"{plain(ss.dataset_label)}: {len(ds)} images in {len(ds.classes)} classes")
+ds, report = ws.dataset, ws.load_report
+st.subheader(f"{plain(ws.dataset_label)}: {len(ds)} images in {len(ds.classes)} classes")
 if report is not None:
     for note in getattr(report, "notes", []):  # a report kept from before notes existed has none
         st.info(plain(note), icon=":material/info:")  # it names files
@@ -320,11 +320,16 @@ def full_depth_histogram(fingerprint: str, _images: list) -> tuple:
     return data.histogram(_images, bins=120)
 
 
-def set_window(window) -> None:
-    """See the session's dataset (and the multi-task set it came from) through ``window``."""
-    ss.dataset = ss.dataset.with_window(window)
+def set_window(window) -> bool:
+    """See the session's dataset (and the multi-task set it came from) through ``window``; False, and
+    says why, when a link locks the data."""
+    if not ws.set_window(window):
+        st.error("Your teacher's link locks the dataset, and its window with it: the model keeps seeing the "
+                 "images through the window in use. You can still try windows here.")
+        return False
     if ss.get("multitask") is not None:
         ss.multitask = {**ss.multitask, "dataset": ss.multitask["dataset"].with_window(window)}
+    return True
 
 
 def window_figure(counts, edges, low: float, high: float) -> go.Figure:
@@ -375,11 +380,9 @@ def window_ui(ds) -> None:
         col.image(data.apply_window(ds.full_depth_image(i), chosen), caption=plain(short(ds.names[i])),
                   width="stretch")
     b1, b2 = st.columns(2)
-    if b1.button("Use this window", type="primary", disabled=chosen == win, key="win-use"):
-        set_window(chosen)
+    if b1.button("Use this window", type="primary", disabled=chosen == win, key="win-use") and set_window(chosen):
         st.rerun()
-    if b2.button("Back to the default window", disabled=not ds.window_chosen, key="win-default"):
-        set_window(None)
+    if b2.button("Back to the default window", disabled=not ds.window_chosen, key="win-default") and set_window(None):
         st.rerun()
 
 

@@ -333,7 +333,8 @@ def adaptation_ui(ds_a, ds_b, backbone: str, control: bool) -> None:
             old = run_id if stale else None
             job = start_comparison(
                 train, val, ds_b, config, lam, store=run_store(), backbone=backbone,
-                target_eval=ds_b if labelled else None, owner=ss.owner, dataset=ss.dataset_label)
+                target_eval=ds_b if labelled else None, owner=ss.owner,
+                dataset=workspace().dataset_label)
             run_id = job.run_id
             store_result("_domain_adapt", inputs, run_id)
             stale = False

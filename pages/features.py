@@ -9,12 +9,13 @@ from core.analysis import features
 from core.cache import FeatureCache, tensor_key
 from core.errors import UserInputError
 from core.runs.kept import kept_epoch_number
-from pages.ui.charts import diverging_scale, fit_title
+from pages.ui.charts import decade_axis, diverging_scale, fit_title
 from pages.ui.models import image_picker, model_picker, run_models
 from pages.ui.multitask import is_multitask, task_pair
 from pages.ui.runs import first_trained_epoch
 from pages.ui.session import bootstrap
 from pages.ui.text import plain
+from pages.ui.workspace import workspace
 
 bootstrap()  # first, before the session is read: see bootstrap's docstring
 
@@ -126,7 +127,8 @@ st.caption("Before and after share one colour scale; hover a pixel for its chann
 
 if pair.compared:
     st.subheader("Along the depth of the network")
-    batch = [ss.dataset[i][0] for i in range(0, len(ss.dataset), max(1, len(ss.dataset) // 32))][:32]
+    ds = workspace().dataset
+    batch = [ds[i][0] for i in range(0, len(ds), max(1, len(ds) // 32))][:32]
     images = torch.stack([pair.preprocess(img) for img in batch])
     profile = cache.get_or_compute(
         (run_id, head_task, "profile", tensor_key(images)),
@@ -135,11 +137,11 @@ if pair.compared:
     names = [p["group"] for p in profile]
     colours = ["#9aa5b1" if n in pair.frozen else "#d62728" for n in names]
     d1, d2 = st.columns(2)
-    fig = go.Figure(go.Bar(x=names, y=[p["weight_change"] for p in profile], marker_color=colours,
-                           hovertemplate="%{x}: %{y:.4f}<extra></extra>"))
+    changes = [p["weight_change"] for p in profile]
+    fig = go.Figure(go.Bar(x=names, y=changes, marker_color=colours, hovertemplate="%{x}: %{y:.4f}<extra></extra>"))
     fig.update_layout(title="Relative weight change ‖W_after − W_before‖ / ‖W_before‖", height=330,
-                      margin=dict(l=0, r=0, t=40, b=0), yaxis_type="log" if any(
-                          p["weight_change"] > 0 for p in profile) else "linear")
+                      margin=dict(l=0, r=0, t=40, b=0))
+    decade_axis(fig, "yaxis", changes)
     fit_title(fig, 30)
     d1.plotly_chart(fig, width="stretch", key="depth-change")
     fig = go.Figure(go.Bar(x=names, y=[p["cka"] for p in profile], marker_color=colours,
@@ -155,7 +157,8 @@ if pair.compared:
 st.subheader("Images that excite a channel most")
 if st.toggle("Find them in the current dataset", help="One pass over up to 64 images per model and layer."):
     channel = st.selectbox("Channel", channels, format_func=lambda c: f"channel {c}")
-    pool = [ss.dataset[i][0] for i in range(0, len(ss.dataset), max(1, len(ss.dataset) // 64))][:64]
+    ds = workspace().dataset
+    pool = [ds[i][0] for i in range(0, len(ds), max(1, len(ds) // 64))][:64]
     pool_tensor = torch.stack([pair.preprocess(img) for img in pool])
     pool_key = tensor_key(pool_tensor)
     sides = [("before", pair.before)] + ([("after", pair.after)] if pair.compared else [])

@@ -7,12 +7,11 @@ from core.errors import UserInputError
 from core.links import LOCKABLE
 from core.runs.tasks import get_queue
 from pages.ui.links import STRATEGY_LABELS, apply_settings
-from pages.ui.models import ModelChoice
 from pages.ui.runs import run_store
 from pages.ui.session import bootstrap, demo, select_run
 from pages.ui.tasks import follow
 from pages.ui.text import plain
-from pages.ui.workspace import Workspace, workspace
+from pages.ui.workspace import ModelChoice, Workspace, workspace
 
 bootstrap()  # first, before the session is read: see bootstrap's docstring
 
@@ -142,11 +141,18 @@ def outcome_ui(lesson, result) -> None:
                    "and ask why.", icon=":material/help:")
     if result.get("error"):
         st.caption(f"Some runs did not finish normally: {plain(result['error'])}")
+
+
+def result_table(lesson, result) -> None:
+    """The experiment's numbers, under the outcome and as wide as the lesson: an analysis's rows, or a
+    column per run and a row per measure (a row per run, six measures wide, was cut on a projector)."""
     if result.get("rows"):
         st.dataframe(result["rows"], hide_index=True)
-    elif lesson.experiment.kind == "runs":
-        st.dataframe([{"run": name, **{k: v for k, v in metrics.items()}}
-                      for name, metrics in result["results"].items()], hide_index=True)
+    elif lesson.experiment.kind == "runs" and result.get("results"):
+        runs = result["results"]
+        measures = dict.fromkeys(name for metrics in runs.values() for name in metrics)
+        st.dataframe([{"measure": m, **{run: fmt(metrics.get(m, float("nan"))) for run, metrics in runs.items()}}
+                      for m in measures], hide_index=True)
 
 
 def results_ui(lesson) -> None:
@@ -210,6 +216,8 @@ with main:
             follow(live_results, slug, live=True)
         else:
             results_ui(lesson)
+    if not going and entry is not None and entry.get("result") is not None:
+        result_table(lesson, entry["result"])
     if st.button("Run this experiment", type="primary", icon=":material/play_arrow:", key=f"run-{slug}",
                  disabled=going, help=f"{experiment.data}, {experiment.size} px, seed {experiment.seed}"):
         try:

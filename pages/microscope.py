@@ -11,6 +11,7 @@ from pages.ui.models import model_picker, run_models, sample_photos, session_mod
 from pages.ui.session import bootstrap
 from pages.ui.tasks import start_task, task_result
 from pages.ui.text import plain
+from pages.ui.workspace import workspace
 
 bootstrap()  # first, before the session is read: see bootstrap's docstring
 
@@ -54,7 +55,7 @@ group = c1.selectbox("Layer group", groups, index=len(groups) // 2, key="ms-grou
                      help="Early groups respond to colours and edges, later ones to textures, parts and objects.")
 source = c2.radio("Images to search", ["The current dataset", "Sample photos (scikit-image)"], key="ms-source")
 if source == "The current dataset":
-    ds = ss.dataset
+    ds = workspace().dataset
     picks = list(range(0, len(ds), max(1, len(ds) // POOL)))[:POOL]
     pool = [ds[i][0] for i in picks]
 else:

@@ -12,11 +12,11 @@ from core.workspace import FIELD_WORDS
 from pages.ui.charts import plan_figure
 from pages.ui.choose_backbone import choose_backbone_ui
 from pages.ui.links import hidden, locked
-from pages.ui.models import ModelChoice, backbone_catalogue, group_table, preset_config
+from pages.ui.models import backbone_catalogue, group_table
 from pages.ui.runs import run_store, upload_store
 from pages.ui.session import bootstrap, sidebar
 from pages.ui.text import plain
-from pages.ui.workspace import discriminative_spread, workspace
+from pages.ui.workspace import ModelChoice, discriminative_spread, preset_config, workspace
 
 bootstrap()  # first, before the session is read: see bootstrap's docstring
 

@@ -105,10 +105,10 @@ def settings_ui() -> TrainConfig:
 
 def augmentation_advice() -> str:
     """The data's augmentation note, computed once per dataset."""
-    key = ss.dataset.fingerprint
+    ds = workspace().dataset
     cached = ss.get("_aug_note")
-    if not cached or cached[0] != key:
-        ss._aug_note = (key, augmentation_note(ss.dataset))
+    if not cached or cached[0] != ds.fingerprint:
+        ss._aug_note = (ds.fingerprint, augmentation_note(ds))
     return ss._aug_note[1]
 
 
@@ -131,13 +131,14 @@ def preview_augmentation(config: TrainConfig, seed: int) -> None:
 
 
 def start_ui(config: TrainConfig) -> None:
-    mc = ss.model_choice
+    ws = workspace()
+    mc = ws.model
     multitask = multitask_options_ui()
     if multitask is not None:
         ds = current_multitask()
         what = f"**{plain(ss.multitask['label'])}** ({len(ds)} images, {len(ds.tasks)} tasks)"
     else:
-        what = f"**{plain(ss.dataset_label)}** ({len(ss.dataset)} images)"
+        what = f"**{plain(ws.dataset_label)}** ({len(ws.dataset)} images)"
     st.markdown(
         f"{what} · **{mc.backbone}**"
         f"{' pretrained' if mc.pretrained else ' from scratch'} · **{mc.strategy}** · "
@@ -168,7 +169,8 @@ def start_ui(config: TrainConfig) -> None:
 
 def launch(variants, compare: bool = False, multitask: dict | None = None) -> None:
     """Queue one run per variant; ``multitask``: the options of a run with a head per task."""
-    mc = ss.model_choice
+    ws = workspace()
+    mc = ws.model
     room = get_queue().room_for(ss.owner)
     if room is not None and room < len(variants):
         st.error(get_queue().full_message())
@@ -180,7 +182,7 @@ def launch(variants, compare: bool = False, multitask: dict | None = None) -> No
             variants = [(pretrained, cfg, f"{label}, multi-task") for pretrained, cfg, label in variants]
         else:
             train_ds, val_ds = current_split()
-            start, dataset = start_run, ss.dataset_label
+            start, dataset = start_run, ws.dataset_label
         check_split(train_ds, val_ds)
         variants = [(pretrained, with_pins(cfg, val_ds), label) for pretrained, cfg, label in variants]
         jobs = [start(run_store(), train_ds, val_ds, backbone=mc.backbone, pretrained=pretrained,
@@ -436,7 +438,7 @@ config = settings_ui()
 pins_ui()
 start_ui(config)
 
-run_id = ss.current_run
+run_id = workspace().current_run
 if run_id:
     job = get_job(run_id)
     snap = job.snapshot() if job is not None else None

@@ -14,6 +14,7 @@ from pages.ui.multitask import is_multitask, multitask_split, same_tasks
 from pages.ui.runs import finished_runs
 from pages.ui.session import bootstrap, current_split
 from pages.ui.text import chart_text, plain
+from pages.ui.workspace import workspace
 
 bootstrap()  # first, before the session is read: see bootstrap's docstring
 
@@ -64,11 +65,11 @@ def pick_images(run_classes: list[str], validation=None) -> list:
                                    key="use-uploads")
         if len(uploads) > MAX_UPLOADS:
             st.warning(f"Showing the first {MAX_UPLOADS} of {len(uploads)} images.")
-        images = []
+        images, window = [], workspace().dataset.window
         for upload in uploads[:MAX_UPLOADS]:
             try:
                 # a 12-bit scan is seen through the dataset's window, as the model was trained
-                images.append((core_data.open_image(upload.getvalue(), upload.name, ss.dataset.window), upload.name))
+                images.append((core_data.open_image(upload.getvalue(), upload.name, window), upload.name))
             except UserInputError as exc:
                 st.error(plain(exc))
         return images
@@ -248,9 +249,10 @@ if is_multitask(record):
     multitask_predictions_ui(record, model)
 else:
     st.caption(f"{record.backbone} · classes: {plain(', '.join(model.classes))} · input {model.image_size} px")
-    if list(model.classes) != list(ss.dataset.classes):
+    classes = workspace().dataset.classes
+    if list(model.classes) != list(classes):
         st.warning(f"This run knows the classes {plain(', '.join(model.classes))}, not the current dataset's "
-                   f"({plain(', '.join(ss.dataset.classes))}): it can only name one of its own classes.")
+                   f"({plain(', '.join(classes))}): it can only name one of its own classes.")
     predictions_ui(run_id, model)
 st.divider()
 export_ui(run_id, model)

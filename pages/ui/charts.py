@@ -11,7 +11,7 @@ import plotly.graph_objects as go
 from core.analysis.saliency import METHOD_LABELS
 
 __all__ = ["NEUTRAL_PLOT", "fading_scale", "diverging_scale", "wrap_title", "fit_title", "plan_figure",
-           "category_axes", "sanity_figure", "convergence_note"]
+           "category_axes", "decade_axis", "sanity_figure", "convergence_note"]
 
 
 # A plot area and empty cells in a colour that reads on Streamlit's light and dark themes alike.
@@ -85,6 +85,17 @@ def category_axes(fig, *axes: str):
     """Class names are names, even "0".."9": plotly would otherwise read them as numbers and draw
     a numeric axis that skips and merges classes."""
     fig.update_layout(**{axis: dict(type="category") for axis in axes})
+    return fig
+
+
+def decade_axis(fig, axis: str, values) -> go.Figure:
+    """A log ``axis`` over whole decades, labelled only at powers of ten, when some of ``values`` are
+    positive (else left linear). Plotly's own log ticks label every digit of a short range, and on
+    a 330 px chart "5" to "9" were drawn over each other."""
+    positive = [v for v in values if v > 0]
+    if positive:
+        low, high = math.floor(math.log10(min(positive))), math.floor(math.log10(max(positive))) + 1
+        fig.update_layout(**{axis: dict(type="log", range=[low, high], dtick=1, exponentformat="power")})
     return fig
 
 

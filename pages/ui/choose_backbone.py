@@ -11,10 +11,11 @@ from core.errors import UserInputError
 from core.runs.jobs import start_run
 from core.runs.kept import kept_metric
 from core.train.base import TrainConfig
-from pages.ui.models import backbone_catalogue, preset_freeze
+from pages.ui.models import backbone_catalogue
 from pages.ui.runs import run_status, run_store
 from pages.ui.session import current_split
 from pages.ui.tasks import follow
+from pages.ui.workspace import preset_freeze, workspace
 
 RANKING = "_backbone_ranking"
 # Strategies that mean the same thing for any architecture; the others are tied to one's groups.
@@ -37,10 +38,9 @@ def _ranking_table(rows: list[dict]) -> None:
 
 
 def _launch(rows: list[dict], count: int) -> dict[str, str]:
-    ss = st.session_state
-    mc = ss.model_choice
-    strategy = mc.strategy if mc.strategy in PORTABLE else "Feature extraction"
-    base = ss.train_config.to_dict()
+    ws = workspace()
+    strategy = ws.model.strategy if ws.model.strategy in PORTABLE else "Feature extraction"
+    base = ws.config.to_dict()
     train_ds, val_ds = current_split()
     runs = {}
     for row in rows[:count]:
@@ -48,7 +48,7 @@ def _launch(rows: list[dict], count: int) -> dict[str, str]:
         freeze = preset_freeze(strategy, models.group_names(row["name"])) if row["pretrained"] else []
         config = TrainConfig(**{**base, "freeze": freeze, "lr_multipliers": {}, "unfreeze_every": 0})
         job = start_run(run_store(), train_ds, val_ds, backbone=row["name"], pretrained=row["pretrained"],
-                        config=config, owner=ss.owner, dataset=ss.dataset_label,
+                        config=config, owner=st.session_state.owner, dataset=ws.dataset_label,
                         label=f"{row['title']} (LogME {row['logme']:.3f})")
         runs[job.run_id] = row
     return runs
@@ -112,7 +112,7 @@ def choose_backbone_ui() -> None:
 
 def _rank_ui() -> None:
     """The backbones to score and the button that ranks them on the session's images."""
-    ss = st.session_state
+    ws = workspace()
     catalogue = {info["name"]: info for info in backbone_catalogue()}
     offline = [n for n, info in catalogue.items() if info["offline"]]
     c1, c3 = st.columns([4, 1])
@@ -126,26 +126,26 @@ def _rank_ui() -> None:
     if missing:
         st.caption("ImageNet weights not on this server, so not scored pretrained: " + ", ".join(missing)
                    + ". They download on first use where the server has internet.")
-    size = int(ss.train_config.image_size)
+    size = int(ws.config.image_size)
     if st.button("Rank the backbones on my images", icon=":material/leaderboard:", disabled=not names):
         bar = st.progress(0.0, text="Scoring…")
         try:
             rows = transferability.rank_backbones(
-                ss.dataset, names, size, max_images, from_scratch=scratch,
+                ws.dataset, names, size, max_images, from_scratch=scratch,
                 progress=lambda i, n, title: bar.progress(i / n, text=f"Scoring {title}…"))
         except UserInputError as exc:
             st.error(str(exc))
             return
         finally:
             bar.empty()
-        ss[RANKING] = {"rows": rows, "fingerprint": ss.dataset.fingerprint, "dataset": ss.dataset_label,
-                       "size": size, "runs": {}}
+        st.session_state[RANKING] = {"rows": rows, "fingerprint": ws.dataset.fingerprint,
+                                     "dataset": ws.dataset_label, "size": size, "runs": {}}
 
 
 def _check_ui(ranking: dict) -> None:
     """The ranking, and fine-tuning its top few to check it."""
-    ss = st.session_state
-    current = ranking["fingerprint"] == ss.dataset.fingerprint
+    ws = workspace()
+    current = ranking["fingerprint"] == ws.dataset.fingerprint
     st.caption(f"On {ranking['dataset']} at {ranking['size']} px.")
     if not current:
         st.info("This ranking was computed on another dataset: rank again for the current one.")
@@ -157,7 +157,7 @@ def _check_ui(ranking: dict) -> None:
         return
     c1, c2 = st.columns([1, 3])
     count = int(c1.number_input("How many of the top", 2, len(scored), min(3, len(scored)), key="rank-top"))
-    c2.caption(f"Each trains with the Train page's settings ({ss.train_config.epochs} epochs) and this page's "
+    c2.caption(f"Each trains with the Train page's settings ({ws.config.epochs} epochs) and this page's "
                "strategy when it suits any backbone (else feature extraction); random-weight ones train whole.")
     if c2.button(f"Fine-tune the top {count} and compare", icon=":material/model_training:", disabled=not current):
         try:

@@ -18,6 +18,7 @@ from pages.ui.runs import finished_runs, run_option, run_status, run_store, stop
 from pages.ui.session import current_split, split_key
 from pages.ui.tasks import follow, store_result, stored_result
 from pages.ui.text import chart_text, plain
+from pages.ui.workspace import workspace
 
 __all__ = ["distillation_ui"]
 
@@ -140,7 +141,7 @@ def _teacher() -> tuple[str, list[str]] | None:
     train_ds, _ = current_split()
     names = {r.id: run_option(r) for r in runs}
     ids = list(names)
-    current = st.session_state.get("current_run")
+    current = workspace().current_run
     teacher_id = st.selectbox("Teacher (a finished run)", ids, index=ids.index(current) if current in ids else 0,
                               format_func=names.get)
     record = run_store().get(teacher_id)
@@ -200,8 +201,8 @@ def _softening_preview(teacher_id: str, classes: list[str], temperature: float) 
 
 def _distil(teacher_id: str, student: dict) -> None:
     """The Distil button, and the distillation it started for these choices: live, or its results."""
-    ss = st.session_state
-    cfg = ss.train_config
+    ss, ws = st.session_state, workspace()
+    cfg = ws.config
     inputs = (teacher_id, split_key(), student["backbone"], student["pretrained"], student["temperature"],
               student["alpha"], student["epochs"], student["size"], student["lr"], cfg.batch_size, cfg.seed,
               cfg.optimizer, cfg.schedule, cfg.augment)
@@ -216,7 +217,7 @@ def _distil(teacher_id: str, student: dict) -> None:
         try:
             job = start_distillation(run_store(), teacher_id, train_ds, val_ds, config, student["temperature"],
                                      student["alpha"], backbone=student["backbone"], pretrained=student["pretrained"],
-                                     owner=ss.owner, dataset=ss.dataset_label)
+                                     owner=ss.owner, dataset=ws.dataset_label)
         except UserInputError as exc:
             st.error(plain(exc))
             return

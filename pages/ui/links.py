@@ -98,11 +98,11 @@ def show_link_notes() -> None:
 
 def _demo_settings() -> dict:
     """``data`` and ``per_class`` when the current dataset is an untouched demo set, else nothing."""
-    ss = st.session_state
+    ws = workspace()
     for look in ("source", "target"):
-        if ss.get("dataset_label") == f"{DEMO_LABEL} ({look} look)" and len(ss.dataset.classes):
-            per_class = len(ss.dataset) // len(ss.dataset.classes)
-            if 5 <= per_class <= 60 and demo(look, per_class).fingerprint == ss.dataset.fingerprint:
+        if ws.dataset_label == f"{DEMO_LABEL} ({look} look)" and len(ws.dataset.classes):
+            per_class = len(ws.dataset) // len(ws.dataset.classes)
+            if 5 <= per_class <= 60 and demo(look, per_class).fingerprint == ws.dataset.fingerprint:
                 return {"data": look, "per_class": per_class}
     return {}
 

@@ -71,7 +71,6 @@ def sweep_running(entry) -> bool:
 
 def start_sweep(mc, cfg, inputs, previous) -> None:
     """Queue a sweep on the model the Train page would start from (a run, in a worker process)."""
-    ss = st.session_state
     train_ds, _ = current_split()
     # the strategy's own settings (the preset the Model page chose, as the Train page shows them),
     # every group that will train trained at once: the sweep is too short for a schedule
@@ -79,7 +78,7 @@ def start_sweep(mc, cfg, inputs, previous) -> None:
                      unfreeze_every=0, warmup_epochs=0, early_stopping=0)
     job = start_lr_sweep(run_store(), train_ds, config, backbone=mc.backbone, pretrained=mc.pretrained,
                          weights_path=mc.weights_path if mc.pretrained else None, steps=SWEEP_STEPS,
-                         owner=ss.owner, dataset=ss.dataset_label)
+                         owner=st.session_state.owner, dataset=workspace().dataset_label)
     if previous is not None:  # only the newest sweep is shown: the earlier one stops, or its folder goes
         if sweep_running(previous):
             stop_run(previous["run_id"])
@@ -131,8 +130,8 @@ def sweep_result(entry):
 
 
 def lr_finder_ui() -> None:
-    ss = st.session_state
-    mc, cfg = workspace().model, workspace().config
+    ss, ws = st.session_state, workspace()
+    mc, cfg = ws.model, ws.config
     st.write(
         "One short run raises the learning rate from 10⁻⁶ to 1, one batch per step, on a copy of the model "
         "the Train page would start from. The loss first barely moves, then falls, then blows up. The "
@@ -176,7 +175,6 @@ def lr_finder_ui() -> None:
                    "Sweep again: each strategy has its own best rate.")
         return
     choice = suggested_rate(result.suggestion)
-    ws = workspace()
     if st.button(f"Use lr = {choice:.2g} on the Train page", key="lr-apply", disabled=ws.is_locked("lr"),
                  help="Sets the Train page's learning rate; every other setting stays."):
         if not ws.change(by_hand=True, lr=choice):
@@ -184,6 +182,6 @@ def lr_finder_ui() -> None:
     if ws.is_locked("lr"):
         st.caption(f":material/lock: Your link locks the learning rate at {ws.config.lr:.2g}: "
                    "the suggestion is for comparing, not for training here.")
-    if ss.get("lr_applied") is not None and math.isclose(ss.train_config.lr, ss.lr_applied):
+    if ss.get("lr_applied") is not None and math.isclose(ws.config.lr, ss.lr_applied):
         st.success(f"Applied: the Train page's learning rate is now {ss.lr_applied:.2g} for {mc.strategy} "
                    f"(the other settings are unchanged). Train there to use it.")

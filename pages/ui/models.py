@@ -1,11 +1,11 @@
-"""The models a page shows: the Model page's choice and its presets, a session's own model cache,
-a run's before and after, and pickers for a model and an image."""
+"""The models a page shows: the backbones on offer, a session's own model cache, a run's before and
+after, and pickers for a model and an image (the Model page's choice and its presets are the workspace's)."""
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import streamlit as st
 
@@ -13,54 +13,13 @@ from core import data as core_data
 from core import models
 from core.devices import describe_device, pick_device
 from core.errors import UserInputError
-from core.train.base import TrainConfig
-from core.train.strategies import strategy_config
 from pages.ui.runs import finished_runs, run_option, run_store, unchanged_groups, weights_caption
 from pages.ui.text import plain
+from pages.ui.workspace import workspace
 
-__all__ = ["ModelChoice", "PRESETS", "KEPT_SETTINGS", "preset_config", "preset_freeze", "device_label",
-           "backbone_catalogue", "group_table", "ModelPair", "SESSION_MODEL_SLOTS", "ModelCache", "session_models",
-           "session_model", "run_models", "model_picker", "image_picker", "SAMPLE_PHOTOS", "sample_photos"]
-
-
-@dataclass
-class ModelChoice:
-    """What the Model page decided, read by the Train page."""
-
-    backbone: str = models.DEFAULT_BACKBONE
-    pretrained: bool = True
-    weights_path: str | None = None
-    weights_name: str | None = None  # the person's own name for the file at weights_path
-    freeze: list[str] = field(default_factory=list)
-    lr_multipliers: dict[str, float] = field(default_factory=dict)
-    strategy: str = "Feature extraction"
-    unfreeze_every: int = 0
-    train_bn: bool = False
-
-
-# The Model page's strategies and the core preset each starts from ("Custom" keeps what is set).
-PRESETS = {
-    "Feature extraction": "feature_extraction",
-    "Fine-tune the last stage": "last_stage",
-    "Fine-tune all": "full",
-    "Discriminative learning rates": "full",
-    "Progressive unfreezing": "progressive",
-}
-
-
-# Settings of the person's that a change of strategy keeps (they describe the data, not the strategy).
-KEPT_SETTINGS = ("seed", "image_size", "flip", "color_jitter", "device")
-
-
-def preset_config(strategy: str, groups: list[str], current: TrainConfig | None = None) -> TrainConfig:
-    """The core preset's TrainConfig for a Model-page strategy, keeping ``current``'s data settings."""
-    kept = {k: getattr(current, k) for k in KEPT_SETTINGS} if current is not None else {}
-    return strategy_config(PRESETS.get(strategy, "feature_extraction"), groups, **kept)
-
-
-def preset_freeze(strategy: str, groups: list[str]) -> list[str]:
-    """Which groups a preset strategy keeps frozen (the head always trains)."""
-    return list(preset_config(strategy, groups).freeze)
+__all__ = ["device_label", "backbone_catalogue", "group_table", "ModelPair", "SESSION_MODEL_SLOTS", "ModelCache",
+           "session_models", "session_model", "run_models", "model_picker", "image_picker", "SAMPLE_PHOTOS",
+           "sample_photos"]
 
 
 @st.cache_resource
@@ -182,7 +141,7 @@ def model_picker(label: str = "Model"):
     runs = finished_runs()
     options = [None] + [r.id for r in runs]
     names = {r.id: run_option(r) for r in runs}
-    current = st.session_state.get("current_run")
+    current = workspace().current_run
     index = options.index(current) if current in options else (1 if runs else 0)
     run_id = st.selectbox(label, options, index=index,
                           format_func=lambda r: names.get(r, r) if r else "Pretrained EfficientNet-Lite0 alone (ImageNet)")
@@ -194,7 +153,7 @@ def model_picker(label: str = "Model"):
 
 def image_picker(key: str):
     """An image from the dataset, an upload or a sample photo; returns (PIL image, caption)."""
-    ds = st.session_state.dataset
+    ds = workspace().dataset
     source = st.radio("Image", ["From the dataset", "Sample photo", "Upload"], horizontal=True, key=f"{key}-src")
     if source == "From the dataset":
         class_name = st.selectbox("Class", ds.classes, key=f"{key}-class")

@@ -10,6 +10,7 @@ import streamlit as st
 
 from core import data
 from core.train.multitask import WEIGHTINGS
+from pages.ui.workspace import workspace
 
 # one colour per task, the same on every chart of a page
 TASK_COLOURS = ("#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f")
@@ -40,12 +41,11 @@ def same_tasks(record) -> bool:
 def multitask_options_ui() -> dict | None:
     """On the Train page with a multi-task dataset: train every task at once (the options of
     ``core.runs.kinds.multitask.start_multitask_run``), or None for the one task the Data page picked."""
-    ss = st.session_state
     ds = current_multitask()
     if ds is None:
         return None
     everything = f"All {len(ds.tasks)} tasks at once: one shared backbone, a head per task"
-    one = f"Only {ss.dataset_label} (the task picked on the Data page)"
+    one = f"Only {workspace().dataset_label} (the task picked on the Data page)"
     choice = st.radio("What to train", [everything, one], key="train_tasks",
                       help="Several labels per image: one model can learn every task, or one task alone.")
     if choice != everything:

@@ -100,8 +100,9 @@ def init_session() -> None:
     init_workspace()
     # Page switches clear the address bar's query; put the run on screen back every time, so a
     # refresh or a bookmark finds it.
-    if ss.current_run and st.query_params.get("run") != ss.current_run:
-        st.query_params["run"] = ss.current_run
+    run_id = workspace().current_run
+    if run_id and st.query_params.get("run") != run_id:
+        st.query_params["run"] = run_id
 
 
 def link_notes() -> None:
@@ -113,13 +114,13 @@ def link_notes() -> None:
 
 def current_split():
     ss = st.session_state
-    return data.split(ss.dataset, ss.val_fraction, ss.split_seed)
+    return data.split(workspace().dataset, ss.val_fraction, ss.split_seed)
 
 
 def split_key() -> tuple:
     """What the session's split is made of: a result computed on it belongs to these inputs."""
     ss = st.session_state
-    return ss.dataset.fingerprint, ss.val_fraction, ss.split_seed
+    return workspace().dataset.fingerprint, ss.val_fraction, ss.split_seed
 
 
 def select_run(run_id: str | None) -> None:

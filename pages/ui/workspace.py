@@ -7,14 +7,15 @@ which apply the locks (core.workspace holds the rules). A lesson runs in a works
 over with ``adopt``, through the same locks.
 
 The person's workspace keeps its fields in session state under the keys the pages have always
-used (``dataset``, ``model_choice``, ``train_config``, ``current_run``, ...), so a test or a page
-that reads ``st.session_state.train_config`` reads the workspace.
+used (``dataset``, ``model_choice``, ``train_config``, ``current_run``, ...), so a test that reads
+``st.session_state.train_config`` reads the workspace. Pages never touch those keys themselves
+(tests/project/test_workspace_keys.py checks): a write there would slip past the locks.
 """
 
 from __future__ import annotations
 
 from collections.abc import MutableMapping
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 
 import streamlit as st
 
@@ -22,9 +23,10 @@ from core import data, models
 from core import workspace as rules
 from core.runs.store import is_run_id
 from core.train.base import TrainConfig, discriminative_multipliers
-from pages.ui.models import PRESETS, ModelChoice, preset_config
+from core.train.strategies import strategy_config
 
-__all__ = ["DEMO_LABEL", "demo", "Workspace", "workspace", "init_workspace", "discriminative_spread"]
+__all__ = ["DEMO_LABEL", "demo", "ModelChoice", "PRESETS", "KEPT_SETTINGS", "preset_config", "preset_freeze",
+           "Workspace", "workspace", "init_workspace", "discriminative_spread"]
 
 DEMO_LABEL = "Demo shapes"
 
@@ -36,6 +38,46 @@ def _demo(domain: str, per_class: int, seed: int) -> data.ImageDataset:
 
 def demo(domain: str = "source", per_class: int = 20, seed: int = 0) -> data.ImageDataset:
     return _demo(domain, per_class, seed)
+
+
+@dataclass
+class ModelChoice:
+    """What the Model page decided, read by the Train page."""
+
+    backbone: str = models.DEFAULT_BACKBONE
+    pretrained: bool = True
+    weights_path: str | None = None
+    weights_name: str | None = None  # the person's own name for the file at weights_path
+    freeze: list[str] = field(default_factory=list)
+    lr_multipliers: dict[str, float] = field(default_factory=dict)
+    strategy: str = "Feature extraction"
+    unfreeze_every: int = 0
+    train_bn: bool = False
+
+
+# The Model page's strategies and the core preset each starts from ("Custom" keeps what is set).
+PRESETS = {
+    "Feature extraction": "feature_extraction",
+    "Fine-tune the last stage": "last_stage",
+    "Fine-tune all": "full",
+    "Discriminative learning rates": "full",
+    "Progressive unfreezing": "progressive",
+}
+
+
+# Settings of the person's that a change of strategy keeps (they describe the data, not the strategy).
+KEPT_SETTINGS = ("seed", "image_size", "flip", "color_jitter", "device")
+
+
+def preset_config(strategy: str, groups: list[str], current: TrainConfig | None = None) -> TrainConfig:
+    """The core preset's TrainConfig for a Model-page strategy, keeping ``current``'s data settings."""
+    kept = {k: getattr(current, k) for k in KEPT_SETTINGS} if current is not None else {}
+    return strategy_config(PRESETS.get(strategy, "feature_extraction"), groups, **kept)
+
+
+def preset_freeze(strategy: str, groups: list[str]) -> list[str]:
+    """Which groups a preset strategy keeps frozen (the head always trains)."""
+    return list(preset_config(strategy, groups).freeze)
 
 
 # The model choice's fields and the link lock that holds each (None: no lock holds it).
@@ -104,6 +146,11 @@ class Workspace:
             return False
         self._state.update(dataset=dataset, dataset_label=label, load_report=report)
         return True
+
+    def set_window(self, window) -> bool:
+        """See the dataset through ``window`` (None: the default percentiles); False (and nothing changes)
+        when a link locks the data, since the window decides what the model sees."""
+        return self.set_dataset(self.dataset.with_window(window), self.dataset_label, self.load_report)
 
     def change(self, by_hand: bool = False, **changes) -> list[str]:
         """Change model and training settings (TrainConfig fields, or backbone, pretrained, weights_path,

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from core import data
-from tests.app_pages.pages_helpers import button, charts, fresh_app, messages, open_page, widget
+from tests.app_pages.pages_helpers import button, charts, fresh_app, messages, open_page, texts, widget
 from tests.toys import DICOM_PATIENT, dicom_zip
 
 
@@ -49,6 +49,20 @@ def test_the_chosen_window_is_what_the_dataset_and_the_model_see_until_reset(dic
     assert ds.fingerprint != before.fingerprint
     button(at, "Back to the default window").click().run()
     assert at.session_state.dataset.window == before.window and not at.session_state.dataset.window_chosen
+
+
+def test_a_link_that_locks_the_data_keeps_its_window_and_says_why():
+    ds, report = data.load_zip(dicom_zip(per_class=5))
+    at = fresh_app(query={"lock": "data"}, state={"dataset": ds, "dataset_label": "scans.zip", "load_report": report})
+    open_page(at, "data")
+    widget(at.slider, "Window centre").set_value(2000.0).run()
+    widget(at.slider, "Window width").set_value(300.0).run()
+    button(at, "Use this window").click().run()
+    assert not at.exception, at.exception
+    kept = at.session_state.dataset
+    assert kept.fingerprint == ds.fingerprint and kept.window == ds.window and not kept.window_chosen
+    assert any("link locks the dataset" in e and "window" in e for e in texts(at.error)), messages(at)
+    assert "the default, 0.5–99.5 percentiles" in shown(at)  # the page shows the window still in use
 
 
 def test_an_eight_bit_dataset_shows_no_window(app_data_page):

@@ -6,8 +6,7 @@ from core.data import demo_dataset
 from core.links import decode
 from core.train.base import TrainConfig
 from core.train.strategies import strategy_config
-from pages.ui.models import ModelChoice
-from pages.ui.workspace import Workspace
+from pages.ui.workspace import ModelChoice, Workspace
 from tests.app_pages.pages_helpers import fresh_app, open_page, texts, widget
 
 GROUPS = models.group_names(models.DEFAULT_BACKBONE)

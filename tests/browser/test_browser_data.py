@@ -472,3 +472,100 @@ def test_analysis_pages_fit_a_projector_after_computing_on_them(server, page):
     for m in maps:
         assert min(m["map"]) >= 150, m  # 4 × 4 tiles of at least ~37 px each
         assert m["map"][0] >= 0.6 * m["chart"][0], m  # the map, not its colour bar, fills the chart
+
+
+# Every chart's tick labels: two of one axis drawn over each other (a log axis's labels did on
+# Feature maps), or one that runs past its chart's box. Each label is measured along its own
+# direction, so labels plotly slants past each other do not count as overlapping.
+TICKS = r"""() => {
+  const problems = [];
+  const hidden = (el, plot) => {
+    for (let a = el; a && a !== plot; a = a.parentElement) {
+      const s = getComputedStyle(a);
+      if (s.display === 'none' || s.visibility === 'hidden' || s.opacity === '0') return true;
+    }
+    return false;
+  };
+  for (const plot of document.querySelectorAll('[data-testid=stMain] .js-plotly-plot')) {
+    const frame = plot.getBoundingClientRect();
+    const chart = plot.querySelector('.gtitle')?.textContent || 'untitled chart';
+    const labels = [...plot.querySelectorAll('.xtick text, .ytick text')]
+      .filter(t => t.textContent.trim() && !hidden(t, plot))
+      .map(t => {
+        const box = t.getBoundingClientRect(), local = t.getBBox(), m = t.getCTM();
+        return {text: t.textContent, axis: t.parentElement.parentElement, box, w: local.width, h: local.height,
+                angle: Math.atan2(m.b, m.a), x: box.left + box.width / 2, y: box.top + box.height / 2};
+      })
+      .filter(l => l.box.width > 0);
+    for (const l of labels) {
+      const b = l.box;
+      if (b.left < frame.left - 1 || b.right > frame.right + 1 || b.top < frame.top - 1 || b.bottom > frame.bottom + 1)
+        problems.push(`tick label cut by its chart: "${l.text}" (${chart})`);
+    }
+    labels.forEach((a, i) => labels.slice(i + 1).forEach(b => {
+      if (a.axis !== b.axis || Math.abs(a.angle - b.angle) > 0.01) return;
+      const ux = Math.cos(a.angle), uy = Math.sin(a.angle), dx = b.x - a.x, dy = b.y - a.y;
+      const along = Math.abs(dx * ux + dy * uy), across = Math.abs(dy * ux - dx * uy);
+      if (along < (a.w + b.w) / 2 - 1 && across < (a.h + b.h) / 2 - 1)
+        problems.push(`tick labels overlap: "${a.text}" and "${b.text}" (${chart})`);
+    }));
+  }
+  return problems;
+}"""
+PROJECTOR_SIZES = [(1024, 768), (800, 600)]
+
+
+def at_projector_sizes(page, measure) -> dict[str, list[str]]:
+    """``measure(page)``'s findings at each projector size, the sidebar open, for the page on screen."""
+    problems = {}
+    for width, height in PROJECTOR_SIZES:
+        page.set_viewport_size({"width": width, "height": height})
+        open_sidebar(page)
+        found = measure(page)
+        if found:
+            problems[f"{width}×{height}"] = found
+        assert_no_exception(page)
+    page.set_viewport_size({"width": 1400, "height": 1000})
+    return problems
+
+
+def charts_fit(page) -> list[str]:
+    """OVERFLOW's and TICKS' findings, once plotly has laid out the charts."""
+    return fits(page) + page.evaluate(TICKS)
+
+
+def test_a_lessons_table_webcam_frames_and_feature_map_axes_fit_a_projector(server, page):
+    """What the walk over every page does not reach: a lesson's result table (its header "train_lo…"
+    was cut), the webcam frames' Remove buttons (down to "× R") and the tick labels of Feature maps'
+    log axis (drawn over each other), each at 1024×768 and 800×600."""
+    page.context.add_init_script(HEADERS)
+    problems = {}
+
+    train_one_demo_epoch(page, server)
+    go_to(page, "Feature maps")
+    # the depth charts, drawn together (the heatmaps above them have no tick labels)
+    expect(page.locator("[data-testid=stMain] .js-plotly-plot .ytick text").first).to_be_visible(timeout=120_000)
+    for size, found in at_projector_sizes(page, charts_fit).items():
+        problems[f"Feature maps at {size}"] = found
+
+    # lesson 2: a table of runs, and the quickest to show one (three short runs at 64 px, about 20 s)
+    go_to(page, "Lessons")
+    lesson = page.get_by_test_id("stRadio").get_by_text(re.compile(r"^2\. "))
+    lesson.click()
+    expect(page.get_by_role("heading", name=re.compile(r"^2\. "))).to_be_visible(timeout=30_000)
+    wait_until_idle(page)
+    page.get_by_role("button", name="Run this experiment").click()
+    outcome = page.get_by_text(re.compile(r"^Outcome: (as expected|not as expected)\.$|^The experiment did not finish"))
+    expect(outcome).to_be_visible(timeout=300_000)
+    assert outcome.inner_text().startswith("Outcome: "), outcome.inner_text()
+    expect(page.get_by_test_id("stDataFrame").first).to_be_visible(timeout=30_000)
+    for size, found in at_projector_sizes(page, cut_on_page).items():
+        problems[f"Lessons at {size}"] = found
+
+    go_to(page, "Data")
+    choose_source(page, "Webcam")
+    record_burst(page, "wave", 6)
+    expect(page.get_by_role("button", name="Remove")).to_have_count(6)
+    for size, found in at_projector_sizes(page, cut_on_page).items():
+        problems[f"Data with webcam frames at {size}"] = found
+    assert not problems, "\n".join(f"{where}: {p}" for where, found in problems.items() for p in found)
