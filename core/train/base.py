@@ -73,7 +73,7 @@ class TrainConfig:
     # far from the pretrained ones, and switching to them wrecks the features fine-tuning starts from.
     keep_bn_stats: bool = False
     cache_features: bool = True
-    cached_views: int = 3  # augmented views per image cached for a frozen backbone
+    cached_views: int = 3  # views per image cached for a frozen backbone: the image itself, then random crops
     unfreeze_every: int = 0  # progressive unfreezing: one more group, from the top, every k epochs
     warmup_epochs: int = 0  # epochs that train the head alone before any backbone group (fastai's fine_tune)
     early_stopping: int = 8  # stop after this many epochs without a better validation loss, keep the best; 0: off

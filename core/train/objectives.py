@@ -76,7 +76,8 @@ class Objective:
 
     # hooks, in the order the loop calls them
     def on_cache_view(self, trainer, source: str, view: int, images: torch.Tensor) -> None:
-        """One augmented view of a training source, as uint8 images, while the cache is built."""
+        """One cached view of a training source (the first: the images themselves; the others augmented),
+        as uint8 images, while the cache is built."""
 
     def on_fit_start(self, trainer) -> None:
         """After the caches are built, before the first epoch."""
