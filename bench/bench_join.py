@@ -71,8 +71,47 @@ def variants():
             self.scheduler.lr_lambdas[-1] = lambda step: end / self.base_lrs[-1]
             del lam
 
+    class NothingMoves(Trainer):
+        """Every rate is 0 after the join: the first fine-tuning epoch's loss is the warm-up head's,
+        measured through the live model instead of the cache (any gap is not learning)."""
+
+        def _start_phase(self, epochs):
+            super()._start_phase(epochs)
+            for group in self.optimizer.param_groups:
+                group["lr"] = 0.0
+            self.base_lrs = [0.0] * len(self.base_lrs)
+            self.scheduler.base_lrs = [0.0] * len(self.scheduler.base_lrs)
+
+    class Ramp2(Trainer):
+        ramp_epochs = 2.0
+
+    class Ramp3(Trainer):
+        ramp_epochs = 3.0
+
+    class PreciseBN(Trainer):
+        """After each fine-tuning epoch's steps, BatchNorm's running statistics are recomputed on the
+        training images (torch.optim.swa_utils.update_bn) before validation."""
+
+        def _train_epoch(self, epoch):
+            sums = super()._train_epoch(epoch)
+            if self.cache_mode is None:
+                from core.data.encoded import normalise
+                images = self.images["train"]
+                batches = [normalise(images[i:i + 32].to(self.device), self.mean, self.std)
+                           for i in range(0, len(images), 32)]
+                mode = self.model.training
+                torch.optim.swa_utils.update_bn(batches, self.model)
+                self.model.train(mode)
+                self._epoch_modes = None
+            return sums
+
     return {
         "as-is": ({}, None),
+        "ramp-2": ({}, Ramp2),
+        "onecycle": ({"schedule": "onecycle"}, None),
+        "ramp-3": ({}, Ramp3),
+        "precise-bn": ({}, PreciseBN),
+        "nothing-moves": ({}, NothingMoves),
         "head-rests": ({}, HeadRests),
         "head-keeps-rate": ({}, HeadKeepsRate),
         "no-ramp": ({}, NoRamp),

@@ -67,6 +67,10 @@ __all__ = ["Trainer"]
 class Trainer(FeatureCaching):
     """Trains ``model`` in place with ``objective``; see the module docstring."""
 
+    # how many epochs a joining group's rate takes to ramp up (bench/bench_join.py tries longer
+    # ramps: they delay the validation loss's jump to the epoch the full rate arrives, not remove it)
+    ramp_epochs = 1.0
+
     def __init__(self, model: nn.Module, objective, config: TrainConfig, callbacks: Sequence[Callback] = (),
                  stop=None, *, validate: bool = True, guard: bool = True, shared_cache: dict | None = None,
                  distributed=None):
@@ -286,7 +290,8 @@ class Trainer(FeatureCaching):
                 return 1.0
             return 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
 
-        ramps = join_ramps(self.optimizer.param_groups, self.plan, self.warmup_end, self.steps)
+        ramps = join_ramps(self.optimizer.param_groups, self.plan, self.warmup_end, self.steps,
+                           round(self.steps * self.ramp_epochs))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, [lambda step, ramp=ramp: ramp(step) * shape(step) for ramp in ramps])
 
@@ -482,11 +487,12 @@ class Trainer(FeatureCaching):
         history.batch_size = self.config.batch_size
 
 
-def join_ramps(param_groups: Sequence[dict], plan: Sequence[dict], start: int, steps: int):
+def join_ramps(param_groups: Sequence[dict], plan: Sequence[dict], start: int, steps: int,
+               ramp_steps: int | None = None):
     """Per optimizer group, its rate factor at step ``s`` of a phase that begins at epoch ``start``
     (0-based) of ``plan``: a group that first trains at that epoch or later ramps up linearly from
-    ``1/steps`` to 1 over its first epoch (``steps`` steps); one that trained before the phase (the
-    warm-up's head) goes on at its rate at once.
+    ``1/ramp_steps`` to 1 over ``ramp_steps`` steps (by default its first epoch, ``steps`` steps);
+    one that trained before the phase (the warm-up's head) goes on at its rate at once.
 
     Why: pretrained layers that join at full rate undo the warm-up. Adam's first steps on them are
     as large as the rate in every weight at once (its moments are empty), with BatchNorm's
@@ -495,9 +501,11 @@ def join_ramps(param_groups: Sequence[dict], plan: Sequence[dict], start: int, s
     def first_epoch(name) -> int:
         return next((i for i, epoch in enumerate(plan) if epoch.get(name, 0) > 0), 0)
 
+    length = max(1, ramp_steps or steps)
+
     def ramp(joins: int):
         def factor(step: int) -> float:
-            return min(1.0, max(0, step - (joins - start) * steps + 1) / steps) if joins >= start else 1.0
+            return min(1.0, max(0, step - (joins - start) * steps + 1) / length) if joins >= start else 1.0
         return factor
 
     return [ramp(first_epoch(g["name"])) if "name" in g and start > 0 else ramp(-1) for g in param_groups]

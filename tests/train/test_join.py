@@ -81,3 +81,13 @@ def test_the_head_keeps_its_optimizer_state_across_the_join():
     assert int(first_tuning_step["step"]) == 6, "the head's Adam moments and step count carry on"
     assert torch.equal(first_tuning_step["exp_avg"], warmed["exp_avg"])
     assert torch.equal(first_tuning_step["exp_avg_sq"], warmed["exp_avg_sq"])
+
+
+def test_a_longer_ramp_reaches_the_full_rate_after_the_steps_it_is_given():
+    from core.train.loop import join_ramps
+
+    plan = [{"head": 1.0}, {"head": 1.0, "body": 1.0}]
+    groups = [{"name": "body"}, {"name": "head"}]
+    body, head = join_ramps(groups, plan, start=1, steps=4, ramp_steps=10)
+    assert [round(body(s), 2) for s in (0, 4, 9, 30)] == [0.1, 0.5, 1.0, 1.0]
+    assert head(0) == 1.0
