@@ -18,7 +18,7 @@ baseline of the same process; each set's frozen features are computed once for a
 
 Issue 12's speed check, a default feature-extraction run on 400 images of 64 px (digits, 40 per
 class, 300 of them trained on) in under 30 s on 2 cores, is
-``--sets digits --per-class 40 --strategies feature_extraction --size 64``.
+``--sets digits --per-class 40 --strategies feature_extraction --size 64 --seeds 0``.
 """
 
 from __future__ import annotations
