@@ -122,6 +122,7 @@ def variants():
         "bn-stats-kept": ({"keep_bn_stats": True}, None),
         "no-drop-connect": ({}, NoStochasticDepth),
         "body-rates-x0.1": ("body*0.1", None),
+        "body-rates-x0.3": ("body*0.3", None),
         "sgd": ({"optimizer": "sgd", "lr": 2e-2}, None),
     }
 
@@ -166,8 +167,9 @@ def main() -> None:
         overrides, cls = table[name]
         base = strategy_config(args.strategy, groups, device=str(device), seed=args.seed,
                                **({"image_size": args.size} if args.size else {}))
-        if overrides == "body*0.1":
-            overrides = {"lr_multipliers": {g: m * (0.1 if g != groups[-1] else 1.0)
+        if isinstance(overrides, str):  # "body*k": the body's multipliers times k
+            k = float(overrides.split("*")[1])
+            overrides = {"lr_multipliers": {g: m * (k if g != groups[-1] else 1.0)
                                             for g, m in base.lr_multipliers.items()}}
         config = strategy_config(args.strategy, groups, device=str(device), seed=args.seed,
                                  **({"image_size": args.size} if args.size else {}), **overrides)
