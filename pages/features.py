@@ -5,6 +5,7 @@ import plotly.graph_objects as go
 import streamlit as st
 import torch
 
+from core import data
 from core.analysis import features
 from core.cache import FeatureCache, tensor_key
 from core.errors import UserInputError
@@ -128,7 +129,7 @@ st.caption("Before and after share one colour scale; hover a pixel for its chann
 if pair.compared:
     st.subheader("Along the depth of the network")
     ds = workspace().dataset
-    batch = [ds[i][0] for i in range(0, len(ds), max(1, len(ds) // 32))][:32]
+    batch = [ds[i][0] for i in data.spread(len(ds), 32)]
     images = torch.stack([pair.preprocess(img) for img in batch])
     profile = cache.get_or_compute(
         (run_id, head_task, "profile", tensor_key(images)),
@@ -158,7 +159,7 @@ st.subheader("Images that excite a channel most")
 if st.toggle("Find them in the current dataset", help="One pass over up to 64 images per model and layer."):
     channel = st.selectbox("Channel", channels, format_func=lambda c: f"channel {c}")
     ds = workspace().dataset
-    pool = [ds[i][0] for i in range(0, len(ds), max(1, len(ds) // 64))][:64]
+    pool = [ds[i][0] for i in data.spread(len(ds), 64)]
     pool_tensor = torch.stack([pair.preprocess(img) for img in pool])
     pool_key = tensor_key(pool_tensor)
     sides = [("before", pair.before)] + ([("after", pair.after)] if pair.compared else [])

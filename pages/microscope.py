@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from core import microscope, models
+from core import data, microscope, models
 from core.cache import FeatureCache, tensor_key
 from core.data.encoded import encode_images
 from core.errors import UserInputError
@@ -56,8 +56,7 @@ group = c1.selectbox("Layer group", groups, index=len(groups) // 2, key="ms-grou
 source = c2.radio("Images to search", ["The current dataset", "Sample photos (scikit-image)"], key="ms-source")
 if source == "The current dataset":
     ds = workspace().dataset
-    picks = list(range(0, len(ds), max(1, len(ds) // POOL)))[:POOL]
-    pool = [ds[i][0] for i in picks]
+    pool = [ds[i][0] for i in data.spread(len(ds), POOL)]
 else:
     pool = list(sample_photos().values())
 if not pool:

@@ -12,7 +12,7 @@ from plotly.subplots import make_subplots
 
 from core.analysis.diagnosis import diagnose
 from core.cli import command_for, config_for
-from core.data import augmentation_note, check_split
+from core.data import augmentation_note, check_split, spread
 from core.data.encoded import encode_images
 from core.errors import UserInputError
 from core.progress import ProgressTracker, RunClock, fit_phase_units
@@ -117,7 +117,7 @@ def preview_augmentation(config: TrainConfig, seed: int) -> None:
     train_ds, _ = current_split()
     if len(train_ds) == 0:
         return
-    picks = train_ds.subset(list(range(0, len(train_ds), max(1, len(train_ds) // 4)))[:4])
+    picks = train_ds.subset(spread(len(train_ds), 4))
     images = encode_images(picks, config.image_size)
     augmenter = config_augmenter(config)
     columns = st.columns(4)

@@ -35,10 +35,12 @@ from core.data.splits import (
     dataset_warnings,
     grayscale_share,
     split,
+    spread,
 )
 from core.data.window import DEFAULT_PERCENTILES, Window, apply_window, default_window, histogram
 
 __all__ = [
+    "spread",
     "IMAGE_FORMATS",
     "IMAGE_EXTENSIONS",
     "DEMO_CLASSES",

@@ -9,7 +9,7 @@ from core.data.names import described, look_alike_groups, some
 from core.errors import ConfigError, DataError
 
 __all__ = ["MIN_IMAGES_PER_CLASS", "split", "check_split", "dataset_warnings", "grayscale_share",
-           "augmentation_note"]
+           "augmentation_note", "spread"]
 
 MIN_IMAGES_PER_CLASS = 5
 _IMBALANCE_RATIO = 3.0
@@ -126,6 +126,12 @@ def _look_alike_warnings(names) -> list[str]:
         return []
     return [f"Some class names look alike but are written with different characters ({described(alike)}): "
             "they are separate classes. If they mean the same thing, give their images one folder (one class name)."]
+
+
+def spread(n: int, k: int) -> list[int]:
+    """Up to ``k`` indices of ``n`` items, evenly spaced from the first: a sample of a dataset that
+    reaches every class of one sorted by class."""
+    return list(range(0, n, max(1, n // k)))[:k]
 
 
 def grayscale_share(ds: ImageDataset, limit: int = 200, tolerance: int = 3) -> float:
